@@ -1,0 +1,165 @@
+//! The core traits a vendor backend implements.
+//!
+//! A [`Backend`] stands for one kind of physical function (a virtio PF's VFs, an mlx-style PF's
+//! VFs, a DSA device's work queues). It offers profiles, provisions a function with a profile
+//! *before* the function is exposed ([`Backend::create`]), and names the default vPCI layout of
+//! each profile. The [`Function`] it returns serves what the layout does not handle
+//! declaratively: emulated BARs, the legacy I/O BAR, backend-computed registers, reset and
+//! migration. Dropping a function destroys it and returns its resources.
+//!
+//! Everything declarative (config space, BAR sizing, passthrough BARs, the capability chain) is
+//! done by the framework from the layout; the backend never sees those accesses.
+
+mod context;
+
+pub use context::{DmaAccess, DmaError, FunctionContext, Interrupt, InterruptSink};
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigEvent;
+use crate::migration::MigrationHooks;
+use crate::physical::{PhysicalError, PhysicalFunction};
+use crate::vpci::{Layout, LayoutError};
+
+/// A persona a backend can give a function, with how many can be created now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileInfo {
+    /// Name used in `create` (`transitional`, `migratable`, `1dwq`).
+    pub name: String,
+    /// One line for operators.
+    pub description: String,
+    /// Functions of this profile that can be created now.
+    pub available_instances: u32,
+    /// Functions of this profile can be live-migrated.
+    pub migratable: bool,
+}
+
+/// What to create: the profile is applied before the function is exposed.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    /// Profile name.
+    pub profile: String,
+    /// Instance name or UUID.
+    pub instance: String,
+    /// The vPCI layout the function will be exposed with.
+    pub layout: Arc<Layout>,
+    /// Ordered attributes applied while provisioning (backend-specific `key = value`).
+    pub attributes: Vec<(String, String)>,
+}
+
+/// Why a backend refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backend has no such profile.
+    #[error("unknown profile `{0}`")]
+    UnknownProfile(String),
+    /// No instance of the profile is available.
+    #[error("no instance of profile `{0}` is available")]
+    NoInstances(String),
+    /// The request is refused, with the reason.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The layout does not suit this backend or its physical function.
+    #[error("layout: {0}")]
+    Layout(#[from] LayoutError),
+    /// The physical function failed.
+    #[error("physical function: {0}")]
+    Physical(#[from] PhysicalError),
+    /// The backend failed (a plugin's error message, a device error).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Why an access to a function failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionError {
+    /// The function does not implement this.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// The access is outside the region, or of a width the register does not take.
+    #[error("bad access: {0}")]
+    BadAccess(String),
+    /// The physical function failed.
+    #[error("physical function: {0}")]
+    Physical(#[from] PhysicalError),
+    /// The device failed.
+    #[error("{0}")]
+    Device(String),
+}
+
+/// A vendor backend: one kind of physical function.
+///
+/// `&self` methods may be called from several connections at once: keep shared state behind
+/// locks (parking_lot).
+pub trait Backend: Send + Sync {
+    /// Short name (`virtio-legacy`, `mlx`, `idxd`).
+    fn name(&self) -> &str;
+    /// One line for operators.
+    fn description(&self) -> &str;
+    /// The profiles it offers, with available instances now.
+    fn profiles(&self) -> Vec<ProfileInfo>;
+    /// The default vPCI layout (TOML text, usually a catalog file) of a profile.
+    fn default_layout(&self, profile: &str) -> Result<String, BackendError>;
+    /// Provisions a function with a profile and returns it, ready to be exposed. On error
+    /// nothing is left provisioned.
+    fn create(&self, request: &CreateRequest) -> Result<Box<dyn Function>, BackendError>;
+}
+
+/// One provisioned function of a backend. Dropping it destroys it.
+pub trait Function: Send + Sync {
+    /// Gives the function access to guest memory and interrupts; called once, before it is
+    /// exposed.
+    fn attach(&self, context: FunctionContext) {
+        let _ = context;
+    }
+    /// Reads an emulated BAR (one whose layout backing is `emulated`).
+    fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), FunctionError>;
+    /// Writes an emulated BAR.
+    fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), FunctionError>;
+    /// Reads the legacy I/O BAR; only called while I/O decoding is enabled in COMMAND.
+    fn legacy_io_read(&self, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
+        let _ = (offset, data);
+        Err(FunctionError::Unsupported("legacy I/O".into()))
+    }
+    /// Writes the legacy I/O BAR; only called while I/O decoding is enabled in COMMAND.
+    fn legacy_io_write(&self, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
+        let _ = (offset, data);
+        Err(FunctionError::Unsupported("legacy I/O".into()))
+    }
+    /// Reads an emulated expansion ROM.
+    fn rom_read(&self, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
+        let _ = (offset, data);
+        Err(FunctionError::Unsupported("expansion ROM".into()))
+    }
+    /// Reads a register the layout marks `source = "backend"`.
+    fn config_read(&self, offset: u16, data: &mut [u8]) -> Result<(), FunctionError> {
+        let _ = (offset, data);
+        Err(FunctionError::Unsupported(
+            "computed config registers".into(),
+        ))
+    }
+    /// Writes a register the layout marks `source = "backend"`.
+    fn config_write(&self, offset: u16, data: &[u8]) -> Result<(), FunctionError> {
+        let _ = (offset, data);
+        Err(FunctionError::Unsupported(
+            "computed config registers".into(),
+        ))
+    }
+    /// A guest-visible config change (COMMAND, MSI/MSI-X enable, power state). FLR arrives
+    /// as [`Function::reset`].
+    fn config_changed(&self, event: ConfigEvent) {
+        let _ = event;
+    }
+    /// The physical function, for passthrough BARs and config bits.
+    fn physical(&self) -> Option<&dyn PhysicalFunction> {
+        None
+    }
+    /// Resets the function (FLR, or a VMM's device reset).
+    fn reset(&self) -> Result<(), FunctionError>;
+    /// Migration support, when the profile offers it.
+    fn migration(&self) -> Option<&dyn MigrationHooks> {
+        None
+    }
+}

@@ -1,0 +1,443 @@
+//! The virtual function: a compiled layout, its config-space emulation, and the router that
+//! sends each region access to the config space, the backend, or the physical function.
+//!
+//! This is the object a server (or a Rust VMM in-process) calls: region indexes are VFIO's
+//! (BAR0-5 = 0-5, ROM = 6, config = 7).
+
+mod error;
+mod regions;
+
+pub use error::DeviceError;
+pub use regions::{CONFIG_REGION, ROM_REGION, RegionInfo};
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::backend::Function;
+use crate::config::{ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate};
+use crate::pci::regs;
+use crate::physical::PhysicalFunction;
+use crate::vpci::LayoutError;
+use crate::vpci::bind::bind;
+use crate::vpci::layout::{BarBacking, BarKind, RomBacking};
+
+/// A virtual PCI function.
+pub struct VirtualFunction {
+    config: Mutex<ConfigSpace>,
+    function: Box<dyn Function>,
+}
+
+/// Sends config bits the layout does not hold to the physical function or the backend.
+struct Backing<'a> {
+    physical: Option<&'a dyn PhysicalFunction>,
+    function: &'a dyn Function,
+}
+
+impl ConfigBacking for Backing<'_> {
+    fn read_physical(&self, offset: u16, data: &mut [u8]) -> Result<(), ConfigError> {
+        let physical = self.physical.ok_or(ConfigError::NoPhysical(offset))?;
+        physical
+            .config_read(offset, data)
+            .map_err(|e| backing_error(offset, "physical function", e))
+    }
+
+    fn write_physical(&self, offset: u16, data: &[u8]) -> Result<(), ConfigError> {
+        let physical = self.physical.ok_or(ConfigError::NoPhysical(offset))?;
+        physical
+            .config_write(offset, data)
+            .map_err(|e| backing_error(offset, "physical function", e))
+    }
+
+    fn read_computed(&self, offset: u16, data: &mut [u8]) -> Result<(), ConfigError> {
+        self.function
+            .config_read(offset, data)
+            .map_err(|e| backing_error(offset, "backend", e))
+    }
+
+    fn write_computed(&self, offset: u16, data: &[u8]) -> Result<(), ConfigError> {
+        self.function
+            .config_write(offset, data)
+            .map_err(|e| backing_error(offset, "backend", e))
+    }
+}
+
+fn backing_error(offset: u16, what: &'static str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Backing {
+        offset,
+        what,
+        message: e.to_string(),
+    }
+}
+
+impl VirtualFunction {
+    /// Puts a provisioned backend function behind a compiled layout. A layout that passes
+    /// through what the function's physical function lacks is refused.
+    pub fn new(
+        template: Arc<ConfigTemplate>,
+        function: Box<dyn Function>,
+    ) -> Result<Self, LayoutError> {
+        let layout = template.layout();
+        match function.physical() {
+            Some(physical) => {
+                let description = physical.describe().map_err(|e| {
+                    LayoutError::new(Default::default(), "<physical function>", e.to_string())
+                })?;
+                bind(layout, &description)?;
+            }
+            None if layout.needs_physical() => {
+                let message = "the layout passes through from a physical function, and this function has none";
+                return Err(LayoutError::new(
+                    Default::default(),
+                    "<physical function>",
+                    message,
+                ));
+            }
+            None => {}
+        }
+        Ok(Self {
+            config: Mutex::new(ConfigSpace::new(template)),
+            function,
+        })
+    }
+
+    /// The backend's function.
+    pub fn function(&self) -> &dyn Function {
+        &*self.function
+    }
+
+    /// The compiled layout.
+    pub fn template(&self) -> Arc<ConfigTemplate> {
+        Arc::clone(self.config.lock().template())
+    }
+
+    fn backing(&self) -> Backing<'_> {
+        Backing {
+            physical: self.function.physical(),
+            function: &*self.function,
+        }
+    }
+
+    /// Reads a region.
+    pub fn region_read(
+        &self,
+        region: u32,
+        offset: u64,
+        data: &mut [u8],
+    ) -> Result<(), DeviceError> {
+        match region {
+            CONFIG_REGION => Ok(self.config.lock().read(offset, data, &self.backing())?),
+            ROM_REGION => self.rom_read(offset, data),
+            index @ 0..=5 => {
+                self.bar_access(index as u8, offset, data.len(), |target| match target {
+                    BarTarget::Emulated(bar) => Ok(self.function.bar_read(bar, offset, data)?),
+                    BarTarget::Physical(physical, bar) => Ok(physical.bar_read(bar, offset, data)?),
+                    BarTarget::LegacyIo => Ok(self.function.legacy_io_read(offset, data)?),
+                })
+            }
+            _ => Err(DeviceError::NoSuchRegion(region)),
+        }
+    }
+
+    /// Writes a region. A config write that asks for a function level reset resets the function.
+    pub fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        match region {
+            CONFIG_REGION => self.config_write(offset, data),
+            ROM_REGION => Err(DeviceError::ReadOnly(region)),
+            index @ 0..=5 => {
+                self.bar_access(index as u8, offset, data.len(), |target| match target {
+                    BarTarget::Emulated(bar) => Ok(self.function.bar_write(bar, offset, data)?),
+                    BarTarget::Physical(physical, bar) => {
+                        Ok(physical.bar_write(bar, offset, data)?)
+                    }
+                    BarTarget::LegacyIo => Ok(self.function.legacy_io_write(offset, data)?),
+                })
+            }
+            _ => Err(DeviceError::NoSuchRegion(region)),
+        }
+    }
+
+    fn config_write(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        let mut events: Vec<ConfigEvent> = Vec::new();
+        self.config
+            .lock()
+            .write(offset, data, &self.backing(), &mut |e| events.push(e))?;
+        for event in events {
+            match event {
+                ConfigEvent::FunctionLevelReset => self.reset()?,
+                other => self.function.config_changed(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// Resets the function: config space to its reset values, then the backend (and through it
+    /// the physical function).
+    pub fn reset(&self) -> Result<(), DeviceError> {
+        self.config.lock().reset();
+        self.function.reset()?;
+        Ok(())
+    }
+
+    fn rom_read(&self, offset: u64, data: &mut [u8]) -> Result<(), DeviceError> {
+        let template = self.template();
+        let rom = template
+            .layout()
+            .rom
+            .as_ref()
+            .ok_or(DeviceError::NoSuchRegion(ROM_REGION))?;
+        check(ROM_REGION, offset, data.len(), rom.size)?;
+        match rom.backing {
+            RomBacking::Emulated => Ok(self.function.rom_read(offset, data)?),
+            RomBacking::Passthrough => {
+                let physical = self
+                    .function
+                    .physical()
+                    .ok_or(DeviceError::NoSuchRegion(ROM_REGION))?;
+                Ok(physical.rom_read(offset, data)?)
+            }
+        }
+    }
+
+    fn bar_access(
+        &self,
+        index: u8,
+        offset: u64,
+        len: usize,
+        access: impl FnOnce(BarTarget<'_>) -> Result<(), DeviceError>,
+    ) -> Result<(), DeviceError> {
+        let template = self.template();
+        let bar = template
+            .layout()
+            .bar(index)
+            .ok_or(DeviceError::NoSuchRegion(index.into()))?;
+        check(index.into(), offset, len, bar.size)?;
+        // Accesses reach a BAR only while the guest has its decoding enabled (as vfio-pci).
+        let command = self.config.lock().command();
+        let (bit, what) = match bar.kind {
+            BarKind::Io => (regs::COMMAND_IO, "I/O"),
+            _ => (regs::COMMAND_MEMORY, "memory"),
+        };
+        if command & bit == 0 {
+            return Err(DeviceError::DecodingDisabled {
+                region: index.into(),
+                what,
+            });
+        }
+        match bar.backing {
+            BarBacking::Emulated => access(BarTarget::Emulated(index)),
+            BarBacking::LegacyIo => access(BarTarget::LegacyIo),
+            BarBacking::Passthrough { physical_bar } => {
+                let physical = self
+                    .function
+                    .physical()
+                    .ok_or(DeviceError::NoSuchRegion(index.into()))?;
+                access(BarTarget::Physical(physical, physical_bar))
+            }
+        }
+    }
+
+    /// What each region is: size, access, mmappable areas.
+    pub fn regions(&self) -> Vec<RegionInfo> {
+        regions::describe(self.template().layout())
+    }
+}
+
+enum BarTarget<'a> {
+    Emulated(u8),
+    Physical(&'a dyn PhysicalFunction, u8),
+    LegacyIo,
+}
+
+fn check(region: u32, offset: u64, len: usize, size: u64) -> Result<(), DeviceError> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(DeviceError::OutOfRange {
+            region,
+            offset,
+            len,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::backend::FunctionError;
+    use crate::physical::captured::CapturedFunction;
+    use crate::physical::{PhysicalBar, PhysicalDescription};
+    use crate::vpci::{compile::compile, parse_layout};
+
+    const LAYOUT: &str = r#"
+[vpci]
+format = 1
+name = "t"
+[identity]
+vendor_id = 0x1af4
+device_id = 0x1041
+class_code = 0x020000
+[[bar]]
+index = 0
+kind = "io"
+size = 32
+backing = "legacy-io"
+[[bar]]
+index = 1
+kind = "mem32"
+size = "4K"
+backing = "emulated"
+[[bar]]
+index = 2
+kind = "mem64"
+size = "16K"
+backing = "passthrough"
+physical_bar = 4
+[[capability]]
+kind = "pcie"
+offset = 0x40
+"#;
+
+    /// A function with a scratch register file in BAR 1 and a legacy I/O BAR echoing offsets.
+    struct Scratch {
+        physical: CapturedFunction,
+        registers: Mutex<[u8; 4096]>,
+        resets: Arc<AtomicU32>,
+    }
+
+    impl Function for Scratch {
+        fn bar_read(&self, _: u8, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
+            let at = offset as usize;
+            data.copy_from_slice(&self.registers.lock()[at..at + data.len()]);
+            Ok(())
+        }
+        fn bar_write(&self, _: u8, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
+            let at = offset as usize;
+            self.registers.lock()[at..at + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+        fn legacy_io_read(&self, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
+            data.fill(offset as u8);
+            Ok(())
+        }
+        fn physical(&self) -> Option<&dyn PhysicalFunction> {
+            Some(&self.physical)
+        }
+        fn reset(&self) -> Result<(), FunctionError> {
+            self.resets.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn function(physical_bar4: bool) -> Result<VirtualFunction, LayoutError> {
+        function_counting(physical_bar4, Arc::default())
+    }
+
+    fn function_counting(
+        physical_bar4: bool,
+        resets: Arc<AtomicU32>,
+    ) -> Result<VirtualFunction, LayoutError> {
+        let mut bars = [None; 6];
+        if physical_bar4 {
+            bars[4] = Some(PhysicalBar {
+                kind: BarKind::Memory64,
+                prefetchable: false,
+                size: 0x8000,
+            });
+        }
+        let physical = CapturedFunction::new(
+            "phys",
+            PhysicalDescription {
+                config: vec![0; 256],
+                bars,
+                rom_size: None,
+            },
+        );
+        let scratch = Scratch {
+            physical,
+            registers: Mutex::new([0; 4096]),
+            resets,
+        };
+        let template = Arc::new(compile(Arc::new(parse_layout("t", LAYOUT).unwrap())));
+        VirtualFunction::new(template, Box::new(scratch))
+    }
+
+    #[test]
+    fn binding_refuses_a_missing_physical_bar() {
+        let e = function(false).err().expect("refused");
+        assert_eq!(e.field, "bar[2].physical_bar");
+    }
+
+    #[test]
+    fn bars_route_by_backing_once_decoding_is_on() {
+        let vf = function(true).unwrap();
+        let mut data = [0u8; 4];
+        assert!(matches!(
+            vf.region_read(1, 0, &mut data),
+            Err(DeviceError::DecodingDisabled { .. })
+        ));
+        assert!(matches!(
+            vf.region_read(0, 4, &mut data),
+            Err(DeviceError::DecodingDisabled { what: "I/O", .. })
+        ));
+        vf.region_write(CONFIG_REGION, 4, &[0x03, 0x00]).unwrap();
+        vf.region_write(1, 0x10, &[1, 2, 3, 4]).unwrap();
+        vf.region_read(1, 0x10, &mut data).unwrap();
+        assert_eq!(data, [1, 2, 3, 4]);
+        vf.region_read(0, 6, &mut data).unwrap();
+        assert_eq!(data, [6; 4]);
+        vf.region_write(2, 0x3ffc, &[9, 9, 9, 9]).unwrap();
+        let mut back = [0u8; 4];
+        vf.function()
+            .physical()
+            .unwrap()
+            .bar_read(4, 0x3ffc, &mut back)
+            .unwrap();
+        assert_eq!(back, [9; 4]);
+        assert!(matches!(
+            vf.region_read(2, 0x4000, &mut data),
+            Err(DeviceError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            vf.region_read(3, 0, &mut data),
+            Err(DeviceError::NoSuchRegion(3))
+        ));
+        assert!(matches!(
+            vf.region_read(9, 0, &mut data),
+            Err(DeviceError::NoSuchRegion(9))
+        ));
+        assert_eq!(
+            vf.region_write(ROM_REGION, 0, &data).unwrap_err().errno(),
+            libc::EPERM
+        );
+    }
+
+    #[test]
+    fn flr_resets_config_and_backend() {
+        let resets = Arc::new(AtomicU32::new(0));
+        let vf = function_counting(true, Arc::clone(&resets)).unwrap();
+        vf.region_write(CONFIG_REGION, 4, &[0x02, 0x00]).unwrap();
+        assert_eq!(resets.load(Ordering::SeqCst), 0);
+        vf.region_write(CONFIG_REGION, 0x40 + 8, &[0x00, 0x80])
+            .unwrap();
+        assert_eq!(resets.load(Ordering::SeqCst), 1);
+        let mut command = [0u8; 2];
+        vf.region_read(CONFIG_REGION, 4, &mut command).unwrap();
+        assert_eq!(command, [0, 0], "config space is back at its reset values");
+    }
+
+    #[test]
+    fn regions_describe_the_layout() {
+        let vf = function(true).unwrap();
+        let regions = vf.regions();
+        assert_eq!(regions.len(), 9);
+        assert_eq!(
+            (regions[0].size, regions[1].size, regions[2].size),
+            (32, 4096, 0x4000)
+        );
+        assert_eq!(regions[3].size, 0);
+        assert_eq!(regions[7].size, 256);
+        assert!(!regions[8].read);
+    }
+}

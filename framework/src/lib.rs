@@ -1,0 +1,17 @@
+//! vfio-variant: a userspace framework for VFIO variant drivers.
+//!
+//! A physical PCI function (a virtio VF, an mlx-style VF, an idxd work queue) is profiled by a
+//! vendor [`backend`] and exposed as a virtual function whose config space is stated by an
+//! operator's [`vpci`] layout file, emulated by [`config`], not copied from the hardware.
+//!
+//! Layers, top to bottom: server (vfio-user) → device (compiled layout + config emulation +
+//! region routing) → backend ([`backend::Backend`]) → physical function
+//! ([`physical::PhysicalFunction`]: kernel VFIO or an emulated hardware model).
+
+pub mod backend;
+pub mod config;
+pub mod device;
+pub mod migration;
+pub mod pci;
+pub mod physical;
+pub mod vpci;

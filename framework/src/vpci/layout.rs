@@ -1,0 +1,543 @@
+//! The validated vPCI layout: what a function's config space and BARs look like to a guest.
+//!
+//! Built by [`super::parse_layout`]; every value here passed validation. Items keep the
+//! [`Location`] they were declared at, so later checks (against a physical function) can point
+//! at the line that asked for something.
+
+use super::error::Location;
+
+/// Where an item of a layout was declared: its table's location and field path.
+///
+/// Origins are not part of what a layout states: two layouts that state the same thing are
+/// equal wherever their items were written, so `==` on origins is always true.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// Where the item's table starts.
+    pub location: Location,
+    /// The item's path, for example `bar[1]` or `capability[0]`.
+    pub path: String,
+}
+
+impl PartialEq for Origin {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Origin {}
+
+impl Origin {
+    /// An error about `field` of this item.
+    pub fn error(&self, field: &str, message: impl Into<String>) -> super::error::LayoutError {
+        super::error::LayoutError::new(
+            self.location.clone(),
+            format!("{}.{field}", self.path),
+            message,
+        )
+    }
+}
+
+/// A validated vPCI layout of one instance type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Short name of the instance type.
+    pub name: String,
+    /// Free text for operators.
+    pub description: String,
+    /// 256 (conventional PCI) or 4096 (PCI Express extended config space).
+    pub config_size: u16,
+    /// What bytes owned by no capability do.
+    pub unowned: Unowned,
+    /// Vendor, device, subsystem, class, revision.
+    pub identity: Identity,
+    /// Header registers that are not identity or BARs.
+    pub header: Header,
+    /// BARs 0-5; the upper half of a 64-bit BAR is `None`.
+    pub bars: [Option<Bar>; 6],
+    /// The expansion ROM.
+    pub rom: Option<Rom>,
+    /// Standard capabilities, in chain order.
+    pub capabilities: Vec<Capability>,
+    /// Offset of the first standard capability (0x34), when it is not the first in the list.
+    pub capabilities_pointer: Option<u16>,
+    /// Extended capabilities, in chain order (the first must sit at 0x100).
+    pub ext_capabilities: Vec<ExtCapability>,
+    /// Per-register overrides, applied last.
+    pub registers: Vec<RegisterOverride>,
+}
+
+/// What a byte owned by neither the header nor a capability does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unowned {
+    /// Reads 0, writes are dropped.
+    Zero,
+    /// Reads and writes go to the same offset of the physical function.
+    Passthrough,
+}
+
+/// Identity registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Vendor ID.
+    pub vendor_id: u16,
+    /// Device ID.
+    pub device_id: u16,
+    /// Subsystem vendor ID.
+    pub subsystem_vendor_id: u16,
+    /// Subsystem ID.
+    pub subsystem_id: u16,
+    /// Class code: base class << 16 | sub-class << 8 | programming interface.
+    pub class_code: u32,
+    /// Revision ID.
+    pub revision: u8,
+}
+
+/// Where a header register's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderSource {
+    /// Emulated: a writable virtual register.
+    Virtual,
+    /// Read and written at the same offset of the physical function.
+    Passthrough,
+}
+
+/// Header behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// COMMAND bits the guest may change.
+    pub command_writable: u16,
+    /// STATUS bits that read as 1 (besides CAP_LIST, which follows the capabilities).
+    pub status_fixed: u16,
+    /// STATUS bits that are write-1-to-clear.
+    pub status_rw1c: u16,
+    /// Cache line size register.
+    pub cache_line_size: HeaderSource,
+    /// Latency timer register.
+    pub latency_timer: HeaderSource,
+    /// Header type bit 7.
+    pub multifunction: bool,
+    /// Interrupt pin: 0 none, 1-4 INTA-INTD.
+    pub interrupt_pin: u8,
+}
+
+/// Kind of a BAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarKind {
+    /// I/O space.
+    Io,
+    /// 32-bit memory.
+    Memory32,
+    /// 64-bit memory (uses the next slot for the upper half).
+    Memory64,
+}
+
+/// What serves the accesses to a BAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarBacking {
+    /// The backend's BAR handler.
+    Emulated,
+    /// The physical function's BAR of this index.
+    Passthrough {
+        /// Index of the physical BAR.
+        physical_bar: u8,
+    },
+    /// The backend's legacy I/O emulation (an I/O BAR).
+    LegacyIo,
+}
+
+/// An mmappable area of a BAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmapArea {
+    /// Offset in the BAR (page aligned).
+    pub offset: u64,
+    /// Size (page aligned).
+    pub size: u64,
+}
+
+/// A BAR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bar {
+    /// Slot 0-5.
+    pub index: u8,
+    /// I/O, 32-bit or 64-bit memory.
+    pub kind: BarKind,
+    /// Prefetchable (memory only).
+    pub prefetchable: bool,
+    /// Size in bytes: a power of two.
+    pub size: u64,
+    /// What serves accesses.
+    pub backing: BarBacking,
+    /// Areas the VMM may mmap (sparse mmap).
+    pub mmap: Vec<MmapArea>,
+    /// Where the BAR was declared.
+    pub origin: Origin,
+}
+
+/// What serves expansion ROM reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RomBacking {
+    /// The backend supplies the image.
+    Emulated,
+    /// The physical function's ROM.
+    Passthrough,
+}
+
+/// The expansion ROM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rom {
+    /// Size: a power of two, at least 2 KiB.
+    pub size: u64,
+    /// What serves reads.
+    pub backing: RomBacking,
+    /// Where it was declared.
+    pub origin: Origin,
+}
+
+/// A standard capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capability {
+    /// Offset of its header (0x40..0xff, dword aligned).
+    pub offset: u16,
+    /// What it is and where its content comes from.
+    pub body: CapabilityBody,
+    /// Where it was declared.
+    pub origin: Origin,
+}
+
+/// Content of a standard capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapabilityBody {
+    /// Power management.
+    Pm(PmParams),
+    /// MSI.
+    Msi(MsiParams),
+    /// MSI-X.
+    Msix(MsixParams),
+    /// PCI Express.
+    Pcie(PcieParams),
+    /// Vendor-specific: the bytes after the length byte.
+    Vendor {
+        /// Bytes from offset 3 of the capability.
+        data: Vec<u8>,
+    },
+    /// Any other capability, given as bytes after the header.
+    Raw {
+        /// Capability ID.
+        id: u8,
+        /// Bytes from offset 2 of the capability.
+        data: Vec<u8>,
+    },
+    /// Backed by the physical function's capability at another offset.
+    Physical {
+        /// Capability ID (must match the physical one).
+        id: u8,
+        /// Offset of the physical capability.
+        physical_offset: u16,
+        /// Length in bytes.
+        length: u16,
+    },
+}
+
+/// Power management parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PmParams {
+    /// PMC version field (3 = PM 1.2).
+    pub version: u8,
+    /// D1 supported.
+    pub d1: bool,
+    /// D2 supported.
+    pub d2: bool,
+    /// PME support bits (D0, D1, D2, D3hot, D3cold as bits 0-4).
+    pub pme_support: u8,
+    /// PMCSR No_Soft_Reset.
+    pub no_soft_reset: bool,
+}
+
+/// MSI parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiParams {
+    /// Vectors: 1, 2, 4, 8, 16 or 32.
+    pub vectors: u8,
+    /// 64-bit message address.
+    pub address_64: bool,
+    /// Per-vector masking.
+    pub per_vector_masking: bool,
+}
+
+/// MSI-X parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsixParams {
+    /// Table entries (1-2048).
+    pub table_size: u16,
+    /// BAR holding the table.
+    pub table_bar: u8,
+    /// Offset of the table in that BAR (8-byte aligned).
+    pub table_offset: u32,
+    /// BAR holding the pending bit array.
+    pub pba_bar: u8,
+    /// Offset of the PBA in that BAR (8-byte aligned).
+    pub pba_offset: u32,
+}
+
+/// PCI Express device/port type (capabilities register bits 7:4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PcieDeviceType {
+    /// PCI Express endpoint.
+    Endpoint,
+    /// Legacy PCI Express endpoint.
+    LegacyEndpoint,
+    /// Root-complex integrated endpoint (no link).
+    RcIntegratedEndpoint,
+}
+
+impl PcieDeviceType {
+    /// The value of the capabilities register field.
+    pub fn code(self) -> u16 {
+        match self {
+            Self::Endpoint => 0,
+            Self::LegacyEndpoint => 1,
+            Self::RcIntegratedEndpoint => 9,
+        }
+    }
+
+    /// The name used in layout files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Endpoint => "endpoint",
+            Self::LegacyEndpoint => "legacy-endpoint",
+            Self::RcIntegratedEndpoint => "rc-integrated-endpoint",
+        }
+    }
+}
+
+/// PCI Express parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PcieParams {
+    /// Device/port type.
+    pub device_type: PcieDeviceType,
+    /// Max payload size supported, bytes (128-4096).
+    pub max_payload: u16,
+    /// Function level reset supported.
+    pub flr: bool,
+    /// Extended tag field supported.
+    pub extended_tags: bool,
+    /// Max link speed, PCIe generation (1 = 2.5 GT/s .. 6 = 64 GT/s); ignored without a link.
+    pub link_speed: u8,
+    /// Max link width (lanes); ignored without a link.
+    pub link_width: u8,
+}
+
+/// An extended capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtCapability {
+    /// Offset of its header (0x100..0xfff, dword aligned).
+    pub offset: u16,
+    /// Capability version.
+    pub version: u8,
+    /// What it is and where its content comes from.
+    pub body: ExtCapabilityBody,
+    /// Where it was declared.
+    pub origin: Origin,
+}
+
+/// Content of an extended capability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtCapabilityBody {
+    /// Advanced error reporting.
+    Aer,
+    /// Device serial number.
+    Dsn {
+        /// The serial number.
+        serial: u64,
+    },
+    /// Access control services.
+    Acs {
+        /// ACS capability bits (7 bits).
+        capabilities: u16,
+    },
+    /// Address translation services.
+    Ats {
+        /// Invalidate queue depth (0 = 32).
+        invalidate_queue_depth: u8,
+        /// Page aligned request.
+        page_aligned: bool,
+    },
+    /// Page request interface.
+    Pri {
+        /// Outstanding page request capacity.
+        outstanding_capacity: u32,
+    },
+    /// Process address space ID.
+    Pasid {
+        /// Max PASID width (bits, 1-20).
+        max_width: u8,
+        /// Execute permission supported.
+        execute: bool,
+        /// Privileged mode supported.
+        privileged: bool,
+    },
+    /// Vendor-specific extended capability.
+    Vsec {
+        /// VSEC ID.
+        vsec_id: u16,
+        /// VSEC revision.
+        vsec_rev: u8,
+        /// Bytes from offset 8.
+        data: Vec<u8>,
+    },
+    /// Any other extended capability, given as bytes after the header.
+    Raw {
+        /// Capability ID.
+        id: u16,
+        /// Bytes from offset 4.
+        data: Vec<u8>,
+    },
+    /// Backed by the physical function's capability at another offset.
+    Physical {
+        /// Capability ID (must match the physical one).
+        id: u16,
+        /// Offset of the physical capability.
+        physical_offset: u16,
+        /// Length in bytes.
+        length: u16,
+    },
+}
+
+/// Where the non-virtual bits of an overridden register come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterSource {
+    /// The physical function's config space at this offset.
+    Physical {
+        /// Physical offset.
+        offset: u16,
+    },
+    /// Computed by the backend on every access.
+    Backend,
+}
+
+/// A per-register override.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterOverride {
+    /// Offset (aligned to `size`).
+    pub offset: u16,
+    /// 1, 2 or 4 bytes.
+    pub size: u8,
+    /// Reset value of the virtual bits.
+    pub value: u32,
+    /// Bits served from the virtual copy; the others come from `source`.
+    pub virtual_mask: u32,
+    /// Bits the guest may write.
+    pub write_mask: u32,
+    /// Bits that are write-1-to-clear.
+    pub rw1c_mask: u32,
+    /// Where the non-virtual bits come from.
+    pub source: RegisterSource,
+    /// Where it was declared.
+    pub origin: Origin,
+}
+
+impl CapabilityBody {
+    /// The capability ID.
+    pub fn id(&self) -> u8 {
+        use crate::pci::cap;
+        match self {
+            Self::Pm(_) => cap::CAP_PM,
+            Self::Msi(_) => cap::CAP_MSI,
+            Self::Msix(_) => cap::CAP_MSIX,
+            Self::Pcie(_) => cap::CAP_PCIE,
+            Self::Vendor { .. } => cap::CAP_VENDOR,
+            Self::Raw { id, .. } | Self::Physical { id, .. } => *id,
+        }
+    }
+
+    /// Length in bytes, header included.
+    pub fn length(&self) -> u16 {
+        use crate::pci::cap;
+        match self {
+            Self::Pm(_) => cap::PM_SIZE,
+            Self::Msi(p) => cap::msi_size(p.address_64, p.per_vector_masking),
+            Self::Msix(_) => cap::MSIX_SIZE,
+            Self::Pcie(_) => cap::PCIE_SIZE,
+            Self::Vendor { data } => 3 + data.len() as u16,
+            Self::Raw { data, .. } => 2 + data.len() as u16,
+            Self::Physical { length, .. } => *length,
+        }
+    }
+}
+
+impl ExtCapabilityBody {
+    /// The extended capability ID.
+    pub fn id(&self) -> u16 {
+        use crate::pci::cap;
+        match self {
+            Self::Aer => cap::EXT_CAP_AER,
+            Self::Dsn { .. } => cap::EXT_CAP_DSN,
+            Self::Acs { .. } => cap::EXT_CAP_ACS,
+            Self::Ats { .. } => cap::EXT_CAP_ATS,
+            Self::Pri { .. } => cap::EXT_CAP_PRI,
+            Self::Pasid { .. } => cap::EXT_CAP_PASID,
+            Self::Vsec { .. } => cap::EXT_CAP_VSEC,
+            Self::Raw { id, .. } | Self::Physical { id, .. } => *id,
+        }
+    }
+
+    /// Length in bytes, header included.
+    pub fn length(&self) -> u16 {
+        use crate::pci::cap;
+        match self {
+            Self::Aer => cap::AER_SIZE,
+            Self::Dsn { .. } => cap::DSN_SIZE,
+            Self::Acs { .. } => cap::ACS_SIZE,
+            Self::Ats { .. } => cap::ATS_SIZE,
+            Self::Pri { .. } => cap::PRI_SIZE,
+            Self::Pasid { .. } => cap::PASID_SIZE,
+            Self::Vsec { data, .. } => 8 + data.len() as u16,
+            Self::Raw { data, .. } => 4 + data.len() as u16,
+            Self::Physical { length, .. } => *length,
+        }
+    }
+}
+
+impl Layout {
+    /// The BAR in slot `index`, if declared.
+    pub fn bar(&self, index: u8) -> Option<&Bar> {
+        self.bars.get(usize::from(index)).and_then(Option::as_ref)
+    }
+
+    /// Whether any part of the config space comes from a physical function.
+    pub fn needs_physical(&self) -> bool {
+        self.unowned == Unowned::Passthrough
+            || self.header.cache_line_size == HeaderSource::Passthrough
+            || self.header.latency_timer == HeaderSource::Passthrough
+            || self
+                .capabilities
+                .iter()
+                .any(|c| matches!(c.body, CapabilityBody::Physical { .. }))
+            || self
+                .ext_capabilities
+                .iter()
+                .any(|c| matches!(c.body, ExtCapabilityBody::Physical { .. }))
+            || self.registers.iter().any(|r| {
+                r.virtual_mask != all_ones(r.size)
+                    && matches!(r.source, RegisterSource::Physical { .. })
+            })
+            || self
+                .rom
+                .as_ref()
+                .is_some_and(|r| r.backing == RomBacking::Passthrough)
+            || self
+                .bars
+                .iter()
+                .flatten()
+                .any(|b| matches!(b.backing, BarBacking::Passthrough { .. }))
+    }
+}
+
+/// A mask of `size` bytes of ones.
+pub fn all_ones(size: u8) -> u32 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    }
+}
