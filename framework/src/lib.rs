@@ -14,4 +14,5 @@ pub mod device;
 pub mod migration;
 pub mod pci;
 pub mod physical;
+pub mod plugin;
 pub mod vpci;

@@ -1,0 +1,314 @@
+//! The sample function's device model.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+use vfio_variant::backend::Function;
+use vfio_variant::backend::{FunctionContext, FunctionError, Interrupt};
+use vfio_variant::config::ConfigEvent;
+use vfio_variant::pci::regs::COMMAND_INTX_DISABLE;
+
+use super::registers::*;
+
+/// Register and interrupt state.
+#[derive(Default)]
+struct State {
+    scratch: u32,
+    int_status: u32,
+    src: u64,
+    dst: u64,
+    len: u32,
+    count: u32,
+    status: u32,
+    msix_enabled: bool,
+    msi_enabled: bool,
+    intx_disabled: bool,
+    intx_asserted: bool,
+}
+
+/// One sample function.
+pub struct SampleFunction {
+    state: Mutex<State>,
+    msix_bar: Mutex<Vec<u8>>,
+    context: OnceLock<FunctionContext>,
+    in_use: Arc<AtomicU32>,
+}
+
+impl SampleFunction {
+    /// A function at reset; `in_use` is decremented when it is dropped.
+    pub(super) fn new(in_use: Arc<AtomicU32>) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            msix_bar: Mutex::new(vec![0; 4096]),
+            context: OnceLock::new(),
+            in_use,
+        }
+    }
+
+    fn raise(&self, state: &mut State, vector: u32) {
+        let Some(context) = self.context.get() else {
+            return;
+        };
+        if state.msix_enabled {
+            context.interrupts.raise(Interrupt::Msix(vector));
+        } else if state.msi_enabled {
+            context.interrupts.raise(Interrupt::Msi(vector));
+        } else if !state.intx_disabled && !state.intx_asserted {
+            state.intx_asserted = true;
+            context.interrupts.raise(Interrupt::Intx(true));
+        }
+    }
+
+    fn update_intx(&self, state: &mut State) {
+        if state.intx_asserted && (state.int_status == 0 || state.intx_disabled) {
+            state.intx_asserted = false;
+            if let Some(context) = self.context.get() {
+                context.interrupts.raise(Interrupt::Intx(false));
+            }
+        }
+    }
+
+    fn run_dma(&self, state: &mut State, command: u32) {
+        state.status = self.copy(state);
+        state.count = state.count.wrapping_add(1);
+        if command & DMA_CMD_IRQ != 0 {
+            state.int_status |= INT_DMA_DONE;
+            self.raise(state, 0);
+        }
+    }
+
+    fn copy(&self, state: &State) -> u32 {
+        if state.len > DMA_MAX_LEN {
+            return 1;
+        }
+        let Some(context) = self.context.get() else {
+            return 2;
+        };
+        let mut buffer = vec![0u8; state.len as usize];
+        if context.dma.read(state.src, &mut buffer).is_err() {
+            return 2;
+        }
+        if context.dma.write(state.dst, &buffer).is_err() {
+            return 3;
+        }
+        0
+    }
+
+    fn register_read(&self, offset: u64) -> u32 {
+        let state = self.state.lock();
+        match offset {
+            ID => ID_VALUE,
+            SCRATCH => state.scratch,
+            INT_STATUS => state.int_status,
+            DMA_SRC_LO => state.src as u32,
+            DMA_SRC_HI => (state.src >> 32) as u32,
+            DMA_DST_LO => state.dst as u32,
+            DMA_DST_HI => (state.dst >> 32) as u32,
+            DMA_LEN => state.len,
+            DMA_COUNT => state.count,
+            DMA_STATUS => state.status,
+            _ => 0,
+        }
+    }
+
+    fn register_write(&self, offset: u64, value: u32) {
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        match offset {
+            SCRATCH => state.scratch = value,
+            INT_STATUS => {
+                state.int_status &= !value;
+                self.update_intx(state);
+            }
+            RAISE => {
+                state.int_status |= INT_RAISED;
+                self.raise(state, value);
+            }
+            DMA_SRC_LO => state.src = (state.src & !0xffff_ffff) | u64::from(value),
+            DMA_SRC_HI => state.src = (state.src & 0xffff_ffff) | (u64::from(value) << 32),
+            DMA_DST_LO => state.dst = (state.dst & !0xffff_ffff) | u64::from(value),
+            DMA_DST_HI => state.dst = (state.dst & 0xffff_ffff) | (u64::from(value) << 32),
+            DMA_LEN => state.len = value,
+            DMA_CMD if value & DMA_CMD_START != 0 => self.run_dma(state, value),
+            _ => {}
+        }
+    }
+}
+
+impl Drop for SampleFunction {
+    fn drop(&mut self) {
+        self.in_use.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn check_register_access(offset: u64, len: usize) -> Result<(), FunctionError> {
+    if len != 4 || !offset.is_multiple_of(4) {
+        return Err(FunctionError::BadAccess(format!(
+            "registers are 32-bit aligned; got {len} bytes at {offset:#x}"
+        )));
+    }
+    Ok(())
+}
+
+impl Function for SampleFunction {
+    fn attach(&self, context: FunctionContext) {
+        let _ = self.context.set(context);
+    }
+
+    fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
+        match bar {
+            0 => {
+                check_register_access(offset, data.len())?;
+                data.copy_from_slice(&self.register_read(offset).to_le_bytes());
+                Ok(())
+            }
+            1 => {
+                let memory = self.msix_bar.lock();
+                let at = offset as usize;
+                data.copy_from_slice(&memory[at..at + data.len()]);
+                Ok(())
+            }
+            other => Err(FunctionError::BadAccess(format!("no emulated BAR {other}"))),
+        }
+    }
+
+    fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
+        match bar {
+            0 => {
+                check_register_access(offset, data.len())?;
+                let mut value = [0u8; 4];
+                value.copy_from_slice(data);
+                self.register_write(offset, u32::from_le_bytes(value));
+                Ok(())
+            }
+            1 => {
+                let mut memory = self.msix_bar.lock();
+                let at = offset as usize;
+                memory[at..at + data.len()].copy_from_slice(data);
+                Ok(())
+            }
+            other => Err(FunctionError::BadAccess(format!("no emulated BAR {other}"))),
+        }
+    }
+
+    fn config_changed(&self, event: ConfigEvent) {
+        let mut state = self.state.lock();
+        match event {
+            ConfigEvent::Msix { enabled, .. } => state.msix_enabled = enabled,
+            ConfigEvent::Msi { enabled, .. } => state.msi_enabled = enabled,
+            ConfigEvent::Command { new, .. } => {
+                state.intx_disabled = new & COMMAND_INTX_DISABLE != 0;
+                self.update_intx(&mut state);
+            }
+            ConfigEvent::FunctionLevelReset | ConfigEvent::PowerState(_) => {}
+        }
+    }
+
+    fn reset(&self) -> Result<(), FunctionError> {
+        let mut state = self.state.lock();
+        state.int_status = 0;
+        self.update_intx(&mut state);
+        *state = State::default();
+        self.msix_bar.lock().fill(0);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfio_variant::backend::{DmaAccess, DmaError, InterruptSink};
+
+    struct Memory(Mutex<Vec<u8>>);
+
+    impl DmaAccess for Memory {
+        fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), DmaError> {
+            let memory = self.0.lock();
+            let range = iova as usize..iova as usize + data.len();
+            data.copy_from_slice(memory.get(range).ok_or(DmaError::Unmapped {
+                iova,
+                len: data.len(),
+            })?);
+            Ok(())
+        }
+        fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+            let mut memory = self.0.lock();
+            let range = iova as usize..iova as usize + data.len();
+            memory
+                .get_mut(range)
+                .ok_or(DmaError::Unmapped {
+                    iova,
+                    len: data.len(),
+                })?
+                .copy_from_slice(data);
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Interrupt>>);
+
+    impl InterruptSink for Recorder {
+        fn raise(&self, interrupt: Interrupt) {
+            self.0.lock().push(interrupt);
+        }
+    }
+
+    fn attached() -> (SampleFunction, Arc<Memory>, Arc<Recorder>) {
+        let f = SampleFunction::new(Arc::new(AtomicU32::new(1)));
+        let memory = Arc::new(Memory(Mutex::new(vec![0; 0x10000])));
+        let irqs = Arc::new(Recorder::default());
+        f.attach(FunctionContext {
+            dma: memory.clone(),
+            interrupts: irqs.clone(),
+        });
+        (f, memory, irqs)
+    }
+
+    fn write(f: &SampleFunction, offset: u64, value: u32) {
+        f.bar_write(0, offset, &value.to_le_bytes()).unwrap();
+    }
+
+    fn read(f: &SampleFunction, offset: u64) -> u32 {
+        let mut data = [0u8; 4];
+        f.bar_read(0, offset, &mut data).unwrap();
+        u32::from_le_bytes(data)
+    }
+
+    #[test]
+    fn dma_copies_and_interrupts_by_mode() {
+        let (f, memory, irqs) = attached();
+        memory.0.lock()[0x1000..0x1010].copy_from_slice(b"sixteen bytes!!!");
+        write(&f, DMA_SRC_LO, 0x1000);
+        write(&f, DMA_DST_LO, 0x8000);
+        write(&f, DMA_LEN, 16);
+        write(&f, DMA_CMD, DMA_CMD_START | DMA_CMD_IRQ);
+        assert_eq!(&memory.0.lock()[0x8000..0x8010], b"sixteen bytes!!!");
+        assert_eq!((read(&f, DMA_COUNT), read(&f, DMA_STATUS)), (1, 0));
+        assert_eq!(*irqs.0.lock(), vec![Interrupt::Intx(true)]);
+        write(&f, INT_STATUS, INT_DMA_DONE);
+        assert_eq!(irqs.0.lock().last(), Some(&Interrupt::Intx(false)));
+        f.config_changed(ConfigEvent::Msix {
+            enabled: true,
+            function_mask: false,
+        });
+        write(&f, RAISE, 3);
+        assert_eq!(irqs.0.lock().last(), Some(&Interrupt::Msix(3)));
+    }
+
+    #[test]
+    fn dma_faults_are_reported_not_fatal() {
+        let (f, _, _) = attached();
+        write(&f, DMA_SRC_LO, 0xfff0);
+        write(&f, DMA_LEN, 64);
+        write(&f, DMA_CMD, DMA_CMD_START);
+        assert_eq!(read(&f, DMA_STATUS), 2);
+        write(&f, DMA_LEN, DMA_MAX_LEN + 1);
+        write(&f, DMA_CMD, DMA_CMD_START);
+        assert_eq!(read(&f, DMA_STATUS), 1);
+        assert!(f.bar_read(0, 2, &mut [0u8; 4]).is_err());
+        assert!(f.bar_write(0, 0, &[0u8; 2]).is_err());
+        assert_eq!(read(&f, ID), ID_VALUE);
+    }
+}

@@ -1,0 +1,40 @@
+//! Register map of the sample function's BAR 0 (32-bit registers, little endian).
+
+/// Identification (read-only): `VFIO` in ASCII.
+pub const ID: u64 = 0x00;
+/// The value of [`ID`].
+pub const ID_VALUE: u32 = 0x4f49_4656;
+/// Scratch register: reads back what was written; kept across client reconnects, cleared by reset.
+pub const SCRATCH: u64 = 0x04;
+/// Interrupt status (read), write 1 to clear: bit 0 = DMA done, bit 1 = raised by [`RAISE`].
+pub const INT_STATUS: u64 = 0x08;
+/// Interrupt status bit: a DMA transfer with [`DMA_CMD_IRQ`] completed.
+pub const INT_DMA_DONE: u32 = 1 << 0;
+/// Interrupt status bit: software raised an interrupt through [`RAISE`].
+pub const INT_RAISED: u32 = 1 << 1;
+/// Writing N raises MSI-X vector N (MSI-X on), else MSI (on), else INTx.
+pub const RAISE: u64 = 0x0c;
+/// DMA source address, low 32 bits.
+pub const DMA_SRC_LO: u64 = 0x10;
+/// DMA source address, high 32 bits.
+pub const DMA_SRC_HI: u64 = 0x14;
+/// DMA destination address, low 32 bits.
+pub const DMA_DST_LO: u64 = 0x18;
+/// DMA destination address, high 32 bits.
+pub const DMA_DST_HI: u64 = 0x1c;
+/// DMA length in bytes (at most [`DMA_MAX_LEN`]).
+pub const DMA_LEN: u64 = 0x20;
+/// DMA command: write [`DMA_CMD_START`] (and [`DMA_CMD_IRQ`]) to copy.
+pub const DMA_CMD: u64 = 0x24;
+/// DMA command bit: start the copy.
+pub const DMA_CMD_START: u32 = 1 << 0;
+/// DMA command bit: raise an interrupt (vector 0) when done.
+pub const DMA_CMD_IRQ: u32 = 1 << 1;
+/// Completed DMA transfers (read-only).
+pub const DMA_COUNT: u64 = 0x28;
+/// Status of the last transfer (read-only): 0 ok, 1 length too large, 2 read fault, 3 write fault.
+pub const DMA_STATUS: u64 = 0x2c;
+/// Largest DMA transfer.
+pub const DMA_MAX_LEN: u32 = 1 << 20;
+/// Size of the register file.
+pub const SIZE: u64 = 0x30;

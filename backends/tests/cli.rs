@@ -1,0 +1,160 @@
+//! The `vfio-variant vpci` commands as a user runs them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vfio-variant"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[test]
+fn check_prints_lspci_like_and_hex() {
+    let out = run(&["vpci", "check", "catalog/virtio-net-transitional.toml"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("Device 1af4:1000 (rev 00)"), "{text}");
+    assert!(
+        text.contains("Region 0: I/O ports [size=32] (legacy I/O)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Capabilities: [40] MSI-X: Enable- Count=3"),
+        "{text}"
+    );
+
+    let out = run(&[
+        "vpci",
+        "check",
+        "--hex",
+        "catalog/virtio-net-transitional.toml",
+    ]);
+    let hex = stdout(&out);
+    let lines: Vec<&str> = hex.lines().collect();
+    assert_eq!(lines.len(), 256);
+    assert_eq!(
+        lines[0],
+        "00: f4 1a 00 10 00 00 10 00 00 00 00 02 00 00 00 00"
+    );
+    assert!(lines[16].starts_with("100: "));
+    assert!(lines.iter().all(|l| l.split(' ').count() == 17));
+}
+
+#[test]
+fn check_json_and_physical_binding() {
+    let out = run(&["vpci", "check", "--json", "catalog/idxd-1dwq.toml"]);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["class_code"], 0x088000);
+    assert_eq!(report["ext_capabilities"].as_array().unwrap().len(), 3);
+    assert!(
+        report["fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+
+    // A derived layout checked against the device it came from reads the hardware's bytes.
+    let dir = repo().join("framework/tests/data/pci/igb");
+    let out_file =
+        std::env::temp_dir().join(format!("vfio-variant-cli-{}.toml", std::process::id()));
+    let out = run(&[
+        "vpci",
+        "derive",
+        "--sysfs",
+        dir.to_str().unwrap(),
+        "--name",
+        "igb",
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let derived = std::fs::read_to_string(&out_file).unwrap();
+    assert!(
+        derived.contains("# Hidden: Single Root I/O Virtualization"),
+        "{derived}"
+    );
+    let out = run(&[
+        "vpci",
+        "check",
+        "--hex",
+        out_file.to_str().unwrap(),
+        "--sysfs",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let first = stdout(&out).lines().next().unwrap().to_string();
+    let config = std::fs::read(dir.join("config")).unwrap();
+    let expected: Vec<String> = config[..16].iter().map(|b| format!("{b:02x}")).collect();
+    // Identity bytes as the device has them; COMMAND/STATUS are the layout's reset values.
+    assert_eq!(first[4..15], expected[..4].join(" "));
+    // Without the physical function, passthrough bytes cannot be printed.
+    let out = run(&["vpci", "check", "--hex", out_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --sysfs"));
+    let _ = std::fs::remove_file(out_file);
+}
+
+#[test]
+fn compat_exit_codes_and_json() {
+    let same = run(&[
+        "vpci",
+        "compat",
+        "catalog/mlx-vf.toml",
+        "catalog/mlx-vf.toml",
+    ]);
+    assert_eq!(same.status.code(), Some(0));
+    assert!(stdout(&same).contains("compatible"));
+    let other = run(&[
+        "vpci",
+        "compat",
+        "--json",
+        "catalog/virtio-net-transitional.toml",
+        "catalog/virtio-blk-transitional.toml",
+    ]);
+    assert_eq!(other.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&other)).unwrap();
+    assert_eq!(report["compatible"], false);
+    let places: Vec<&str> = report["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["place"].as_str().unwrap())
+        .collect();
+    assert!(
+        places.iter().any(|p| p.starts_with("header.device_id")),
+        "{places:?}"
+    );
+}
+
+#[test]
+fn bad_files_are_refused_with_location() {
+    let path = std::env::temp_dir().join(format!("vfio-variant-bad-{}.toml", std::process::id()));
+    std::fs::write(&path, "[vpci]\nformat = 1\nname = \"x\"\n[identity]\nvendor_id = 0x1af4\ndevice_id = 1\nclass_code = 0\n[[bar]]\nindex = 0\nkind = \"io\"\nsize = 512\n").unwrap();
+    let out = run(&["vpci", "check", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:11:8: bar[0].size: an I/O BAR is at most 256 bytes",
+            path.display()
+        )),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(path);
+    let out = run(&["vpci", "check", "/nonexistent/layout.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
