@@ -1,0 +1,70 @@
+//! `cargo xtask ci`: everything a submission must pass, in order, failing fast.
+
+use std::path::Path;
+
+use crate::cmd::{cargo, run as run_step, workspace_root};
+
+/// Crates outside the workspace that CI checks too (fuzz targets, the example plugin).
+fn side_manifests() -> Vec<String> {
+    let root = workspace_root();
+    ["fuzz/Cargo.toml", "tests/plugin-example/Cargo.toml"]
+        .iter()
+        .filter(|m| root.join(m).is_file())
+        .map(|m| m.to_string())
+        .collect()
+}
+
+/// Runs every check.
+pub fn run() -> Result<(), String> {
+    let side = side_manifests();
+    run_step("format", cargo().args(["fmt", "--all", "--check"]))?;
+    for manifest in &side {
+        run_step(
+            &format!("format {manifest}"),
+            cargo().args(["fmt", "--check", "--manifest-path", manifest]),
+        )?;
+    }
+    run_step(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    for manifest in &side {
+        run_step(
+            &format!("clippy {manifest}"),
+            cargo().args([
+                "clippy",
+                "--all-targets",
+                "--manifest-path",
+                manifest,
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
+    run_step(
+        "docs",
+        cargo()
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    if Path::new(&workspace_root().join("fuzz/Cargo.toml")).is_file() {
+        run_step(
+            "fuzz targets build",
+            cargo().args(["build", "--manifest-path", "fuzz/Cargo.toml", "--bins"]),
+        )?;
+    }
+    run_step(
+        "tests",
+        cargo().args(["test", "--workspace", "--all-targets"]),
+    )?;
+    run_step("doc tests", cargo().args(["test", "--workspace", "--doc"]))?;
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! QEMU end-to-end infrastructure: a cached Debian sid chroot that provides QEMU (with the
+//! vfio-user client) and a guest kernel ([`chroot`]), initramfs images built from busybox and the
+//! kernel's modules ([`initramfs`]), guests booted under TCG whose serial console is parsed for
+//! marker-delimited sections ([`guest`]), and one user of them: `cargo xtask capture-configs`
+//! ([`capture`]).
+
+pub mod capture;
+pub mod chroot;
+pub mod guest;
+pub mod initramfs;
+
+use std::process::{Command, Stdio};
+
+/// Runs `command` with its output captured and returns its standard output.
+///
+/// Fails naming the step, the command, its exit status and its standard error.
+fn output(step: &str, command: &mut Command) -> Result<String, String> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{step}: cannot start {command:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{step} failed ({}): {command:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ))
+    }
+}

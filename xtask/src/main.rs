@@ -1,0 +1,43 @@
+//! `cargo xtask ci | e2e | bench | fuzz`: the project's automation, in Rust.
+
+mod bench;
+mod ci;
+mod cmd;
+mod e2e;
+mod fuzz;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  ci               everything CI checks: fmt, clippy -D warnings, tests, docs, fuzz build, e2e
+  bench            run the benchmarks; prints `BENCH name value unit [ratio=.. vs=..]` lines
+  fuzz [TARGET] [SECONDS]
+                   run one fuzz target (or each in turn) for SECONDS (default 60)
+  capture-configs [OUT_DIR]
+                   boot a QEMU guest and save its emulated devices' PCI config spaces
+                   (default OUT_DIR: framework/tests/data/pci)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci::run(),
+        Some("bench") => bench::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
+        Some("capture-configs") => e2e::capture::run(&args[1..]),
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
