@@ -9,8 +9,12 @@ use vfio_variant::config::{ConfigSpace, NoBacking};
 use vfio_variant::vpci::{compile::compile, parse_layout};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(layout) = parse_layout("fuzz.toml", text) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(layout) = parse_layout("fuzz.toml", text) else {
+        return;
+    };
     let layout = Arc::new(layout);
     let again = parse_layout("emitted.toml", &layout.to_toml()).expect("emitted layout parses");
     assert_eq!(*layout, again);
