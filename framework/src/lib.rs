@@ -15,4 +15,5 @@ pub mod migration;
 pub mod pci;
 pub mod physical;
 pub mod plugin;
+pub mod vfio_user;
 pub mod vpci;

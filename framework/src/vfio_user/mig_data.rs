@@ -1,0 +1,190 @@
+//! MIG_DATA_READ (17) and MIG_DATA_WRITE (18): the migration data stream.
+//!
+//! Sizes are bounded by `max_data_xfer_size` like the other data transfers.
+
+use super::error::ProtocolError;
+use super::wire::{Reader, len_u32, put_u32};
+use super::{Limits, Payload};
+
+/// Size of the fixed part of MIG_DATA_READ/WRITE (`argsz`, `size`).
+pub const MIG_DATA_SIZE: u32 = 8;
+
+fn check_size(what: &'static str, size: u32, limits: &Limits) -> Result<(), ProtocolError> {
+    if u64::from(size) > limits.max_data_xfer_size {
+        return Err(ProtocolError::too_large(
+            what,
+            size.into(),
+            limits.max_data_xfer_size,
+        ));
+    }
+    Ok(())
+}
+
+/// MIG_DATA_READ request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigDataRead {
+    /// Largest reply payload (8 + `size`).
+    pub argsz: u32,
+    /// Bytes wanted.
+    pub size: u32,
+}
+
+impl MigDataRead {
+    /// A request for up to `size` bytes.
+    pub fn new(size: u32) -> Self {
+        Self {
+            argsz: MIG_DATA_SIZE.saturating_add(size),
+            size,
+        }
+    }
+}
+
+impl Payload for MigDataRead {
+    fn parse(payload: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
+        const WHAT: &str = "MIG_DATA_READ";
+        let mut r = Reader::new(WHAT, payload);
+        let argsz = r.u32()?;
+        let size = r.u32()?;
+        check_size(WHAT, size, limits)?;
+        Ok(Self { argsz, size })
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.argsz);
+        put_u32(out, self.size);
+    }
+}
+
+/// MIG_DATA_READ reply; fewer bytes than asked mean the end of the data (for now, in
+/// pre-copy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigDataReadReply {
+    /// Size of the reply payload (8 + data).
+    pub argsz: u32,
+    /// The data (its length is `size` on the wire).
+    pub data: Vec<u8>,
+}
+
+impl MigDataReadReply {
+    /// A reply carrying `data`.
+    pub fn new(data: Vec<u8>) -> Self {
+        Self {
+            argsz: len_u32(data.len().saturating_add(MIG_DATA_SIZE as usize)),
+            data,
+        }
+    }
+}
+
+fn parse_with_data<'a>(
+    what: &'static str,
+    payload: &'a [u8],
+    limits: &Limits,
+) -> Result<(u32, &'a [u8]), ProtocolError> {
+    let mut r = Reader::new(what, payload);
+    let argsz = r.u32()?;
+    let size = r.u32()?;
+    let data = r.counted_data(size.into(), limits.max_data_xfer_size)?;
+    Ok((argsz, data))
+}
+
+fn encode_with_data(out: &mut Vec<u8>, argsz: u32, data: &[u8]) {
+    put_u32(out, argsz);
+    put_u32(out, len_u32(data.len()));
+    out.extend_from_slice(data);
+}
+
+impl Payload for MigDataReadReply {
+    fn parse(payload: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
+        let (argsz, data) = parse_with_data("MIG_DATA_READ reply", payload, limits)?;
+        Ok(Self {
+            argsz,
+            data: data.to_vec(),
+        })
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        encode_with_data(out, self.argsz, &self.data);
+    }
+}
+
+/// MIG_DATA_WRITE request (reply: no payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigDataWrite {
+    /// Largest reply payload.
+    pub argsz: u32,
+    /// The data (its length is `size` on the wire).
+    pub data: Vec<u8>,
+}
+
+impl MigDataWrite {
+    /// A request writing `data`.
+    pub fn new(data: Vec<u8>) -> Self {
+        Self {
+            argsz: MIG_DATA_SIZE,
+            data,
+        }
+    }
+}
+
+impl Payload for MigDataWrite {
+    fn parse(payload: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
+        let (argsz, data) = parse_with_data("MIG_DATA_WRITE", payload, limits)?;
+        Ok(Self {
+            argsz,
+            data: data.to_vec(),
+        })
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        encode_with_data(out, self.argsz, &self.data);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: Payload + PartialEq + std::fmt::Debug>(value: &T) {
+        assert_eq!(
+            &T::parse(&value.to_bytes(), &Limits::default()).unwrap(),
+            value
+        );
+    }
+
+    #[test]
+    fn round_trips_and_layout() {
+        let read = MigDataRead::new(4096);
+        assert_eq!(read.to_bytes().len(), 8);
+        round_trip(&read);
+        let reply = MigDataReadReply::new(vec![5; 10]);
+        let bytes = reply.to_bytes();
+        assert_eq!(&bytes[0..4], &18u32.to_ne_bytes());
+        assert_eq!(&bytes[4..8], &10u32.to_ne_bytes());
+        round_trip(&reply);
+        round_trip(&MigDataReadReply::new(Vec::new()));
+        round_trip(&MigDataWrite::new(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn refusals() {
+        let limits = Limits {
+            max_data_xfer_size: 16,
+            ..Limits::default()
+        };
+        assert_eq!(
+            MigDataRead::parse(&MigDataRead::new(17).to_bytes(), &limits)
+                .unwrap_err()
+                .errno(),
+            7
+        );
+        let big = MigDataWrite::new(vec![0; 17]).to_bytes();
+        assert_eq!(MigDataWrite::parse(&big, &limits).unwrap_err().errno(), 7);
+        let mut lying = MigDataWrite::new(vec![0; 4]).to_bytes();
+        lying[4..8].copy_from_slice(&8u32.to_ne_bytes());
+        assert_eq!(
+            MigDataWrite::parse(&lying, &limits).unwrap_err().errno(),
+            22
+        );
+        assert!(MigDataReadReply::parse(&[0; 7], &limits).is_err());
+    }
+}
