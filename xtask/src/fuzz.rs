@@ -8,6 +8,9 @@ const COVERAGE_FLAGS: &str = "-Cpasses=sancov-module -Cllvm-args=-sanitizer-cove
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks";
 
+/// The one target installed here.
+const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
 fn targets() -> Result<Vec<String>, String> {
     let dir = workspace_root().join("fuzz/fuzz_targets");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
@@ -64,7 +67,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let seeds = workspace_root().join("fuzz/seeds").join(target);
         std::fs::create_dir_all(&corpus)
             .map_err(|e| format!("creating {}: {e}", corpus.display()))?;
-        let mut command = std::process::Command::new(target_dir.join("release").join(target));
+        let binary = target_dir.join(HOST_TARGET).join("release").join(target);
+        let mut command = std::process::Command::new(binary);
         command
             .arg(&corpus)
             .arg(format!("-max_total_time={seconds}"))
