@@ -48,16 +48,16 @@ fn check_payload(command: Command, payload: &[u8], limits: &Limits) {
             request.encode(&mut bytes);
             let again = Request::parse(command, &bytes, limits).expect("encoded request parses");
             assert_eq!(again, request);
-            if let Request::Version(proposal) = &request {
-                if let Ok((reply, negotiated)) = negotiate(proposal, &ServerOffer::default()) {
-                    assert!(reply.minor <= proposal.minor);
-                    assert!(negotiated.max_msg_fds <= 16);
-                    assert!(negotiated.max_data_xfer_size <= 64 << 20);
-                    assert_eq!(
-                        accept_reply(proposal, &reply).expect("own reply accepted"),
-                        negotiated
-                    );
-                }
+            if let Request::Version(proposal) = &request
+                && let Ok((reply, negotiated)) = negotiate(proposal, &ServerOffer::default())
+            {
+                assert!(reply.minor <= proposal.minor);
+                assert!(negotiated.max_msg_fds <= 16);
+                assert!(negotiated.max_data_xfer_size <= 64 << 20);
+                assert_eq!(
+                    accept_reply(proposal, &reply).expect("own reply accepted"),
+                    negotiated
+                );
             }
         }
         Err(e) => check_errno(&e),
