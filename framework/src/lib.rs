@@ -15,5 +15,6 @@ pub mod migration;
 pub mod pci;
 pub mod physical;
 pub mod plugin;
+pub mod server;
 pub mod vfio_user;
 pub mod vpci;

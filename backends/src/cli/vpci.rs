@@ -219,7 +219,16 @@ struct CheckReport {
     capabilities: Vec<CapReport>,
     ext_capabilities: Vec<CapReport>,
     physical_bits_known: bool,
+    /// Reset values as hex, one byte after another.
     config: String,
+    /// Bits the guest may write, as hex per byte.
+    write_mask: String,
+    /// Write-1-to-clear bits, as hex per byte.
+    rw1c_mask: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Serialize)]
@@ -313,7 +322,9 @@ impl CheckReport {
                 })
                 .collect(),
             physical_bits_known: !needs_physical,
-            config: config.iter().map(|b| format!("{b:02x}")).collect(),
+            config: hex(config),
+            write_mask: hex(template.write_mask()),
+            rw1c_mask: hex(template.rw1c_mask()),
         }
     }
 }

@@ -14,6 +14,7 @@ mod context;
 
 pub use context::{DmaAccess, DmaError, FunctionContext, Interrupt, InterruptSink};
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +48,16 @@ pub struct CreateRequest {
     pub layout: Arc<Layout>,
     /// Ordered attributes applied while provisioning (backend-specific `key = value`).
     pub attributes: Vec<(String, String)>,
+}
+
+/// A file a VMM may mmap to reach a BAR's mmappable areas (the layout's `[[bar.mmap]]`)
+/// without a message per access.
+#[derive(Debug, Clone)]
+pub struct MmapFile {
+    /// The file (typically a memfd the device model also maps).
+    pub fd: Arc<OwnedFd>,
+    /// Where byte 0 of the BAR is in the file.
+    pub offset: u64,
 }
 
 /// Why a backend refused or failed.
@@ -118,6 +129,12 @@ pub trait Function: Send + Sync {
     fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), FunctionError>;
     /// Writes an emulated BAR.
     fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), FunctionError>;
+    /// The file backing an emulated BAR's mmappable areas, if the device model has one.
+    /// Without it the areas are served through `bar_read`/`bar_write` only.
+    fn bar_mmap(&self, bar: u8) -> Option<MmapFile> {
+        let _ = bar;
+        None
+    }
     /// Reads the legacy I/O BAR; only called while I/O decoding is enabled in COMMAND.
     fn legacy_io_read(&self, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
         let _ = (offset, data);

@@ -237,6 +237,11 @@ impl VirtualFunction {
         }
     }
 
+    /// Sets STATUS.INTERRUPT, the INTx line state the guest sees.
+    pub fn set_intx_status(&self, asserted: bool) {
+        self.config.lock().set_intx_status(asserted);
+    }
+
     /// What each region is: size, access, mmappable areas.
     pub fn regions(&self) -> Vec<RegionInfo> {
         regions::describe(self.template().layout())

@@ -17,7 +17,7 @@ use super::access::{
     RegionRead, RegionReadReply, RegionWrite, WriteMulti, WriteMultiEntry, WriteMultiReply,
 };
 use super::device::DeviceInfo;
-use super::dma::{DmaMap, DmaRead, DmaReadReply, DmaUnmap, DmaWrite, DmaWriteReply};
+use super::dma::{DmaLayout, DmaMap, DmaRead, DmaReadReply, DmaUnmap, DmaWrite, DmaWriteReply};
 use super::error::ProtocolError;
 use super::feature::{
     DeviceFeature, DmaLoggingControl, DmaLoggingRange, DmaLoggingReport, DmaLoggingReportReply,
@@ -58,6 +58,9 @@ pub struct ClientOptions {
     pub limits: Limits,
     /// Read and write timeout of the socket (`None`: wait forever).
     pub timeout: Option<Duration>,
+    /// Layout of the server's DMA_WRITE requests and of DMA_READ replies: QEMU's by default,
+    /// as QEMU is the client servers are written for.
+    pub dma_layout: DmaLayout,
 }
 
 impl Default for ClientOptions {
@@ -66,6 +69,7 @@ impl Default for ClientOptions {
             capabilities: Capabilities::qemu_proposal(),
             limits: Limits::default(),
             timeout: None,
+            dma_layout: DmaLayout::Qemu,
         }
     }
 }
@@ -146,6 +150,7 @@ pub struct Client {
     limits: Limits,
     negotiated: Negotiated,
     dma: Option<Box<dyn DmaHandler>>,
+    dma_layout: DmaLayout,
     broken: bool,
 }
 
@@ -216,6 +221,7 @@ impl Client {
             },
             negotiated,
             dma: None,
+            dma_layout: options.dma_layout,
             broken: false,
         })
     }
@@ -336,29 +342,33 @@ impl Client {
                         None => Err(Errno::FAULT.raw_os_error()),
                     }
                     .map(|()| {
+                        let mut payload = Vec::with_capacity(data.len() + 16);
                         DmaReadReply {
                             address: req.address,
                             data,
                         }
-                        .to_bytes()
+                        .encode_layout(&mut payload, self.dma_layout);
+                        payload
                     })
                 }
                 Err(e) => Err(e.errno()),
             },
-            Ok(Command::DmaWrite) => match DmaWrite::parse(&msg.payload, &self.limits) {
-                Ok(req) => match self.dma.as_mut() {
-                    Some(handler) => handler.dma_write(req.address, &req.data),
-                    None => Err(Errno::FAULT.raw_os_error()),
-                }
-                .map(|()| {
-                    DmaWriteReply {
-                        address: req.address,
-                        count: req.data.len() as u64,
+            Ok(Command::DmaWrite) => {
+                match DmaWrite::parse_layout(&msg.payload, &self.limits, self.dma_layout) {
+                    Ok(req) => match self.dma.as_mut() {
+                        Some(handler) => handler.dma_write(req.address, &req.data),
+                        None => Err(Errno::FAULT.raw_os_error()),
                     }
-                    .to_bytes()
-                }),
-                Err(e) => Err(e.errno()),
-            },
+                    .map(|()| {
+                        DmaWriteReply {
+                            address: req.address,
+                            count: req.data.len() as u64,
+                        }
+                        .to_bytes()
+                    }),
+                    Err(e) => Err(e.errno()),
+                }
+            }
             Ok(_) => Err(Errno::NOTSUP.raw_os_error()),
             Err(e) => Err(e.errno()),
         };
@@ -936,7 +946,11 @@ mod tests {
             };
             write_reply(s, &msg.header, &reply.to_bytes(), &[]).unwrap();
         });
-        let mut client = Client::from_stream(stream, ClientOptions::default()).unwrap();
+        let options = ClientOptions {
+            dma_layout: DmaLayout::Spec,
+            ..ClientOptions::default()
+        };
+        let mut client = Client::from_stream(stream, options).unwrap();
         client.set_dma_handler(Box::new(memory.clone()));
         let mut buf = [0u8; 8];
         client.region_read(7, 0, &mut buf).unwrap();

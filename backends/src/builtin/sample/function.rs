@@ -1,13 +1,14 @@
 //! The sample function's device model.
 
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
-use vfio_variant::backend::Function;
-use vfio_variant::backend::{FunctionContext, FunctionError, Interrupt};
+use vfio_variant::backend::{Function, FunctionContext, FunctionError, Interrupt, MmapFile};
 use vfio_variant::config::ConfigEvent;
-use vfio_variant::pci::regs::COMMAND_INTX_DISABLE;
+use vfio_variant::pci::regs::{COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE};
 
 use super::registers::*;
 
@@ -23,27 +24,93 @@ struct State {
     status: u32,
     msix_enabled: bool,
     msi_enabled: bool,
+    bus_master: bool,
     intx_disabled: bool,
     intx_asserted: bool,
+}
+
+/// The shared-memory BAR: a memfd the VMM may mmap, mapped here too.
+struct SharedMemory {
+    fd: Arc<OwnedFd>,
+    map: MmapRaw,
+}
+
+impl SharedMemory {
+    fn new() -> std::io::Result<Self> {
+        let fd =
+            rustix::fs::memfd_create("vfio-variant-sample-shm", rustix::fs::MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&fd, SHM_SIZE as u64)?;
+        let map = MmapOptions::new().len(SHM_SIZE).map_raw(&fd)?;
+        Ok(Self {
+            fd: Arc::new(fd),
+            map,
+        })
+    }
+
+    fn range(offset: u64, len: usize) -> Result<usize, FunctionError> {
+        match usize::try_from(offset)
+            .ok()
+            .filter(|o| o.checked_add(len).is_some_and(|end| end <= SHM_SIZE))
+        {
+            Some(at) => Ok(at),
+            None => Err(FunctionError::BadAccess(format!(
+                "{len} bytes at {offset:#x} are outside BAR 2"
+            ))),
+        }
+    }
+
+    fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
+        let at = Self::range(offset, data.len())?;
+        // SAFETY: `at + data.len() <= SHM_SIZE == map.len()` (checked by `range`); the map
+        // lives as long as `self`. The VMM may write the memfd concurrently through its own
+        // mapping; bytes are copied without being interpreted.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(at), data.as_mut_ptr(), data.len())
+        };
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
+        let at = Self::range(offset, data.len())?;
+        // SAFETY: as in `read`, the destination lies inside the live, writable mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.map.as_mut_ptr().add(at), data.len())
+        };
+        Ok(())
+    }
+
+    fn sum(&self) -> u32 {
+        let mut page = [0u8; 4096];
+        let _ = self.read(0, &mut page);
+        page.chunks_exact(4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .fold(0u32, u32::wrapping_add)
+    }
+
+    fn clear(&self) {
+        let _ = self.write(0, &vec![0u8; SHM_SIZE]);
+    }
 }
 
 /// One sample function.
 pub struct SampleFunction {
     state: Mutex<State>,
     msix_bar: Mutex<Vec<u8>>,
+    shared: SharedMemory,
     context: OnceLock<FunctionContext>,
     in_use: Arc<AtomicU32>,
 }
 
 impl SampleFunction {
     /// A function at reset; `in_use` is decremented when it is dropped.
-    pub(super) fn new(in_use: Arc<AtomicU32>) -> Self {
-        Self {
+    pub(super) fn new(in_use: Arc<AtomicU32>) -> std::io::Result<Self> {
+        Ok(Self {
             state: Mutex::new(State::default()),
             msix_bar: Mutex::new(vec![0; 4096]),
+            shared: SharedMemory::new()?,
             context: OnceLock::new(),
             in_use,
-        }
+        })
     }
 
     fn raise(&self, state: &mut State, vector: u32) {
@@ -82,6 +149,9 @@ impl SampleFunction {
         if state.len > DMA_MAX_LEN {
             return 1;
         }
+        if !state.bus_master {
+            return 4;
+        }
         let Some(context) = self.context.get() else {
             return 2;
         };
@@ -108,6 +178,7 @@ impl SampleFunction {
             DMA_LEN => state.len,
             DMA_COUNT => state.count,
             DMA_STATUS => state.status,
+            SHM_SUM => self.shared.sum(),
             _ => 0,
         }
     }
@@ -169,6 +240,7 @@ impl Function for SampleFunction {
                 data.copy_from_slice(&memory[at..at + data.len()]);
                 Ok(())
             }
+            2 => self.shared.read(offset, data),
             other => Err(FunctionError::BadAccess(format!("no emulated BAR {other}"))),
         }
     }
@@ -188,8 +260,16 @@ impl Function for SampleFunction {
                 memory[at..at + data.len()].copy_from_slice(data);
                 Ok(())
             }
+            2 => self.shared.write(offset, data),
             other => Err(FunctionError::BadAccess(format!("no emulated BAR {other}"))),
         }
+    }
+
+    fn bar_mmap(&self, bar: u8) -> Option<MmapFile> {
+        (bar == 2).then(|| MmapFile {
+            fd: Arc::clone(&self.shared.fd),
+            offset: 0,
+        })
     }
 
     fn config_changed(&self, event: ConfigEvent) {
@@ -198,6 +278,7 @@ impl Function for SampleFunction {
             ConfigEvent::Msix { enabled, .. } => state.msix_enabled = enabled,
             ConfigEvent::Msi { enabled, .. } => state.msi_enabled = enabled,
             ConfigEvent::Command { new, .. } => {
+                state.bus_master = new & COMMAND_BUS_MASTER != 0;
                 state.intx_disabled = new & COMMAND_INTX_DISABLE != 0;
                 self.update_intx(&mut state);
             }
@@ -211,6 +292,7 @@ impl Function for SampleFunction {
         self.update_intx(&mut state);
         *state = State::default();
         self.msix_bar.lock().fill(0);
+        self.shared.clear();
         Ok(())
     }
 }
@@ -256,12 +338,16 @@ mod tests {
     }
 
     fn attached() -> (SampleFunction, Arc<Memory>, Arc<Recorder>) {
-        let f = SampleFunction::new(Arc::new(AtomicU32::new(1)));
+        let f = SampleFunction::new(Arc::new(AtomicU32::new(1))).unwrap();
         let memory = Arc::new(Memory(Mutex::new(vec![0; 0x10000])));
         let irqs = Arc::new(Recorder::default());
         f.attach(FunctionContext {
             dma: memory.clone(),
             interrupts: irqs.clone(),
+        });
+        f.config_changed(ConfigEvent::Command {
+            old: 0,
+            new: COMMAND_BUS_MASTER,
         });
         (f, memory, irqs)
     }
@@ -300,6 +386,17 @@ mod tests {
     #[test]
     fn dma_faults_are_reported_not_fatal() {
         let (f, _, _) = attached();
+        f.config_changed(ConfigEvent::Command {
+            old: COMMAND_BUS_MASTER,
+            new: 0,
+        });
+        write(&f, DMA_LEN, 4);
+        write(&f, DMA_CMD, DMA_CMD_START);
+        assert_eq!(read(&f, DMA_STATUS), 4, "no DMA without bus mastering");
+        f.config_changed(ConfigEvent::Command {
+            old: 0,
+            new: COMMAND_BUS_MASTER,
+        });
         write(&f, DMA_SRC_LO, 0xfff0);
         write(&f, DMA_LEN, 64);
         write(&f, DMA_CMD, DMA_CMD_START);
@@ -310,5 +407,22 @@ mod tests {
         assert!(f.bar_read(0, 2, &mut [0u8; 4]).is_err());
         assert!(f.bar_write(0, 0, &[0u8; 2]).is_err());
         assert_eq!(read(&f, ID), ID_VALUE);
+    }
+
+    #[test]
+    fn shared_memory_is_the_mmapped_file() {
+        let (f, _, _) = attached();
+        let file = f.bar_mmap(2).expect("BAR 2 is mmappable");
+        let map = MmapOptions::new().len(SHM_SIZE).map_raw(&*file.fd).unwrap();
+        // SAFETY: the test writes 8 bytes at the start of its own 64 KiB mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping([1u8, 0, 0, 0, 2, 0, 0, 0].as_ptr(), map.as_mut_ptr(), 8)
+        };
+        assert_eq!(read(&f, SHM_SUM), 3);
+        f.bar_write(2, 0x10, &5u32.to_le_bytes()).unwrap();
+        assert_eq!(read(&f, SHM_SUM), 8);
+        assert!(f.bar_write(2, SHM_SIZE as u64 - 2, &[0; 4]).is_err());
+        f.reset().unwrap();
+        assert_eq!(read(&f, SHM_SUM), 0);
     }
 }

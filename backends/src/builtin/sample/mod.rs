@@ -74,7 +74,15 @@ impl Backend for SampleBackend {
                 (used < capacity).then_some(used + 1)
             })
             .map_err(|_| BackendError::NoInstances(request.profile.clone()))?;
-        Ok(Box::new(SampleFunction::new(Arc::clone(&self.in_use))))
+        match SampleFunction::new(Arc::clone(&self.in_use)) {
+            Ok(function) => Ok(Box::new(function)),
+            Err(e) => {
+                self.in_use.fetch_sub(1, Ordering::SeqCst);
+                Err(BackendError::Failed(format!(
+                    "shared memory for the sample function: {e}"
+                )))
+            }
+        }
     }
 }
 

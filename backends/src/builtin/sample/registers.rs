@@ -32,9 +32,13 @@ pub const DMA_CMD_START: u32 = 1 << 0;
 pub const DMA_CMD_IRQ: u32 = 1 << 1;
 /// Completed DMA transfers (read-only).
 pub const DMA_COUNT: u64 = 0x28;
-/// Status of the last transfer (read-only): 0 ok, 1 length too large, 2 read fault, 3 write fault.
+/// Status of the last transfer (read-only): 0 ok, 1 length too large, 2 read fault, 3 write
+/// fault, 4 bus mastering disabled in COMMAND.
 pub const DMA_STATUS: u64 = 0x2c;
 /// Largest DMA transfer.
 pub const DMA_MAX_LEN: u32 = 1 << 20;
-/// Size of the register file.
-pub const SIZE: u64 = 0x30;
+/// Wrapping sum of the first 1024 little-endian 32-bit words of the shared-memory BAR 2
+/// (read-only): shows the device sees what was written through an mmap.
+pub const SHM_SUM: u64 = 0x30;
+/// Size of the shared-memory BAR 2.
+pub const SHM_SIZE: usize = 64 << 10;

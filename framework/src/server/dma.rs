@@ -1,0 +1,365 @@
+//! A function's DMA table: the client's memory as the device sees it, by I/O virtual address.
+//! Ranges mapped with an fd are mmapped here and copied directly; ranges without an fd are
+//! reached with DMA_READ/DMA_WRITE messages to the client.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::RwLock;
+
+use crate::backend::{DmaAccess, DmaError};
+
+/// Reaches client memory that was mapped without an fd.
+pub trait RemoteMemory: Send + Sync {
+    /// Reads client memory with DMA_READ.
+    fn read(&self, address: u64, data: &mut [u8]) -> Result<(), DmaError>;
+    /// Writes client memory with DMA_WRITE.
+    fn write(&self, address: u64, data: &[u8]) -> Result<(), DmaError>;
+}
+
+/// Why a mapping was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    /// It overlaps an existing mapping.
+    #[error("DMA range {address:#x}+{size:#x} overlaps an existing mapping")]
+    Overlap {
+        /// Start of the refused range.
+        address: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// The table is full.
+    #[error("too many DMA mappings (at most {0})")]
+    TooMany(u64),
+    /// The range does not fit the address space or this process.
+    #[error("DMA range {address:#x}+{size:#x} is too large")]
+    TooLarge {
+        /// Start of the refused range.
+        address: u64,
+        /// Its size.
+        size: u64,
+    },
+    /// No mapping matches an unmap request exactly.
+    #[error("no DMA mapping is exactly {address:#x}+{size:#x}")]
+    NotMapped {
+        /// Start asked for.
+        address: u64,
+        /// Size asked for.
+        size: u64,
+    },
+    /// The fd could not be mapped.
+    #[error("mmap of the DMA fd failed: {0}")]
+    Mmap(std::io::Error),
+}
+
+impl MapError {
+    /// The errno of the error reply.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Self::Overlap { .. } => libc::EEXIST,
+            Self::TooMany(_) => libc::ENOSPC,
+            Self::TooLarge { .. } | Self::NotMapped { .. } => libc::EINVAL,
+            Self::Mmap(_) => libc::EFAULT,
+        }
+    }
+}
+
+enum Backing {
+    Mapped(MmapRaw),
+    Remote,
+}
+
+struct Mapping {
+    size: u64,
+    readable: bool,
+    writable: bool,
+    backing: Backing,
+}
+
+/// The DMA table of one function, shared by its current connection and its backend.
+#[derive(Default)]
+pub struct DmaTable {
+    maps: RwLock<BTreeMap<u64, Mapping>>,
+    remote: RwLock<Option<Arc<dyn RemoteMemory>>>,
+}
+
+impl DmaTable {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets (or clears) the path to client memory mapped without an fd.
+    pub fn set_remote(&self, remote: Option<Arc<dyn RemoteMemory>>) {
+        *self.remote.write() = remote;
+    }
+
+    /// Adds `address..address+size`, backed by `fd` at `offset` when given.
+    pub fn map(
+        &self,
+        address: u64,
+        size: u64,
+        offset: u64,
+        fd: Option<OwnedFd>,
+        (readable, writable): (bool, bool),
+        max_maps: u64,
+    ) -> Result<(), MapError> {
+        let end = address
+            .checked_add(size)
+            .ok_or(MapError::TooLarge { address, size })?;
+        let backing = match fd {
+            None => Backing::Remote,
+            Some(fd) => {
+                let len =
+                    usize::try_from(size).map_err(|_| MapError::TooLarge { address, size })?;
+                let mut options = MmapOptions::new();
+                options.offset(offset).len(len);
+                let map = if writable {
+                    options.map_raw(&fd)
+                } else {
+                    options.map_raw_read_only(&fd)
+                };
+                Backing::Mapped(map.map_err(MapError::Mmap)?)
+            }
+        };
+        let mut maps = self.maps.write();
+        if maps.len() as u64 >= max_maps {
+            return Err(MapError::TooMany(max_maps));
+        }
+        let before = maps.range(..end).next_back();
+        if before.is_some_and(|(start, m)| start + m.size > address) {
+            return Err(MapError::Overlap { address, size });
+        }
+        maps.insert(
+            address,
+            Mapping {
+                size,
+                readable,
+                writable,
+                backing,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes the mapping that is exactly `address..address+size`. Returns once no access
+    /// uses it any more.
+    pub fn unmap(&self, address: u64, size: u64) -> Result<(), MapError> {
+        let mut maps = self.maps.write();
+        match maps.get(&address) {
+            Some(m) if m.size == size => {
+                maps.remove(&address);
+                Ok(())
+            }
+            _ => Err(MapError::NotMapped { address, size }),
+        }
+    }
+
+    /// Removes every mapping.
+    pub fn clear(&self) {
+        self.maps.write().clear();
+    }
+
+    /// Number of mappings.
+    pub fn len(&self) -> usize {
+        self.maps.read().len()
+    }
+
+    /// Whether there are no mappings.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `f` on each mapped piece of `iova..iova+len`, in order; fails on a gap.
+    fn walk(
+        &self,
+        iova: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(&Mapping, u64, usize, usize) -> Result<(), DmaError>,
+    ) -> Result<(), DmaError> {
+        let maps = self.maps.read();
+        let mut done = 0usize;
+        while done < len {
+            let at = iova
+                .checked_add(done as u64)
+                .ok_or(DmaError::Unmapped { iova, len })?;
+            let Some((start, mapping)) = maps.range(..=at).next_back() else {
+                return Err(DmaError::Unmapped {
+                    iova: at,
+                    len: len - done,
+                });
+            };
+            let within = at - start;
+            if within >= mapping.size {
+                return Err(DmaError::Unmapped {
+                    iova: at,
+                    len: len - done,
+                });
+            }
+            if (write && !mapping.writable) || (!write && !mapping.readable) {
+                let direction = if write { "writable" } else { "readable" };
+                return Err(DmaError::Permission {
+                    iova: at,
+                    direction,
+                });
+            }
+            let n = usize::try_from(mapping.size - within)
+                .unwrap_or(usize::MAX)
+                .min(len - done);
+            f(mapping, within, done, n)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn remote(&self) -> Result<Arc<dyn RemoteMemory>, DmaError> {
+        self.remote
+            .read()
+            .clone()
+            .ok_or_else(|| DmaError::Transfer("no client is connected".into()))
+    }
+}
+
+impl DmaAccess for DmaTable {
+    fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), DmaError> {
+        self.walk(
+            iova,
+            data.len(),
+            false,
+            |mapping, within, done, n| match &mapping.backing {
+                Backing::Mapped(map) => {
+                    // SAFETY: `within + n <= mapping.size == map.len()` (checked by `walk`), so the
+                    // source range lies inside the live mapping, which the read lock held by `walk`
+                    // keeps mapped; the destination is `n` bytes of `data`. The client may write
+                    // the memory concurrently, as a device's DMA races the CPU; bytes are copied
+                    // without being interpreted.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            map.as_ptr().add(within as usize),
+                            data[done..].as_mut_ptr(),
+                            n,
+                        );
+                    }
+                    Ok(())
+                }
+                Backing::Remote => self
+                    .remote()?
+                    .read(iova + done as u64, &mut data[done..done + n]),
+            },
+        )
+    }
+
+    fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+        self.walk(
+            iova,
+            data.len(),
+            true,
+            |mapping, within, done, n| match &mapping.backing {
+                Backing::Mapped(map) => {
+                    // SAFETY: as in `read`: the destination range lies inside the live, writable
+                    // mapping (read lock held by `walk`, `within + n <= map.len()`); the source is
+                    // `n` bytes of `data`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            data[done..].as_ptr(),
+                            map.as_mut_ptr().add(within as usize),
+                            n,
+                        );
+                    }
+                    Ok(())
+                }
+                Backing::Remote => self
+                    .remote()?
+                    .write(iova + done as u64, &data[done..done + n]),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn memfd(len: usize) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("dma-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut file = std::fs::File::from(fd);
+        file.write_all(&vec![0u8; len]).unwrap();
+        file.into()
+    }
+
+    #[test]
+    fn mapped_ranges_read_and_write_across_mappings() {
+        let table = DmaTable::new();
+        table
+            .map(0x1000, 0x1000, 0, Some(memfd(0x1000)), (true, true), 8)
+            .unwrap();
+        table
+            .map(0x2000, 0x1000, 0x1000, Some(memfd(0x2000)), (true, true), 8)
+            .unwrap();
+        let data: Vec<u8> = (0..=255).cycle().take(0x100).collect();
+        table.write(0x1f80, &data).unwrap();
+        let mut back = vec![0u8; 0x100];
+        table.read(0x1f80, &mut back).unwrap();
+        assert_eq!(back, data);
+        assert!(matches!(
+            table.read(0x2f80, &mut back),
+            Err(DmaError::Unmapped { iova: 0x3000, .. })
+        ));
+    }
+
+    #[test]
+    fn overlaps_limits_and_exact_unmap() {
+        let table = DmaTable::new();
+        table.map(0x1000, 0x2000, 0, None, (true, true), 2).unwrap();
+        assert_eq!(
+            table
+                .map(0x2000, 0x1000, 0, None, (true, true), 2)
+                .unwrap_err()
+                .errno(),
+            libc::EEXIST
+        );
+        assert_eq!(
+            table
+                .map(0x0, 0x1001, 0, None, (true, true), 2)
+                .unwrap_err()
+                .errno(),
+            libc::EEXIST
+        );
+        table
+            .map(0x3000, 0x1000, 0, None, (true, false), 2)
+            .unwrap();
+        assert_eq!(
+            table
+                .map(0x8000, 0x1000, 0, None, (true, true), 2)
+                .unwrap_err()
+                .errno(),
+            libc::ENOSPC
+        );
+        assert!(matches!(
+            table.write(0x3000, &[1]),
+            Err(DmaError::Permission { .. })
+        ));
+        assert_eq!(
+            table.unmap(0x1000, 0x1000).unwrap_err().errno(),
+            libc::EINVAL
+        );
+        table.unmap(0x1000, 0x2000).unwrap();
+        table.clear();
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn remote_ranges_need_a_client() {
+        let table = DmaTable::new();
+        table.map(0, 0x1000, 0, None, (true, true), 8).unwrap();
+        assert!(matches!(
+            table.read(0, &mut [0u8; 4]),
+            Err(DmaError::Transfer(_))
+        ));
+    }
+}

@@ -1,0 +1,272 @@
+//! Runs one command of a connection against its function and answers it.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::connection::Outbox;
+use super::{Port, ServerConfig};
+use crate::device::RegionInfo;
+use crate::vfio_user::access::{RegionReadReply, RegionWriteReply, WriteMultiReply};
+use crate::vfio_user::device::{DEVICE_INFO_SIZE, DeviceFlags, DeviceInfo};
+use crate::vfio_user::dma::{DmaMap, DmaMapFlags, DmaUnmap};
+use crate::vfio_user::irq::{
+    IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IrqInfo, IrqInfoFlags, PCI_NUM_IRQS,
+};
+use crate::vfio_user::message::Request;
+use crate::vfio_user::region::{
+    IoFdsReply, PCI_NUM_REGIONS, RegionCap, RegionFlags, RegionInfoReply, SparseMmapArea,
+};
+use crate::vfio_user::socket::Message;
+use crate::vfio_user::{Limits, Negotiated, Payload, negotiate};
+
+/// What a command gets back.
+enum Answer {
+    /// A reply payload and the fds sent with it.
+    Reply(Vec<u8>, Vec<Arc<OwnedFd>>),
+    /// An error reply with this errno.
+    Error(i32),
+}
+
+fn reply(payload: impl Payload) -> Answer {
+    Answer::Reply(payload.to_bytes(), Vec::new())
+}
+
+/// The state of one connection's command stream.
+pub(crate) struct Session<'a> {
+    port: &'a Port,
+    config: &'a ServerConfig,
+    outbox: &'a Outbox,
+    limits: &'a RwLock<Limits>,
+    negotiated: Option<Negotiated>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        port: &'a Port,
+        config: &'a ServerConfig,
+        outbox: &'a Outbox,
+        limits: &'a RwLock<Limits>,
+    ) -> Self {
+        Self {
+            port,
+            config,
+            outbox,
+            limits,
+            negotiated: None,
+        }
+    }
+
+    /// Handles one command; false when the connection must close.
+    pub fn handle(&mut self, message: Message) -> bool {
+        let header = message.header;
+        let limits = self.limits.read().clone();
+        let request = match message.request(&limits) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("refused command: {e}");
+                return self.outbox.error(&header, e.errno()).is_ok();
+            }
+        };
+        let (answer, keep) = match request {
+            Request::Version(proposal) => match negotiate(&proposal, &self.config.offer) {
+                Ok((version, negotiated)) => {
+                    *self.limits.write() = negotiated.limits(&self.config.limits);
+                    self.negotiated = Some(negotiated);
+                    (reply(version), true)
+                }
+                // The spec: a server that cannot speak the client's major version closes.
+                Err(e) => (Answer::Error(e.errno()), false),
+            },
+            _ if self.negotiated.is_none() => (Answer::Error(libc::EINVAL), true),
+            other => (self.run(other, message.fds), true),
+        };
+        let sent = match answer {
+            Answer::Reply(payload, fds) => {
+                let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+                if header.no_reply() {
+                    Ok(())
+                } else {
+                    self.outbox
+                        .send(&header.reply(payload.len()), &payload, &borrowed)
+                }
+            }
+            Answer::Error(errno) => {
+                if header.no_reply() {
+                    tracing::debug!(errno, "posted command failed");
+                }
+                self.outbox.error(&header, errno)
+            }
+        };
+        sent.is_ok() && keep
+    }
+
+    fn run(&mut self, request: Request, fds: Vec<OwnedFd>) -> Answer {
+        let vf = &self.port.function;
+        match request {
+            Request::Version(_) => Answer::Error(libc::EINVAL),
+            Request::DmaMap(map) => self.dma_map(&map, fds),
+            Request::DmaUnmap(unmap) => {
+                if unmap.is_all() {
+                    self.port.dma.clear();
+                } else if let Err(e) = self.port.dma.unmap(unmap.address, unmap.size) {
+                    return Answer::Error(e.errno());
+                }
+                reply(DmaUnmap { ..unmap })
+            }
+            Request::DeviceGetInfo(_) => reply(DeviceInfo {
+                argsz: DEVICE_INFO_SIZE,
+                flags: DeviceFlags::PCI | DeviceFlags::RESET,
+                num_regions: PCI_NUM_REGIONS,
+                num_irqs: PCI_NUM_IRQS,
+            }),
+            Request::RegionInfo(request) => {
+                let regions = vf.regions();
+                let Some(region) = regions.get(request.index as usize) else {
+                    return Answer::Error(libc::EINVAL);
+                };
+                self.region_info(region, request.argsz)
+            }
+            Request::RegionIoFds(request) => {
+                if request.index >= PCI_NUM_REGIONS {
+                    return Answer::Error(libc::EINVAL);
+                }
+                // No ioeventfds or ioregionfds are offered: every access comes as a message.
+                reply(IoFdsReply::new(request.index, Vec::new()).reply_for(request.argsz))
+            }
+            Request::IrqInfo(info) => {
+                if info.index >= PCI_NUM_IRQS {
+                    return Answer::Error(libc::EINVAL);
+                }
+                let flags = match info.index {
+                    IRQ_INDEX_INTX => {
+                        IrqInfoFlags::EVENTFD | IrqInfoFlags::MASKABLE | IrqInfoFlags::AUTOMASKED
+                    }
+                    IRQ_INDEX_MSI => IrqInfoFlags::EVENTFD | IrqInfoFlags::NORESIZE,
+                    IRQ_INDEX_MSIX => IrqInfoFlags::EVENTFD | IrqInfoFlags::MASKABLE,
+                    _ => IrqInfoFlags::EVENTFD,
+                };
+                reply(IrqInfo {
+                    argsz: info.argsz.max(16),
+                    flags,
+                    index: info.index,
+                    count: self.port.irqs.count(info.index),
+                })
+            }
+            Request::SetIrqs(set) => match self.port.irqs.set_irqs(&set, fds) {
+                Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
+                Err(e) => Answer::Error(e.errno()),
+            },
+            Request::RegionRead(read) => {
+                let mut data = vec![0u8; read.count as usize];
+                match vf.region_read(read.region, read.offset, &mut data) {
+                    Ok(()) => reply(RegionReadReply {
+                        offset: read.offset,
+                        region: read.region,
+                        data,
+                    }),
+                    Err(e) => Answer::Error(e.errno()),
+                }
+            }
+            Request::RegionWrite(write) => {
+                match vf.region_write(write.region, write.offset, &write.data) {
+                    Ok(()) => reply(RegionWriteReply {
+                        offset: write.offset,
+                        region: write.region,
+                        count: write.data.len() as u32,
+                    }),
+                    Err(e) => Answer::Error(e.errno()),
+                }
+            }
+            Request::WriteMulti(multi) => {
+                if !self.negotiated.as_ref().is_some_and(|n| n.write_multiple) {
+                    return Answer::Error(libc::EINVAL);
+                }
+                for entry in &multi.entries {
+                    if let Err(e) = vf.region_write(entry.region, entry.offset, entry.bytes()) {
+                        return Answer::Error(e.errno());
+                    }
+                }
+                reply(WriteMultiReply {
+                    wr_cnt: multi.entries.len() as u64,
+                })
+            }
+            Request::DeviceReset => match vf.reset() {
+                Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
+                Err(e) => Answer::Error(e.errno()),
+            },
+            // Migration and dirty logging are not wired yet: every feature is unsupported,
+            // which is how VFIO says "this device does not migrate".
+            Request::DeviceFeature(_) | Request::MigDataRead(_) | Request::MigDataWrite(_) => {
+                Answer::Error(libc::ENOTTY)
+            }
+            // Server-to-client commands are not for the server.
+            Request::DmaRead(_) | Request::DmaWrite(_) => Answer::Error(libc::EINVAL),
+        }
+    }
+
+    fn dma_map(&self, map: &DmaMap, mut fds: Vec<OwnedFd>) -> Answer {
+        if fds.len() > 1 {
+            return Answer::Error(libc::EINVAL);
+        }
+        let max = self
+            .negotiated
+            .as_ref()
+            .map_or(self.config.offer.max_dma_maps, |n| n.max_dma_maps);
+        let access = (
+            map.flags.contains(DmaMapFlags::READ),
+            map.flags.contains(DmaMapFlags::WRITE),
+        );
+        match self
+            .port
+            .dma
+            .map(map.address, map.size, map.offset, fds.pop(), access, max)
+        {
+            Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
+            Err(e) => {
+                tracing::debug!("DMA_MAP refused: {e}");
+                Answer::Error(e.errno())
+            }
+        }
+    }
+
+    fn region_info(&self, region: &RegionInfo, argsz: u32) -> Answer {
+        let mut flags = RegionFlags::empty();
+        if region.read {
+            flags |= RegionFlags::READ;
+        }
+        if region.write {
+            flags |= RegionFlags::WRITE;
+        }
+        let mut caps = Vec::new();
+        let mut fds = Vec::new();
+        let mut offset = 0;
+        let file = (region.index < 6 && !region.mmap.is_empty())
+            .then(|| self.port.function.function().bar_mmap(region.index as u8))
+            .flatten();
+        if let Some(file) = file {
+            // One fd per region: QEMU takes one fd with a region-info reply and maps each
+            // sparse area at its offset in it.
+            flags |= RegionFlags::MMAP;
+            offset = file.offset;
+            caps.push(RegionCap::SparseMmap(
+                region
+                    .mmap
+                    .iter()
+                    .map(|a| SparseMmapArea {
+                        offset: a.offset,
+                        size: a.size,
+                    })
+                    .collect(),
+            ));
+            fds.push(file.fd);
+        }
+        let full = RegionInfoReply::new(region.index, flags, region.size, offset, caps);
+        let answer = full.reply_for(argsz);
+        if answer.is_truncated() {
+            fds.clear();
+        }
+        Answer::Reply(answer.to_bytes(), fds)
+    }
+}
