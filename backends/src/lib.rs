@@ -3,5 +3,6 @@
 
 pub mod builtin;
 pub mod cli;
+pub mod lifecycle;
 pub mod plugin;
 pub mod registry;

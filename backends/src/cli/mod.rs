@@ -1,5 +1,8 @@
 //! The `vfio-variant` command's subcommands, one module each.
 
+pub mod dirs;
+pub mod lifecycle;
+pub mod serve;
 pub mod types;
 pub mod vpci;
 

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use serde::Serialize;
-use vfio_variant::backend::ProfileInfo;
 
+use super::dirs::Dirs;
 use super::{CliError, Outcome, print_json};
 use crate::builtin::register_builtin;
+use crate::lifecycle::BackendTypes;
+use crate::lifecycle::control::{self, Request};
 use crate::plugin::register_plugin;
 use crate::registry::Registry;
 
@@ -22,13 +23,6 @@ pub struct TypesArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct BackendTypes {
-    backend: String,
-    description: String,
-    profiles: Vec<ProfileInfo>,
-}
-
 /// The built-in backends plus the plugins named on the command line.
 pub fn registry_with(plugins: &[PathBuf]) -> Result<Registry, CliError> {
     let mut registry = Registry::new();
@@ -39,17 +33,30 @@ pub fn registry_with(plugins: &[PathBuf]) -> Result<Registry, CliError> {
     Ok(registry)
 }
 
-/// Lists backends and profiles with their available instances.
-pub fn run(args: TypesArgs) -> Result<Outcome, CliError> {
-    let registry = registry_with(&args.plugin)?;
-    let types: Vec<BackendTypes> = registry
-        .iter()
-        .map(|b| BackendTypes {
-            backend: b.name().to_string(),
-            description: b.description().to_string(),
-            profiles: b.profiles(),
-        })
-        .collect();
+/// Lists backends and profiles with their available instances: the running server's when
+/// there is one (and no `--plugin` was given), else those this command registers itself.
+pub fn run(args: TypesArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    let socket = control::socket_path(&dirs.run_dir());
+    let from_server = args
+        .plugin
+        .is_empty()
+        .then(|| control::request(&socket, &Request::Types).ok())
+        .flatten();
+    let types: Vec<BackendTypes> = match from_server {
+        Some(value) => serde_json::from_value(value)
+            .map_err(|e| CliError(format!("bad answer from the server: {e}")))?,
+        None => {
+            let registry = registry_with(&args.plugin)?;
+            registry
+                .iter()
+                .map(|b| BackendTypes {
+                    backend: b.name().to_string(),
+                    description: b.description().to_string(),
+                    profiles: b.profiles(),
+                })
+                .collect()
+        }
+    };
     if args.json {
         print_json(&types)?;
         return Ok(Outcome::Success);

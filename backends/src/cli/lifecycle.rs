@@ -1,0 +1,252 @@
+//! `create | destroy | list | define | undefine | start | stop`: the lifecycle commands. They
+//! talk to the running server over its control socket, except `define`/`undefine` (and
+//! `list --defined`), which work on the stored definitions directly, as mdevctl does.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::Value;
+
+use super::dirs::Dirs;
+use super::{CliError, Outcome, print_json};
+use crate::lifecycle::control::{self, Request};
+use crate::lifecycle::definitions::{Definition, Definitions, Start};
+use crate::lifecycle::names::check_name;
+use crate::lifecycle::{CreateSpec, InstanceInfo};
+
+fn attribute(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+/// What a function is made of, shared by `create` and `define`.
+#[derive(Args)]
+pub struct FunctionArgs {
+    /// Backend name (see `vfio-variant types`).
+    #[arg(long)]
+    backend: String,
+    /// Profile [default: the backend's first].
+    #[arg(long)]
+    profile: Option<String>,
+    /// vPCI layout file [default: the profile's].
+    #[arg(long, value_name = "FILE")]
+    layout: Option<PathBuf>,
+    /// Provisioning attribute, applied in order; may be repeated.
+    #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = attribute)]
+    attributes: Vec<(String, String)>,
+}
+
+impl FunctionArgs {
+    fn layout_text(&self) -> Result<Option<String>, CliError> {
+        self.layout
+            .as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p).map_err(|e| CliError(format!("{}: {e}", p.display())))
+            })
+            .transpose()
+    }
+}
+
+/// Arguments of `create`.
+#[derive(Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    function: FunctionArgs,
+    /// Instance name or UUID [default: a new UUID].
+    #[arg(long, alias = "uuid")]
+    name: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `destroy` and `stop`.
+#[derive(Args)]
+pub struct DestroyArgs {
+    /// Instance name.
+    name: String,
+    /// Even while a VMM is attached (it is asked to release the device, then disconnected).
+    #[arg(long)]
+    force: bool,
+}
+
+/// Arguments of `list`.
+#[derive(Args)]
+pub struct ListArgs {
+    /// List stored definitions instead of running instances.
+    #[arg(long)]
+    defined: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `define`.
+#[derive(Args)]
+pub struct DefineArgs {
+    /// Instance name or UUID.
+    name: String,
+    #[command(flatten)]
+    function: FunctionArgs,
+    /// Start it whenever the server starts.
+    #[arg(long)]
+    auto: bool,
+}
+
+/// Arguments of `undefine` and `start`.
+#[derive(Args)]
+pub struct NameArgs {
+    /// Instance name.
+    name: String,
+}
+
+fn request(dirs: &Dirs, request: &Request) -> Result<Value, CliError> {
+    control::request(&control::socket_path(&dirs.run_dir()), request).map_err(CliError)
+}
+
+fn print_instance(info: &InstanceInfo) {
+    println!(
+        "{}  {}/{}  layout {}  {}{}",
+        info.name,
+        info.backend,
+        info.profile,
+        info.layout,
+        info.socket.display(),
+        if info.attached { "  (attached)" } else { "" }
+    );
+}
+
+fn instance(value: Value) -> Result<InstanceInfo, CliError> {
+    serde_json::from_value(value).map_err(|e| CliError(format!("bad answer from the server: {e}")))
+}
+
+/// `create`.
+pub fn create(args: CreateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    let spec = CreateSpec {
+        backend: args.function.backend.clone(),
+        profile: args.function.profile.clone(),
+        name: args.name.clone(),
+        layout: args.function.layout_text()?,
+        attributes: args.function.attributes.clone(),
+    };
+    let value = request(dirs, &Request::Create(spec))?;
+    if args.json {
+        print_json(&value)?;
+    } else {
+        let info = instance(value)?;
+        print_instance(&info);
+        println!("  {}", info.qemu_device);
+    }
+    Ok(Outcome::Success)
+}
+
+/// `destroy`.
+pub fn destroy(args: DestroyArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    request(
+        dirs,
+        &Request::Destroy {
+            name: args.name,
+            force: args.force,
+        },
+    )?;
+    Ok(Outcome::Success)
+}
+
+/// `stop`.
+pub fn stop(args: DestroyArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    request(
+        dirs,
+        &Request::Stop {
+            name: args.name,
+            force: args.force,
+        },
+    )?;
+    Ok(Outcome::Success)
+}
+
+/// `start`.
+pub fn start(args: NameArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    let info = instance(request(dirs, &Request::Start { name: args.name })?)?;
+    print_instance(&info);
+    println!("  {}", info.qemu_device);
+    Ok(Outcome::Success)
+}
+
+/// `list`.
+pub fn list(args: ListArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    if args.defined {
+        let definitions = Definitions::new(dirs.state_dir());
+        let mut found = Vec::new();
+        for d in definitions.list().map_err(|e| CliError(e.to_string()))? {
+            match d {
+                Ok(d) => found.push(d),
+                Err(e) => eprintln!("vfio-variant: {e}"),
+            }
+        }
+        if args.json {
+            print_json(&found)?;
+        } else {
+            for d in &found {
+                let start = if d.start == Start::Auto {
+                    "auto"
+                } else {
+                    "manual"
+                };
+                println!("{}  {}/{}  start {start}", d.name, d.backend, d.profile);
+            }
+        }
+        return Ok(Outcome::Success);
+    }
+    let value = request(dirs, &Request::List)?;
+    if args.json {
+        print_json(&value)?;
+    } else {
+        let infos: Vec<InstanceInfo> = serde_json::from_value(value)
+            .map_err(|e| CliError(format!("bad answer from the server: {e}")))?;
+        for info in &infos {
+            print_instance(info);
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// `define`.
+pub fn define(args: DefineArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    check_name(&args.name).map_err(CliError)?;
+    let layout = args.function.layout_text()?;
+    if let Some(text) = &layout {
+        vfio_variant::vpci::parse_layout(
+            &args
+                .function
+                .layout
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string()),
+            text,
+        )?;
+    }
+    let definition = Definition {
+        name: args.name,
+        backend: args.function.backend,
+        profile: args.function.profile.unwrap_or_else(|| "default".into()),
+        layout,
+        attributes: args.function.attributes,
+        start: if args.auto {
+            Start::Auto
+        } else {
+            Start::Manual
+        },
+    };
+    Definitions::new(dirs.state_dir())
+        .define(&definition)
+        .map_err(|e| CliError(e.to_string()))?;
+    Ok(Outcome::Success)
+}
+
+/// `undefine`.
+pub fn undefine(args: NameArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    Definitions::new(dirs.state_dir())
+        .undefine(&args.name)
+        .map_err(|e| CliError(e.to_string()))?;
+    Ok(Outcome::Success)
+}

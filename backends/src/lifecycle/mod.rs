@@ -1,0 +1,453 @@
+//! The lifecycle control plane: types with available instances, create (provisioned with its
+//! profile before its socket appears), destroy, list, and persistent definitions.
+//!
+//! Where to look: the running service in this file; instance names in [`names`]; stored
+//! definitions in [`definitions`]; the control socket and its JSON protocol in [`control`].
+
+pub mod control;
+pub mod definitions;
+pub mod names;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use vfio_variant::backend::{BackendError, CreateRequest, ProfileInfo};
+use vfio_variant::device::VirtualFunction;
+use vfio_variant::server::{Endpoint, EndpointError, Port, ServerConfig};
+use vfio_variant::vpci::compat::fingerprint;
+use vfio_variant::vpci::compile::compile;
+use vfio_variant::vpci::{LayoutError, parse_layout};
+
+use crate::registry::Registry;
+use definitions::{Definition, DefinitionError, Definitions, Start};
+use names::{check_name, new_uuid};
+
+/// A backend and its profiles, as `types` shows them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendTypes {
+    /// Backend name.
+    pub backend: String,
+    /// One line.
+    pub description: String,
+    /// Profiles with available instances.
+    pub profiles: Vec<ProfileInfo>,
+}
+
+/// What to create.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateSpec {
+    /// Backend name.
+    pub backend: String,
+    /// Profile name (the backend's first when absent).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Instance name or UUID (a new UUID when absent).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// vPCI layout as TOML text (the profile's default when absent).
+    #[serde(default)]
+    pub layout: Option<String>,
+    /// Ordered provisioning attributes.
+    #[serde(default)]
+    pub attributes: Vec<(String, String)>,
+}
+
+/// A running instance, as `list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// Instance name.
+    pub name: String,
+    /// Backend.
+    pub backend: String,
+    /// Profile.
+    pub profile: String,
+    /// The layout's name.
+    pub layout: String,
+    /// Fingerprint of the guest-visible layout.
+    pub fingerprint: String,
+    /// The vfio-user socket.
+    pub socket: PathBuf,
+    /// Whether a VMM is connected.
+    pub attached: bool,
+    /// Whether a stored definition has this name.
+    pub defined: bool,
+    /// The QEMU `-device` argument that attaches it.
+    pub qemu_device: String,
+}
+
+/// A lifecycle request that failed; the message says why.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A bad or taken name.
+    #[error("{0}")]
+    Name(String),
+    /// No such backend or profile.
+    #[error("{0}")]
+    Unknown(String),
+    /// The layout is invalid or does not fit the function.
+    #[error("layout: {0}")]
+    Layout(#[from] LayoutError),
+    /// The backend refused or failed.
+    #[error("backend: {0}")]
+    Backend(#[from] BackendError),
+    /// The socket could not be created.
+    #[error("{0}")]
+    Endpoint(#[from] EndpointError),
+    /// A VMM is attached and the request was not forced.
+    #[error("`{0}` is in use by a VMM; stop the VMM or pass --force")]
+    InUse(String),
+    /// A definition could not be read or stored.
+    #[error("{0}")]
+    Definition(#[from] DefinitionError),
+}
+
+struct Instance {
+    backend: String,
+    profile: String,
+    layout: String,
+    fingerprint: String,
+    endpoint: Endpoint,
+}
+
+/// The QEMU `-device` argument for a vfio-user socket.
+pub fn qemu_device(socket: &Path) -> String {
+    let json = serde_json::json!({
+        "driver": "vfio-user-pci",
+        "socket": { "path": socket.to_string_lossy(), "type": "unix" },
+    });
+    format!("-device '{json}'")
+}
+
+/// The functions one server process runs.
+pub struct Service {
+    registry: Registry,
+    run_dir: PathBuf,
+    server: Arc<ServerConfig>,
+    definitions: Definitions,
+    instances: Mutex<BTreeMap<String, Instance>>,
+}
+
+impl Service {
+    /// A service with the backends of `registry`, sockets in `run_dir`, definitions in
+    /// `state_dir`.
+    pub fn new(
+        registry: Registry,
+        run_dir: PathBuf,
+        state_dir: PathBuf,
+        server: ServerConfig,
+    ) -> Self {
+        Self {
+            registry,
+            run_dir,
+            server: Arc::new(server),
+            definitions: Definitions::new(state_dir),
+            instances: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Where sockets are.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The stored definitions.
+    pub fn definitions(&self) -> &Definitions {
+        &self.definitions
+    }
+
+    /// Backends and their profiles with available instances now.
+    pub fn types(&self) -> Vec<BackendTypes> {
+        self.registry
+            .iter()
+            .map(|b| BackendTypes {
+                backend: b.name().to_string(),
+                description: b.description().to_string(),
+                profiles: b.profiles(),
+            })
+            .collect()
+    }
+
+    /// Provisions a function with its profile, puts it behind its layout, and only then
+    /// exposes its socket. On any error nothing is left behind.
+    pub fn create(&self, spec: &CreateSpec) -> Result<InstanceInfo, ServiceError> {
+        let name = spec.name.clone().unwrap_or_else(new_uuid);
+        check_name(&name).map_err(ServiceError::Name)?;
+        let mut instances = self.instances.lock();
+        if instances.contains_key(&name) {
+            return Err(ServiceError::Name(format!("`{name}` already exists")));
+        }
+        let backend = self.registry.get(&spec.backend).ok_or_else(|| {
+            let known: Vec<&str> = self.registry.iter().map(|b| b.name()).collect();
+            ServiceError::Unknown(format!(
+                "no backend `{}` (have: {})",
+                spec.backend,
+                known.join(", ")
+            ))
+        })?;
+        let profiles = backend.profiles();
+        let profile = match &spec.profile {
+            Some(p) => p.clone(),
+            None => profiles.first().map(|p| p.name.clone()).ok_or_else(|| {
+                ServiceError::Unknown(format!("backend `{}` offers no profile", spec.backend))
+            })?,
+        };
+        if !profiles.iter().any(|p| p.name == profile) {
+            let known: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
+            return Err(ServiceError::Unknown(format!(
+                "backend `{}` has no profile `{profile}` (have: {})",
+                spec.backend,
+                known.join(", ")
+            )));
+        }
+        let text = match &spec.layout {
+            Some(text) => text.clone(),
+            None => backend.default_layout(&profile)?,
+        };
+        let layout = Arc::new(parse_layout(&format!("layout of {name}"), &text)?);
+        let function = backend.create(&CreateRequest {
+            profile: profile.clone(),
+            instance: name.clone(),
+            layout: Arc::clone(&layout),
+            attributes: spec.attributes.clone(),
+        })?;
+        let template = Arc::new(compile(Arc::clone(&layout)));
+        let fingerprint = fingerprint(&template);
+        let vf = Arc::new(VirtualFunction::new(template, function)?);
+        let socket = self.run_dir.join(format!("{name}.sock"));
+        let endpoint = Endpoint::bind(
+            Port::new(name.clone(), vf),
+            &socket,
+            Arc::clone(&self.server),
+        )?;
+        let instance = Instance {
+            backend: spec.backend.clone(),
+            profile,
+            layout: layout.name.clone(),
+            fingerprint,
+            endpoint,
+        };
+        let info = self.info(&name, &instance);
+        instances.insert(name, instance);
+        tracing::info!(name = %info.name, backend = %info.backend, profile = %info.profile, "created");
+        Ok(info)
+    }
+
+    fn info(&self, name: &str, instance: &Instance) -> InstanceInfo {
+        let socket = instance.endpoint.path().to_path_buf();
+        InstanceInfo {
+            name: name.to_string(),
+            backend: instance.backend.clone(),
+            profile: instance.profile.clone(),
+            layout: instance.layout.clone(),
+            fingerprint: instance.fingerprint.clone(),
+            qemu_device: qemu_device(&socket),
+            socket,
+            attached: instance.endpoint.is_attached(),
+            defined: self.definitions.get(name).is_ok(),
+        }
+    }
+
+    /// Destroys an instance; refused while a VMM is attached unless `force` (then the VMM is
+    /// asked to release it and disconnected).
+    pub fn destroy(&self, name: &str, force: bool) -> Result<(), ServiceError> {
+        let mut instances = self.instances.lock();
+        let instance = instances
+            .get(name)
+            .ok_or_else(|| ServiceError::Name(format!("no running instance `{name}`")))?;
+        if instance.endpoint.is_attached() && !force {
+            return Err(ServiceError::InUse(name.to_string()));
+        }
+        // Dropping the endpoint disconnects and removes the socket; dropping the function
+        // returns its resources to the backend.
+        instances.remove(name);
+        tracing::info!(name, "destroyed");
+        Ok(())
+    }
+
+    /// Running instances, by name.
+    pub fn list(&self) -> Vec<InstanceInfo> {
+        self.instances
+            .lock()
+            .iter()
+            .map(|(name, i)| self.info(name, i))
+            .collect()
+    }
+
+    /// Creates a defined instance.
+    pub fn start(&self, name: &str) -> Result<InstanceInfo, ServiceError> {
+        let definition = self.definitions.get(name)?;
+        self.create(&spec_of(&definition))
+    }
+
+    /// Starts every definition marked `start = auto`; returns what failed.
+    pub fn autostart(&self) -> Vec<(String, ServiceError)> {
+        let mut failed = Vec::new();
+        let definitions = match self.definitions.list() {
+            Ok(d) => d,
+            Err(e) => return vec![(self.definitions.dir().display().to_string(), e.into())],
+        };
+        for definition in definitions {
+            match definition {
+                Ok(d) if d.start == Start::Auto => {
+                    if let Err(e) = self.create(&spec_of(&d)) {
+                        failed.push((d.name.clone(), e));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => failed.push((self.definitions.dir().display().to_string(), e.into())),
+            }
+        }
+        failed
+    }
+
+    /// Destroys every instance (the server is stopping).
+    pub fn shutdown(&self) {
+        self.instances.lock().clear();
+    }
+}
+
+/// The create request a definition stands for.
+pub fn spec_of(definition: &Definition) -> CreateSpec {
+    CreateSpec {
+        backend: definition.backend.clone(),
+        profile: Some(definition.profile.clone()),
+        name: Some(definition.name.clone()),
+        layout: definition.layout.clone(),
+        attributes: definition.attributes.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::builtin::sample::SampleBackend;
+
+    fn service(tag: &str) -> (Service, PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("vfio-variant-service-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        let mut registry = Registry::new();
+        registry.register(Arc::new(SampleBackend::new(2))).unwrap();
+        (
+            Service::new(
+                registry,
+                dir.join("run"),
+                dir.join("state"),
+                ServerConfig::default(),
+            ),
+            dir,
+        )
+    }
+
+    #[test]
+    fn create_list_destroy_and_available_instances() {
+        let (s, dir) = service("basic");
+        let a = s
+            .create(&CreateSpec {
+                backend: "sample".into(),
+                name: Some("a".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(a.socket.exists());
+        assert!(a.qemu_device.contains("\"vfio-user-pci\"") && a.qemu_device.contains("a.sock"));
+        let b = s
+            .create(&CreateSpec {
+                backend: "sample".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(uuid::Uuid::parse_str(&b.name).is_ok());
+        assert_eq!(s.types()[0].profiles[0].available_instances, 0);
+        let err = s
+            .create(&CreateSpec {
+                backend: "sample".into(),
+                name: Some("c".into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("no instance"), "{err}");
+        assert!(!dir.join("run/c.sock").exists(), "nothing left behind");
+        assert!(matches!(
+            s.create(&CreateSpec {
+                backend: "sample".into(),
+                name: Some("a".into()),
+                ..Default::default()
+            }),
+            Err(ServiceError::Name(_))
+        ));
+        assert_eq!(s.list().len(), 2);
+        s.destroy("a", false).unwrap();
+        assert!(!a.socket.exists());
+        assert_eq!(s.types()[0].profiles[0].available_instances, 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn bad_requests_change_nothing() {
+        let (s, dir) = service("bad");
+        for spec in [
+            CreateSpec {
+                backend: "nope".into(),
+                ..Default::default()
+            },
+            CreateSpec {
+                backend: "sample".into(),
+                profile: Some("fast".into()),
+                ..Default::default()
+            },
+            CreateSpec {
+                backend: "sample".into(),
+                name: Some("../x".into()),
+                ..Default::default()
+            },
+            CreateSpec {
+                backend: "sample".into(),
+                layout: Some("[vpci]\nformat = 1\n".into()),
+                ..Default::default()
+            },
+            CreateSpec {
+                backend: "sample".into(),
+                attributes: vec![("mac".into(), "x".into())],
+                ..Default::default()
+            },
+        ] {
+            assert!(s.create(&spec).is_err());
+        }
+        assert!(s.list().is_empty());
+        assert_eq!(s.types()[0].profiles[0].available_instances, 2);
+        assert_eq!(std::fs::read_dir(dir.join("run")).unwrap().count(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn definitions_autostart() {
+        let (s, dir) = service("defs");
+        for (name, start) in [("auto", Start::Auto), ("manual", Start::Manual)] {
+            s.definitions()
+                .define(&Definition {
+                    name: name.into(),
+                    backend: "sample".into(),
+                    profile: "default".into(),
+                    layout: None,
+                    attributes: vec![],
+                    start,
+                })
+                .unwrap();
+        }
+        assert!(s.autostart().is_empty());
+        let names: Vec<String> = s.list().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, ["auto"]);
+        assert!(s.list()[0].defined);
+        s.start("manual").unwrap();
+        assert_eq!(s.list().len(), 2);
+        assert!(s.start("missing").is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
