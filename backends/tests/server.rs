@@ -87,6 +87,16 @@ fn enable_memory(c: &mut Client) {
     c.region_write(7, 4, &[0x06, 0x00]).unwrap();
 }
 
+fn wait_detached(f: &Fixture) {
+    for _ in 0..1000 {
+        if !f.endpoint.is_attached() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the server still has the old client");
+}
+
 fn memfd(len: u64) -> OwnedFd {
     let fd = rustix::fs::memfd_create("guest", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&fd, len).unwrap();
@@ -309,6 +319,27 @@ fn intx_fires_sets_status_and_needs_unmask() {
     );
     reg_write(&mut c, INT_STATUS, INT_RAISED);
     assert_eq!(read(&mut c, 7, 6, 1).unwrap()[0] & 0x08, 0, "deasserted");
+    c.set_irqs(
+        &SetIrqs::new(
+            SetIrqsFlags::DATA_NONE | SetIrqsFlags::ACTION_UNMASK,
+            IRQ_INDEX_INTX,
+            0,
+            1,
+        ),
+        &[],
+    )
+    .unwrap();
+    // COMMAND.INTX_DISABLE masks the line, not the condition (as a real function does).
+    c.region_write(7, 4, &[0x06, 0x04]).unwrap();
+    reg_write(&mut c, RAISE, 0);
+    assert_eq!(
+        read(&mut c, 7, 6, 1).unwrap()[0] & 0x08,
+        0x08,
+        "pending while disabled"
+    );
+    assert_eq!(wait_count(&line), 0, "no interrupt while disabled");
+    c.region_write(7, 4, &[0x06, 0x00]).unwrap();
+    assert_eq!(wait_count(&line), 1, "fires once enabled");
 }
 
 #[test]
@@ -331,12 +362,7 @@ fn reconnect_keeps_device_state_and_drops_client_resources() {
     assert!(Client::connect_with(f.endpoint.path(), options.clone()).is_err());
     assert!(f.endpoint.is_attached());
     drop(c);
-    for _ in 0..200 {
-        if !f.endpoint.is_attached() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_detached(&f);
     let mut c = Client::connect_with(f.endpoint.path(), options).unwrap();
     assert_eq!(
         reg_read(&mut c, SCRATCH),
@@ -416,8 +442,9 @@ fn malformed_messages_get_error_replies_and_the_connection_goes_on() {
     let mut head = [0u8; 16];
     s.read_exact(&mut head).unwrap();
     assert!(Header::decode(&head).is_error());
-    // Still a working connection: VERSION and a real request.
+    // The server still works: a new client after this one.
     drop(s);
+    wait_detached(&f);
     let mut c = connect(&f);
     enable_memory(&mut c);
     assert_eq!(reg_read(&mut c, ID), ID_VALUE);

@@ -305,6 +305,11 @@ impl ConfigSpace {
         self.write16(regs::STATUS, status);
     }
 
+    /// STATUS.INTERRUPT.
+    pub fn intx_status(&self) -> bool {
+        self.read16(regs::STATUS) & regs::STATUS_INTERRUPT != 0
+    }
+
     /// The address programmed into BAR `index` (both halves for a 64-bit BAR), type bits masked.
     pub fn bar_address(&self, index: u8) -> Option<u64> {
         let bar = self.template.layout.bar(index)?;

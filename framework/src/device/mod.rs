@@ -237,9 +237,17 @@ impl VirtualFunction {
         }
     }
 
-    /// Sets STATUS.INTERRUPT, the INTx line state the guest sees.
-    pub fn set_intx_status(&self, asserted: bool) {
-        self.config.lock().set_intx_status(asserted);
+    /// Records the function's INTx condition: STATUS.INTERRUPT follows it, whatever
+    /// COMMAND.INTX_DISABLE says.
+    pub fn set_intx_pending(&self, pending: bool) {
+        self.config.lock().set_intx_status(pending);
+    }
+
+    /// Whether the INTx line is asserted: the condition is pending and the guest has not
+    /// disabled INTx in COMMAND (the framework emulates the disable bit by masking).
+    pub fn intx_line(&self) -> bool {
+        let config = self.config.lock();
+        config.intx_status() && config.command() & regs::COMMAND_INTX_DISABLE == 0
     }
 
     /// What each region is: size, access, mmappable areas.

@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 
 use super::connection::Outbox;
 use super::{Port, ServerConfig};
-use crate::device::RegionInfo;
+use crate::device::{CONFIG_REGION, RegionInfo};
 use crate::vfio_user::access::{RegionReadReply, RegionWriteReply, WriteMultiReply};
 use crate::vfio_user::device::{DEVICE_INFO_SIZE, DeviceFlags, DeviceInfo};
 use crate::vfio_user::dma::{DmaMap, DmaMapFlags, DmaUnmap};
@@ -171,11 +171,17 @@ impl<'a> Session<'a> {
             }
             Request::RegionWrite(write) => {
                 match vf.region_write(write.region, write.offset, &write.data) {
-                    Ok(()) => reply(RegionWriteReply {
-                        offset: write.offset,
-                        region: write.region,
-                        count: write.data.len() as u32,
-                    }),
+                    Ok(()) => {
+                        if write.region == CONFIG_REGION {
+                            // COMMAND.INTX_DISABLE may have changed.
+                            self.port.sync_intx();
+                        }
+                        reply(RegionWriteReply {
+                            offset: write.offset,
+                            region: write.region,
+                            count: write.data.len() as u32,
+                        })
+                    }
                     Err(e) => Answer::Error(e.errno()),
                 }
             }
@@ -188,12 +194,16 @@ impl<'a> Session<'a> {
                         return Answer::Error(e.errno());
                     }
                 }
+                self.port.sync_intx();
                 reply(WriteMultiReply {
                     wr_cnt: multi.entries.len() as u64,
                 })
             }
             Request::DeviceReset => match vf.reset() {
-                Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
+                Ok(()) => {
+                    self.port.sync_intx();
+                    Answer::Reply(Vec::new(), Vec::new())
+                }
                 Err(e) => Answer::Error(e.errno()),
             },
             // Migration and dirty logging are not wired yet: every feature is unsupported,

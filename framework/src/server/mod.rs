@@ -95,12 +95,13 @@ struct PortInterrupts {
 impl InterruptSink for PortInterrupts {
     fn raise(&self, interrupt: Interrupt) {
         match interrupt {
-            Interrupt::Intx(level) => {
-                if let Some(f) = self.function.upgrade() {
-                    f.set_intx_status(level);
+            Interrupt::Intx(level) => match self.function.upgrade() {
+                Some(f) => {
+                    f.set_intx_pending(level);
+                    self.irqs.set_intx(f.intx_line());
                 }
-                self.irqs.set_intx(level);
-            }
+                None => self.irqs.set_intx(level),
+            },
             Interrupt::Msi(v) => self.irqs.raise(IRQ_INDEX_MSI, v),
             Interrupt::Msix(v) => self.irqs.raise(IRQ_INDEX_MSIX, v),
             Interrupt::Error => self.irqs.raise(IRQ_INDEX_ERR, 0),
@@ -140,6 +141,12 @@ impl Port {
             dma,
             irqs,
         })
+    }
+
+    /// Brings the INTx line to the client in line with the function's condition and
+    /// COMMAND.INTX_DISABLE (after config writes and resets).
+    pub fn sync_intx(&self) {
+        self.irqs.set_intx(self.function.intx_line());
     }
 
     /// The function's name.

@@ -8,7 +8,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
 use vfio_variant::backend::{Function, FunctionContext, FunctionError, Interrupt, MmapFile};
 use vfio_variant::config::ConfigEvent;
-use vfio_variant::pci::regs::{COMMAND_BUS_MASTER, COMMAND_INTX_DISABLE};
+use vfio_variant::pci::regs::COMMAND_BUS_MASTER;
 
 use super::registers::*;
 
@@ -25,7 +25,6 @@ struct State {
     msix_enabled: bool,
     msi_enabled: bool,
     bus_master: bool,
-    intx_disabled: bool,
     intx_asserted: bool,
 }
 
@@ -97,6 +96,8 @@ pub struct SampleFunction {
     state: Mutex<State>,
     msix_bar: Mutex<Vec<u8>>,
     shared: SharedMemory,
+    /// Survives function resets, as a device's non-volatile storage does.
+    nvram: AtomicU32,
     context: OnceLock<FunctionContext>,
     in_use: Arc<AtomicU32>,
 }
@@ -108,6 +109,7 @@ impl SampleFunction {
             state: Mutex::new(State::default()),
             msix_bar: Mutex::new(vec![0; 4096]),
             shared: SharedMemory::new()?,
+            nvram: AtomicU32::new(0),
             context: OnceLock::new(),
             in_use,
         })
@@ -121,14 +123,14 @@ impl SampleFunction {
             context.interrupts.raise(Interrupt::Msix(vector));
         } else if state.msi_enabled {
             context.interrupts.raise(Interrupt::Msi(vector));
-        } else if !state.intx_disabled && !state.intx_asserted {
+        } else if !state.intx_asserted {
             state.intx_asserted = true;
             context.interrupts.raise(Interrupt::Intx(true));
         }
     }
 
     fn update_intx(&self, state: &mut State) {
-        if state.intx_asserted && (state.int_status == 0 || state.intx_disabled) {
+        if state.intx_asserted && state.int_status == 0 {
             state.intx_asserted = false;
             if let Some(context) = self.context.get() {
                 context.interrupts.raise(Interrupt::Intx(false));
@@ -179,6 +181,7 @@ impl SampleFunction {
             DMA_COUNT => state.count,
             DMA_STATUS => state.status,
             SHM_SUM => self.shared.sum(),
+            NVRAM => self.nvram.load(Ordering::SeqCst),
             _ => 0,
         }
     }
@@ -188,6 +191,7 @@ impl SampleFunction {
         let state = &mut *state;
         match offset {
             SCRATCH => state.scratch = value,
+            NVRAM => self.nvram.store(value, Ordering::SeqCst),
             INT_STATUS => {
                 state.int_status &= !value;
                 self.update_intx(state);
@@ -278,9 +282,8 @@ impl Function for SampleFunction {
             ConfigEvent::Msix { enabled, .. } => state.msix_enabled = enabled,
             ConfigEvent::Msi { enabled, .. } => state.msi_enabled = enabled,
             ConfigEvent::Command { new, .. } => {
+                // INTx disable is the framework's: it masks the line, the condition stays.
                 state.bus_master = new & COMMAND_BUS_MASTER != 0;
-                state.intx_disabled = new & COMMAND_INTX_DISABLE != 0;
-                self.update_intx(&mut state);
             }
             ConfigEvent::FunctionLevelReset | ConfigEvent::PowerState(_) => {}
         }
@@ -422,7 +425,14 @@ mod tests {
         f.bar_write(2, 0x10, &5u32.to_le_bytes()).unwrap();
         assert_eq!(read(&f, SHM_SUM), 8);
         assert!(f.bar_write(2, SHM_SIZE as u64 - 2, &[0; 4]).is_err());
+        write(&f, NVRAM, 0xfeed);
+        write(&f, SCRATCH, 0xbeef);
         f.reset().unwrap();
         assert_eq!(read(&f, SHM_SUM), 0);
+        assert_eq!(
+            (read(&f, SCRATCH), read(&f, NVRAM)),
+            (0, 0xfeed),
+            "NVRAM survives reset"
+        );
     }
 }

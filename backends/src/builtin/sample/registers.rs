@@ -4,7 +4,8 @@
 pub const ID: u64 = 0x00;
 /// The value of [`ID`].
 pub const ID_VALUE: u32 = 0x4f49_4656;
-/// Scratch register: reads back what was written; kept across client reconnects, cleared by reset.
+/// Scratch register: reads back what was written; kept across client reconnects, cleared by
+/// a function reset.
 pub const SCRATCH: u64 = 0x04;
 /// Interrupt status (read), write 1 to clear: bit 0 = DMA done, bit 1 = raised by [`RAISE`].
 pub const INT_STATUS: u64 = 0x08;
@@ -40,5 +41,8 @@ pub const DMA_MAX_LEN: u32 = 1 << 20;
 /// Wrapping sum of the first 1024 little-endian 32-bit words of the shared-memory BAR 2
 /// (read-only): shows the device sees what was written through an mmap.
 pub const SHM_SUM: u64 = 0x30;
+/// Non-volatile register: survives function resets and client reconnects (models a device's
+/// EEPROM).
+pub const NVRAM: u64 = 0x34;
 /// Size of the shared-memory BAR 2.
 pub const SHM_SIZE: usize = 64 << 10;
