@@ -6,10 +6,11 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use vfio_variant::config::{ConfigError, ConfigSpace, ConfigTemplate, NoBacking};
-use vfio_variant::physical::PhysicalBacking;
 use vfio_variant::physical::PhysicalDescription;
 use vfio_variant::physical::captured::CapturedFunction;
 use vfio_variant::physical::sysfs::{describe_files, describe_sysfs_dir};
+use vfio_variant::physical::vfio::VfioPhysicalFunction;
+use vfio_variant::physical::{PhysicalBacking, PhysicalFunction};
 use vfio_variant::vpci::compat::{Difference, compare, fingerprint};
 use vfio_variant::vpci::derive::{DEFAULT_QUIRKS, DeriveOptions, derive};
 use vfio_variant::vpci::layout::{BarBacking, BarKind, CapabilityBody, ExtCapabilityBody};
@@ -32,8 +33,11 @@ pub enum VpciCommand {
 #[derive(Args)]
 pub struct PhysicalArgs {
     /// A sysfs PCI device directory (reads `config` and `resource`).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "resource"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "resource", "vfio"])]
     sysfs: Option<PathBuf>,
+    /// A function bound to vfio-pci, given by its sysfs directory: read through kernel VFIO.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["config", "resource"])]
+    vfio: Option<PathBuf>,
     /// A config-space file (as sysfs `config`); needs --resource.
     #[arg(long, value_name = "FILE", requires = "resource")]
     config: Option<PathBuf>,
@@ -46,6 +50,13 @@ impl PhysicalArgs {
     fn describe(&self) -> Result<Option<(PhysicalDescription, String)>, CliError> {
         if let Some(dir) = &self.sysfs {
             return Ok(Some((describe_sysfs_dir(dir)?, dir.display().to_string())));
+        }
+        if let Some(dir) = &self.vfio {
+            let function = VfioPhysicalFunction::open(dir)?;
+            return Ok(Some((
+                function.describe()?,
+                format!("{} through VFIO", dir.display()),
+            )));
         }
         match (&self.config, &self.resource) {
             (Some(config), Some(resource)) => Ok(Some((

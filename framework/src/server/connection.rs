@@ -1,14 +1,17 @@
-//! One client connection: a reader thread demultiplexes the socket (commands to the worker,
-//! replies to the server's own DMA requests to their waiters), the worker runs commands in
-//! order. A command that needs client memory without an fd sends DMA_READ/DMA_WRITE and waits
-//! while the reader keeps reading, so the client's answer is never stuck behind the command.
+//! One client connection, served by one thread: it reads a message, runs it, answers, in
+//! order. When a command needs client memory that was mapped without an fd, the same thread
+//! sends DMA_READ/DMA_WRITE and keeps reading the socket until the answer comes, queueing
+//! commands that arrive meanwhile; so the answer is never stuck behind the command that
+//! asked for it. Device threads doing such DMA send their request and are handed the answer
+//! by the connection thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{self, SyncSender};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -24,11 +27,11 @@ use crate::vfio_user::socket::{
 };
 use crate::vfio_user::{Limits, Payload};
 
-/// Commands queued between the reader and the worker; a client that floods the socket waits
-/// on its own connection only.
-const QUEUE_DEPTH: usize = 64;
+/// Commands that may wait while the connection thread waits for a DMA answer; past this the
+/// DMA fails rather than memory growing without bound.
+const MAX_QUEUED: usize = 4096;
 
-/// The write side of a connection, shared by the worker and DMA requests from any thread.
+/// The write side of a connection, shared by the connection thread and device threads.
 pub(crate) struct Outbox {
     stream: UnixStream,
     lock: Mutex<()>,
@@ -53,12 +56,58 @@ impl Outbox {
     }
 }
 
+/// The read side of a connection.
+pub(crate) struct Inbox {
+    stream: UnixStream,
+    limits: Arc<RwLock<Limits>>,
+    /// Commands read while waiting for a DMA answer, run next.
+    queued: Mutex<VecDeque<Message>>,
+}
+
+/// What the connection thread got from the socket.
+enum Incoming {
+    Command(Message),
+    Reply(Message),
+    /// A message refused with this errno; the stream is still in sync.
+    Refused(Header, i32),
+    /// The connection is over.
+    Closed,
+}
+
+impl Inbox {
+    fn read(&self) -> Incoming {
+        let limits = self.limits.read().clone();
+        match read_message(self.stream.as_fd(), &limits) {
+            Ok(message) if message.header.is_reply() => Incoming::Reply(message),
+            Ok(message) => Incoming::Command(message),
+            Err(ReadError::Invalid {
+                header,
+                error,
+                resynced: true,
+            }) => {
+                tracing::debug!("bad message from the client: {error}");
+                Incoming::Refused(header, error.errno())
+            }
+            Err(ReadError::Invalid { error, .. }) => {
+                tracing::debug!("unrecoverable message from the client: {error}");
+                Incoming::Closed
+            }
+            Err(ReadError::Closed) => Incoming::Closed,
+            Err(ReadError::Io(e)) => {
+                tracing::debug!("client socket: {e}");
+                Incoming::Closed
+            }
+        }
+    }
+}
+
 /// Client memory without an fd, reached with DMA_READ/DMA_WRITE on this connection.
 pub(crate) struct RemoteDma {
     outbox: Arc<Outbox>,
+    inbox: Arc<Inbox>,
+    connection_thread: ThreadId,
     pending: Mutex<HashMap<u16, SyncSender<Message>>>,
     next_id: AtomicU16,
-    limits: Arc<RwLock<Limits>>,
     layout: DmaLayout,
     timeout: Duration,
 }
@@ -66,29 +115,67 @@ pub(crate) struct RemoteDma {
 impl RemoteDma {
     fn transact(&self, command: Command, payload: &[u8]) -> Result<Message, DmaError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.pending.lock().insert(id, tx);
+        let inline = std::thread::current().id() == self.connection_thread;
+        let waiter = if inline {
+            None
+        } else {
+            let (tx, rx) = mpsc::sync_channel(1);
+            self.pending.lock().insert(id, tx);
+            Some(rx)
+        };
         let header = Header::request(id, command, payload.len());
-        let sent = self.outbox.send(&header, payload, &[]);
-        let answer = sent
-            .map_err(|e| DmaError::Transfer(format!("sending {command:?}: {e}")))
-            .and_then(|()| {
-                rx.recv_timeout(self.timeout).map_err(|_| {
+        if let Err(e) = self.outbox.send(&header, payload, &[]) {
+            self.pending.lock().remove(&id);
+            return Err(DmaError::Transfer(format!("sending {command:?}: {e}")));
+        }
+        let answer = match waiter {
+            Some(rx) => {
+                let answer = rx.recv_timeout(self.timeout);
+                self.pending.lock().remove(&id);
+                answer.map_err(|_| {
                     DmaError::Transfer(format!("no answer to {command:?} from the client"))
-                })
-            });
-        self.pending.lock().remove(&id);
-        let message = answer?;
-        if message.header.is_error() {
+                })?
+            }
+            None => self.read_answer(id, command)?,
+        };
+        if answer.header.is_error() {
             return Err(DmaError::Transfer(format!(
                 "the client refused {command:?} (errno {})",
-                message.header.errno()
+                answer.header.errno()
             )));
         }
-        Ok(message)
+        Ok(answer)
     }
 
-    /// Hands a reply to the thread waiting for it; a reply nobody waits for is dropped.
+    /// On the connection thread: reads until the answer to `id` comes, queueing commands and
+    /// handing other answers to their waiters.
+    fn read_answer(&self, id: u16, command: Command) -> Result<Message, DmaError> {
+        loop {
+            match self.inbox.read() {
+                Incoming::Reply(message) if message.header.msg_id == id => return Ok(message),
+                Incoming::Reply(message) => self.deliver(message),
+                Incoming::Command(message) => {
+                    let mut queued = self.inbox.queued.lock();
+                    if queued.len() >= MAX_QUEUED {
+                        return Err(DmaError::Transfer(format!(
+                            "the client sent {MAX_QUEUED} commands without answering {command:?}"
+                        )));
+                    }
+                    queued.push_back(message);
+                }
+                Incoming::Refused(header, errno) => {
+                    let _ = self.outbox.error(&header, errno);
+                }
+                Incoming::Closed => {
+                    return Err(DmaError::Transfer(format!(
+                        "the client went away before answering {command:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Hands a reply to the device thread waiting for it; a reply nobody waits for is dropped.
     fn deliver(&self, message: Message) {
         if let Some(waiter) = self.pending.lock().remove(&message.header.msg_id) {
             let _ = waiter.send(message);
@@ -106,7 +193,7 @@ impl RemoteDma {
     }
 
     fn chunk(&self) -> usize {
-        usize::try_from(self.limits.read().max_data_xfer_size)
+        usize::try_from(self.inbox.limits.read().max_data_xfer_size)
             .unwrap_or(usize::MAX)
             .max(1)
     }
@@ -122,9 +209,9 @@ impl RemoteMemory for RemoteDma {
                 count: piece.len() as u64,
             };
             let message = self.transact(Command::DmaRead, &request.to_bytes())?;
-            let reply =
-                DmaReadReply::parse_layout(&message.payload, &self.limits.read(), self.layout)
-                    .map_err(|e| DmaError::Transfer(format!("DMA_READ reply: {e}")))?;
+            let limits = self.inbox.limits.read().clone();
+            let reply = DmaReadReply::parse_layout(&message.payload, &limits, self.layout)
+                .map_err(|e| DmaError::Transfer(format!("DMA_READ reply: {e}")))?;
             if reply.address != at || reply.data.len() != piece.len() {
                 return Err(DmaError::Transfer(
                     "DMA_READ reply for another range".into(),
@@ -150,112 +237,61 @@ impl RemoteMemory for RemoteDma {
     }
 }
 
-/// Serves one client until it disconnects (or breaks the protocol beyond recovery); then
-/// unmaps its DMA and closes its eventfds. The device state stays.
+/// Serves one client on the calling thread until it disconnects (or breaks the protocol
+/// beyond recovery); then unmaps its DMA and closes its eventfds. The device state stays.
 pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStream) {
-    let outbox = match stream.try_clone() {
-        Ok(s) => Arc::new(Outbox {
-            stream: s,
-            lock: Mutex::new(()),
-        }),
-        Err(e) => {
-            tracing::warn!("cannot clone the client socket: {e}");
-            return;
-        }
+    let (Ok(write_side), Ok(read_side)) = (stream.try_clone(), stream.try_clone()) else {
+        tracing::warn!("cannot clone the client socket");
+        return;
     };
+    let outbox = Arc::new(Outbox {
+        stream: write_side,
+        lock: Mutex::new(()),
+    });
     let limits = Arc::new(RwLock::new(config.limits.clone()));
+    let inbox = Arc::new(Inbox {
+        stream: read_side,
+        limits: Arc::clone(&limits),
+        queued: Mutex::new(VecDeque::new()),
+    });
     let remote = Arc::new(RemoteDma {
         outbox: Arc::clone(&outbox),
+        inbox: Arc::clone(&inbox),
+        connection_thread: std::thread::current().id(),
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU16::new(0),
-        limits: Arc::clone(&limits),
         layout: config.dma_layout,
         timeout: config.dma_timeout,
     });
     port.dma
         .set_remote(Some(Arc::clone(&remote) as Arc<dyn RemoteMemory>));
 
-    let (queue, commands) = mpsc::sync_channel::<Message>(QUEUE_DEPTH);
-    let worker = {
-        let (port, config, outbox, limits) = (
-            Arc::clone(&port),
-            Arc::clone(&config),
-            Arc::clone(&outbox),
-            Arc::clone(&limits),
-        );
-        let shutdown = stream.try_clone().ok();
-        std::thread::Builder::new()
-            .name(format!("vfio-user {}", port.name))
-            .spawn(move || run_worker(&port, &config, &outbox, &limits, commands, shutdown))
-    };
-    let worker = match worker {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!("cannot start a worker thread: {e}");
-            port.dma.set_remote(None);
-            return;
+    let mut session = Session::new(&port, &config, &outbox, &limits);
+    loop {
+        let queued = inbox.queued.lock().pop_front();
+        let incoming = match queued {
+            Some(message) => Incoming::Command(message),
+            None => inbox.read(),
+        };
+        match incoming {
+            Incoming::Command(message) => {
+                if !session.handle(message) {
+                    // A fatal protocol error (e.g. an unsupported major version): close.
+                    break;
+                }
+            }
+            Incoming::Reply(message) => remote.deliver(message),
+            Incoming::Refused(header, errno) => {
+                if outbox.error(&header, errno).is_err() {
+                    break;
+                }
+            }
+            Incoming::Closed => break,
         }
-    };
-    read_loop(&stream, &limits, &outbox, &remote, &queue);
-    drop(queue);
-    let _ = worker.join();
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
     remote.fail_all();
     port.dma.set_remote(None);
     port.dma.clear();
     port.irqs.clear();
-}
-
-fn read_loop(
-    stream: &UnixStream,
-    limits: &RwLock<Limits>,
-    outbox: &Outbox,
-    remote: &RemoteDma,
-    queue: &SyncSender<Message>,
-) {
-    loop {
-        let limits = limits.read().clone();
-        match read_message(stream.as_fd(), &limits) {
-            Ok(message) if message.header.is_reply() => remote.deliver(message),
-            Ok(message) => {
-                if queue.send(message).is_err() {
-                    return;
-                }
-            }
-            Err(ReadError::Invalid {
-                header,
-                error,
-                resynced,
-            }) => {
-                tracing::debug!("bad message from the client: {error}");
-                if outbox.error(&header, error.errno()).is_err() || !resynced {
-                    return;
-                }
-            }
-            Err(ReadError::Closed) => return,
-            Err(ReadError::Io(e)) => {
-                tracing::debug!("client socket: {e}");
-                return;
-            }
-        }
-    }
-}
-
-fn run_worker(
-    port: &Port,
-    config: &ServerConfig,
-    outbox: &Outbox,
-    limits: &RwLock<Limits>,
-    commands: Receiver<Message>,
-    shutdown: Option<UnixStream>,
-) {
-    let mut session = Session::new(port, config, outbox, limits);
-    for message in commands {
-        if !session.handle(message) {
-            // A fatal protocol error (e.g. an unsupported major version): close.
-            if let Some(stream) = &shutdown {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-            }
-            break;
-        }
-    }
 }
