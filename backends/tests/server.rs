@@ -478,3 +478,19 @@ fn peers_outside_the_allow_list_are_refused() {
     };
     assert!(Client::connect_with(f.endpoint.path(), options).is_err());
 }
+
+#[test]
+fn polling_mode_serves_the_same() {
+    let config = ServerConfig {
+        poll: Some(Duration::from_micros(100)),
+        ..ServerConfig::default()
+    };
+    let f = fixture("polling", config);
+    let mut c = connect(&f);
+    enable_memory(&mut c);
+    for i in 0..200u32 {
+        c.region_write_posted(0, SCRATCH, &i.to_le_bytes()).unwrap();
+    }
+    assert_eq!(reg_read(&mut c, SCRATCH), 199);
+    assert_eq!(reg_read(&mut c, ID), ID_VALUE);
+}

@@ -4,7 +4,10 @@
 use crate::cmd::{cargo, run as run_step};
 
 /// Benchmarks: (package, bench target).
-const BENCHES: &[(&str, &str)] = &[("vfio-variant", "config_access")];
+const BENCHES: &[(&str, &str)] = &[
+    ("vfio-variant", "config_access"),
+    ("vfio-variant-backends", "server"),
+];
 
 /// Runs every benchmark, or those whose name contains one of `args`.
 pub fn run(args: &[String]) -> Result<(), String> {

@@ -50,6 +50,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let target_dir = workspace_root().join("fuzz/target/coverage");
     run_step(
         "build fuzz targets with coverage",
+        // An explicit --target keeps RUSTFLAGS off build scripts, which cannot link the
+        // coverage hooks.
         cargo()
             .args([
                 "build",
@@ -57,8 +59,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 "--manifest-path",
                 "fuzz/Cargo.toml",
                 "--bins",
-                "--target-dir",
             ])
+            .args(["--target", HOST_TARGET, "--target-dir"])
             .arg(&target_dir)
             .env("RUSTFLAGS", COVERAGE_FLAGS),
     )?;

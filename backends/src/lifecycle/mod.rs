@@ -10,16 +10,17 @@ pub mod names;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use vfio_variant::backend::{BackendError, CreateRequest, ProfileInfo};
+use vfio_variant::config::ConfigTemplate;
 use vfio_variant::device::VirtualFunction;
 use vfio_variant::server::{Endpoint, EndpointError, Port, ServerConfig};
 use vfio_variant::vpci::compat::fingerprint;
 use vfio_variant::vpci::compile::compile;
-use vfio_variant::vpci::{LayoutError, parse_layout};
+use vfio_variant::vpci::{Layout, LayoutError, parse_layout};
 
 use crate::registry::Registry;
 use definitions::{Definition, DefinitionError, Definitions, Start};
@@ -128,6 +129,9 @@ pub struct Service {
     server: Arc<ServerConfig>,
     definitions: Definitions,
     instances: Mutex<BTreeMap<String, Instance>>,
+    /// Compiled layouts in use, shared by every function of one layout (a template is a few
+    /// dozen KiB and never changes).
+    templates: Mutex<Vec<Weak<ConfigTemplate>>>,
 }
 
 impl Service {
@@ -145,7 +149,24 @@ impl Service {
             server: Arc::new(server),
             definitions: Definitions::new(state_dir),
             instances: Mutex::new(BTreeMap::new()),
+            templates: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The compiled template of `layout`, shared with the functions already using it.
+    fn template_for(&self, layout: &Arc<Layout>) -> Arc<ConfigTemplate> {
+        let mut templates = self.templates.lock();
+        templates.retain(|t| t.strong_count() > 0);
+        if let Some(shared) = templates
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|t| **t.layout() == **layout)
+        {
+            return shared;
+        }
+        let template = Arc::new(compile(Arc::clone(layout)));
+        templates.push(Arc::downgrade(&template));
+        template
     }
 
     /// Where sockets are.
@@ -213,7 +234,7 @@ impl Service {
             layout: Arc::clone(&layout),
             attributes: spec.attributes.clone(),
         })?;
-        let template = Arc::new(compile(Arc::clone(&layout)));
+        let template = self.template_for(&layout);
         let fingerprint = fingerprint(&template);
         let vf = Arc::new(VirtualFunction::new(template, function)?);
         let socket = self.run_dir.join(format!("{name}.sock"));
@@ -365,6 +386,11 @@ mod tests {
             .unwrap();
         assert!(uuid::Uuid::parse_str(&b.name).is_ok());
         assert_eq!(s.types()[0].profiles[0].available_instances, 0);
+        assert_eq!(
+            s.templates.lock().len(),
+            1,
+            "one compiled template for both"
+        );
         let err = s
             .create(&CreateSpec {
                 backend: "sample".into(),

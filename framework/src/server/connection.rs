@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::thread::ThreadId;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -60,6 +62,8 @@ impl Outbox {
 pub(crate) struct Inbox {
     stream: UnixStream,
     limits: Arc<RwLock<Limits>>,
+    /// Spin this long for a message before sleeping (polling mode).
+    poll: Option<Duration>,
     /// Commands read while waiting for a DMA answer, run next.
     queued: Mutex<VecDeque<Message>>,
 }
@@ -75,7 +79,22 @@ enum Incoming {
 }
 
 impl Inbox {
+    /// Polling mode: spins until the socket has data or the budget is spent.
+    fn spin(&self, budget: Duration) {
+        let start = Instant::now();
+        let mut fds = [PollFd::new(&self.stream, PollFlags::IN)];
+        while start.elapsed() < budget {
+            if matches!(poll(&mut fds, Some(&Timespec::default())), Ok(n) if n > 0) {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     fn read(&self) -> Incoming {
+        if let Some(budget) = self.poll {
+            self.spin(budget);
+        }
         let limits = self.limits.read().clone();
         match read_message(self.stream.as_fd(), &limits) {
             Ok(message) if message.header.is_reply() => Incoming::Reply(message),
@@ -252,6 +271,7 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
     let inbox = Arc::new(Inbox {
         stream: read_side,
         limits: Arc::clone(&limits),
+        poll: config.poll,
         queued: Mutex::new(VecDeque::new()),
     });
     let remote = Arc::new(RemoteDma {

@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub dma_layout: DmaLayout,
     /// How long a DMA_READ/DMA_WRITE waits for the client.
     pub dma_timeout: Duration,
+    /// Polling mode, for servers on dedicated cores: a connection spins this long waiting for
+    /// the next message before it sleeps in the kernel (`None`: it always sleeps).
+    pub poll: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +66,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             dma_layout: DmaLayout::Qemu,
             dma_timeout: Duration::from_secs(5),
+            poll: None,
         }
     }
 }

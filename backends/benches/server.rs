@@ -1,0 +1,513 @@
+//! The vfio-user server over real Unix sockets, with the framework's client and the sample
+//! function. Prints `BENCH name value unit [ratio=.. vs=..]`:
+//! - `config_read_rtt`: a 4-byte config read (REGION_READ of region 7), against
+//!   `socketpair_pingpong_rtt`, a bare ping-pong of the same message sizes between two threads,
+//!   their rounds interleaved;
+//! - `posted_writes_per_second`: No_reply REGION_WRITEs to a BAR 0 register, each round closed
+//!   by a read that sees the last one;
+//! - `rss_per_idle_function` with its parts (`rss_per_function_template`, `_backend`,
+//!   `_endpoint`): 1024 functions created as `vfio-variant create` does (sharing the compiled
+//!   layout), each behind its own endpoint;
+//! - `config_read_rtt_1024`: a round trip to one of them, the others idle, against the round
+//!   trip with one function in the process;
+//! - `config_read_rtt_polling`: the round trip with the server in polling mode, against the
+//!   blocking ping-pong floor of the same rounds.
+//!
+//! Where threads run decides round trips on a small machine: a wake-up on another CPU costs
+//! far more than a switch on the same one, and the scheduler places the client and the
+//! server's threads differently from run to run. So round trips are measured with threads
+//! pinned: the client on one CPU and the server on another (the plain names: a VMM's vCPU and
+//! the server on cores of their own), and everything on one CPU (`_one_cpu`: what is left is
+//! each side's own work and its thread switches); once more where the scheduler puts them
+//! (`_unpinned`).
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vfio_variant::backend::{Backend, CreateRequest, Function};
+use vfio_variant::config::ConfigTemplate;
+use vfio_variant::device::{CONFIG_REGION, VirtualFunction};
+use vfio_variant::server::{Endpoint, Port, ServerConfig};
+use vfio_variant::vfio_user::access::{RegionRead, RegionReadReply};
+use vfio_variant::vfio_user::{Client, ClientOptions, Command, HEADER_SIZE, Header, Payload};
+use vfio_variant::vpci::{compile::compile, parse_layout};
+use vfio_variant_backends::builtin::sample::registers::SCRATCH;
+use vfio_variant_backends::builtin::sample::{LAYOUT, SampleBackend};
+
+/// Rounds of every measurement; the median is reported.
+const ROUNDS: usize = 7;
+/// Round trips per round (15 to 70 µs each on this machine class, by placement).
+const RTT_ITERATIONS: u32 = 5_000;
+/// Round trips before the first round.
+const WARMUP_ITERATIONS: u32 = 500;
+/// Posted writes per round.
+const POSTED_WRITES: u32 = 50_000;
+/// Functions exposed at once for the memory figure.
+const FUNCTIONS: usize = 1024;
+/// File descriptors held per idle function (socket, stop eventfd, shared-memory memfd), with
+/// one to spare.
+const FDS_PER_FUNCTION: u64 = 4;
+/// Vendor and device ID of the sample function, as the first config dword reads.
+const SAMPLE_IDS: [u8; 4] = [0x34, 0x12, 0xf8, 0x11];
+
+/// Median of `samples`.
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// Prints one figure, with its ratio to a baseline when there is one.
+fn report(name: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
+    match baseline {
+        Some((base, base_value)) => println!(
+            "BENCH {name} {value:.2} {unit} ratio={:.2} vs={base}",
+            value / base_value
+        ),
+        None => println!("BENCH {name} {value:.2} {unit}"),
+    }
+}
+
+/// µs per call of `op` over one round.
+fn time_round(op: &mut impl FnMut()) -> f64 {
+    let start = Instant::now();
+    for _ in 0..RTT_ITERATIONS {
+        op();
+    }
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(RTT_ITERATIONS)
+}
+
+/// Median µs per call of `a` and of `b`, their rounds interleaved so that both see the same
+/// machine (the other load on it changes from second to second).
+fn measure_pair(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+    for _ in 0..WARMUP_ITERATIONS {
+        a();
+        b();
+    }
+    let (mut sa, mut sb) = (Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS));
+    for _ in 0..ROUNDS {
+        sa.push(time_round(&mut a));
+        sb.push(time_round(&mut b));
+    }
+    (median(sa), median(sb))
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is a plain bit array: all zeros is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel writes at most `size_of_val(&set)` bytes into `set`, which lives here.
+    let done = unsafe { libc::sched_getaffinity(0, size_of_val(&set), &mut set) };
+    assert_eq!(done, 0, "sched_getaffinity");
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE, the number of bits in `set`.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Moves the calling thread to `cpus`; threads it spawns from now on start there.
+fn run_on(cpus: &[usize]) {
+    // SAFETY: as in `allowed_cpus`, all zeros is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: `cpu` came from `allowed_cpus`, so it is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: the kernel reads `size_of_val(&set)` bytes of `set`, which lives here.
+    let done = unsafe { libc::sched_setaffinity(0, size_of_val(&set), &set) };
+    assert_eq!(done, 0, "sched_setaffinity {cpus:?}");
+}
+
+/// Where the client and the server's threads run. Threads inherit the affinity of the thread
+/// that spawns them: an endpoint's acceptor that of the thread that binds it, a connection's
+/// threads that of the acceptor.
+#[derive(Debug, Clone)]
+struct Placement {
+    /// CPUs of the server's threads (and of the echo thread).
+    server: Vec<usize>,
+    /// CPUs of the client.
+    client: Vec<usize>,
+}
+
+impl Placement {
+    /// The client on the first allowed CPU, the server on the second (a VMM's vCPU and the
+    /// server on cores of their own).
+    fn split(allowed: &[usize]) -> Self {
+        Self {
+            server: vec![*allowed.get(1).unwrap_or(&allowed[0])],
+            client: allowed[..1].to_vec(),
+        }
+    }
+
+    /// Everything on `cpu`.
+    fn one_cpu(cpu: usize) -> Self {
+        Self {
+            server: vec![cpu],
+            client: vec![cpu],
+        }
+    }
+
+    /// Wherever the scheduler puts them.
+    fn unpinned(allowed: &[usize]) -> Self {
+        Self {
+            server: allowed.to_vec(),
+            client: allowed.to_vec(),
+        }
+    }
+
+    /// Runs `start` on the server's CPUs, so that the endpoints and threads it starts stay
+    /// there, then moves the calling thread to the client's CPUs.
+    fn serve<T>(&self, start: impl FnOnce() -> T) -> T {
+        run_on(&self.server);
+        let started = start();
+        run_on(&self.client);
+        started
+    }
+}
+
+/// Sample functions, each behind its own endpoint in a directory of their own.
+struct Functions {
+    config: Arc<ServerConfig>,
+    endpoints: Vec<Endpoint>,
+    dir: PathBuf,
+}
+
+impl Functions {
+    /// No function yet; sockets go to a new temporary directory named after `tag`.
+    fn new(tag: &str, config: &Arc<ServerConfig>) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("vfio-variant-bench-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Self {
+            config: Arc::clone(config),
+            endpoints: Vec::new(),
+            dir,
+        }
+    }
+
+    /// One function, exposed.
+    fn single(tag: &str, config: &Arc<ServerConfig>) -> Self {
+        let backend = SampleBackend::new(1);
+        let template = template();
+        let function = provision(&backend, &template);
+        let mut functions = Self::new(tag, config);
+        functions.expose(template, function);
+        functions
+    }
+
+    /// Exposes a provisioned function on the next socket.
+    fn expose(&mut self, template: Arc<ConfigTemplate>, function: Box<dyn Function>) {
+        let name = format!("f{}", self.endpoints.len());
+        let vf = VirtualFunction::new(template, function).expect("the sample layout binds");
+        let path = self.dir.join(format!("{name}.sock"));
+        let port = Port::new(name, Arc::new(vf));
+        let endpoint = Endpoint::bind(port, &path, Arc::clone(&self.config)).expect("bind");
+        self.endpoints.push(endpoint);
+    }
+
+    /// A client of function `index`, checked with one config read.
+    fn connect(&self, index: usize) -> Client {
+        let options = ClientOptions {
+            timeout: Some(Duration::from_secs(10)),
+            ..ClientOptions::default()
+        };
+        let mut client =
+            Client::connect_with(self.endpoints[index].path(), options).expect("connect");
+        let mut ids = [0u8; 4];
+        client
+            .region_read(CONFIG_REGION, 0, &mut ids)
+            .expect("config read");
+        assert_eq!(ids, SAMPLE_IDS);
+        client
+    }
+}
+
+impl Drop for Functions {
+    fn drop(&mut self) {
+        self.endpoints.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Parses and compiles the sample layout.
+fn template() -> Arc<ConfigTemplate> {
+    Arc::new(compile(Arc::new(
+        parse_layout("sample", LAYOUT).expect("sample layout"),
+    )))
+}
+
+/// Provisions one sample function.
+fn provision(backend: &SampleBackend, template: &ConfigTemplate) -> Box<dyn Function> {
+    backend
+        .create(&CreateRequest {
+            profile: "default".into(),
+            instance: "bench".into(),
+            layout: Arc::clone(template.layout()),
+            attributes: Vec::new(),
+        })
+        .expect("a sample function")
+}
+
+/// Resident memory of the process in KiB.
+fn resident_kib() -> u64 {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").expect("smaps_rollup");
+    rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Rss:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("an Rss line")
+}
+
+/// Raises the soft limit on open files to at least `needed` (up to the hard limit).
+fn raise_fd_limit(needed: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none_or(|current| current >= needed) {
+        return;
+    }
+    let current = Some(limit.maximum.map_or(needed, |max| max.min(needed)));
+    setrlimit(Resource::Nofile, Rlimit { current, ..limit }).expect("raise RLIMIT_NOFILE");
+}
+
+/// A thread answering each message the size of a config read request on a socketpair with
+/// one the size of its reply.
+struct Echo {
+    stream: UnixStream,
+    request: Vec<u8>,
+    answer: Vec<u8>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Echo {
+    /// Starts the thread (on the calling thread's CPUs).
+    fn start() -> Self {
+        let read = RegionRead {
+            offset: 0,
+            region: CONFIG_REGION,
+            count: 4,
+        }
+        .to_bytes();
+        let header = Header::request(1, Command::RegionRead, read.len());
+        let request = [&header.encode()[..], &read].concat();
+        let data = RegionReadReply {
+            offset: 0,
+            region: CONFIG_REGION,
+            data: SAMPLE_IDS.to_vec(),
+        }
+        .to_bytes();
+        let reply = [&header.reply(data.len()).encode()[..], &data].concat();
+        assert_eq!(
+            (request.len(), reply.len()),
+            (2 * HEADER_SIZE, 2 * HEADER_SIZE + 4)
+        );
+        let (stream, mut peer) = UnixStream::pair().expect("socketpair");
+        let answer = vec![0u8; reply.len()];
+        let request_len = request.len();
+        let thread = std::thread::spawn(move || {
+            let mut request = vec![0u8; request_len];
+            while peer.read_exact(&mut request).is_ok() {
+                if peer.write_all(&reply).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            stream,
+            request,
+            answer,
+            thread,
+        }
+    }
+
+    /// One round trip.
+    fn ping(&mut self) {
+        self.stream
+            .write_all(black_box(&self.request))
+            .expect("ping");
+        self.stream.read_exact(&mut self.answer).expect("pong");
+        black_box(&self.answer);
+    }
+
+    /// Ends the thread.
+    fn stop(self) {
+        drop(self.stream);
+        self.thread.join().expect("echo thread");
+    }
+}
+
+/// One 4-byte read of the vendor and device IDs.
+fn read_config(client: &mut Client) {
+    let mut ids = [0u8; 4];
+    client
+        .region_read(CONFIG_REGION, 0, black_box(&mut ids))
+        .expect("config read");
+    black_box(ids);
+}
+
+/// Median µs per round trip.
+#[derive(Debug, Clone, Copy)]
+struct RoundTrips {
+    /// Of the bare socketpair ping-pong.
+    pingpong: f64,
+    /// Of a config read through the server.
+    rtt: f64,
+}
+
+/// Bare ping-pongs and config reads, interleaved.
+fn round_trips(echo: &mut Echo, client: &mut Client) -> RoundTrips {
+    let (pingpong, rtt) = measure_pair(|| echo.ping(), || read_config(client));
+    RoundTrips { pingpong, rtt }
+}
+
+/// Round trips of `client`, whose function was bound on `placement.server`, reported as
+/// `config_read_rtt{suffix}` against `socketpair_pingpong_rtt{suffix}`, or against `single`
+/// (the same placement with one function in the process) when given.
+fn rtt_figures(
+    client: &mut Client,
+    placement: &Placement,
+    suffix: &str,
+    single: Option<(&str, RoundTrips)>,
+) -> RoundTrips {
+    let mut echo = placement.serve(Echo::start);
+    let measured = round_trips(&mut echo, client);
+    echo.stop();
+    let (pingpong, rtt) = (
+        format!("socketpair_pingpong_rtt{suffix}"),
+        format!("config_read_rtt{suffix}"),
+    );
+    match single {
+        None => {
+            report(&pingpong, measured.pingpong, "us", None);
+            let baseline = Some((pingpong.as_str(), measured.pingpong));
+            report(&rtt, measured.rtt, "us", baseline);
+        }
+        Some((single_suffix, single)) => {
+            let baseline = format!("socketpair_pingpong_rtt{single_suffix}");
+            let baseline = Some((baseline.as_str(), single.pingpong));
+            report(&pingpong, measured.pingpong, "us", baseline);
+            let baseline = format!("config_read_rtt{single_suffix}");
+            let baseline = Some((baseline.as_str(), single.rtt));
+            report(&rtt, measured.rtt, "us", baseline);
+        }
+    }
+    measured
+}
+
+/// One function behind an endpoint bound on `placement.server`, with its round trips and
+/// posted writes (when `posted_suffix` is given) reported with `suffix`.
+fn single_function(
+    placement: &Placement,
+    config: &Arc<ServerConfig>,
+    suffix: &str,
+    posted_suffix: Option<&str>,
+) -> RoundTrips {
+    let functions = placement.serve(|| Functions::single(suffix, config));
+    let mut client = functions.connect(0);
+    let measured = rtt_figures(&mut client, placement, suffix, None);
+    if let Some(posted) = posted_suffix {
+        posted_writes(&mut client, posted);
+    }
+    measured
+}
+
+/// Posted writes to BAR 0 per second, each round closed by a read that sees the last one.
+fn posted_writes(client: &mut Client, suffix: &str) {
+    // Memory decoding and bus mastering on: BAR 0 answers.
+    client
+        .region_write(CONFIG_REGION, 4, &[0x06, 0x00])
+        .expect("COMMAND");
+    let mut rates = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS as u32 {
+        let base = round * POSTED_WRITES;
+        let start = Instant::now();
+        for i in base..base + POSTED_WRITES {
+            client
+                .region_write_posted(0, SCRATCH, black_box(&i.to_le_bytes()))
+                .expect("posted write");
+        }
+        let mut last = [0u8; 4];
+        client.region_read(0, SCRATCH, &mut last).expect("read");
+        let elapsed = start.elapsed().as_secs_f64();
+        assert_eq!(u32::from_le_bytes(last), base + POSTED_WRITES - 1);
+        rates.push(f64::from(POSTED_WRITES) / elapsed);
+    }
+    let name = format!("posted_writes_per_second{suffix}");
+    report(&name, median(rates), "writes/s", None);
+}
+
+/// Creates and exposes 1024 sample functions as `vfio-variant create` does (one compiled
+/// template shared by the functions of a layout), reporting the resident memory each part of
+/// a function adds.
+fn many_functions(config: &Arc<ServerConfig>) -> Functions {
+    raise_fd_limit(FUNCTIONS as u64 * FDS_PER_FUNCTION + 256);
+    let backend = SampleBackend::new(FUNCTIONS as u32);
+    let per_function = |from: u64, to: u64| to.saturating_sub(from) as f64 / FUNCTIONS as f64;
+
+    let start = resident_kib();
+    let shared = template();
+    let templates: Vec<Arc<ConfigTemplate>> = (0..FUNCTIONS).map(|_| Arc::clone(&shared)).collect();
+    let compiled = resident_kib();
+    let provisioned: Vec<Box<dyn Function>> =
+        templates.iter().map(|t| provision(&backend, t)).collect();
+    let backends = resident_kib();
+    let mut functions = Functions::new("many", config);
+    for (template, function) in templates.into_iter().zip(provisioned) {
+        functions.expose(template, function);
+    }
+    // Let every acceptor thread reach its poll.
+    std::thread::sleep(Duration::from_millis(200));
+    let exposed = resident_kib();
+
+    let kib = |name: &str, value: f64| report(name, value, "KiB", None);
+    kib("rss_per_idle_function", per_function(start, exposed));
+    kib("rss_per_function_template", per_function(start, compiled));
+    kib("rss_per_function_backend", per_function(compiled, backends));
+    kib("rss_per_function_endpoint", per_function(backends, exposed));
+    functions
+}
+
+fn main() {
+    let allowed = allowed_cpus();
+    if allowed.len() < 2 {
+        eprintln!("one CPU allowed: the split figures run on one CPU too");
+    }
+    let config = Arc::new(ServerConfig::default());
+    let split = Placement::split(&allowed);
+    // On the server's CPU, where the 1024 functions' threads will be too.
+    let one_cpu = Placement::one_cpu(split.server[0]);
+
+    let single = single_function(&split, &config, "", Some(""));
+    let single_one_cpu = single_function(&one_cpu, &config, "_one_cpu", None);
+    single_function(
+        &Placement::unpinned(&allowed),
+        &config,
+        "_unpinned",
+        Some("_unpinned"),
+    );
+    // Polling mode (a server with a core of its own): the connection spins before sleeping.
+    let polling = Arc::new(ServerConfig {
+        poll: Some(Duration::from_micros(200)),
+        ..ServerConfig::default()
+    });
+    single_function(&split, &polling, "_polling", Some("_polling"));
+
+    // 1024 functions bound on the server's CPU; clients of two of them, the others idle.
+    let functions = split.serve(|| many_functions(&config));
+    let middle = FUNCTIONS / 2;
+    rtt_figures(
+        &mut functions.connect(middle),
+        &split,
+        "_1024",
+        Some(("", single)),
+    );
+    rtt_figures(
+        &mut functions.connect(middle + 1),
+        &one_cpu,
+        "_1024_one_cpu",
+        Some(("_one_cpu", single_one_cpu)),
+    );
+}
