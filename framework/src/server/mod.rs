@@ -1,8 +1,8 @@
 //! The vfio-user device server: one Unix socket per virtual function, any number of functions
-//! per process, each connection served by its own threads so no client can stall another.
+//! per process, each connection served by its own thread so no client can stall another.
 //!
 //! Where to look: sockets, permissions and accepting clients in this file; a connection's
-//! threads in [`connection`]; what each command does in [`handler`]; client memory in [`dma`];
+//! thread in `connection.rs`; what each command does in `handler.rs`; client memory in [`dma`];
 //! client eventfds in [`irq`].
 
 mod connection;

@@ -247,7 +247,9 @@ impl RegionInfoReply {
     }
 
     /// The reply to a request with `client_argsz`: complete if it fits, else the fixed
-    /// structure with the needed `argsz` (the argsz rule).
+    /// structure with the needed `argsz` (the argsz rule) and without CAPS: QEMU's vfio-user
+    /// client refuses a reply that claims capabilities it does not carry (the kernel keeps
+    /// the flag; libvfio-user does not), and asks again with the larger `argsz`.
     pub fn reply_for(&self, client_argsz: u32) -> Self {
         let full = self.full_size();
         if client_argsz >= full {
@@ -258,17 +260,17 @@ impl RegionInfoReply {
         } else {
             Self {
                 argsz: full,
+                flags: self.flags - RegionFlags::CAPS,
                 caps: Vec::new(),
                 ..self.clone()
             }
         }
     }
 
-    /// Whether this reply left capabilities out because the request's `argsz` was too small.
+    /// Whether this reply left capabilities out because the request's `argsz` was too small
+    /// (whether or not it kept the CAPS flag, as the kernel does).
     pub fn is_truncated(&self) -> bool {
-        self.flags.contains(RegionFlags::CAPS)
-            && self.caps.is_empty()
-            && self.argsz > REGION_INFO_SIZE
+        self.caps.is_empty() && self.argsz > REGION_INFO_SIZE
     }
 
     /// The sparse mmap areas, if the region has that capability.
@@ -607,7 +609,13 @@ mod tests {
         assert!(parsed.is_truncated());
         assert_eq!(parsed.argsz, full);
         assert!(parsed.caps.is_empty());
-        assert!(parsed.flags.contains(RegionFlags::CAPS | RegionFlags::MMAP));
+        assert!(parsed.flags.contains(RegionFlags::MMAP));
+        assert!(!parsed.flags.contains(RegionFlags::CAPS), "QEMU refuses CAPS without capabilities");
+        // A kernel-style short reply (CAPS kept, cap_offset 0) reads as truncated too.
+        let mut kernel = bytes.clone();
+        let flags = (short.flags | RegionFlags::CAPS).bits();
+        kernel[4..8].copy_from_slice(&flags.to_ne_bytes());
+        assert!(RegionInfoReply::parse(&kernel, &Limits::default()).unwrap().is_truncated());
         // Enough room: the full reply.
         assert_eq!(reply.reply_for(full), reply);
         assert_eq!(reply.reply_for(u32::MAX), reply);
