@@ -12,6 +12,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci               everything CI checks: fmt, clippy -D warnings, tests, docs, fuzz build, e2e
+  e2e              boot QEMU guests on the vfio-user server and check the sample function
+                   from an unmodified kernel (needs root)
   bench            run the benchmarks; prints `BENCH name value unit [ratio=.. vs=..]` lines
   fuzz [TARGET] [SECONDS]
                    run one fuzz target (or each in turn) for SECONDS (default 60)
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
         Some("ci") => ci::run(),
         Some("bench") => bench::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("e2e") => e2e::server::run(&args[1..]),
         Some("capture-configs") => e2e::capture::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");

@@ -140,6 +140,7 @@ impl Guest {
             message,
             console: read_lossy(&log),
             log: log.clone(),
+            qemu_stderr: read_lossy(&stderr_log),
         };
         let stdout = fs::File::create(&log)
             .map_err(|e| fail(format!("cannot create {}: {e}", log.display())))?;
@@ -187,14 +188,14 @@ impl Guest {
         let elapsed = started.elapsed();
         if !status.success() {
             return Err(fail(format!(
-                "QEMU for guest `{}` failed ({status}): {command:?}\nQEMU said:\n{}",
+                "QEMU for guest `{}` failed ({status}): {command:?}",
                 self.name,
-                read_lossy(&stderr_log).trim_end()
             )));
         }
         let console = Console {
             text: read_lossy(&log).replace('\r', ""),
             log: log.clone(),
+            qemu_stderr: read_lossy(&stderr_log),
         };
         if console.text.contains(PANIC) {
             return Err(console.error(format!(
@@ -224,6 +225,8 @@ pub struct Console {
     text: String,
     /// The file it was captured to.
     log: PathBuf,
+    /// What QEMU printed on its standard error (warnings, errors).
+    qemu_stderr: String,
 }
 
 impl Console {
@@ -273,12 +276,18 @@ impl Console {
         }
     }
 
+    /// What QEMU printed on its standard error (empty when all went well).
+    pub fn qemu_stderr(&self) -> &str {
+        &self.qemu_stderr
+    }
+
     /// A failure about this guest, with the console attached.
     pub fn error(&self, message: impl Into<String>) -> GuestError {
         GuestError {
             message: message.into(),
             console: self.text.clone(),
             log: self.log.clone(),
+            qemu_stderr: self.qemu_stderr.clone(),
         }
     }
 }
@@ -291,7 +300,8 @@ fn marker<'a>(line: &'a str, kind: &str) -> Option<&'a str> {
         .strip_suffix(" ===")
 }
 
-/// A guest that failed: what went wrong, and the console (shown whole by `Display`).
+/// A guest that failed: what went wrong, the console (shown whole by `Display`) and what QEMU
+/// printed on its standard error (shown when not empty).
 #[derive(Debug)]
 pub struct GuestError {
     /// What went wrong.
@@ -300,11 +310,18 @@ pub struct GuestError {
     console: String,
     /// The file the console was captured to.
     log: PathBuf,
+    /// QEMU's standard error.
+    qemu_stderr: String,
 }
 
 impl fmt::Display for GuestError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.message)?;
+        let stderr = self.qemu_stderr.trim_end();
+        if !stderr.is_empty() {
+            writeln!(f, "--- QEMU's standard error ---")?;
+            writeln!(f, "{stderr}")?;
+        }
         writeln!(f, "--- guest console ({}) ---", self.log.display())?;
         writeln!(f, "{}", self.console.trim_end())?;
         write!(f, "--- end of guest console ---")
@@ -326,6 +343,7 @@ mod tests {
         Console {
             text: text.to_string(),
             log: PathBuf::from("/dev/null"),
+            qemu_stderr: String::new(),
         }
     }
 

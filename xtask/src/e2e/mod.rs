@@ -1,13 +1,14 @@
 //! QEMU end-to-end infrastructure: a cached Debian sid chroot that provides QEMU (with the
 //! vfio-user client) and a guest kernel ([`chroot`]), initramfs images built from busybox and the
 //! kernel's modules ([`initramfs`]), guests booted under TCG whose serial console is parsed for
-//! marker-delimited sections ([`guest`]), and one user of them: `cargo xtask capture-configs`
-//! ([`capture`]).
+//! marker-delimited sections ([`guest`]), and their users: `cargo xtask capture-configs`
+//! ([`capture`]) and `cargo xtask e2e` ([`server`]).
 
 pub mod capture;
 pub mod chroot;
 pub mod guest;
 pub mod initramfs;
+pub mod server;
 
 use std::process::{Command, Stdio};
 
