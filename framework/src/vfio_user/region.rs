@@ -610,12 +610,19 @@ mod tests {
         assert_eq!(parsed.argsz, full);
         assert!(parsed.caps.is_empty());
         assert!(parsed.flags.contains(RegionFlags::MMAP));
-        assert!(!parsed.flags.contains(RegionFlags::CAPS), "QEMU refuses CAPS without capabilities");
+        assert!(
+            !parsed.flags.contains(RegionFlags::CAPS),
+            "QEMU refuses CAPS without capabilities"
+        );
         // A kernel-style short reply (CAPS kept, cap_offset 0) reads as truncated too.
         let mut kernel = bytes.clone();
         let flags = (short.flags | RegionFlags::CAPS).bits();
         kernel[4..8].copy_from_slice(&flags.to_ne_bytes());
-        assert!(RegionInfoReply::parse(&kernel, &Limits::default()).unwrap().is_truncated());
+        assert!(
+            RegionInfoReply::parse(&kernel, &Limits::default())
+                .unwrap()
+                .is_truncated()
+        );
         // Enough room: the full reply.
         assert_eq!(reply.reply_for(full), reply);
         assert_eq!(reply.reply_for(u32::MAX), reply);
