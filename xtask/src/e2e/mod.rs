@@ -2,13 +2,14 @@
 //! vfio-user client) and a guest kernel ([`chroot`]), initramfs images built from busybox and the
 //! kernel's modules ([`initramfs`]), guests booted under TCG whose serial console is parsed for
 //! marker-delimited sections ([`guest`]), and their users: `cargo xtask capture-configs`
-//! ([`capture`]) and `cargo xtask e2e` ([`server`]).
+//! ([`capture`]) and `cargo xtask e2e` ([`server`], and [`vfio`] for kernel VFIO).
 
 pub mod capture;
 pub mod chroot;
 pub mod guest;
 pub mod initramfs;
 pub mod server;
+pub mod vfio;
 
 use std::process::{Command, Stdio};
 

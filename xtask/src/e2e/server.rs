@@ -125,6 +125,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     // The log is evidence for failures only.
     let _ = fs::remove_file(&server.log);
 
+    let step = Instant::now();
+    let static_binary = super::vfio::build_static()?;
+    let checks = checks + super::vfio::run(&root, &kernel, &static_binary)?;
+    timings.push(("kernel VFIO".to_string(), step.elapsed()));
+
     let timings: Vec<String> = timings
         .iter()
         .map(|(what, took)| format!("{what} {:.1} s", took.as_secs_f64()))
