@@ -8,13 +8,19 @@ use vfio_variant::vpci::derive::{DeriveOptions, derive};
 use vfio_variant::vpci::parse_layout;
 
 fuzz_target!(|data: &[u8]| {
-    // First 4096 bytes (or fewer) are the config space; the rest is the resource text.
-    let split = data.len().min(4096);
-    let (config, resource) = data.split_at(split);
+    // Byte 0 picks the config size (256 or 4096); then the config bytes (zero-padded when the
+    // input is short); the rest is the resource text.
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let size = if selector & 1 == 0 { 256 } else { 4096 };
+    let (config, resource) = rest.split_at(rest.len().min(size));
+    let mut config = config.to_vec();
+    config.resize(size, 0);
     let Ok(resource) = std::str::from_utf8(resource) else {
         return;
     };
-    let Ok(description) = describe_bytes(config.to_vec(), resource) else {
+    let Ok(description) = describe_bytes(config, resource) else {
         return;
     };
     let options = DeriveOptions {

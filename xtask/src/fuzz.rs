@@ -74,6 +74,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
         command
             .arg(&corpus)
             .arg(format!("-max_total_time={seconds}"))
+            // Room for a 4 KiB config space and more.
+            .arg("-max_len=16384")
             .arg("-print_final_stats=1")
             .current_dir(workspace_root());
         if seeds.is_dir() {
