@@ -1,0 +1,93 @@
+//! What sits between the emulated functions and memory and interrupts: host memory for the
+//! PF's admin queue, and late-bound slots standing for a VF's IOMMU domain and interrupt
+//! routing (filled when the guest attaches, as a VMM maps guest memory for a real VF).
+
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use vfio_variant::backend::{DmaAccess, DmaError, Interrupt, InterruptSink};
+
+/// Host memory at IOVA 0: what the backend gives the PF for its admin queue.
+pub struct HostMemory(Mutex<Vec<u8>>);
+
+impl HostMemory {
+    /// `size` zeroed bytes.
+    pub fn new(size: usize) -> Self {
+        Self(Mutex::new(vec![0; size]))
+    }
+
+    fn range(&self, len: usize, iova: u64, size: usize) -> Result<usize, DmaError> {
+        usize::try_from(iova)
+            .ok()
+            .filter(|at| at.checked_add(len).is_some_and(|end| end <= size))
+            .ok_or(DmaError::Unmapped { iova, len })
+    }
+}
+
+impl DmaAccess for HostMemory {
+    fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), DmaError> {
+        let memory = self.0.lock();
+        let at = self.range(data.len(), iova, memory.len())?;
+        data.copy_from_slice(&memory[at..at + data.len()]);
+        Ok(())
+    }
+
+    fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+        let mut memory = self.0.lock();
+        let at = self.range(data.len(), iova, memory.len())?;
+        memory[at..at + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A function's DMA view that is empty (every access unmapped) until memory is bound.
+#[derive(Default)]
+pub struct DmaSlot(RwLock<Option<Arc<dyn DmaAccess>>>);
+
+impl DmaSlot {
+    /// Binds (or with `None` unbinds) the memory DMA reaches.
+    pub fn bind(&self, memory: Option<Arc<dyn DmaAccess>>) {
+        *self.0.write() = memory;
+    }
+}
+
+impl DmaAccess for DmaSlot {
+    fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), DmaError> {
+        match &*self.0.read() {
+            Some(memory) => memory.read(iova, data),
+            None => Err(DmaError::Unmapped {
+                iova,
+                len: data.len(),
+            }),
+        }
+    }
+
+    fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+        match &*self.0.read() {
+            Some(memory) => memory.write(iova, data),
+            None => Err(DmaError::Unmapped {
+                iova,
+                len: data.len(),
+            }),
+        }
+    }
+}
+
+/// A function's interrupt routing: interrupts are dropped until a sink is bound.
+#[derive(Default)]
+pub struct IrqSlot(RwLock<Option<Arc<dyn InterruptSink>>>);
+
+impl IrqSlot {
+    /// Binds (or with `None` unbinds) where interrupts go.
+    pub fn bind(&self, sink: Option<Arc<dyn InterruptSink>>) {
+        *self.0.write() = sink;
+    }
+}
+
+impl InterruptSink for IrqSlot {
+    fn raise(&self, interrupt: Interrupt) {
+        if let Some(sink) = &*self.0.read() {
+            sink.raise(interrupt);
+        }
+    }
+}
