@@ -7,6 +7,7 @@ use crate::cmd::{cargo, run as run_step};
 const BENCHES: &[(&str, &str)] = &[
     ("vfio-variant", "config_access"),
     ("vfio-variant-backends", "server"),
+    ("vfio-variant-idxd", "engine"),
 ];
 
 /// Runs every benchmark, or those whose name contains one of `args`.
