@@ -1,7 +1,7 @@
 //! The emulated DSA's data path and its portal over vfio-user. Prints
 //! `BENCH name value unit [ratio=.. vs=..]`:
 //! - `memmove_{4k,64k,1m}_gbps`: MEMMOVE descriptors written to a PF portal, executed against
-//!   in-process guest memory, against `memcpy_*_gbps`, a plain copy of the same size measured
+//!   guest memory mapped as the server maps it (a memfd in a DMA table), against `memcpy_*_gbps`, a plain copy of the same size measured
 //!   in the same run (what the engine's page-bounded chunking and DMA accessors cost);
 //! - `crc_gen_64k_gbps`: CRC_GEN over 64 KiB (the table-driven CRC-32C), against memcpy;
 //! - `portal_submissions_per_s`: NOP descriptors with a completion record, each a 64-byte
@@ -11,9 +11,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use vfio_variant::backend::{Backend, CreateRequest, DmaAccess, DmaError};
+use vfio_variant::backend::{Backend, CreateRequest};
 use vfio_variant::device::VirtualFunction;
+use vfio_variant::server::dma::DmaTable;
 use vfio_variant::server::{Endpoint, Port, ServerConfig};
 use vfio_variant::vfio_user::client::{Client, ClientOptions};
 use vfio_variant::vfio_user::dma::{DmaMap, DmaMapFlags};
@@ -45,33 +45,16 @@ fn report(name: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
     }
 }
 
-/// Guest memory as one flat buffer from IOVA 0.
-struct Flat(Mutex<Vec<u8>>);
-
-impl DmaAccess for Flat {
-    fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), DmaError> {
-        let memory = self.0.lock();
-        let at = iova as usize;
-        let source = memory.get(at..at + data.len()).ok_or(DmaError::Unmapped {
-            iova,
-            len: data.len(),
-        })?;
-        data.copy_from_slice(source);
-        Ok(())
-    }
-
-    fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
-        let mut memory = self.0.lock();
-        let at = iova as usize;
-        memory
-            .get_mut(at..at + data.len())
-            .ok_or(DmaError::Unmapped {
-                iova,
-                len: data.len(),
-            })?
-            .copy_from_slice(data);
-        Ok(())
-    }
+/// Guest memory as the server has it: a memfd mapped at IOVA 0 in a function's DMA table.
+fn guest_memory(size: u64) -> Arc<DmaTable> {
+    let fd =
+        rustix::fs::memfd_create("bench-guest", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+    rustix::fs::ftruncate(&fd, size).expect("ftruncate");
+    let table = DmaTable::new();
+    table
+        .map(0, size, 0, Some(fd), (true, true), 1)
+        .expect("DMA map");
+    Arc::new(table)
 }
 
 fn write32(device: &DsaDevice, offset: u64, value: u32) {
@@ -79,7 +62,7 @@ fn write32(device: &DsaDevice, offset: u64, value: u32) {
 }
 
 /// A PF with WQ 0 enabled and bound to `memory`.
-fn pf(memory: Arc<Flat>) -> DsaDevice {
+fn pf(memory: Arc<DmaTable>) -> DsaDevice {
     let device = DsaDevice::new(DsaGeometry::default());
     write32(&device, 0x400, 1);
     write32(&device, 0x420, 1);
@@ -207,7 +190,7 @@ fn portal_submissions() -> f64 {
 }
 
 fn main() {
-    let memory = Arc::new(Flat(Mutex::new(vec![0u8; 8 << 20])));
+    let memory = guest_memory(8 << 20);
     let device = pf(memory);
     for (label, size) in [("4k", 4usize << 10), ("64k", 64 << 10), ("1m", 1 << 20)] {
         let baseline = format!("memcpy_{label}_gbps");

@@ -32,7 +32,28 @@ pub trait DmaAccess: Send + Sync {
     fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), DmaError>;
     /// Writes guest memory.
     fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaError>;
+
+    /// Copies `len` bytes of guest memory from `src` to `dst` (the ranges may overlap: the
+    /// result is as if the source were read whole first). On error some of the destination may
+    /// have been written. The default goes through a bounce buffer; an implementation that
+    /// maps guest memory copies directly.
+    fn copy(&self, src: u64, dst: u64, len: usize) -> Result<(), DmaError> {
+        let mut buffer = vec![0u8; len.min(BOUNCE)];
+        let descending = dst > src && dst < src.saturating_add(len as u64);
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(BOUNCE);
+            let at = if descending { len - done - n } else { done } as u64;
+            self.read(src + at, &mut buffer[..n])?;
+            self.write(dst + at, &buffer[..n])?;
+            done += n;
+        }
+        Ok(())
+    }
 }
+
+/// Bytes a default [`DmaAccess::copy`] moves at a time.
+const BOUNCE: usize = 64 << 10;
 
 /// An interrupt a function raises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
