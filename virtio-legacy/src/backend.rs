@@ -162,21 +162,22 @@ impl Backend for VirtioLegacyBackend {
         "virtio VFs, modern or with a transitional legacy I/O BAR through the PF's admin queue"
     }
 
+    /// Transitional first: what a default function of this backend gets when the PF can.
     fn profiles(&self) -> Vec<ProfileInfo> {
         let free = self.free();
         vec![
-            ProfileInfo {
-                name: PROFILE_MODERN.into(),
-                description: "the modern virtio VF as it is".into(),
-                available_instances: free,
-                migratable: false,
-            },
             ProfileInfo {
                 name: PROFILE_TRANSITIONAL.into(),
                 description: "transitional: adds a legacy I/O BAR (needs the PF's legacy \
                               admin commands)"
                     .into(),
                 available_instances: if self.query_legacy().is_ok() { free } else { 0 },
+                migratable: false,
+            },
+            ProfileInfo {
+                name: PROFILE_MODERN.into(),
+                description: "the modern virtio VF as it is".into(),
+                available_instances: free,
                 migratable: false,
             },
         ]

@@ -2,14 +2,16 @@
 //! persona (a legacy I/O BAR), the legacy registers reached through the PF's admin
 //! virtqueue, as Linux's virtio-vfio-pci does.
 //!
-//! Where to look: [`backend`] is the `Backend` (profiles `modern` and `transitional`),
+//! Where to look: [`backend`] is the `Backend` (profiles `transitional` and `modern`),
 //! [`function`] the provisioned function (legacy I/O BAR), [`admin`] the driver side of the
-//! PF's admin virtqueue; [`hw`] is the emulated virtio hardware (split virtqueues, the modern
-//! virtio-pci transport, a PF with an admin virtqueue, net and blk VFs), driven by registers
-//! and DMA memory as real hardware is.
+//! PF's admin virtqueue, [`builtin`] the emulated PFs the `vfio-variant` command serves as
+//! `virtio-blk` and `virtio-net`; [`hw`] is the emulated virtio hardware (split virtqueues,
+//! the modern virtio-pci transport, a PF with an admin virtqueue, net and blk VFs), driven by
+//! registers and DMA memory as real hardware is.
 
 pub mod admin;
 pub mod backend;
+pub mod builtin;
 pub mod function;
 pub mod hw;
 

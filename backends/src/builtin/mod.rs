@@ -15,5 +15,17 @@ pub fn register_builtin(registry: &mut Registry) -> Result<(), RegistryError> {
         Ok(idxd) => registry.register(Arc::new(idxd))?,
         Err(e) => tracing::warn!("idxd backend not registered: {e}"),
     }
+    // Emulated virtio PFs with 2 VFs each: `virtio-blk` (image files) and `virtio-net`
+    // (datagram sockets), in $VFIO_VARIANT_VIRTIO_DIR or a temporary directory.
+    let (dir, temporary) = vfio_variant_virtio_legacy::builtin::files_dir();
+    for build in [
+        vfio_variant_virtio_legacy::builtin::EmulatedPf::blk,
+        vfio_variant_virtio_legacy::builtin::EmulatedPf::net,
+    ] {
+        match build(&dir, temporary) {
+            Ok(pf) => registry.register(Arc::new(pf))?,
+            Err(e) => tracing::warn!("virtio backend not registered: {e}"),
+        }
+    }
     Ok(())
 }

@@ -6,7 +6,8 @@
 //! (`num_buffers` included) and 10 bytes for a legacy driver.
 
 use std::io::ErrorKind;
-use std::os::unix::net::UnixDatagram;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::Path;
 
 use vfio_variant::backend::DmaAccess;
 
@@ -38,6 +39,8 @@ pub struct NetDevice {
     socket: UnixDatagram,
     mac: [u8; 6],
     pending: Option<Vec<u8>>,
+    /// For a bound socket: where the last datagram came from (where frames go).
+    peer: Option<SocketAddr>,
 }
 
 impl NetDevice {
@@ -50,9 +53,32 @@ impl NetDevice {
                 socket: device,
                 mac,
                 pending: None,
+                peer: None,
             },
             host,
         ))
+    }
+
+    /// A device with `mac` whose link is a datagram socket bound at `path`: the host sends
+    /// frames to it from a bound socket of its own, and transmitted frames go to the last
+    /// sender (they are dropped until someone has sent).
+    pub fn bind(mac: [u8; 6], path: &Path) -> std::io::Result<Self> {
+        let socket = UnixDatagram::bind(path)?;
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            socket,
+            mac,
+            pending: None,
+            peer: None,
+        })
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // A full socket or a gone peer drops the frame, as a link would.
+        let _ = match &self.peer {
+            Some(peer) => self.socket.send_to_addr(frame, peer),
+            None => self.socket.send(frame),
+        };
     }
 
     fn transmit(
@@ -65,8 +91,7 @@ impl NetDevice {
         while let Some(chain) = queue.pop(mem)? {
             let packet = chain.read_all(mem)?;
             if let Some(frame) = packet.get(header_len(features)..) {
-                // A full socket drops the frame, as a link would.
-                let _ = self.socket.send(frame);
+                self.send(frame);
             }
             queue.push_used(mem, chain.head, 0)?;
             used = true;
@@ -86,8 +111,11 @@ impl NetDevice {
                 Some(frame) => frame,
                 None => {
                     let mut buffer = vec![0u8; MAX_FRAME];
-                    match self.socket.recv(&mut buffer) {
-                        Ok(n) => {
+                    match self.socket.recv_from(&mut buffer) {
+                        Ok((n, from)) => {
+                            if from.as_pathname().is_some() {
+                                self.peer = Some(from);
+                            }
                             buffer.truncate(n);
                             buffer
                         }

@@ -10,6 +10,7 @@ pub mod guest;
 pub mod initramfs;
 pub mod server;
 pub mod vfio;
+pub mod virtio;
 
 use std::process::{Command, Stdio};
 

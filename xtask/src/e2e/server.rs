@@ -130,6 +130,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let checks = checks + super::vfio::run(&root, &kernel, &static_binary)?;
     timings.push(("kernel VFIO".to_string(), step.elapsed()));
 
+    let step = Instant::now();
+    let checks = checks + super::virtio::run(&root, &kernel, &binary)?;
+    timings.push(("virtio".to_string(), step.elapsed()));
+
     let timings: Vec<String> = timings
         .iter()
         .map(|(what, took)| format!("{what} {:.1} s", took.as_secs_f64()))

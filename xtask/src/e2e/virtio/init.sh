@@ -1,0 +1,95 @@
+#!/bin/sh
+# The guest's /init for the virtio part of `cargo xtask e2e` (xtask/src/e2e/virtio.rs): probes
+# the transitional virtio-blk and virtio-net VFs of the vfio-user server with the kernel's
+# virtio_pci (legacy path when `virtio_pci.force_legacy=1` is on the command line),
+# virtio_blk and virtio_net; writes a pattern to /dev/vda with dd, reads it back and reads
+# what the host wrote; pings the host over the net VF; prints what it saw between
+# `=== BEGIN name ===` / `=== END name ===` markers. It never stops on a failed step: the host
+# decides what passed. Parameters come from the kernel command line (e2e.*=).
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+dmesg -n 1
+
+for arg in $(cat /proc/cmdline); do
+    case $arg in
+        e2e.boot=*) boot=${arg#*=} ;;
+        e2e.write=*) write=${arg#*=} ;;
+        e2e.host=*) host=${arg#*=} ;;
+    esac
+done
+
+begin() { echo "=== BEGIN $1 ==="; }
+end() { echo "=== END $1 ==="; }
+
+load-modules
+n=0
+while [ ! -b /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+
+begin function
+dev=
+for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat $d/vendor):$(cat $d/device)" = 0x1af4:0x1001 ]; then dev=$d; fi
+done
+if [ -n "$dev" ]; then
+    echo "boot=$boot"
+    echo "id=$(cat $dev/vendor):$(cat $dev/device)"
+    echo "revision=$(cat $dev/revision)"
+    echo "bar0=$(head -n 1 $dev/resource)"
+    echo "driver=$(basename $(readlink -f $dev/driver))"
+    for v in $dev/virtio*; do
+        [ -e $v/features ] && echo "features=$(cat $v/features)"
+    done
+fi
+[ -b /dev/vda ] && echo "disk=$(cat /sys/block/vda/size)"
+end function
+
+# The guest's pattern: 8 KiB of a line naming the boot, at 4 KiB block $write.
+line="vfio-variant e2e guest pattern boot $boot"
+i=0
+: > /tmp/pattern
+while [ $i -lt 8192 ]; do echo "$line" >> /tmp/pattern; i=$((i + ${#line} + 1)); done
+dd if=/tmp/pattern of=/tmp/block bs=8192 count=1 2>/dev/null
+
+begin write
+echo "line=$line"
+echo "sum=$(sha256sum < /tmp/block | cut -d' ' -f1)"
+out=$(dd if=/tmp/block of=/dev/vda bs=4096 seek=$write count=2 conv=fsync 2>&1)
+echo "status=$?"
+echo "$out" | tail -n 1
+end write
+
+sync
+echo 3 > /proc/sys/vm/drop_caches
+begin readback
+echo "sum=$(dd if=/dev/vda bs=4096 skip=$write count=2 2>/dev/null | sha256sum | cut -d' ' -f1)"
+end readback
+
+begin host
+echo "first=$(dd if=/dev/vda bs=4096 skip=$host count=1 2>/dev/null | head -n 1)"
+echo "sum=$(dd if=/dev/vda bs=4096 skip=$host count=1 2>/dev/null | sha256sum | cut -d' ' -f1)"
+end host
+
+# The net VF: the host answers ARP and ping for 10.0.2.2 on the VF's socket.
+begin net
+net=
+for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat $d/vendor):$(cat $d/device)" = 0x1af4:0x1000 ]; then net=$d; fi
+done
+if [ -n "$net" ]; then
+    echo "driver=$(basename $(readlink -f $net/driver))"
+    for v in $net/virtio*; do
+        [ -e $v/features ] && echo "features=$(cat $v/features)"
+    done
+    echo "mac=$(cat /sys/class/net/eth0/address)"
+    ip link set eth0 up
+    ip addr add 10.0.2.15/24 dev eth0
+    ping -c 3 -W 5 10.0.2.2 > /tmp/ping 2>&1
+    echo "ping=$?"
+    grep -E "transmitted|bytes from" /tmp/ping
+fi
+end net
+
+begin done
+end done
+poweroff -f
