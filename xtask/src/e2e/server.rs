@@ -30,7 +30,7 @@
 //! Needs root (chroot, mounts). The server's log (`VFIO_VARIANT_LOG`, `debug` unless set) goes to
 //! `$TMPDIR/vfio-variant-e2e-server-<pid>.log` and is printed, with the guest console, on failure.
 
-mod checks;
+pub(super) mod checks;
 mod json;
 
 use std::fs;
@@ -195,9 +195,15 @@ fn build_server() -> Result<PathBuf, String> {
 
 /// The sample layout compiled by `vfio-variant vpci check --json`.
 fn compile_layout(binary: &Path) -> Result<Layout, String> {
-    let layout = workspace_root().join(SAMPLE_LAYOUT);
+    compile_layout_file(binary, SAMPLE_LAYOUT)
+}
+
+/// The layout at `path` (relative to the workspace root) compiled by
+/// `vfio-variant vpci check --json`.
+pub(super) fn compile_layout_file(binary: &Path, path: &str) -> Result<Layout, String> {
+    let layout = workspace_root().join(path);
     let json = output(
-        "compile the sample layout",
+        &format!("compile {path}"),
         Command::new(binary)
             .args(["vpci", "check", "--json"])
             .arg(&layout),

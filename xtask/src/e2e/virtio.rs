@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 use super::chroot::Kernel;
 use super::guest::{Console, Guest, GuestError};
 use super::initramfs::Initramfs;
+use super::server::checks::{Layout, compare_config, decode_hex};
+use super::server::compile_layout_file;
 
 /// The guest's `/init`.
 const INIT: &str = include_str!("virtio/init.sh");
@@ -431,8 +433,21 @@ fn check_net(console: &Console, plan: &Plan, counts: &LinkCounts) -> Result<usiz
     Ok(1)
 }
 
-fn check_boot(console: &Console, plan: &Plan, image: &Path) -> Result<usize, GuestError> {
+/// The layout the transitional virtio-blk function is exposed with.
+const BLK_LAYOUT: &str = "catalog/virtio-blk-transitional.toml";
+
+fn check_boot(
+    console: &Console,
+    plan: &Plan,
+    image: &Path,
+    layout: &Layout,
+) -> Result<usize, GuestError> {
     let path = if plan.legacy { "legacy" } else { "modern" };
+    let hex: String = console.section("config")?.concat();
+    let config = decode_hex(&hex)
+        .map_err(|e| console.error(format!("the config space the guest printed: {e}")))?;
+    let matched = compare_config(&config, layout).map_err(|e| console.error(e))?;
+    eprintln!("    ok  boot {}: {matched} of {BLK_LAYOUT}", plan.boot);
     let function = console.section("function")?;
     let show = || function.join("\n");
     if value(&function, "id") != Some("0x1af4:0x1001")
@@ -517,7 +532,7 @@ fn check_boot(console: &Console, plan: &Plan, image: &Path) -> Result<usize, Gue
         plan.boot
     );
     console.section("done")?;
-    Ok(3)
+    Ok(4)
 }
 
 /// Starts a server, boots the legacy and the modern guest on its virtio-blk VF, checks, stops
@@ -528,14 +543,21 @@ pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<usize, String>
         .module("virtio_net")
         .build(root, kernel)?;
     let mut server = Server::start(binary, root)?;
-    let outcome = boots(root, kernel, &initrd, &server).and_then(|checks| {
+    let layout = compile_layout_file(binary, BLK_LAYOUT)?;
+    let outcome = boots(root, kernel, &initrd, &server, &layout).and_then(|checks| {
         server.stop()?;
         Ok(checks + 1)
     });
     outcome.map_err(|e| format!("{e}\n{}", server.log_text()))
 }
 
-fn boots(root: &Path, kernel: &Kernel, initrd: &str, server: &Server) -> Result<usize, String> {
+fn boots(
+    root: &Path,
+    kernel: &Kernel,
+    initrd: &str,
+    server: &Server,
+    layout: &Layout,
+) -> Result<usize, String> {
     let socket = server.socket_in_chroot(root)?;
     let device = format!(
         r#"{{"driver":"vfio-user-pci","bus":"rp1","socket":{{"path":"{socket}","type":"unix"}}}}"#
@@ -592,7 +614,7 @@ fn boots(root: &Path, kernel: &Kernel, initrd: &str, server: &Server) -> Result<
             .timeout(Duration::from_secs(180))
             .run()
             .map_err(String::from)?;
-        checks += check_boot(&console, &plan, &image).map_err(String::from)?;
+        checks += check_boot(&console, &plan, &image, layout).map_err(String::from)?;
         checks += check_net(&console, &plan, &link.counts).map_err(String::from)?;
     }
     Ok(checks)

@@ -283,40 +283,7 @@ impl<'a> Report<'a> {
     /// (LNKCAP at 0x5c, LNKSTA at 0x62, LNKCAP2 at 0x7c, LNKCTL2 at 0x80), which is why the e2e
     /// places the function behind a root port.
     pub fn check_config(&self, layout: &Layout) -> Result<String, String> {
-        if self.config.len() != layout.config.len() {
-            return Err(format!(
-                "the guest read {} bytes of config space, the layout has {}",
-                self.config.len(),
-                layout.config.len()
-            ));
-        }
-        let mut differences = String::new();
-        let mut fixed_bits = 0u32;
-        for (at, &guest) in self.config.iter().enumerate() {
-            let expected = layout.config[at];
-            let fixed = !(layout.write_mask[at] | layout.rw1c_mask[at]);
-            fixed_bits += fixed.count_ones();
-            let wrong = (guest ^ expected) & fixed;
-            if wrong != 0 {
-                let _ = writeln!(
-                    differences,
-                    "  {at:#05x}: guest {guest:02x}, layout {expected:02x}, wrong bits {wrong:02x} \
-                     (writable {:02x}, rw1c {:02x})",
-                    layout.write_mask[at], layout.rw1c_mask[at]
-                );
-            }
-        }
-        if differences.is_empty() {
-            Ok(format!(
-                "config space ({} bytes) matches the layout in all {fixed_bits} read-only bits",
-                self.config.len()
-            ))
-        } else {
-            Err(format!(
-                "the config space the guest read differs from the layout in read-only bits:\n{}",
-                differences.trim_end()
-            ))
-        }
+        compare_config(&self.config, layout)
     }
 
     /// The guest's `resource` file shows each BAR of the layout with its type and size, and
@@ -538,6 +505,45 @@ pub fn check_interrupt(irq: &Fields) -> Result<String, String> {
     Ok(format!(
         "INTx reached uio_pci_generic: /dev/{uio} event count {before} -> {read}; /proc/interrupts: {line}"
     ))
+}
+
+/// Whether `guest` (a config space as a guest read it) equals the layout's reset values in every
+/// bit nobody may change: `(guest ^ layout) & !(write_mask | rw1c_mask)` is zero in all bytes.
+pub fn compare_config(guest: &[u8], layout: &Layout) -> Result<String, String> {
+    if guest.len() != layout.config.len() {
+        return Err(format!(
+            "the guest read {} bytes of config space, the layout has {}",
+            guest.len(),
+            layout.config.len()
+        ));
+    }
+    let mut differences = String::new();
+    let mut fixed_bits = 0u32;
+    for (at, &guest) in guest.iter().enumerate() {
+        let expected = layout.config[at];
+        let fixed = !(layout.write_mask[at] | layout.rw1c_mask[at]);
+        fixed_bits += fixed.count_ones();
+        let wrong = (guest ^ expected) & fixed;
+        if wrong != 0 {
+            let _ = writeln!(
+                differences,
+                "  {at:#05x}: guest {guest:02x}, layout {expected:02x}, wrong bits {wrong:02x} \
+                 (writable {:02x}, rw1c {:02x})",
+                layout.write_mask[at], layout.rw1c_mask[at]
+            );
+        }
+    }
+    if differences.is_empty() {
+        Ok(format!(
+            "config space ({} bytes) matches the layout in all {fixed_bits} read-only bits",
+            guest.len()
+        ))
+    } else {
+        Err(format!(
+            "the config space the guest read differs from the layout in read-only bits:\n{}",
+            differences.trim_end()
+        ))
+    }
 }
 
 #[cfg(test)]

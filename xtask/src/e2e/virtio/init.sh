@@ -44,6 +44,10 @@ fi
 [ -b /dev/vda ] && echo "disk=$(cat /sys/block/vda/size)"
 end function
 
+begin config
+[ -n "$dev" ] && hexdump -v -e '32/1 "%02x" "\n"' $dev/config
+end config
+
 # The guest's pattern: 8 KiB of a line naming the boot, at 4 KiB block $write.
 line="vfio-variant e2e guest pattern boot $boot"
 i=0
