@@ -238,11 +238,8 @@ impl Service {
         let fingerprint = fingerprint(&template);
         let vf = Arc::new(VirtualFunction::new(template, function)?);
         let socket = self.run_dir.join(format!("{name}.sock"));
-        let endpoint = Endpoint::bind(
-            Port::new(name.clone(), vf),
-            &socket,
-            Arc::clone(&self.server),
-        )?;
+        let port = Port::for_backend(name.clone(), vf, &spec.backend, &profile);
+        let endpoint = Endpoint::bind(port, &socket, Arc::clone(&self.server))?;
         let instance = Instance {
             backend: spec.backend.clone(),
             profile,

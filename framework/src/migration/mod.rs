@@ -1,6 +1,12 @@
 //! Migration vocabulary shared by the framework and backends (VFIO migration v2): states,
 //! flags, and the hooks a backend implements. Backends implement arc actions only; the
-//! framework walks multi-step paths between states.
+//! framework walks multi-step paths between states ([`MigrationDriver`], the state machine of
+//! `state.rs`) and frames the device state in a checked stream ([`stream`]).
+
+mod state;
+pub mod stream;
+
+pub use state::{MigrationDriver, TransitionError, is_direct_arc, next_step, path};
 
 use std::ops::Range;
 

@@ -21,6 +21,8 @@ use crate::vfio_user::region::{
 use crate::vfio_user::socket::Message;
 use crate::vfio_user::{Limits, Negotiated, Payload, negotiate};
 
+use super::migration;
+
 /// What a command gets back.
 enum Answer {
     /// A reply payload and the fds sent with it.
@@ -201,15 +203,32 @@ impl<'a> Session<'a> {
             }
             Request::DeviceReset => match vf.reset() {
                 Ok(()) => {
+                    migration::reset(&self.port.migration);
                     self.port.sync_intx();
                     Answer::Reply(Vec::new(), Vec::new())
                 }
                 Err(e) => Answer::Error(e.errno()),
             },
-            // Migration and dirty logging are not wired yet: every feature is unsupported,
-            // which is how VFIO says "this device does not migrate".
-            Request::DeviceFeature(_) | Request::MigDataRead(_) | Request::MigDataWrite(_) => {
-                Answer::Error(libc::ENOTTY)
+            // Dirty logging is not wired yet: its features answer ENOTTY, as do all of them
+            // for a function that does not migrate.
+            Request::DeviceFeature(feature) => {
+                match migration::device_feature(&self.port.migration, &self.port.function, &feature)
+                {
+                    Ok(payload) => Answer::Reply(payload, Vec::new()),
+                    Err(errno) => Answer::Error(errno),
+                }
+            }
+            Request::MigDataRead(read) => {
+                match migration::data_read(&self.port.migration, &self.port.function, &read) {
+                    Ok(data) => reply(data),
+                    Err(errno) => Answer::Error(errno),
+                }
+            }
+            Request::MigDataWrite(write) => {
+                match migration::data_write(&self.port.migration, &self.port.function, &write) {
+                    Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
+                    Err(errno) => Answer::Error(errno),
+                }
             }
             // Server-to-client commands are not for the server.
             Request::DmaRead(_) | Request::DmaWrite(_) => Answer::Error(libc::EINVAL),

@@ -2,13 +2,14 @@
 //! per process, each connection served by its own thread so no client can stall another.
 //!
 //! Where to look: sockets, permissions and accepting clients in this file; a connection's
-//! thread in `connection.rs`; what each command does in `handler.rs`; client memory in [`dma`];
-//! client eventfds in [`irq`].
+//! thread in `connection.rs`; what each command does in `handler.rs`; the migration commands in
+//! `migration.rs`; client memory in [`dma`]; client eventfds in [`irq`].
 
 mod connection;
 pub mod dma;
 mod handler;
 pub mod irq;
+mod migration;
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -88,6 +89,7 @@ pub struct Port {
     function: Arc<VirtualFunction>,
     dma: Arc<DmaTable>,
     irqs: Arc<IrqTable>,
+    migration: migration::PortMigration,
 }
 
 /// Routes a function's interrupts to the current client's eventfds, and INTx to STATUS.
@@ -116,7 +118,19 @@ impl InterruptSink for PortInterrupts {
 
 impl Port {
     /// Wraps a virtual function and attaches its backend to the port's DMA and interrupts.
+    /// Its migration streams name no backend or profile; see [`Port::for_backend`].
     pub fn new(name: impl Into<String>, function: Arc<VirtualFunction>) -> Arc<Self> {
+        Self::for_backend(name, function, "", "")
+    }
+
+    /// As [`Port::new`], for a function of `backend` with `profile`: migration streams carry
+    /// both names, and a destination refuses a stream of another backend or profile.
+    pub fn for_backend(
+        name: impl Into<String>,
+        function: Arc<VirtualFunction>,
+        backend: &str,
+        profile: &str,
+    ) -> Arc<Self> {
         let layout = function.template().layout().clone();
         let intx = u32::from(layout.header.interrupt_pin != 0);
         let (mut msi, mut msix) = (0, 0);
@@ -144,6 +158,7 @@ impl Port {
             function,
             dma,
             irqs,
+            migration: migration::PortMigration::new(backend.to_string(), profile.to_string()),
         })
     }
 

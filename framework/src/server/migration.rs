@@ -1,0 +1,257 @@
+//! Migration over vfio-user: DEVICE_FEATURE MIGRATION, MIG_DEVICE_STATE and MIG_DATA_SIZE,
+//! and the framed stream ([`crate::migration::stream`]) in MIG_DATA_READ/WRITE.
+//!
+//! A function without [`MigrationHooks`] answers ENOTTY to all of it, which is how VFIO says
+//! "this device does not migrate". The migration state belongs to the function and outlives
+//! connections: it is kept in the function's `Port`, and a device reset sets it back to RUNNING.
+//!
+//! Saving: entering PRE_COPY, PRE_COPY_P2P or STOP_COPY starts a [`StreamWriter`]; reads
+//! return the stream, a short read meaning no more for now (pre-copy) or the end (stop-copy).
+//! Resuming: entering RESUMING starts a [`StreamLoader`]; writes are checked as they arrive
+//! and buffered, and leaving RESUMING gives the data to the device only if the whole stream
+//! arrived and is valid, before the backend's RESUMING → STOP arc validates it. Anything
+//! else fails that arc, which leaves the device in ERROR.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::device::VirtualFunction;
+use crate::migration::stream::{
+    StreamIdentity, StreamLimits, StreamLoader, StreamWriter, estimated_size,
+};
+use crate::migration::{
+    MigrationDriver, MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
+};
+use crate::vfio_user::feature::{
+    DEVICE_FEATURE_SIZE, DeviceFeature, FEATURE_MIG_DATA_SIZE, FEATURE_MIG_DEVICE_STATE,
+    FEATURE_MIGRATION, FeatureOps, MigDataSize, MigDeviceState, MigrationFeature,
+};
+use crate::vfio_user::mig_data::{MigDataRead, MigDataReadReply, MigDataWrite};
+use crate::vfio_user::{Limits, Payload};
+
+/// A function's migration state and its open stream.
+struct FunctionMigration {
+    driver: MigrationDriver,
+    writer: Option<StreamWriter>,
+    loader: Option<StreamLoader>,
+}
+
+type Shared = Arc<Mutex<FunctionMigration>>;
+
+/// A port's migration state: created when a client first uses migration, kept as long as the
+/// port (so it outlives connections).
+pub(super) struct PortMigration {
+    state: Mutex<Option<Shared>>,
+    /// Backend and profile names carried in (and checked against) stream headers.
+    backend: String,
+    profile: String,
+}
+
+impl PortMigration {
+    /// No migration state yet, for a function of `backend` with `profile`.
+    pub(super) fn new(backend: String, profile: String) -> Self {
+        Self {
+            state: Mutex::new(None),
+            backend,
+            profile,
+        }
+    }
+
+    fn get(&self) -> Option<Shared> {
+        self.state.lock().clone()
+    }
+
+    /// What the stream of `function` carries in its header.
+    fn identity(&self, function: &VirtualFunction) -> StreamIdentity {
+        StreamIdentity::new(&function.template(), &self.backend, &self.profile)
+    }
+
+    fn get_or_create(&self, flags: MigrationFlags) -> Shared {
+        let mut slot = self.state.lock();
+        Arc::clone(slot.get_or_insert_with(|| {
+            Arc::new(Mutex::new(FunctionMigration {
+                driver: MigrationDriver::new(flags),
+                writer: None,
+                loader: None,
+            }))
+        }))
+    }
+}
+
+/// The backend's hooks, with the stream applied before the arc that leaves RESUMING.
+struct Resume<'a> {
+    inner: &'a dyn MigrationHooks,
+    loader: Mutex<Option<StreamLoader>>,
+}
+
+impl MigrationHooks for Resume<'_> {
+    fn flags(&self) -> MigrationFlags {
+        self.inner.flags()
+    }
+
+    fn transition(&self, from: MigrationState, to: MigrationState) -> Result<(), MigrationError> {
+        if from == MigrationState::Resuming {
+            let loader = self
+                .loader
+                .lock()
+                .take()
+                .ok_or_else(|| MigrationError::InvalidData("no migration stream".into()))?;
+            let stream = loader
+                .finish()
+                .map_err(|e| MigrationError::InvalidData(e.to_string()))?;
+            stream.apply(self.inner)?;
+        }
+        self.inner.transition(from, to)
+    }
+
+    fn save(&self, buf: &mut [u8]) -> Result<usize, MigrationError> {
+        self.inner.save(buf)
+    }
+
+    fn load(&self, data: &[u8]) -> Result<(), MigrationError> {
+        self.inner.load(data)
+    }
+
+    fn precopy_info(&self) -> Result<PrecopyInfo, MigrationError> {
+        self.inner.precopy_info()
+    }
+
+    fn stop_copy_size(&self) -> Result<u64, MigrationError> {
+        self.inner.stop_copy_size()
+    }
+}
+
+impl FunctionMigration {
+    fn set_state(
+        &mut self,
+        hooks: &dyn MigrationHooks,
+        identity: &dyn Fn() -> StreamIdentity,
+        want: MigrationState,
+    ) -> Result<(), i32> {
+        let before = self.driver.state();
+        let resume = Resume {
+            inner: hooks,
+            loader: Mutex::new(self.loader.take()),
+        };
+        let result = self.driver.set_state(&resume, want);
+        let after = self.driver.state();
+        self.loader = resume.loader.into_inner();
+        if after != MigrationState::Resuming {
+            self.loader = None;
+        } else if before != MigrationState::Resuming {
+            self.loader = Some(StreamLoader::new(identity(), StreamLimits::default()));
+        }
+        if !after.is_saving() {
+            self.writer = None;
+        } else if !before.is_saving() {
+            self.writer = Some(StreamWriter::new(identity()));
+        }
+        result.map_err(|e| {
+            tracing::debug!("migration state change refused: {e}");
+            e.errno()
+        })
+    }
+}
+
+/// Sets the function's migration state back to RUNNING after a device reset.
+pub(super) fn reset(migration: &PortMigration) {
+    if let Some(state) = migration.get() {
+        let mut state = state.lock();
+        state.driver.reset();
+        state.writer = None;
+        state.loader = None;
+    }
+}
+
+/// DEVICE_FEATURE for the migration features; the reply payload or the errno.
+pub(super) fn device_feature(
+    migration: &PortMigration,
+    function: &Arc<VirtualFunction>,
+    request: &DeviceFeature,
+) -> Result<Vec<u8>, i32> {
+    let hooks = function.function().migration().ok_or(libc::ENOTTY)?;
+    let supported = match request.feature {
+        FEATURE_MIGRATION | FEATURE_MIG_DATA_SIZE => FeatureOps::GET,
+        FEATURE_MIG_DEVICE_STATE => FeatureOps::GET | FeatureOps::SET,
+        _ => return Err(libc::ENOTTY),
+    };
+    if request.ops.contains(FeatureOps::PROBE) {
+        let asked = request.ops - FeatureOps::PROBE;
+        if !supported.contains(asked) {
+            return Err(libc::EINVAL);
+        }
+        return Ok(request.reply_with(Vec::new()).to_bytes());
+    }
+    let set = request.ops == FeatureOps::SET;
+    if !(set || request.ops == FeatureOps::GET) || !supported.contains(request.ops) {
+        return Err(libc::EINVAL);
+    }
+    // Every GET here answers 8 bytes of data.
+    if !set && request.argsz < DEVICE_FEATURE_SIZE + 8 {
+        return Err(libc::EINVAL);
+    }
+    let state = migration.get_or_create(hooks.flags());
+    let mut state = state.lock();
+    let data = match request.feature {
+        FEATURE_MIGRATION => MigrationFeature {
+            flags: state.driver.flags(),
+        }
+        .to_bytes(),
+        FEATURE_MIG_DATA_SIZE => {
+            let size = hooks.stop_copy_size().map_err(|e| {
+                tracing::debug!("stop-copy size: {e}");
+                libc::EIO
+            })?;
+            MigDataSize {
+                stop_copy_length: estimated_size(&migration.identity(function), size),
+            }
+            .to_bytes()
+        }
+        _ if set => {
+            let want = MigDeviceState::parse(&request.data, &Limits::default())
+                .map_err(|e| e.errno())?
+                .device_state;
+            state.set_state(hooks, &|| migration.identity(function), want)?;
+            MigDeviceState::new(state.driver.state()).to_bytes()
+        }
+        _ => MigDeviceState::new(state.driver.state()).to_bytes(),
+    };
+    Ok(request.reply_with(data).to_bytes())
+}
+
+/// MIG_DATA_READ: the next bytes of the stream while saving.
+pub(super) fn data_read(
+    migration: &PortMigration,
+    function: &Arc<VirtualFunction>,
+    request: &MigDataRead,
+) -> Result<MigDataReadReply, i32> {
+    let hooks = function.function().migration().ok_or(libc::ENOTTY)?;
+    let state = migration.get_or_create(hooks.flags());
+    let mut state = state.lock();
+    let last = state.driver.state() == MigrationState::StopCopy;
+    let writer = state.writer.as_mut().ok_or(libc::EINVAL)?;
+    let mut data = vec![0u8; request.size as usize];
+    let n = writer.read(hooks, &mut data, last).map_err(|e| {
+        tracing::debug!("migration save: {e}");
+        libc::EIO
+    })?;
+    data.truncate(n);
+    Ok(MigDataReadReply::new(data))
+}
+
+/// MIG_DATA_WRITE: the next bytes of the stream while resuming.
+pub(super) fn data_write(
+    migration: &PortMigration,
+    function: &Arc<VirtualFunction>,
+    request: &MigDataWrite,
+) -> Result<(), i32> {
+    let hooks = function.function().migration().ok_or(libc::ENOTTY)?;
+    let state = migration.get_or_create(hooks.flags());
+    let mut state = state.lock();
+    let loader = state.loader.as_mut().ok_or(libc::EINVAL)?;
+    loader.feed(&request.data).map_err(|e| {
+        tracing::debug!("migration stream refused: {e}");
+        e.errno()
+    })
+}
