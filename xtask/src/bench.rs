@@ -8,6 +8,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("vfio-variant", "config_access"),
     ("vfio-variant-backends", "server"),
     ("vfio-variant-idxd", "engine"),
+    ("vfio-variant-virtio-legacy", "legacy_io"),
 ];
 
 /// Runs every benchmark, or those whose name contains one of `args`.
