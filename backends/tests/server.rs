@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rustix::event::{EventfdFlags, eventfd};
-use vfio_variant::backend::{Backend, CreateRequest};
 use vfio_variant::config::ConfigSpace;
 use vfio_variant::device::VirtualFunction;
 use vfio_variant::server::{Endpoint, Port, ServerConfig};
@@ -42,15 +41,9 @@ fn fixture(name: &str, config: ServerConfig) -> Fixture {
     std::fs::create_dir_all(&dir).unwrap();
     let backend = SampleBackend::new(4);
     let layout = Arc::new(parse_layout("sample", LAYOUT).unwrap());
-    let function = backend
-        .create(&CreateRequest {
-            profile: "default".into(),
-            instance: name.into(),
-            layout: Arc::clone(&layout),
-            attributes: vec![],
-        })
-        .unwrap();
-    let vf = Arc::new(VirtualFunction::new(Arc::new(compile(layout)), function).unwrap());
+    let template = Arc::new(compile(layout));
+    let vf =
+        Arc::new(VirtualFunction::provision(&backend, template, "default", name, vec![]).unwrap());
     let port = Port::new(name, vf);
     let endpoint =
         Endpoint::bind(port, &dir.join(format!("{name}.sock")), Arc::new(config)).unwrap();

@@ -49,15 +49,9 @@ fn device(
 ) -> Device {
     let text = backend.default_layout(profile).unwrap();
     let layout = Arc::new(parse_layout(name, &text).unwrap());
-    let function = backend
-        .create(&CreateRequest {
-            profile: profile.into(),
-            instance: name.into(),
-            layout: Arc::clone(&layout),
-            attributes: vec![],
-        })
-        .unwrap();
-    let vf = Arc::new(VirtualFunction::new(Arc::new(compile(layout)), function).unwrap());
+    let template = Arc::new(compile(layout));
+    let vf =
+        Arc::new(VirtualFunction::provision(backend, template, profile, name, vec![]).unwrap());
     let endpoint = Endpoint::bind(
         Port::new(name, vf),
         &dir.join(format!("{name}.sock")),

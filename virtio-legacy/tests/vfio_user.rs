@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vfio_variant::backend::{Backend, CreateRequest};
+use vfio_variant::backend::Backend;
 use vfio_variant::device::VirtualFunction;
 use vfio_variant::server::{Endpoint, Port, ServerConfig};
 use vfio_variant::vfio_user::client::{Client, ClientError, ClientOptions};
@@ -71,15 +71,8 @@ struct Guest {
 fn serve(pf: &EmulatedPf, dir: &Path, name: &str, profile: &str) -> Guest {
     let text = pf.default_layout(profile).unwrap();
     let layout = Arc::new(parse_layout(name, &text).unwrap());
-    let function = pf
-        .create(&CreateRequest {
-            profile: profile.into(),
-            instance: name.into(),
-            layout: Arc::clone(&layout),
-            attributes: vec![],
-        })
-        .unwrap();
-    let vf = Arc::new(VirtualFunction::new(Arc::new(compile(layout)), function).unwrap());
+    let template = Arc::new(compile(layout));
+    let vf = Arc::new(VirtualFunction::provision(pf, template, profile, name, vec![]).unwrap());
     let endpoint = Endpoint::bind(
         Port::new(name, vf),
         &dir.join(format!("{name}.sock")),

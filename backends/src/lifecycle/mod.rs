@@ -14,9 +14,9 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use vfio_variant::backend::{BackendError, CreateRequest, ProfileInfo};
+use vfio_variant::backend::{BackendError, ProfileInfo};
 use vfio_variant::config::ConfigTemplate;
-use vfio_variant::device::VirtualFunction;
+use vfio_variant::device::{ProvisionError, VirtualFunction};
 use vfio_variant::server::{Endpoint, EndpointError, Port, ServerConfig};
 use vfio_variant::vpci::compat::fingerprint;
 use vfio_variant::vpci::compile::compile;
@@ -228,15 +228,20 @@ impl Service {
             None => backend.default_layout(&profile)?,
         };
         let layout = Arc::new(parse_layout(&format!("layout of {name}"), &text)?);
-        let function = backend.create(&CreateRequest {
-            profile: profile.clone(),
-            instance: name.clone(),
-            layout: Arc::clone(&layout),
-            attributes: spec.attributes.clone(),
-        })?;
         let template = self.template_for(&layout);
         let fingerprint = fingerprint(&template);
-        let vf = Arc::new(VirtualFunction::new(template, function)?);
+        let vf = VirtualFunction::provision(
+            backend.as_ref(),
+            template,
+            &profile,
+            &name,
+            spec.attributes.clone(),
+        )
+        .map_err(|e| match e {
+            ProvisionError::Backend(e) => ServiceError::Backend(e),
+            ProvisionError::Layout(e) => ServiceError::Layout(e),
+        })?;
+        let vf = Arc::new(vf);
         let socket = self.run_dir.join(format!("{name}.sock"));
         let port = Port::for_backend(name.clone(), vf, &spec.backend, &profile);
         let endpoint = Endpoint::bind(port, &socket, Arc::clone(&self.server))?;

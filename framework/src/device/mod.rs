@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::backend::Function;
+use crate::backend::{Backend, BackendError, CreateRequest, Function};
 use crate::config::{ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate};
 use crate::pci::regs;
 use crate::physical::PhysicalFunction;
@@ -70,7 +70,37 @@ fn backing_error(offset: u16, what: &'static str, e: impl std::fmt::Display) -> 
     }
 }
 
+/// Why [`VirtualFunction::provision`] failed; nothing stays provisioned.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// The backend refused or failed.
+    #[error("backend: {0}")]
+    Backend(#[from] BackendError),
+    /// The layout does not fit the function's physical function.
+    #[error("layout: {0}")]
+    Layout(#[from] LayoutError),
+}
+
 impl VirtualFunction {
+    /// Provisions a function of `backend` with `profile` (the layout of `template` is what it
+    /// will be exposed with) and puts it behind `template`: what `vfio-variant create` and a
+    /// Rust VMM embedding a backend both do.
+    pub fn provision(
+        backend: &dyn Backend,
+        template: Arc<ConfigTemplate>,
+        profile: &str,
+        instance: &str,
+        attributes: Vec<(String, String)>,
+    ) -> Result<Self, ProvisionError> {
+        let function = backend.create(&CreateRequest {
+            profile: profile.to_string(),
+            instance: instance.to_string(),
+            layout: Arc::clone(template.layout()),
+            attributes,
+        })?;
+        Ok(Self::new(template, function)?)
+    }
+
     /// Puts a provisioned backend function behind a compiled layout. A layout that passes
     /// through what the function's physical function lacks is refused.
     pub fn new(
