@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod config;
 pub mod device;
+pub mod migrate;
 pub mod migration;
 pub mod pci;
 pub mod physical;

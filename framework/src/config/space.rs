@@ -55,6 +55,9 @@ pub enum ConfigError {
     /// The layout needs a physical function (or backend) for this byte and there is none.
     #[error("config byte {0:#x} comes from a physical function, and none is attached")]
     NoPhysical(u16),
+    /// A saved config space does not belong to this layout.
+    #[error("saved config space: {0}")]
+    Saved(String),
     /// The physical function or backend failed.
     #[error("config access at {offset:#x} failed in the {what}: {message}")]
     Backing {
@@ -285,6 +288,58 @@ impl ConfigSpace {
         for (i, b) in bits.iter().enumerate() {
             let at = start + i;
             self.vconfig[at] |= b & self.template.rw1c[at] & self.template.virt[at];
+        }
+        Ok(())
+    }
+
+    /// The state a guest gave the emulated config space (its virtual bytes), to carry in a
+    /// migration stream. Bytes backed by a physical function are its own state.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.vconfig.to_vec()
+    }
+
+    /// Takes a state [`ConfigSpace::snapshot`] made on a function of the same layout, and
+    /// reports the changes it makes as a guest write would (COMMAND, MSI, MSI-X, power
+    /// state). A snapshot of another size, or whose read-only virtual bits differ from this
+    /// layout's (other than the INTx status the device sets), is refused unchanged.
+    pub fn restore(
+        &mut self,
+        saved: &[u8],
+        events: &mut dyn FnMut(ConfigEvent),
+    ) -> Result<(), ConfigError> {
+        let t = Arc::clone(&self.template);
+        if saved.len() != self.vconfig.len() {
+            return Err(ConfigError::Saved(format!(
+                "{} bytes for a {}-byte config space",
+                saved.len(),
+                self.vconfig.len()
+            )));
+        }
+        let intx = regs::STATUS_INTERRUPT.to_le_bytes();
+        for (at, byte) in saved.iter().enumerate() {
+            let mut fixed = t.virt[at] & !(t.write[at] | t.rw1c[at]);
+            if let Some(i) = at.checked_sub(usize::from(regs::STATUS)).filter(|i| *i < 2) {
+                fixed &= !intx[i];
+            }
+            if (byte ^ t.reset[at]) & fixed != 0 {
+                return Err(ConfigError::Saved(format!(
+                    "read-only bits of byte {at:#x} differ ({byte:#04x}, the layout has {:#04x})",
+                    t.reset[at]
+                )));
+            }
+        }
+        let before = self.vconfig.clone();
+        for (at, byte) in saved.iter().enumerate() {
+            let v = t.virt[at];
+            self.vconfig[at] = (self.vconfig[at] & !v) | (byte & v);
+        }
+        for (index, hook) in t.hooks.iter().enumerate() {
+            if *hook != Hook::None {
+                let at = index * 4;
+                let mut old = [0u8; 4];
+                old.copy_from_slice(&before[at..at + 4]);
+                self.run_hook(*hook, u32::from_le_bytes(old), events);
+            }
         }
         Ok(())
     }
@@ -610,6 +665,38 @@ virtual_mask = 0xff00
             space.read(0x2c, &mut data, &NoBacking),
             Err(ConfigError::NoPhysical(0x2c))
         ));
+    }
+
+    #[test]
+    fn a_snapshot_restores_state_and_reports_it() {
+        let (mut space, physical) = setup();
+        write(
+            &mut space,
+            &physical,
+            u64::from(regs::COMMAND),
+            &[0x06, 0x00],
+        );
+        space.set_intx_status(true);
+        let saved = space.snapshot();
+        let (mut other, _) = setup();
+        let mut events = Vec::new();
+        other.restore(&saved, &mut |e| events.push(e)).unwrap();
+        assert_eq!(other.snapshot(), saved);
+        assert_eq!(other.command(), 0x0006);
+        assert!(other.intx_status());
+        assert!(events.contains(&ConfigEvent::Command { old: 0, new: 6 }));
+
+        // Another size, or another read-only bit (the vendor ID), is refused unchanged.
+        let (mut fresh, _) = setup();
+        let reset = fresh.snapshot();
+        assert!(fresh.restore(&saved[..64], &mut |_| {}).is_err());
+        let mut forged = saved.clone();
+        forged[0] ^= 1;
+        assert!(matches!(
+            fresh.restore(&forged, &mut |_| {}),
+            Err(ConfigError::Saved(_))
+        ));
+        assert_eq!(fresh.snapshot(), reset);
     }
 
     #[test]

@@ -201,6 +201,22 @@ impl VirtualFunction {
         Ok(())
     }
 
+    /// The state a guest gave the config space, for a migration stream.
+    pub fn config_snapshot(&self) -> Vec<u8> {
+        self.config.lock().snapshot()
+    }
+
+    /// Takes a config-space state [`VirtualFunction::config_snapshot`] made on the source of
+    /// a migration; the backend hears of the changes as of a guest's writes.
+    pub fn config_restore(&self, saved: &[u8]) -> Result<(), DeviceError> {
+        let mut events: Vec<ConfigEvent> = Vec::new();
+        self.config.lock().restore(saved, &mut |e| events.push(e))?;
+        for event in events {
+            self.function.config_changed(event);
+        }
+        Ok(())
+    }
+
     /// Resets the function: config space to its reset values, then the backend (and through it
     /// the physical function).
     pub fn reset(&self) -> Result<(), DeviceError> {

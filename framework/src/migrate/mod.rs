@@ -1,0 +1,119 @@
+//! The VMM-side migration driver: moves a function's device state from a source function to
+//! a destination function, as a VMM does for its devices (QEMU does not do it for vfio-user
+//! devices, so Rust VMMs embed this and `vfio-variant migrate` runs it standalone).
+//!
+//! The source side ([`migrate`]) drives the source device through PRE_COPY rounds while the
+//! amount of dirtied state keeps falling, then STOP_COPY, and measures the downtime from the
+//! moment the source stops to the moment the destination runs. It talks to the destination
+//! through a [`Destination`]: a device in the same process ([`LocalDestination`]) or a peer
+//! reached over a byte stream, typically TCP ([`RemoteDestination`]), whose other end runs
+//! [`serve_destination`] (the `vfio-variant migrate-agent`, or the destination VMM itself).
+//!
+//! Any failure before the destination runs leaves the source RUNNING and the destination out
+//! of RESUMING: the destination checks the stream (layout fingerprint, backend, profile,
+//! checksums) before it changes the device, so a refused migration changes nothing.
+//!
+//! Where to look: the device calls in this file; the source's rounds in `source.rs`; the
+//! destination side in `destination.rs`; the messages between the two in `link.rs`.
+
+mod destination;
+pub mod link;
+mod source;
+
+pub use destination::{
+    Destination, LocalDestination, RemoteDestination, Served, serve_destination,
+};
+pub use source::{Observer, Options, Progress, Report, migrate};
+
+use crate::migration::{MigrationFlags, MigrationState};
+use crate::vfio_user::client::{Client, ClientError};
+
+/// A migration that did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The source device failed.
+    #[error("source: {0}")]
+    Source(#[source] DeviceError),
+    /// The destination device failed or refused the state.
+    #[error("destination: {0}")]
+    Destination(String),
+    /// The link to the destination failed.
+    #[error("link to the destination: {0}")]
+    Link(#[from] link::LinkError),
+    /// The VMM around the driver abandoned the migration.
+    #[error("abandoned: {0}")]
+    Abandoned(String),
+    /// The source cannot be migrated.
+    #[error("the source function does not support migration (flags {0:?})")]
+    Unsupported(MigrationFlags),
+}
+
+/// A device call that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct DeviceError {
+    /// What was asked of the device.
+    pub what: String,
+    /// Why it failed.
+    #[source]
+    pub source: ClientError,
+}
+
+/// The calls the driver makes on a migratable device: VFIO migration v2 as vfio-user carries
+/// it. Implemented for a vfio-user [`Client`]; an in-process VMM can implement it over its
+/// own device objects.
+pub trait MigratableDevice {
+    /// The migration flags the device offers.
+    fn flags(&mut self) -> Result<MigrationFlags, DeviceError>;
+    /// Moves the device to `state` (the device walks multi-step paths itself).
+    fn set_state(&mut self, state: MigrationState) -> Result<(), DeviceError>;
+    /// Reads up to `max` bytes of the state being saved; fewer means no more for now
+    /// (pre-copy) or the end (stop-copy).
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, DeviceError>;
+    /// Gives the device the next bytes of the state being loaded.
+    fn write(&mut self, data: &[u8]) -> Result<(), DeviceError>;
+    /// Largest read or write the device takes at once.
+    fn chunk_size(&self) -> u32;
+    /// Puts a destination device back as it was after a refused or abandoned load (a device
+    /// reset: the destination was not in use yet).
+    fn recover(&mut self) -> Result<(), DeviceError>;
+}
+
+fn device_error(what: impl Into<String>) -> impl FnOnce(ClientError) -> DeviceError {
+    move |source| DeviceError {
+        what: what.into(),
+        source,
+    }
+}
+
+impl MigratableDevice for Client {
+    fn flags(&mut self) -> Result<MigrationFlags, DeviceError> {
+        self.migration_flags()
+            .map_err(device_error("MIGRATION feature"))
+    }
+
+    fn set_state(&mut self, state: MigrationState) -> Result<(), DeviceError> {
+        self.set_mig_state(state)
+            .map_err(device_error(format!("set state {state:?}")))
+    }
+
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, DeviceError> {
+        self.mig_data_read(max)
+            .map_err(device_error("MIG_DATA_READ"))
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), DeviceError> {
+        self.mig_data_write(data)
+            .map_err(device_error("MIG_DATA_WRITE"))
+    }
+
+    fn chunk_size(&self) -> u32 {
+        // Leave room for the message header and MIG_DATA's own fields.
+        let max = self.negotiated().max_data_xfer_size.saturating_sub(64);
+        u32::try_from(max.clamp(4096, 1 << 20)).unwrap_or(1 << 20)
+    }
+
+    fn recover(&mut self) -> Result<(), DeviceError> {
+        self.reset().map_err(device_error("device reset"))
+    }
+}
