@@ -7,6 +7,7 @@ use vfio_variant_backends::cli::dirs::Dirs;
 use vfio_variant_backends::cli::lifecycle::{
     CreateArgs, DefineArgs, DestroyArgs, ListArgs, NameArgs,
 };
+use vfio_variant_backends::cli::migrate::{AgentArgs, MigrateArgs};
 use vfio_variant_backends::cli::serve::ServeArgs;
 use vfio_variant_backends::cli::{self, types::TypesArgs, vpci::VpciCommand};
 
@@ -40,6 +41,10 @@ enum Command {
     Start(NameArgs),
     /// Destroy a running defined function.
     Stop(DestroyArgs),
+    /// Move a function's device state to another function (here, or through an agent).
+    Migrate(MigrateArgs),
+    /// Accept migrations from other hosts into this host's functions.
+    MigrateAgent(AgentArgs),
     /// vPCI layout tools: derive, check, compat.
     #[command(subcommand)]
     Vpci(VpciCommand),
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
         Command::Undefine(args) => cli::lifecycle::undefine(args, dirs),
         Command::Start(args) => cli::lifecycle::start(args, dirs),
         Command::Stop(args) => cli::lifecycle::stop(args, dirs),
+        Command::Migrate(args) => cli::migrate::run(args, dirs),
+        Command::MigrateAgent(args) => cli::migrate::agent(args, dirs),
         Command::Vpci(command) => cli::vpci::run(command),
     })
 }

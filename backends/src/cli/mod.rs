@@ -2,6 +2,7 @@
 
 pub mod dirs;
 pub mod lifecycle;
+pub mod migrate;
 pub mod serve;
 pub mod types;
 pub mod vpci;

@@ -8,20 +8,22 @@ use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
 use vfio_variant::backend::{Function, FunctionContext, FunctionError, Interrupt, MmapFile};
 use vfio_variant::config::ConfigEvent;
+use vfio_variant::migration::MigrationHooks;
 use vfio_variant::pci::regs::COMMAND_BUS_MASTER;
 
+use super::migration::SampleMigration;
 use super::registers::*;
 
 /// Register and interrupt state.
 #[derive(Default)]
-struct State {
-    scratch: u32,
-    int_status: u32,
-    src: u64,
-    dst: u64,
-    len: u32,
-    count: u32,
-    status: u32,
+pub(super) struct State {
+    pub(super) scratch: u32,
+    pub(super) int_status: u32,
+    pub(super) src: u64,
+    pub(super) dst: u64,
+    pub(super) len: u32,
+    pub(super) count: u32,
+    pub(super) status: u32,
     msix_enabled: bool,
     msi_enabled: bool,
     bus_master: bool,
@@ -29,7 +31,7 @@ struct State {
 }
 
 /// The shared-memory BAR: a memfd the VMM may mmap, mapped here too.
-struct SharedMemory {
+pub(super) struct SharedMemory {
     fd: Arc<OwnedFd>,
     map: MmapRaw,
 }
@@ -58,7 +60,7 @@ impl SharedMemory {
         }
     }
 
-    fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
+    pub(super) fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
         let at = Self::range(offset, data.len())?;
         // SAFETY: `at + data.len() <= SHM_SIZE == map.len()` (checked by `range`); the map
         // lives as long as `self`. The VMM may write the memfd concurrently through its own
@@ -69,7 +71,7 @@ impl SharedMemory {
         Ok(())
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
+    pub(super) fn write(&self, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
         let at = Self::range(offset, data.len())?;
         // SAFETY: as in `read`, the destination lies inside the live, writable mapping.
         unsafe {
@@ -93,11 +95,13 @@ impl SharedMemory {
 
 /// One sample function.
 pub struct SampleFunction {
-    state: Mutex<State>,
-    msix_bar: Mutex<Vec<u8>>,
-    shared: SharedMemory,
+    pub(super) state: Mutex<State>,
+    pub(super) msix_bar: Mutex<Vec<u8>>,
+    pub(super) shared: SharedMemory,
     /// Survives function resets, as a device's non-volatile storage does.
-    nvram: AtomicU32,
+    pub(super) nvram: AtomicU32,
+    /// Migration state: stopped or not, the state being saved or loaded.
+    pub(super) migration: Mutex<SampleMigration>,
     context: OnceLock<FunctionContext>,
     in_use: Arc<AtomicU32>,
 }
@@ -110,6 +114,7 @@ impl SampleFunction {
             msix_bar: Mutex::new(vec![0; 4096]),
             shared: SharedMemory::new()?,
             nvram: AtomicU32::new(0),
+            migration: Mutex::new(SampleMigration::default()),
             context: OnceLock::new(),
             in_use,
         })
@@ -119,6 +124,9 @@ impl SampleFunction {
         let Some(context) = self.context.get() else {
             return;
         };
+        if self.migration.lock().stopped {
+            return;
+        }
         if state.msix_enabled {
             context.interrupts.raise(Interrupt::Msix(vector));
         } else if state.msi_enabled {
@@ -129,7 +137,8 @@ impl SampleFunction {
         }
     }
 
-    fn update_intx(&self, state: &mut State) {
+    /// Lowers the INTx line once nothing is pending.
+    pub(super) fn update_intx(&self, state: &mut State) {
         if state.intx_asserted && state.int_status == 0 {
             state.intx_asserted = false;
             if let Some(context) = self.context.get() {
@@ -139,6 +148,10 @@ impl SampleFunction {
     }
 
     fn run_dma(&self, state: &mut State, command: u32) {
+        if self.migration.lock().stopped {
+            state.status = DMA_STATUS_STOPPED;
+            return;
+        }
         state.status = self.copy(state);
         state.count = state.count.wrapping_add(1);
         if command & DMA_CMD_IRQ != 0 {
@@ -289,7 +302,12 @@ impl Function for SampleFunction {
         }
     }
 
+    fn migration(&self) -> Option<&dyn MigrationHooks> {
+        Some(self)
+    }
+
     fn reset(&self) -> Result<(), FunctionError> {
+        *self.migration.lock() = SampleMigration::default();
         let mut state = self.state.lock();
         state.int_status = 0;
         self.update_intx(&mut state);

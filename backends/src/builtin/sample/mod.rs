@@ -4,6 +4,7 @@
 //! backend traits.
 
 mod function;
+mod migration;
 pub mod registers;
 
 pub use function::SampleFunction;
@@ -48,7 +49,7 @@ impl Backend for SampleBackend {
             available_instances: self
                 .capacity
                 .saturating_sub(self.in_use.load(Ordering::SeqCst)),
-            migratable: false,
+            migratable: true,
         }]
     }
 

@@ -34,8 +34,11 @@ pub const DMA_CMD_IRQ: u32 = 1 << 1;
 /// Completed DMA transfers (read-only).
 pub const DMA_COUNT: u64 = 0x28;
 /// Status of the last transfer (read-only): 0 ok, 1 length too large, 2 read fault, 3 write
-/// fault, 4 bus mastering disabled in COMMAND.
+/// fault, 4 bus mastering disabled in COMMAND, [`DMA_STATUS_STOPPED`].
 pub const DMA_STATUS: u64 = 0x2c;
+/// [`DMA_STATUS`]: the command came while the function was stopped for migration; nothing
+/// was copied.
+pub const DMA_STATUS_STOPPED: u32 = 5;
 /// Largest DMA transfer.
 pub const DMA_MAX_LEN: u32 = 1 << 20;
 /// Wrapping sum of the first 1024 little-endian 32-bit words of the shared-memory BAR 2

@@ -1,0 +1,199 @@
+//! `migrate` and `migrate-agent`: moving a function's device state to another function, on
+//! this host or on another one reached over TCP through the agent there.
+//!
+//! Both sides speak vfio-user to their function's socket, so the functions must not have a
+//! VMM attached (the server takes one client per function); a VMM that keeps its connection
+//! embeds `vfio_variant::migrate` instead. The agent performs no authentication: bind it to
+//! an address only the migration network reaches.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::json;
+use vfio_variant::migrate::{
+    LocalDestination, Observer, Options, Progress, RemoteDestination, Report, Served, migrate,
+    serve_destination,
+};
+use vfio_variant::vfio_user::Client;
+
+use super::dirs::Dirs;
+use super::{CliError, Outcome, print_json};
+use crate::lifecycle::names::check_name;
+
+/// How long the agent waits on a silent source before it gives up and puts the function back.
+const AGENT_LINK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Arguments of `migrate`.
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// The source function: a name in the run directory, or a socket path.
+    source: String,
+    /// The destination function on this host: a name in the run directory, or a socket path.
+    #[arg(long, value_name = "FUNCTION", required_unless_present = "agent")]
+    to: Option<String>,
+    /// A `vfio-variant migrate-agent` on the destination host.
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "to")]
+    agent: Option<String>,
+    /// The destination function's name at the agent [default: the source's name].
+    #[arg(long, value_name = "NAME", requires = "agent")]
+    function: Option<String>,
+    /// Stop the source at once instead of running pre-copy rounds first.
+    #[arg(long)]
+    no_precopy: bool,
+    /// Most pre-copy rounds.
+    #[arg(long, default_value_t = 30)]
+    max_rounds: u32,
+    /// Machine-readable output (the report, at the end).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `migrate-agent`.
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Address to accept migrations on.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// Serve one migration, then exit (with its outcome).
+    #[arg(long)]
+    once: bool,
+}
+
+/// A function's socket: a path as given, or the name's socket in the run directory.
+fn socket(function: &str, dirs: &Dirs) -> PathBuf {
+    if function.contains('/') {
+        PathBuf::from(function)
+    } else {
+        dirs.run_dir().join(format!("{function}.sock"))
+    }
+}
+
+fn connect(function: &str, dirs: &Dirs) -> Result<Client, String> {
+    let path = socket(function, dirs);
+    Client::connect(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Prints each step as it happens (on stderr with --json, so stdout is the report only).
+struct Printer {
+    json: bool,
+}
+
+impl Observer for Printer {
+    fn progress(&mut self, progress: &Progress) {
+        let line = match progress {
+            Progress::Started { flags } => format!("destination resuming; source flags {flags:?}"),
+            Progress::PrecopyRound { round, bytes } => {
+                format!("pre-copy round {round}: {bytes} bytes")
+            }
+            Progress::StopCopy { bytes } => format!("source stopped; stop-copy: {bytes} bytes"),
+            Progress::Resumed => "destination running".to_string(),
+        };
+        if self.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+}
+
+fn print_report(report: &Report, json: bool) -> Result<(), CliError> {
+    if json {
+        return print_json(&json!({
+            "flags": report.flags.bits(),
+            "precopy_rounds": report.precopy_rounds,
+            "stop_copy_bytes": report.stop_copy_bytes,
+            "bytes": report.bytes(),
+            "downtime_us": report.downtime.as_micros() as u64,
+            "total_us": report.total.as_micros() as u64,
+        }));
+    }
+    println!(
+        "migrated {} bytes in {:.1} ms; downtime {:.3} ms",
+        report.bytes(),
+        report.total.as_secs_f64() * 1e3,
+        report.downtime.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+/// `vfio-variant migrate`.
+pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    let options = Options {
+        precopy: !args.no_precopy,
+        max_precopy_rounds: args.max_rounds,
+        ..Options::default()
+    };
+    let mut source = connect(&args.source, dirs).map_err(CliError)?;
+    let mut printer = Printer { json: args.json };
+    let report = if let Some(agent) = &args.agent {
+        let link = TcpStream::connect(agent).map_err(|e| CliError(format!("{agent}: {e}")))?;
+        link.set_nodelay(true)
+            .map_err(|e| CliError(format!("{agent}: {e}")))?;
+        let name = match &args.function {
+            Some(name) => name.clone(),
+            None => name_of(&args.source),
+        };
+        let mut destination = RemoteDestination::new(link, name);
+        migrate(&mut source, &mut destination, &options, &mut printer)
+    } else {
+        let to = args.to.as_deref().unwrap_or_default();
+        let mut target = connect(to, dirs).map_err(CliError)?;
+        let mut destination = LocalDestination::new(&mut target);
+        migrate(&mut source, &mut destination, &options, &mut printer)
+    }
+    .map_err(|e| CliError(format!("migration failed, the source keeps running: {e}")))?;
+    print_report(&report, args.json)?;
+    Ok(Outcome::Success)
+}
+
+/// The function name in a name or socket path (`/run/x/blk0.sock` is `blk0`).
+fn name_of(function: &str) -> String {
+    let base = function.rsplit('/').next().unwrap_or(function);
+    base.strip_suffix(".sock").unwrap_or(base).to_string()
+}
+
+/// `vfio-variant migrate-agent`.
+pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    let listener =
+        TcpListener::bind(&args.listen).map_err(|e| CliError(format!("{}: {e}", args.listen)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| CliError(format!("{}: {e}", args.listen)))?;
+    println!("vfio-variant: accepting migrations on {address}");
+    loop {
+        let (mut link, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                continue;
+            }
+        };
+        let configured = link
+            .set_read_timeout(Some(AGENT_LINK_TIMEOUT))
+            .and_then(|()| link.set_nodelay(true));
+        if let Err(e) = configured {
+            tracing::warn!("{peer}: {e}");
+            continue;
+        }
+        let outcome = serve_destination(&mut link, |name| {
+            check_name(name).and_then(|()| connect(name, dirs))
+        });
+        let resumed = matches!(outcome, Ok(Served::Resumed { .. }));
+        match outcome {
+            Ok(Served::Resumed { bytes }) => {
+                println!("{peer}: migration resumed ({bytes} bytes)");
+            }
+            Ok(Served::Refused(reason)) => println!("{peer}: migration refused: {reason}"),
+            Err(e) => println!("{peer}: migration abandoned: {e}"),
+        }
+        if args.once {
+            return Ok(if resumed {
+                Outcome::Success
+            } else {
+                Outcome::No
+            });
+        }
+    }
+}
