@@ -10,7 +10,7 @@ use vfio_variant::backend::{DmaAccess, DmaError};
 use vfio_variant::pci::regs;
 use vfio_variant::physical::{PhysicalError, PhysicalFunction};
 
-use crate::hw::pf::admin::{COMMAND_HEADER, GROUP_SRIOV, RESULT_HEADER, STATUS_OK};
+use crate::hw::pf::admin::{COMMAND_HEADER, GROUP_SELF, GROUP_SRIOV, RESULT_HEADER, STATUS_OK};
 use crate::hw::transport::common;
 use crate::hw::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
@@ -206,13 +206,35 @@ impl AdminQueue {
         data: &[u8],
         result_len: usize,
     ) -> Result<Vec<u8>, AdminError> {
+        self.send(GROUP_SRIOV, opcode, member, data, result_len)
+    }
+
+    /// Sends a command of the self group (the PF itself, member id 0), as the capability
+    /// commands are.
+    pub fn self_command(
+        &self,
+        opcode: u16,
+        data: &[u8],
+        result_len: usize,
+    ) -> Result<Vec<u8>, AdminError> {
+        self.send(GROUP_SELF, opcode, 0, data, result_len)
+    }
+
+    fn send(
+        &self,
+        group: u16,
+        opcode: u16,
+        member: u64,
+        data: &[u8],
+        result_len: usize,
+    ) -> Result<Vec<u8>, AdminError> {
         if data.len() > MAX_PAYLOAD || result_len > MAX_PAYLOAD {
             return Err(AdminError::TooLarge(data.len().max(result_len)));
         }
         let mut ring = self.ring.lock();
         let mut command = Vec::with_capacity(COMMAND_HEADER + data.len());
         command.extend_from_slice(&opcode.to_le_bytes());
-        command.extend_from_slice(&GROUP_SRIOV.to_le_bytes());
+        command.extend_from_slice(&group.to_le_bytes());
         command.extend_from_slice(&[0; 12]);
         command.extend_from_slice(&member.to_le_bytes());
         command.extend_from_slice(data);

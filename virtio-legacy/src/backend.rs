@@ -1,5 +1,7 @@
 //! `VirtioLegacyBackend`: the VFs of one virtio PF, offered as `modern` (as they are) or
 //! `transitional` (with a legacy I/O BAR whose registers go through the PF's admin queue).
+//! Both profiles migrate when the PF has the device-parts commands (found once, when the
+//! backend is built, as Linux does when the PF's driver starts).
 
 use std::sync::Arc;
 
@@ -12,6 +14,8 @@ use crate::admin::{AdminError, AdminQueue};
 use crate::function::{Attachment, LegacyIo, VirtioLegacyFunction};
 use crate::hw::pf::admin::{LEGACY_NOTIFY_INFO, LIST_QUERY, LIST_USE, NOTIFY_MEMBER};
 use crate::hw::{DEVICE_TYPE_BLK, DEVICE_TYPE_NET};
+use crate::migration::VfMigration;
+use crate::migration::commands::{PartsObjects, discover};
 
 /// Profile name: the VF as it is.
 pub const PROFILE_MODERN: &str = "modern";
@@ -48,19 +52,36 @@ pub struct VirtioLegacyBackend {
     admin: Arc<AdminQueue>,
     vfs: Vec<Vf>,
     in_use: Arc<Mutex<Vec<bool>>>,
+    /// The PF's device-parts object ids, when its VFs can migrate.
+    migration: Option<Arc<PartsObjects>>,
 }
 
 impl VirtioLegacyBackend {
     /// A backend for `vfs` of type `device_type` (1 net, 2 blk), whose PF's admin queue is
     /// `admin`.
+    /// Asks the PF whether its VFs can migrate (device-parts commands and capability); a PF
+    /// that cannot answer is taken as one that cannot.
     pub fn new(device_type: u16, admin: Arc<AdminQueue>, vfs: Vec<Vf>) -> Self {
         let in_use = Arc::new(Mutex::new(vec![false; vfs.len()]));
+        let migration = match discover(&admin) {
+            Ok(objects) => objects.map(Arc::new),
+            Err(e) => {
+                tracing::warn!("device-parts discovery on the PF failed: {e}");
+                None
+            }
+        };
         Self {
             device_type,
             admin,
             vfs,
             in_use,
+            migration,
         }
+    }
+
+    /// Whether the PF can migrate its VFs (its functions then have migration hooks).
+    pub fn migratable(&self) -> bool {
+        self.migration.is_some()
     }
 
     /// The PF's supported admin opcodes if they include the legacy ones; the reason when
@@ -144,6 +165,9 @@ impl VirtioLegacyBackend {
             Arc::clone(&self.admin),
             legacy,
             vf.attachment.clone(),
+            self.migration.as_ref().map(|objects| {
+                VfMigration::new(Arc::clone(&self.admin), vf.member, Arc::clone(objects))
+            }),
             Box::new(move || {
                 if let Some(slot) = in_use.lock().get_mut(index) {
                     *slot = false;
@@ -172,13 +196,13 @@ impl Backend for VirtioLegacyBackend {
                               admin commands)"
                     .into(),
                 available_instances: if self.query_legacy().is_ok() { free } else { 0 },
-                migratable: false,
+                migratable: self.migratable(),
             },
             ProfileInfo {
                 name: PROFILE_MODERN.into(),
                 description: "the modern virtio VF as it is".into(),
                 available_instances: free,
-                migratable: false,
+                migratable: self.migratable(),
             },
         ]
     }

@@ -1,6 +1,7 @@
 //! The emulated virtio PFs the `vfio-variant` command registers as built-in backends:
 //! `virtio-blk` (VFs backed by sparse image files) and `virtio-net` (VFs whose link is a Unix
-//! datagram socket the host connects to).
+//! datagram socket the host connects to). Their PFs have the legacy and the device-parts
+//! admin commands, so the functions are transitional-capable and migratable.
 //!
 //! Their files live in [`files_dir`]: `$VFIO_VARIANT_VIRTIO_DIR` when set (kept on exit),
 //! else a fresh `vfio-variant-virtio-PID` directory under the temporary directory, removed

@@ -1,5 +1,6 @@
-//! One provisioned virtio VF: its memory BAR passed through, MSI-X emulated in BAR 1, and for
-//! the transitional profile a legacy I/O BAR served through the PF's admin queue.
+//! One provisioned virtio VF: its memory BAR passed through, MSI-X emulated in BAR 1, for
+//! the transitional profile a legacy I/O BAR served through the PF's admin queue, and when
+//! the PF has the device-parts commands, migration ([`crate::migration`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 use vfio_variant::backend::{Function, FunctionContext, FunctionError};
 use vfio_variant::config::ConfigEvent;
+use vfio_variant::migration::MigrationHooks;
 use vfio_variant::pci::regs;
 use vfio_variant::physical::PhysicalFunction;
 
@@ -15,6 +17,7 @@ use crate::hw::pf::admin::{
     LEGACY_COMMON_CFG_READ, LEGACY_COMMON_CFG_WRITE, LEGACY_DEV_CFG_READ, LEGACY_DEV_CFG_WRITE,
 };
 use crate::hw::transport::legacy;
+use crate::migration::VfMigration;
 
 /// The emulated MSI-X BAR of the layouts.
 const MSIX_BAR: u8 = 1;
@@ -49,6 +52,7 @@ pub struct VirtioLegacyFunction {
     pub(crate) attachment: Option<Attachment>,
     pub(crate) msix_enabled: AtomicBool,
     pub(crate) msix_bar: Mutex<Vec<u8>>,
+    pub(crate) migration: Option<VfMigration>,
     /// Returned to the backend's pool on drop.
     pub(crate) release: Box<dyn Fn() + Send + Sync>,
 }
@@ -60,6 +64,7 @@ impl VirtioLegacyFunction {
         admin: Arc<AdminQueue>,
         legacy: Option<LegacyIo>,
         attachment: Option<Attachment>,
+        migration: Option<VfMigration>,
         release: Box<dyn Fn() + Send + Sync>,
     ) -> Self {
         Self {
@@ -70,6 +75,7 @@ impl VirtioLegacyFunction {
             attachment,
             msix_enabled: AtomicBool::new(false),
             msix_bar: Mutex::new(vec![0; MSIX_BAR_SIZE]),
+            migration,
             release,
         }
     }
@@ -142,6 +148,9 @@ fn admin_failed(e: AdminError) -> FunctionError {
 
 impl Drop for VirtioLegacyFunction {
     fn drop(&mut self) {
+        if let Some(migration) = &self.migration {
+            migration.abort();
+        }
         if let Some(attachment) = &self.attachment {
             attachment.dma.bind(None);
             attachment.interrupts.bind(None);
@@ -241,10 +250,17 @@ impl Function for VirtioLegacyFunction {
     }
 
     fn reset(&self) -> Result<(), FunctionError> {
+        if let Some(migration) = &self.migration {
+            migration.abort();
+        }
         self.vf.reset()?;
         self.msix_enabled.store(false, Ordering::SeqCst);
         self.msix_bar.lock().fill(0);
         Ok(())
+    }
+
+    fn migration(&self) -> Option<&dyn MigrationHooks> {
+        self.migration.as_ref().map(|m| m as &dyn MigrationHooks)
     }
 }
 

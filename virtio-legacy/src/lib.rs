@@ -4,7 +4,8 @@
 //!
 //! Where to look: [`backend`] is the `Backend` (profiles `transitional` and `modern`),
 //! [`function`] the provisioned function (legacy I/O BAR), [`admin`] the driver side of the
-//! PF's admin virtqueue, [`builtin`] the emulated PFs the `vfio-variant` command serves as
+//! PF's admin virtqueue, [`migration`] the VF's migration through the PF's device-parts
+//! commands, [`builtin`] the emulated PFs the `vfio-variant` command serves as
 //! `virtio-blk` and `virtio-net`; [`hw`] is the emulated virtio hardware (split virtqueues,
 //! the modern virtio-pci transport, a PF with an admin virtqueue, net and blk VFs), driven by
 //! registers and DMA memory as real hardware is.
@@ -14,5 +15,6 @@ pub mod backend;
 pub mod builtin;
 pub mod function;
 pub mod hw;
+pub mod migration;
 
 pub use backend::VirtioLegacyBackend;

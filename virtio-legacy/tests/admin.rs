@@ -160,6 +160,12 @@ fn list_query_reports_the_supported_opcodes() {
     let r = s.sriov(LIST_QUERY, 0, &[], 8);
     ok(&r);
     assert_eq!(r.used_len, 16);
+    assert_eq!(r.result, (ALL | MIGRATION_OPCODES).to_le_bytes());
+    let mut s = setup(PfOptions {
+        migration_opcodes: false,
+        ..PfOptions::default()
+    });
+    let r = s.sriov(LIST_QUERY, 0, &[], 8);
     assert_eq!(r.result, ALL.to_le_bytes());
 }
 
@@ -170,7 +176,7 @@ fn list_use_gates_the_other_opcodes() {
     s.use_all();
     ok(&s.read_common(1, legacy::STATUS, 1));
     // An unsupported opcode in the list is refused, and the list in use stays.
-    let r = s.sriov(LIST_USE, 0, &(ALL | 1 << 7).to_le_bytes(), 0);
+    let r = s.sriov(LIST_USE, 0, &(ALL | 1 << 0x12).to_le_bytes(), 0);
     rejected(&r, Q_INVALID_FIELD);
     ok(&s.read_common(1, legacy::STATUS, 1));
     // A short list is a bad field too.
@@ -320,6 +326,7 @@ fn notify_info_points_at_the_vf_notify_area() {
 fn pf_without_legacy_opcodes_refuses_them() {
     let mut s = setup(PfOptions {
         legacy_opcodes: false,
+        migration_opcodes: false,
     });
     let r = s.sriov(LIST_QUERY, 0, &[], 8);
     ok(&r);

@@ -130,6 +130,7 @@ fn transitional_is_refused_without_legacy_opcodes() {
         1,
         PfOptions {
             legacy_opcodes: false,
+            ..PfOptions::default()
         },
     );
     assert_eq!(available(&s.backend, PROFILE_TRANSITIONAL), 0);

@@ -1,7 +1,8 @@
 //! The built-in emulated virtio PFs over real vfio-user sockets with the framework's client:
 //! a legacy driver on the transitional VF's I/O BAR (region 0), guest memory a memfd mapped
 //! with DMA_MAP, virtio-blk requests checked against the image file; BAR sizing; bad legacy
-//! accesses; and the isolation of two VFs of one PF.
+//! accesses; the isolation of two VFs of one PF; and a migration between two PFs with
+//! requests in flight.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use vfio_variant::backend::Backend;
 use vfio_variant::device::VirtualFunction;
+use vfio_variant::migration::MigrationState;
 use vfio_variant::server::{Endpoint, Port, ServerConfig};
 use vfio_variant::vfio_user::client::{Client, ClientError, ClientOptions};
 use vfio_variant::vfio_user::dma::{DmaMap, DmaMapFlags};
@@ -481,4 +483,106 @@ fn legacy_net_exchanges_frames_with_the_host_socket() {
     let mut buffer = [0u8; 64];
     let n = host.recv(&mut buffer).unwrap();
     assert_eq!(&buffer[..n], b"guest to host");
+}
+
+/// In-flight request `n` (1..8): descriptors 3n..3n+2, its own header, sector and status.
+fn in_flight_write(g: &mut Guest, n: u16, sector: u64, data: &[u8]) {
+    let at = u64::from(n);
+    let header = GUEST_BASE + 0x9000 + 0x20 * at;
+    let buffer = GUEST_BASE + 0xa000 + 0x200 * at;
+    let status = GUEST_BASE + 0x9800 + at;
+    let mut h = VIRTIO_BLK_T_OUT.to_le_bytes().to_vec();
+    h.extend_from_slice(&[0; 4]);
+    h.extend_from_slice(&sector.to_le_bytes());
+    g.put(header, &h);
+    g.put(buffer, data);
+    g.put(status, &[0xff]);
+    g.desc(3 * n, header, 16, 1, 3 * n + 1);
+    g.desc(3 * n + 1, buffer, data.len() as u32, 1, 3 * n + 2);
+    g.desc(3 * n + 2, status, 1, 2, 0);
+    let avail = GUEST_BASE + 16 * u64::from(QUEUE_SIZE);
+    let slot = u64::from(g.avail_idx % QUEUE_SIZE);
+    g.put(avail + 4 + 2 * slot, &(3 * n).to_le_bytes());
+    g.avail_idx = g.avail_idx.wrapping_add(1);
+    g.put(avail + 2, &g.avail_idx.to_le_bytes());
+    g.io_write(legacy::QUEUE_NOTIFY, 2, 0);
+}
+
+fn used_idx(g: &Guest) -> u16 {
+    let idx = g.get(GUEST_BASE + 0x2000 + 2, 2);
+    u16::from_le_bytes([idx[0], idx[1]])
+}
+
+#[test]
+fn blk_vf_migrates_to_another_pf_with_requests_in_flight() {
+    let a = dir("migrate-source");
+    let b = dir("migrate-destination");
+    let pf_a = EmulatedPf::blk(&a.0, false).unwrap();
+    let mut src = serve(&pf_a, &a.0, "blk", PROFILE_TRANSITIONAL);
+    src.enable_io();
+    src.legacy_init();
+    src.put(DATA, &pattern(512, 1));
+    assert_eq!(
+        src.blk_request(VIRTIO_BLK_T_OUT, 0, 512),
+        (VIRTIO_BLK_S_OK, 1)
+    );
+
+    // Stopped, the VF takes notifications but processes nothing.
+    src.client
+        .set_mig_state(MigrationState::RunningP2p)
+        .unwrap();
+    in_flight_write(&mut src, 1, 1, &pattern(512, 2));
+    in_flight_write(&mut src, 2, 2, &pattern(512, 3));
+    assert_eq!(used_idx(&src), 1);
+    src.client.set_mig_state(MigrationState::StopCopy).unwrap();
+    let mut stream = Vec::new();
+    loop {
+        let chunk = src.client.mig_data_read(4096).unwrap();
+        let n = chunk.len();
+        stream.extend_from_slice(&chunk);
+        if n < 4096 {
+            break;
+        }
+    }
+    src.client.set_mig_state(MigrationState::Stop).unwrap();
+
+    // The disk and the guest's memory move; the destination PF has its own image file.
+    std::fs::copy(blk_image(&a.0, 1), blk_image(&b.0, 1)).unwrap();
+    let pf_b = EmulatedPf::blk(&b.0, false).unwrap();
+    let mut dst = serve(&pf_b, &b.0, "blk", PROFILE_TRANSITIONAL);
+    dst.put(GUEST_BASE, &src.get(GUEST_BASE, GUEST_SIZE as usize));
+    dst.client.set_mig_state(MigrationState::Resuming).unwrap();
+    dst.client.mig_data_write(&stream).unwrap();
+    dst.client.set_mig_state(MigrationState::Running).unwrap();
+
+    // The in-flight writes completed on the destination, once.
+    assert_eq!(used_idx(&dst), 3);
+    assert_eq!(dst.get(GUEST_BASE + 0x9800 + 1, 2), [VIRTIO_BLK_S_OK; 2]);
+    let sector = |dir: &Path, sector: u64| {
+        let mut data = vec![0u8; 512];
+        std::fs::File::open(blk_image(dir, 1))
+            .unwrap()
+            .read_exact_at(&mut data, sector * 512)
+            .unwrap();
+        data
+    };
+    assert_eq!(sector(&b.0, 1), pattern(512, 2));
+    assert_eq!(sector(&b.0, 2), pattern(512, 3));
+    assert_eq!(sector(&a.0, 1), vec![0; 512]);
+    assert_eq!(sector(&a.0, 2), vec![0; 512]);
+
+    // The VMM restores config space (I/O decoding); the driver goes on on the destination.
+    dst.enable_io();
+    assert_eq!(
+        dst.status(),
+        STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK
+    );
+    dst.avail_idx = src.avail_idx;
+    dst.last_used = src.last_used.wrapping_add(2);
+    dst.put(DATA, &[0; 512]);
+    assert_eq!(
+        dst.blk_request(VIRTIO_BLK_T_IN, 2, 512),
+        (VIRTIO_BLK_S_OK, 513)
+    );
+    assert_eq!(dst.get(DATA, 512), pattern(512, 3));
 }

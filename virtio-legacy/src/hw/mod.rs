@@ -5,8 +5,10 @@
 //! - [`transport`]: the modern virtio-pci transport of one function (common config, notify,
 //!   ISR and device config in a memory BAR) and the legacy register view of it;
 //! - [`pci`]: the functions' physical config spaces;
-//! - [`pf`]: a PF with an admin virtqueue taking the legacy admin commands for its VFs;
+//! - [`pf`]: a PF with an admin virtqueue taking the legacy and device-parts admin
+//!   commands for its VFs;
 //! - [`vf`]: modern-only VFs (net 0x1041, blk 0x1042);
+//! - [`parts`]: a function's state as virtio device parts (device-parts migration);
 //! - [`blk`], [`net`]: the device types behind a VF (a file; a datagram socket);
 //! - [`bus`]: host memory for the admin queue, late-bound DMA and interrupt slots.
 //!
@@ -16,6 +18,7 @@
 pub mod blk;
 pub mod bus;
 pub mod net;
+pub mod parts;
 pub mod pci;
 pub mod pf;
 pub mod transport;
@@ -64,6 +67,17 @@ pub trait VirtioDevice: Send {
     /// A driver write to the device config area (ignored by default: read-only).
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         let _ = (offset, data);
+    }
+    /// Whether a device config saved from another device of this type can be restored here
+    /// (by default only an identical one: the config describes the device, as a disk's
+    /// capacity does).
+    fn accepts_config(&self, config: &[u8]) -> bool {
+        config == self.config().as_slice()
+    }
+    /// Takes a saved config [`VirtioDevice::accepts_config`] accepted (nothing to do by
+    /// default).
+    fn restore_config(&mut self, config: &[u8]) {
+        let _ = config;
     }
     /// Processes what is available on queue `index` after a notification; `features` are the
     /// negotiated ones. Returns whether used buffers were added.

@@ -164,6 +164,18 @@ impl VirtioDevice for NetDevice {
         config
     }
 
+    /// Another NIC's MAC is taken over (the VM keeps its address); the rest must match.
+    fn accepts_config(&self, config: &[u8]) -> bool {
+        let own = self.config();
+        config.len() == own.len() && config[6..] == own[6..]
+    }
+
+    fn restore_config(&mut self, config: &[u8]) {
+        if let Some(mac) = config.get(..6) {
+            self.mac.copy_from_slice(mac);
+        }
+    }
+
     fn process(
         &mut self,
         index: u16,

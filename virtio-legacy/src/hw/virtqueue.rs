@@ -206,6 +206,18 @@ impl Virtqueue {
         self.size
     }
 
+    /// The device's ring positions: the next available entry it reads, and its used index.
+    pub fn indices(&self) -> (u16, u16) {
+        (self.last_avail, self.used_idx)
+    }
+
+    /// The queue continuing from saved ring positions (see [`Virtqueue::indices`]).
+    pub fn with_indices(mut self, last_avail: u16, used_idx: u16) -> Self {
+        self.last_avail = last_avail;
+        self.used_idx = used_idx;
+        self
+    }
+
     /// Pops the next available chain, if any.
     pub fn pop(&mut self, mem: &dyn DmaAccess) -> Result<Option<Chain>, VirtqueueError> {
         let avail_idx = read_u16(mem, at(self.avail, 2)?)?;

@@ -1,5 +1,7 @@
 //! A virtio PF offering VIRTIO_F_ADMIN_VQ: one admin virtqueue (queue 0) taking the
-//! SR-IOV group's commands for its VFs (member ids 1..=NumVFs).
+//! SR-IOV group's commands for its VFs (member ids 1..=NumVFs): the legacy interface
+//! commands, and the device-parts commands that migrate a VF (`pf/parts.rs`; their capability
+//! commands address the self group, member id 0).
 //!
 //! A command is a descriptor chain: the driver-readable part is
 //! `le16 opcode, le16 group_type, u8 reserved[12], le64 group_member_id, data`, the
@@ -9,6 +11,8 @@
 //!
 //! After reset only LIST_QUERY and LIST_USE are in use; the driver enables the others with
 //! LIST_USE. LIST_QUERY and LIST_USE address the group, so their member id is not checked.
+
+mod parts;
 
 use std::sync::Arc;
 
@@ -37,16 +41,44 @@ pub mod admin {
     pub const LEGACY_DEV_CFG_READ: u16 = 0x5;
     /// Opcode: where the member's notify area is.
     pub const LEGACY_NOTIFY_INFO: u16 = 0x6;
+    /// Opcode (self group): the supported capability ids (le64 bitmaps).
+    pub const CAP_ID_LIST_QUERY: u16 = 0x7;
+    /// Opcode (self group): a device capability (`le16 id, u8 reserved[6]`).
+    pub const DEVICE_CAP_GET: u16 = 0x8;
+    /// Opcode (self group): sets a driver capability (`le16 id, u8 reserved[6], data`).
+    pub const DRIVER_CAP_SET: u16 = 0x9;
+    /// Opcode: creates a resource object.
+    pub const RESOURCE_OBJ_CREATE: u16 = 0xa;
+    /// Opcode: destroys a resource object.
+    pub const RESOURCE_OBJ_DESTROY: u16 = 0xd;
+    /// Opcode: size, count or header list of the member's device parts.
+    pub const DEV_PARTS_METADATA_GET: u16 = 0xe;
+    /// Opcode: the member's device parts.
+    pub const DEV_PARTS_GET: u16 = 0xf;
+    /// Opcode: restores the member's device parts.
+    pub const DEV_PARTS_SET: u16 = 0x10;
+    /// Opcode: stops the member or lets it run.
+    pub const DEV_MODE_SET: u16 = 0x11;
+    /// Group type: the owner device itself (capability commands).
+    pub const GROUP_SELF: u16 = 0;
     /// Group type: SR-IOV (members are VFs).
     pub const GROUP_SRIOV: u16 = 1;
     /// Status: success.
     pub const STATUS_OK: u16 = 0;
+    /// Status: no such object or capability.
+    pub const STATUS_ENXIO: u16 = 6;
     /// Status: try again.
     pub const STATUS_EAGAIN: u16 = 11;
-    /// Status: out of memory.
+    /// Status: out of memory (or the result does not fit).
     pub const STATUS_ENOMEM: u16 = 12;
+    /// Status: busy (objects exist; the member is running).
+    pub const STATUS_EBUSY: u16 = 16;
+    /// Status: the object id is in use.
+    pub const STATUS_EEXIST: u16 = 17;
     /// Status: invalid command.
     pub const STATUS_EINVAL: u16 = 22;
+    /// Status: no room for another object.
+    pub const STATUS_ENOSPC: u16 = 28;
     /// Qualifier: success.
     pub const Q_OK: u16 = 0;
     /// Qualifier: the command is malformed.
@@ -75,6 +107,33 @@ pub mod admin {
     pub const NOTIFY_MEMBER: u8 = 2;
     /// LEGACY_NOTIFY_INFO: number of entries.
     pub const NOTIFY_ENTRIES: usize = 4;
+    /// Capability id: device-parts objects (`struct virtio_dev_parts_cap {u8 get_limit,
+    /// u8 set_limit}`).
+    pub const DEV_PARTS_CAP: u16 = 0;
+    /// How many get and how many set objects the PF offers.
+    pub const DEV_PARTS_OBJECTS_LIMIT: u8 = 4;
+    /// Resource object type: device parts.
+    pub const RESOURCE_OBJ_DEV_PARTS: u16 = 0;
+    /// Device-parts object operation: get.
+    pub const DEV_PARTS_TYPE_GET: u8 = 0;
+    /// Device-parts object operation: set.
+    pub const DEV_PARTS_TYPE_SET: u8 = 1;
+    /// METADATA_GET type: the size of all parts (`le32 size, le32 reserved`).
+    pub const METADATA_TYPE_SIZE: u8 = 0;
+    /// METADATA_GET type: the number of parts (`le32 count, le32 reserved`).
+    pub const METADATA_TYPE_COUNT: u8 = 1;
+    /// METADATA_GET type: count, reserved, then every part header.
+    pub const METADATA_TYPE_LIST: u8 = 2;
+    /// DEV_PARTS_GET type: the parts whose headers follow.
+    pub const GET_TYPE_SELECTED: u8 = 0;
+    /// DEV_PARTS_GET type: all parts.
+    pub const GET_TYPE_ALL: u8 = 1;
+    /// DEV_MODE_SET flag: stopped (bit VIRTIO_ADMIN_CMD_DEV_MODE_F_STOPPED = 0).
+    pub const DEV_MODE_STOPPED: u8 = 1 << 0;
+    /// Bitmap of the self-group capability opcodes (7-9).
+    pub const CAPABILITY_OPCODES: u64 = 0b11_1000_0000;
+    /// Bitmap of every device-parts opcode (7-0xa, 0xd-0x11).
+    pub const MIGRATION_OPCODES: u64 = CAPABILITY_OPCODES | 0b11_1110_0100_0000_0000;
 }
 
 use admin::*;
@@ -89,12 +148,15 @@ const LIST_OPCODES: u64 = 0b11;
 pub struct PfOptions {
     /// Whether the admin queue supports the legacy opcodes (2-6).
     pub legacy_opcodes: bool,
+    /// Whether the admin queue supports the device-parts (migration) opcodes.
+    pub migration_opcodes: bool,
 }
 
 impl Default for PfOptions {
     fn default() -> Self {
         Self {
             legacy_opcodes: true,
+            migration_opcodes: true,
         }
     }
 }
@@ -104,6 +166,7 @@ struct AdminDevice {
     members: Vec<Arc<VirtioVf>>,
     supported: u64,
     used: u64,
+    parts: parts::PartsDevice,
 }
 
 struct Outcome {
@@ -140,12 +203,22 @@ impl AdminDevice {
         let member = u64::from_le_bytes(m);
         let data = &command[COMMAND_HEADER..];
 
-        if group != GROUP_SRIOV {
+        if group != GROUP_SRIOV && group != GROUP_SELF {
             return fail(Q_INVALID_GROUP);
         }
         let bit = 1u64.checked_shl(u32::from(opcode)).unwrap_or(0);
         if bit & self.supported == 0 || bit & (self.used | LIST_OPCODES) == 0 {
             return fail(Q_INVALID_OPCODE);
+        }
+        // The capability commands belong to the self group, everything else to SR-IOV.
+        if (bit & CAPABILITY_OPCODES != 0) != (group == GROUP_SELF) {
+            return fail(Q_INVALID_GROUP);
+        }
+        if group == GROUP_SELF {
+            if member != 0 {
+                return fail(Q_INVALID_MEMBER);
+            }
+            return self.parts.capability(opcode, data);
         }
         if opcode == LIST_QUERY {
             return ok(self.supported.to_le_bytes().to_vec());
@@ -212,7 +285,9 @@ impl AdminDevice {
                 entries[8..16].copy_from_slice(&NOTIFY_OFFSET.to_le_bytes());
                 ok(entries)
             }
-            _ => fail(Q_INVALID_OPCODE),
+            _ => self
+                .parts
+                .member_command(opcode, member, &vf, data, result_room),
         }
     }
 
@@ -272,6 +347,7 @@ impl VirtioDevice for AdminDevice {
 
     fn reset(&mut self) {
         self.used = 0;
+        self.parts.reset();
     }
 }
 
@@ -291,15 +367,18 @@ impl VirtioPf {
         dma: Arc<dyn DmaAccess>,
         interrupts: Arc<dyn InterruptSink>,
     ) -> Self {
-        let supported = if options.legacy_opcodes {
-            LIST_OPCODES | LEGACY_OPCODES
-        } else {
-            LIST_OPCODES
-        };
+        let mut supported = LIST_OPCODES;
+        if options.legacy_opcodes {
+            supported |= LEGACY_OPCODES;
+        }
+        if options.migration_opcodes {
+            supported |= MIGRATION_OPCODES;
+        }
         let device = AdminDevice {
             members: members.clone(),
             supported,
             used: 0,
+            parts: parts::PartsDevice::default(),
         };
         let mut config = ConfigSpace::virtio(Identity {
             device_id: 0x1041,

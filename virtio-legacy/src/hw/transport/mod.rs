@@ -7,6 +7,15 @@
 //!
 //! Notifications are processed synchronously, in the writer's thread, under the transport's
 //! lock. A malformed ring sets NEEDS_RESET and raises a config interrupt.
+//!
+//! The PF can stop the function (DEV_MODE_SET): a stopped function still takes register
+//! accesses and notifications, but processes no queue and raises no interrupt; when it runs
+//! again it processes what was made available meanwhile. Its state is read and restored as
+//! device parts ([`Transport::device_state`], [`Transport::restore_state`]).
+
+mod snapshot;
+
+pub use snapshot::RestoreError;
 
 use std::sync::Arc;
 
@@ -167,6 +176,7 @@ struct State {
     intx_asserted: bool,
     msix_enabled: bool,
     admin_queues: Option<(u16, u16)>,
+    stopped: bool,
 }
 
 /// The modern virtio-pci transport of one function.
@@ -221,6 +231,7 @@ impl Transport {
                 intx_asserted: false,
                 msix_enabled: false,
                 admin_queues,
+                stopped: false,
             }),
             dma,
             interrupts,
@@ -247,10 +258,35 @@ impl Transport {
         self.state.lock().msix_enabled = enabled;
     }
 
-    /// Device reset (status 0, FLR).
+    /// Function reset (FLR): the device is reset and runs.
     pub fn reset(&self) {
         let mut s = self.state.lock();
         self.reset_locked(&mut s);
+        s.stopped = false;
+    }
+
+    /// Whether the function is stopped (DEV_MODE_SET).
+    pub fn stopped(&self) -> bool {
+        self.state.lock().stopped
+    }
+
+    /// Stops the function, or lets it run again: it then processes what the driver made
+    /// available while it was stopped, and asserts INTx for a pending ISR.
+    pub fn set_stopped(&self, stopped: bool) {
+        let mut s = self.state.lock();
+        let was = s.stopped;
+        s.stopped = stopped;
+        if was && !stopped {
+            let enabled: Vec<u16> = (0u16..)
+                .zip(&s.queues)
+                .filter(|(_, q)| q.ring.is_some())
+                .map(|(index, _)| index)
+                .collect();
+            for index in enabled {
+                self.notify(&mut s, index);
+            }
+            self.signal(&mut s, NO_VECTOR);
+        }
     }
 
     fn reset_locked(&self, s: &mut State) {
@@ -442,6 +478,9 @@ impl Transport {
     }
 
     fn signal(&self, s: &mut State, vector: u16) {
+        if s.stopped {
+            return;
+        }
         if s.msix_enabled {
             if vector != NO_VECTOR {
                 self.interrupts.raise(Interrupt::Msix(u32::from(vector)));
@@ -460,7 +499,7 @@ impl Transport {
     }
 
     fn notify(&self, s: &mut State, index: u16) {
-        if s.status & STATUS_DRIVER_OK == 0 || s.status & STATUS_NEEDS_RESET != 0 {
+        if s.stopped || s.status & STATUS_DRIVER_OK == 0 || s.status & STATUS_NEEDS_RESET != 0 {
             return;
         }
         let Some(queue) = s.queues.get_mut(usize::from(index)) else {
