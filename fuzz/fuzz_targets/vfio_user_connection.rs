@@ -1,7 +1,9 @@
 //! Arbitrary bytes as everything a client sends on one connection to the device server, served
 //! by `serve_connection` against a small function (four registers in an emulated BAR, the same
-//! registers in a legacy I/O BAR, an emulated ROM, MSI, INTx, FLR): no panic on any thread
-//! (libfuzzer-sys aborts on one), and the server closes the connection once the client has.
+//! registers in a legacy I/O BAR, an emulated ROM, MSI, INTx, FLR, migration with pre-copy and a
+//! device-side dirty tracker, so that DEVICE_FEATURE reaches the migration, DMA logging and
+//! PRECOPY_INFO code): no panic on any thread (libfuzzer-sys aborts on one), and the server
+//! closes the connection once the client has.
 //!
 //! The first byte chooses what goes before the rest: bit 0 a valid VERSION, so that the
 //! commands after it are served rather than refused; bit 1 then a config write turning on
@@ -10,8 +12,9 @@
 
 use std::io::Write;
 use std::net::Shutdown;
+use std::ops::Range;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -19,6 +22,9 @@ use libfuzzer_sys::fuzz_target;
 use vfio_variant::backend::{Function, FunctionContext, FunctionError, Interrupt};
 use vfio_variant::config::ConfigTemplate;
 use vfio_variant::device::{CONFIG_REGION, VirtualFunction};
+use vfio_variant::migration::{
+    DirtyTracker, MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
+};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::access::RegionWrite;
 use vfio_variant::vfio_user::version::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
@@ -91,11 +97,13 @@ const REGISTERS: u64 = 0x10;
 /// server starts, so the client never writes to a connection the server closed (SIGPIPE).
 const MAX_INPUT: usize = 64 << 10;
 
-/// The function: four 32-bit registers.
+/// The function: four 32-bit registers; its migration state is the scratch register.
 #[derive(Default)]
 struct Registers {
     scratch: AtomicU32,
     context: OnceLock<FunctionContext>,
+    /// Whether the scratch register was saved in this saving session.
+    saved: AtomicBool,
 }
 
 impl Registers {
@@ -197,6 +205,79 @@ impl Function for Registers {
         self.scratch.store(0, Ordering::SeqCst);
         Ok(())
     }
+
+    fn migration(&self) -> Option<&dyn MigrationHooks> {
+        Some(self)
+    }
+}
+
+impl MigrationHooks for Registers {
+    fn flags(&self) -> MigrationFlags {
+        MigrationFlags::all()
+    }
+
+    fn transition(&self, _from: MigrationState, to: MigrationState) -> Result<(), MigrationError> {
+        if matches!(to, MigrationState::PreCopy | MigrationState::StopCopy) {
+            self.saved.store(false, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn save(&self, buf: &mut [u8]) -> Result<usize, MigrationError> {
+        if buf.len() < 4 || self.saved.swap(true, Ordering::SeqCst) {
+            return Ok(0);
+        }
+        buf[..4].copy_from_slice(&self.scratch.load(Ordering::SeqCst).to_le_bytes());
+        Ok(4)
+    }
+
+    fn load(&self, data: &[u8]) -> Result<(), MigrationError> {
+        let bytes: [u8; 4] = data
+            .try_into()
+            .map_err(|_| MigrationError::InvalidData(format!("{} bytes", data.len())))?;
+        self.scratch.store(u32::from_le_bytes(bytes), Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn precopy_info(&self) -> Result<PrecopyInfo, MigrationError> {
+        Ok(PrecopyInfo {
+            initial_bytes: if self.saved.load(Ordering::SeqCst) { 0 } else { 4 },
+            dirty_bytes: 0,
+        })
+    }
+
+    fn stop_copy_size(&self) -> Result<u64, MigrationError> {
+        Ok(4)
+    }
+
+    fn dirty_tracker(&self) -> Option<&dyn DirtyTracker> {
+        Some(self)
+    }
+}
+
+/// The device side of dirty tracking: reports the first page of every report dirty while the
+/// scratch register is not zero.
+impl DirtyTracker for Registers {
+    fn start(&self, page_size: u64, _ranges: &[Range<u64>]) -> Result<u64, MigrationError> {
+        Ok(page_size)
+    }
+
+    fn report(
+        &self,
+        _iova: u64,
+        _length: u64,
+        _page_size: u64,
+        bitmap: &mut [u64],
+    ) -> Result<(), MigrationError> {
+        if let Some(first) = bitmap.first_mut()
+            && self.scratch.load(Ordering::SeqCst) != 0
+        {
+            *first |= 1;
+        }
+        Ok(())
+    }
+
+    fn stop(&self) {}
 }
 
 /// The compiled layout, shared by every run (it is never changed).

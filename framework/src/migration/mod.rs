@@ -1,8 +1,10 @@
 //! Migration vocabulary shared by the framework and backends (VFIO migration v2): states,
 //! flags, and the hooks a backend implements. Backends implement arc actions only; the
 //! framework walks multi-step paths between states ([`MigrationDriver`], the state machine of
-//! `state.rs`) and frames the device state in a checked stream ([`stream`]).
+//! `state.rs`) and frames the device state in a checked stream ([`stream`]). DMA dirty
+//! logging keeps its bitmap in [`dirty`].
 
+pub mod dirty;
 mod state;
 pub mod stream;
 

@@ -34,7 +34,7 @@
 use crate::config::ConfigTemplate;
 use crate::vpci::compat::{Difference, compare, fingerprint};
 
-use super::{MigrationError, MigrationHooks};
+use super::{MigrationError, MigrationHooks, PrecopyInfo};
 
 /// Version of the stream format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -706,6 +706,24 @@ impl StreamWriter {
             record.encode_into(&mut self.out);
         }
         Ok(filled)
+    }
+
+    /// Pre-copy progress of the stream, from the device's `device` progress: stream bytes
+    /// produced but not read yet (the header record before the first read) count as initial
+    /// bytes, and device bytes count with the framing of the records that will carry them.
+    pub fn precopy_info(&self, device: PrecopyInfo) -> PrecopyInfo {
+        let per_record = (RECORD_HEADER_SIZE + CHECKSUM_SIZE) as u64;
+        let framed = |data: u64| {
+            data.saturating_add(data.div_ceil(self.chunk as u64).saturating_mul(per_record))
+        };
+        let mut pending = (self.out.len() - self.pos) as u64;
+        if !self.header_sent {
+            pending += self.identity.encode().len() as u64 + per_record;
+        }
+        PrecopyInfo {
+            initial_bytes: pending.saturating_add(framed(device.initial_bytes)),
+            dirty_bytes: framed(device.dirty_bytes),
+        }
     }
 
     /// Whether the whole stream, end record included, has been read.

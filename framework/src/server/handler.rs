@@ -11,6 +11,9 @@ use crate::device::{CONFIG_REGION, RegionInfo};
 use crate::vfio_user::access::{RegionReadReply, RegionWriteReply, WriteMultiReply};
 use crate::vfio_user::device::{DEVICE_INFO_SIZE, DeviceFlags, DeviceInfo};
 use crate::vfio_user::dma::{DmaMap, DmaMapFlags, DmaUnmap};
+use crate::vfio_user::feature::{
+    FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP, words_as_bytes,
+};
 use crate::vfio_user::irq::{
     IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IrqInfo, IrqInfoFlags, PCI_NUM_IRQS,
 };
@@ -19,14 +22,17 @@ use crate::vfio_user::region::{
     IoFdsReply, PCI_NUM_REGIONS, RegionCap, RegionFlags, RegionInfoReply, SparseMmapArea,
 };
 use crate::vfio_user::socket::Message;
-use crate::vfio_user::{Limits, Negotiated, Payload, negotiate};
+use crate::vfio_user::{Limits, Negotiated, Payload, ServerOffer, negotiate};
 
+use super::logging::LogReply;
 use super::migration;
 
 /// What a command gets back.
 enum Answer {
     /// A reply payload and the fds sent with it.
     Reply(Vec<u8>, Vec<Arc<OwnedFd>>),
+    /// A reply payload built as words (a dirty bitmap), sent as their bytes.
+    Words(Vec<u64>),
     /// An error reply with this errno.
     Error(i32),
 }
@@ -72,7 +78,7 @@ impl<'a> Session<'a> {
             }
         };
         let (answer, keep) = match request {
-            Request::Version(proposal) => match negotiate(&proposal, &self.config.offer) {
+            Request::Version(proposal) => match negotiate(&proposal, &self.offer()) {
                 Ok((version, negotiated)) => {
                     *self.limits.write() = negotiated.limits(&self.config.limits);
                     self.negotiated = Some(negotiated);
@@ -94,6 +100,16 @@ impl<'a> Session<'a> {
                         .send(&header.reply(payload.len()), &payload, &borrowed)
                 }
             }
+            Answer::Words(words) => {
+                let sent = if header.no_reply() {
+                    Ok(())
+                } else {
+                    let payload = words_as_bytes(&words);
+                    self.outbox.send(&header.reply(payload.len()), payload, &[])
+                };
+                self.port.logging.recycle(words);
+                sent
+            }
             Answer::Error(errno) => {
                 if header.no_reply() {
                     tracing::debug!(errno, "posted command failed");
@@ -102,6 +118,30 @@ impl<'a> Session<'a> {
             }
         };
         sent.is_ok() && keep
+    }
+
+    /// What VERSION offers for this function: the `migration` capability only when the
+    /// function migrates.
+    fn offer(&self) -> ServerOffer {
+        let migrates = self.port.function.function().migration().is_some();
+        ServerOffer {
+            migration_max_bitmap_size: self
+                .config
+                .offer
+                .migration_max_bitmap_size
+                .filter(|_| migrates),
+            ..self.config.offer.clone()
+        }
+    }
+
+    /// The largest dirty bitmap a REPORT may ask for: the negotiated `max_bitmap_size`, or
+    /// the configured limit when the client did not negotiate migration.
+    fn max_bitmap_size(&self) -> u64 {
+        self.negotiated
+            .as_ref()
+            .and_then(|n| n.migration)
+            .and_then(|m| m.max_bitmap_size)
+            .unwrap_or(self.config.limits.max_bitmap_size)
     }
 
     fn run(&mut self, request: Request, fds: Vec<OwnedFd>) -> Answer {
@@ -209,15 +249,31 @@ impl<'a> Session<'a> {
                 }
                 Err(e) => Answer::Error(e.errno()),
             },
-            // Dirty logging is not wired yet: its features answer ENOTTY, as do all of them
-            // for a function that does not migrate.
-            Request::DeviceFeature(feature) => {
-                match migration::device_feature(&self.port.migration, &self.port.function, &feature)
-                {
+            // All of them answer ENOTTY for a function that does not migrate.
+            Request::DeviceFeature(feature) => match feature.feature {
+                FEATURE_DMA_LOGGING_START
+                | FEATURE_DMA_LOGGING_STOP
+                | FEATURE_DMA_LOGGING_REPORT => {
+                    match self.port.logging.device_feature(
+                        &self.port.dma,
+                        &self.port.function,
+                        &feature,
+                        self.max_bitmap_size(),
+                    ) {
+                        Ok(LogReply::Bytes(payload)) => Answer::Reply(payload, Vec::new()),
+                        Ok(LogReply::Words(words)) => Answer::Words(words),
+                        Err(errno) => Answer::Error(errno),
+                    }
+                }
+                _ => match migration::device_feature(
+                    &self.port.migration,
+                    &self.port.function,
+                    &feature,
+                ) {
                     Ok(payload) => Answer::Reply(payload, Vec::new()),
                     Err(errno) => Answer::Error(errno),
-                }
-            }
+                },
+            },
             Request::MigDataRead(read) => {
                 match migration::data_read(&self.port.migration, &self.port.function, &read) {
                     Ok(data) => reply(data),

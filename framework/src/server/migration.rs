@@ -1,5 +1,6 @@
-//! Migration over vfio-user: DEVICE_FEATURE MIGRATION, MIG_DEVICE_STATE and MIG_DATA_SIZE,
-//! and the framed stream ([`crate::migration::stream`]) in MIG_DATA_READ/WRITE.
+//! Migration over vfio-user: DEVICE_FEATURE MIGRATION, MIG_DEVICE_STATE, MIG_DATA_SIZE and
+//! the project's PRECOPY_INFO ([`FEATURE_PRECOPY_INFO`]), and the framed stream
+//! ([`crate::migration::stream`]) in MIG_DATA_READ/WRITE. DMA logging is in `logging.rs`.
 //!
 //! A function without [`MigrationHooks`] answers ENOTTY to all of it, which is how VFIO says
 //! "this device does not migrate". The migration state belongs to the function and outlives
@@ -25,7 +26,8 @@ use crate::migration::{
 };
 use crate::vfio_user::feature::{
     DEVICE_FEATURE_SIZE, DeviceFeature, FEATURE_MIG_DATA_SIZE, FEATURE_MIG_DEVICE_STATE,
-    FEATURE_MIGRATION, FeatureOps, MigDataSize, MigDeviceState, MigrationFeature,
+    FEATURE_MIGRATION, FEATURE_PRECOPY_INFO, FeatureOps, MigDataSize, MigDeviceState,
+    MigrationFeature,
 };
 use crate::vfio_user::mig_data::{MigDataRead, MigDataReadReply, MigDataWrite};
 use crate::vfio_user::{Limits, Payload};
@@ -164,31 +166,62 @@ pub(super) fn reset(migration: &PortMigration) {
     }
 }
 
-/// DEVICE_FEATURE for the migration features; the reply payload or the errno.
+/// What a DEVICE_FEATURE request asks of a feature supporting `supported`.
+pub(super) enum FeatureCall {
+    /// A PROBE of supported operations: answered by repeating the request.
+    Probe,
+    /// A GET.
+    Get,
+    /// A SET.
+    Set,
+}
+
+/// Sorts out `request` against the operations the feature supports (`vfio_check_feature`):
+/// EINVAL for an operation it does not support.
+pub(super) fn feature_call(
+    request: &DeviceFeature,
+    supported: FeatureOps,
+) -> Result<FeatureCall, i32> {
+    if request.ops.contains(FeatureOps::PROBE) {
+        let asked = request.ops - FeatureOps::PROBE;
+        return if supported.contains(asked) {
+            Ok(FeatureCall::Probe)
+        } else {
+            Err(libc::EINVAL)
+        };
+    }
+    if !supported.contains(request.ops) {
+        return Err(libc::EINVAL);
+    }
+    if request.ops == FeatureOps::GET {
+        Ok(FeatureCall::Get)
+    } else if request.ops == FeatureOps::SET {
+        Ok(FeatureCall::Set)
+    } else {
+        Err(libc::EINVAL)
+    }
+}
+
+/// DEVICE_FEATURE for the migration features (and [`FEATURE_PRECOPY_INFO`]); the reply
+/// payload or the errno.
 pub(super) fn device_feature(
     migration: &PortMigration,
     function: &Arc<VirtualFunction>,
     request: &DeviceFeature,
 ) -> Result<Vec<u8>, i32> {
     let hooks = function.function().migration().ok_or(libc::ENOTTY)?;
-    let supported = match request.feature {
-        FEATURE_MIGRATION | FEATURE_MIG_DATA_SIZE => FeatureOps::GET,
-        FEATURE_MIG_DEVICE_STATE => FeatureOps::GET | FeatureOps::SET,
+    let (supported, get_size) = match request.feature {
+        FEATURE_MIGRATION | FEATURE_MIG_DATA_SIZE => (FeatureOps::GET, 8),
+        FEATURE_MIG_DEVICE_STATE => (FeatureOps::GET | FeatureOps::SET, 8),
+        FEATURE_PRECOPY_INFO => (FeatureOps::GET, 16),
         _ => return Err(libc::ENOTTY),
     };
-    if request.ops.contains(FeatureOps::PROBE) {
-        let asked = request.ops - FeatureOps::PROBE;
-        if !supported.contains(asked) {
-            return Err(libc::EINVAL);
-        }
-        return Ok(request.reply_with(Vec::new()).to_bytes());
-    }
-    let set = request.ops == FeatureOps::SET;
-    if !(set || request.ops == FeatureOps::GET) || !supported.contains(request.ops) {
-        return Err(libc::EINVAL);
-    }
-    // Every GET here answers 8 bytes of data.
-    if !set && request.argsz < DEVICE_FEATURE_SIZE + 8 {
+    let set = match feature_call(request, supported)? {
+        FeatureCall::Probe => return Ok(request.reply_with(Vec::new()).to_bytes()),
+        FeatureCall::Get => false,
+        FeatureCall::Set => true,
+    };
+    if !set && request.argsz < DEVICE_FEATURE_SIZE + get_size {
         return Err(libc::EINVAL);
     }
     let state = migration.get_or_create(hooks.flags());
@@ -207,6 +240,20 @@ pub(super) fn device_feature(
                 stop_copy_length: estimated_size(&migration.identity(function), size),
             }
             .to_bytes()
+        }
+        FEATURE_PRECOPY_INFO => {
+            if !matches!(
+                state.driver.state(),
+                MigrationState::PreCopy | MigrationState::PreCopyP2p
+            ) {
+                return Err(libc::EINVAL);
+            }
+            let device = hooks.precopy_info().map_err(|e| {
+                tracing::debug!("pre-copy info: {e}");
+                libc::EIO
+            })?;
+            let writer = state.writer.as_ref().ok_or(libc::EINVAL)?;
+            writer.precopy_info(device).to_bytes()
         }
         _ if set => {
             let want = MigDeviceState::parse(&request.data, &Limits::default())

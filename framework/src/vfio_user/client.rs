@@ -20,10 +20,10 @@ use super::device::DeviceInfo;
 use super::dma::{DmaLayout, DmaMap, DmaRead, DmaReadReply, DmaUnmap, DmaWrite, DmaWriteReply};
 use super::error::ProtocolError;
 use super::feature::{
-    DeviceFeature, DmaLoggingControl, DmaLoggingRange, DmaLoggingReport, DmaLoggingReportReply,
-    FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP,
-    FEATURE_MIG_DATA_SIZE, FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION, FeatureOps, MigDataSize,
-    MigDeviceState, MigrationFeature,
+    DEVICE_FEATURE_SIZE, DeviceFeature, DmaLoggingControl, DmaLoggingRange, DmaLoggingReport,
+    DmaLoggingReportReply, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START,
+    FEATURE_DMA_LOGGING_STOP, FEATURE_MIG_DATA_SIZE, FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION,
+    FEATURE_PRECOPY_INFO, FeatureOps, MigDataSize, MigDeviceState, MigrationFeature,
 };
 use super::header::{Command, Header, HeaderFlags};
 use super::irq::{IrqInfo, SetIrqs, SetIrqsFlags};
@@ -38,7 +38,7 @@ use super::version::{
     Capabilities, Negotiated, PROTOCOL_MAJOR, PROTOCOL_MINOR, Version, accept_reply,
 };
 use super::{Limits, Payload};
-use crate::migration::{MigrationFlags, MigrationState};
+use crate::migration::{MigrationFlags, MigrationState, PrecopyInfo};
 
 /// Client memory the server reaches with DMA_READ/DMA_WRITE (memory mapped without an fd).
 pub trait DmaHandler: Send {
@@ -217,6 +217,11 @@ impl Client {
             next_id: 1,
             limits: Limits {
                 max_data_xfer_size: negotiated.max_data_xfer_size,
+                // A DMA_LOGGING_REPORT reply may carry a bitmap of the negotiated size.
+                max_bitmap_size: negotiated
+                    .migration
+                    .and_then(|m| m.max_bitmap_size)
+                    .unwrap_or(limits.max_bitmap_size),
                 ..limits
             },
             negotiated,
@@ -720,14 +725,26 @@ impl Client {
             data: report.to_bytes(),
             ..DeviceFeature::get(FEATURE_DMA_LOGGING_REPORT, 24 + 8 * words as usize)
         };
-        let reply = self.device_feature(&request)?;
-        let parsed = DmaLoggingReportReply::parse(&reply.data, &self.limits)?;
+        // The reply's data is parsed in place: the bitmap may be tens of MiB.
+        let msg = self.call(Command::DeviceFeature, &request.to_bytes(), &[])?;
+        let data = msg
+            .payload
+            .get(DEVICE_FEATURE_SIZE as usize..)
+            .ok_or_else(|| ProtocolError::invalid("DMA_LOGGING_REPORT reply", "truncated"))?;
+        let parsed = DmaLoggingReportReply::parse(data, &self.limits)?;
         if parsed.report != report {
             return Err(
                 ProtocolError::invalid("DMA_LOGGING_REPORT reply", "for another range").into(),
             );
         }
         Ok(parsed.bitmap)
+    }
+
+    /// PRECOPY_INFO GET (this project's extension, [`FEATURE_PRECOPY_INFO`]): the pre-copy
+    /// progress; EINVAL outside PRE_COPY and PRE_COPY_P2P.
+    pub fn precopy_info(&mut self) -> Result<PrecopyInfo, ClientError> {
+        let data = self.feature_get(FEATURE_PRECOPY_INFO, 16)?;
+        Ok(PrecopyInfo::parse(&data, &self.limits)?)
     }
 
     /// MIG_DATA_READ of up to `size` bytes; fewer means the end of the data (for now).

@@ -3,8 +3,10 @@
 //! - [`header`]: the 16-byte header, flags and command numbers.
 //! - One module per command group with a request and reply type each, all implementing
 //!   [`Payload`]: [`version`] (with the negotiation rules), [`dma`], [`device`], [`region`],
-//!   [`access`] (REGION_READ/WRITE, WRITE_MULTI), [`irq`], [`feature`] (DEVICE_FEATURE and the migration / DMA logging payloads),
-//!   [`mig_data`].
+//!   [`access`] (REGION_READ/WRITE, WRITE_MULTI), [`irq`], [`feature`] (DEVICE_FEATURE and the
+//!   migration / DMA logging payloads, and this project's PRECOPY_INFO extension:
+//!   [`feature::FEATURE_PRECOPY_INFO`] `0xf001`, GET only, `{initial_bytes u64, dirty_bytes
+//!   u64}`, valid in PRE_COPY and PRE_COPY_P2P only), [`mig_data`].
 //! - [`message`]: [`Request`] and [`Reply`], dispatching on the command number.
 //! - [`socket`]: framing over a stream socket with fds as SCM_RIGHTS, reply helpers, peer
 //!   credentials.

@@ -222,8 +222,8 @@ pub struct ServerOffer {
     pub twin_socket: bool,
     /// Whether the server handles REGION_WRITE_MULTI.
     pub write_multiple: bool,
-    /// Largest dirty bitmap when the function can migrate; `None` keeps `migration` out of
-    /// the reply.
+    /// Largest dirty bitmap (DMA_LOGGING_REPORT) the server sends; `None` keeps `migration`
+    /// out of the reply. The device server offers it only for functions that migrate.
     pub migration_max_bitmap_size: Option<u64>,
 }
 
@@ -237,7 +237,7 @@ impl Default for ServerOffer {
             pgsizes: DEFAULT_PGSIZES,
             twin_socket: false,
             write_multiple: true,
-            migration_max_bitmap_size: None,
+            migration_max_bitmap_size: Some(DEFAULT_MAX_BITMAP_SIZE),
         }
     }
 }
@@ -613,6 +613,7 @@ mod tests {
         };
         let offer = ServerOffer {
             write_multiple: false,
+            migration_max_bitmap_size: None,
             ..ServerOffer::default()
         };
         let (reply, negotiated) = negotiate(&qemu, &offer).unwrap();
