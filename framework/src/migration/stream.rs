@@ -20,6 +20,9 @@
 //!   given to [`MigrationHooks::load`] on the destination.
 //! - Unknown records with the optional flag are skipped; unknown mandatory records fail the
 //!   load.
+//! - [`TAG_CONFIG`] (at most once, after the device data): the function's emulated config
+//!   space as the guest left it (`VirtualFunction::config_snapshot`), taken once the device
+//!   is stopped; the destination restores it before the device's state.
 //! - [`TAG_END`] (last, empty): the stream is complete. Bytes after it are refused.
 //!
 //! # Loading
@@ -46,6 +49,8 @@ pub const TAG_HEADER: u32 = 1;
 pub const TAG_DATA: u32 = 2;
 /// The end of the stream (empty payload).
 pub const TAG_END: u32 = 3;
+/// The function's config-space state.
+pub const TAG_CONFIG: u32 = 4;
 /// Bytes of framing before a record's payload.
 pub const RECORD_HEADER_SIZE: usize = 16;
 /// Bytes of checksum after a record's payload.
@@ -221,6 +226,14 @@ impl Stream {
         self.records
             .iter()
             .filter(|r| r.tag == TAG_DATA)
+            .map(|r| r.payload.as_slice())
+    }
+
+    /// The config-space state the stream carries, if any.
+    pub fn config(&self) -> Option<&[u8]> {
+        self.records
+            .iter()
+            .find(|r| r.tag == TAG_CONFIG)
             .map(|r| r.payload.as_slice())
     }
 
@@ -577,6 +590,8 @@ impl StreamLoader {
             }
             TAG_HEADER => return Err(bad()),
             TAG_DATA => {}
+            TAG_CONFIG if !self.records.iter().any(|r| r.tag == TAG_CONFIG) => {}
+            TAG_CONFIG => return Err(bad()),
             TAG_END if record.payload.is_empty() => self.ended = true,
             TAG_END => return Err(bad()),
             tag if !record.optional => return Err(StreamError::UnknownMandatory { index, tag }),
@@ -635,6 +650,8 @@ pub struct StreamWriter {
     out: Vec<u8>,
     pos: usize,
     header_sent: bool,
+    /// The config-space state to carry before the end, once given.
+    config: Option<Vec<u8>>,
     ended: bool,
 }
 
@@ -648,7 +665,21 @@ impl StreamWriter {
             out: Vec::new(),
             pos: 0,
             header_sent: false,
+            config: None,
             ended: false,
+        }
+    }
+
+    /// Whether the stream still waits for the config-space state ([`StreamWriter::set_config`]).
+    pub fn needs_config(&self) -> bool {
+        self.config.is_none() && !self.ended
+    }
+
+    /// The config-space state to carry in a [`TAG_CONFIG`] record after the device data (the
+    /// first one given counts).
+    pub fn set_config(&mut self, snapshot: Vec<u8>) {
+        if self.needs_config() {
+            self.config = Some(snapshot);
         }
     }
 
@@ -688,11 +719,20 @@ impl StreamWriter {
                     if !last {
                         break;
                     }
-                    self.ended = true;
-                    Record {
-                        tag: TAG_END,
-                        optional: false,
-                        payload: Vec::new(),
+                    match self.config.as_mut().filter(|c| !c.is_empty()) {
+                        Some(config) => Record {
+                            tag: TAG_CONFIG,
+                            optional: false,
+                            payload: std::mem::take(config),
+                        },
+                        None => {
+                            self.ended = true;
+                            Record {
+                                tag: TAG_END,
+                                optional: false,
+                                payload: Vec::new(),
+                            }
+                        }
                     }
                 } else {
                     data.truncate(n);
@@ -854,6 +894,51 @@ backing = "emulated"
             bad[at] ^= 1 << bit;
             proptest::prop_assert!(load(&bad).is_err(), "flipped bit {} of byte {}", bit, at);
         }
+    }
+
+    #[test]
+    fn the_config_state_travels_once_before_the_end() {
+        let device = Device::new(vec![7; 2500]);
+        let mut writer = StreamWriter::new(identity());
+        writer.set_config(vec![0xab; 256]);
+        writer.set_config(vec![0xcd; 256]);
+        let mut bytes = Vec::new();
+        let mut buf = vec![0u8; 700];
+        loop {
+            let n = writer.read(&device, &mut buf, true).unwrap();
+            bytes.extend_from_slice(&buf[..n]);
+            if n < buf.len() {
+                break;
+            }
+        }
+        let stream = load(&bytes).unwrap();
+        assert_eq!(
+            stream.config(),
+            Some(&[0xab; 256][..]),
+            "the first one given"
+        );
+        let tags: Vec<u32> = stream.records().iter().map(|r| r.tag).collect();
+        assert_eq!(tags.first(), Some(&TAG_HEADER));
+        assert_eq!(tags[tags.len() - 2..], [TAG_CONFIG, TAG_END]);
+        // A second config record is refused.
+        let twice = with_record(
+            &stream,
+            1,
+            Record {
+                tag: TAG_CONFIG,
+                optional: false,
+                payload: vec![0; 256],
+            },
+        );
+        assert!(matches!(
+            load(&twice),
+            Err(StreamError::BadRecord {
+                tag: TAG_CONFIG,
+                ..
+            })
+        ));
+        // Without one, the stream has none.
+        assert_eq!(sample().config(), None);
     }
 
     #[test]

@@ -81,9 +81,11 @@ impl PortMigration {
     }
 }
 
-/// The backend's hooks, with the stream applied before the arc that leaves RESUMING.
+/// The backend's hooks, with the stream applied before the arc that leaves RESUMING: the
+/// config-space state first (checked before it changes anything), then the device data.
 struct Resume<'a> {
     inner: &'a dyn MigrationHooks,
+    function: &'a VirtualFunction,
     loader: Mutex<Option<StreamLoader>>,
 }
 
@@ -102,6 +104,11 @@ impl MigrationHooks for Resume<'_> {
             let stream = loader
                 .finish()
                 .map_err(|e| MigrationError::InvalidData(e.to_string()))?;
+            if let Some(config) = stream.config() {
+                self.function
+                    .config_restore(config)
+                    .map_err(|e| MigrationError::InvalidData(e.to_string()))?;
+            }
             stream.apply(self.inner)?;
         }
         self.inner.transition(from, to)
@@ -127,13 +134,15 @@ impl MigrationHooks for Resume<'_> {
 impl FunctionMigration {
     fn set_state(
         &mut self,
-        hooks: &dyn MigrationHooks,
+        function: &VirtualFunction,
         identity: &dyn Fn() -> StreamIdentity,
         want: MigrationState,
     ) -> Result<(), i32> {
+        let hooks = function.function().migration().ok_or(libc::ENOTTY)?;
         let before = self.driver.state();
         let resume = Resume {
             inner: hooks,
+            function,
             loader: Mutex::new(self.loader.take()),
         };
         let result = self.driver.set_state(&resume, want);
@@ -259,7 +268,7 @@ pub(super) fn device_feature(
             let want = MigDeviceState::parse(&request.data, &Limits::default())
                 .map_err(|e| e.errno())?
                 .device_state;
-            state.set_state(hooks, &|| migration.identity(function), want)?;
+            state.set_state(function, &|| migration.identity(function), want)?;
             MigDeviceState::new(state.driver.state()).to_bytes()
         }
         _ => MigDeviceState::new(state.driver.state()).to_bytes(),
@@ -278,6 +287,10 @@ pub(super) fn data_read(
     let mut state = state.lock();
     let last = state.driver.state() == MigrationState::StopCopy;
     let writer = state.writer.as_mut().ok_or(libc::EINVAL)?;
+    if last && writer.needs_config() {
+        // The device is stopped: the guest's config state is final.
+        writer.set_config(function.config_snapshot());
+    }
     let mut data = vec![0u8; request.size as usize];
     let n = writer.read(hooks, &mut data, last).map_err(|e| {
         tracing::debug!("migration save: {e}");
