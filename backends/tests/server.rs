@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use rustix::event::{EventfdFlags, eventfd};
 use vfio_variant::config::ConfigSpace;
 use vfio_variant::device::VirtualFunction;
+use vfio_variant::migration::{MigrationFlags, MigrationState};
 use vfio_variant::server::{Endpoint, Port, ServerConfig};
 use vfio_variant::vfio_user::access::WriteMultiEntry;
 use vfio_variant::vfio_user::client::{Client, ClientError, ClientOptions, DmaHandler};
@@ -372,24 +373,34 @@ fn reconnect_keeps_device_state_and_drops_client_resources() {
 }
 
 #[test]
-fn features_and_migration_are_unsupported() {
+fn the_sample_function_stops_for_migration() {
     let f = fixture("features", ServerConfig::default());
     let mut c = connect(&f);
-    assert!(matches!(
-        c.migration_flags(),
-        Err(ClientError::Remote {
-            errno: libc::ENOTTY,
-            ..
-        })
-    ));
+    assert_eq!(
+        c.migration_flags().unwrap(),
+        MigrationFlags::STOP_COPY | MigrationFlags::P2P
+    );
+    // No stream outside the saving states.
     assert!(matches!(
         c.mig_data_read(64),
         Err(ClientError::Remote {
-            errno: libc::ENOTTY,
+            errno: libc::EINVAL,
             ..
         })
     ));
+    enable_memory(&mut c);
+    c.set_mig_state(MigrationState::RunningP2p).unwrap();
+    reg_write(&mut c, DMA_LEN, 8);
+    reg_write(&mut c, DMA_CMD, DMA_CMD_START);
+    assert_eq!(reg_read(&mut c, DMA_STATUS), DMA_STATUS_STOPPED);
+    assert_eq!(reg_read(&mut c, DMA_COUNT), 0, "nothing ran while stopped");
+    c.set_mig_state(MigrationState::Running).unwrap();
+    reg_write(&mut c, DMA_CMD, DMA_CMD_START);
+    assert_ne!(reg_read(&mut c, DMA_STATUS), DMA_STATUS_STOPPED);
+    // A reset leaves any migration state: RUNNING again.
+    c.set_mig_state(MigrationState::Stop).unwrap();
     c.reset().unwrap();
+    assert_eq!(c.mig_state().unwrap(), MigrationState::Running);
 }
 
 fn raw_exchange(stream: &mut UnixStream, bytes: &[u8]) -> Header {
