@@ -67,6 +67,19 @@ pub fn run() -> Result<(), String> {
         cargo().args(["test", "--workspace", "--lib", "--bins", "--tests"]),
     )?;
     run_step("doc tests", cargo().args(["test", "--workspace", "--doc"]))?;
+    crate::e2e::chroot::ensure_host_tools()?;
+    run_step(
+        "live migration between two hosts (network namespaces)",
+        cargo().args([
+            "test",
+            "-p",
+            "vfio-variant-backends",
+            "--test",
+            "migration_hosts",
+            "--",
+            "--ignored",
+        ]),
+    )?;
     eprintln!("==> e2e");
     crate::e2e::server::run(&[])
 }

@@ -32,6 +32,8 @@ const HOST_TOOLS: &[(&str, &str)] = &[
     ("debootstrap", "debootstrap"),
     ("cpio", "cpio"),
     ("xz", "xz-utils"),
+    // Network namespaces for the two-host migration test.
+    ("ip", "iproute2"),
 ];
 
 /// The guest kernel found in the chroot.
@@ -125,11 +127,12 @@ pub fn qemu_version(dir: &Path) -> Result<String, String> {
     Ok(text.lines().next().unwrap_or_default().trim().to_string())
 }
 
-/// Installs the host programs the set-up and the initramfs builder need, when some are missing.
+/// Installs the host programs the set-up, the initramfs builder and the two-host migration
+/// test need, when some are missing.
 ///
 /// Runs `apt-get update` first when the host has no package lists, or once after an install that
 /// failed (stale lists).
-fn ensure_host_tools() -> Result<(), String> {
+pub fn ensure_host_tools() -> Result<(), String> {
     let missing: Vec<&str> = HOST_TOOLS
         .iter()
         .filter(|(program, _)| !have_program(program))
