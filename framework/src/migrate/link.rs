@@ -104,7 +104,7 @@ impl Message {
                 payload.len()
             )));
         }
-        let mut header = Vec::with_capacity(12);
+        let mut header = Vec::with_capacity(12 + payload.len());
         header.extend_from_slice(&self.tag().to_le_bytes());
         let extra = if let Self::Hello { version, .. } = self {
             Some(version.to_le_bytes())
@@ -116,8 +116,9 @@ impl Message {
         if let Some(extra) = extra {
             header.extend_from_slice(&extra);
         }
+        // One write: a header sent alone would wait for its ACK (Nagle) before the payload.
+        header.extend_from_slice(payload);
         out.write_all(&header)?;
-        out.write_all(payload)?;
         out.flush()?;
         Ok(())
     }
