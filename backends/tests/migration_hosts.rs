@@ -17,41 +17,26 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use vfio_variant::migrate::{
-    DeviceError, MigratableDevice, MigrateError, Observer, Options, RemoteDestination, Served,
-    migrate, serve_destination,
+    MigrateError, Options, RemoteDestination, Served, migrate, serve_destination,
 };
-use vfio_variant::migration::{MigrationFlags, MigrationState};
+use vfio_variant::migration::MigrationState;
 use vfio_variant::vfio_user::client::{Client, ClientOptions};
-use vfio_variant::vfio_user::dma::{DmaMap, DmaMapFlags};
-use vfio_variant_virtio_legacy::hw::blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
-use vfio_variant_virtio_legacy::hw::transport::legacy;
-use vfio_variant_virtio_legacy::hw::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK};
+
+mod common;
+
+use common::vmm::{
+    BLOCK, DISK_BLOCKS, Driver, Shared, SourceVmm, Vcpu, block, config_space, memfd,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vfio-variant");
 
 /// The two hosts' addresses on the veth link.
 const SOURCE_IP: &str = "10.99.0.1";
 const DESTINATION_IP: &str = "10.99.0.2";
-
-/// Guest memory: 1 MiB at this IOVA; the queue in its first three pages.
-const GUEST_BASE: u64 = 0x10_0000;
-const GUEST_SIZE: u64 = 1 << 20;
-const QUEUE_SIZE: u16 = 256;
-const USED: u64 = GUEST_BASE + 0x2000;
-/// Per-slot request headers, status bytes and 4 KiB data buffers.
-const HEADERS: u64 = GUEST_BASE + 0x4000;
-const STATUSES: u64 = GUEST_BASE + 0x5000;
-const DATA: u64 = GUEST_BASE + 0x10_000;
-/// Requests a driver keeps in flight.
-const SLOTS: usize = 8;
-/// Each write is one 4 KiB block: request `seq` writes block `seq`.
-const BLOCK: usize = 4096;
 
 fn run(command: &mut Command) {
     let status = command.status().unwrap();
@@ -176,7 +161,7 @@ impl Server {
     fn attach(&self, name: &str, memory: &OwnedFd) -> Shared {
         // The server takes one client at a time: the last one may still be on its way out.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut client = loop {
+        let client = loop {
             let options = ClientOptions {
                 timeout: Some(Duration::from_secs(20)),
                 ..ClientOptions::default()
@@ -187,14 +172,7 @@ impl Server {
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
-        let map = DmaMap::new(
-            GUEST_BASE,
-            GUEST_SIZE,
-            0,
-            DmaMapFlags::READ | DmaMapFlags::WRITE,
-        );
-        client.dma_map(&map, Some(memory.as_fd())).unwrap();
-        Shared(Arc::new(Mutex::new(client)))
+        Shared::attach(client, memory)
     }
 }
 
@@ -202,223 +180,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A VMM's one connection to its function, shared by its vCPU and its migration driver.
-#[derive(Clone)]
-struct Shared(Arc<Mutex<Client>>);
-
-impl MigratableDevice for Shared {
-    fn flags(&mut self) -> Result<MigrationFlags, DeviceError> {
-        self.0.lock().flags()
-    }
-    fn set_state(&mut self, state: MigrationState) -> Result<(), DeviceError> {
-        self.0.lock().set_state(state)
-    }
-    fn read(&mut self, max: u32) -> Result<Vec<u8>, DeviceError> {
-        MigratableDevice::read(&mut *self.0.lock(), max)
-    }
-    fn write(&mut self, data: &[u8]) -> Result<(), DeviceError> {
-        MigratableDevice::write(&mut *self.0.lock(), data)
-    }
-    fn chunk_size(&self) -> u32 {
-        self.0.lock().chunk_size()
-    }
-    fn recover(&mut self) -> Result<(), DeviceError> {
-        self.0.lock().recover()
-    }
-}
-
-fn memfd() -> OwnedFd {
-    let fd = rustix::fs::memfd_create("guest", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-    rustix::fs::ftruncate(&fd, GUEST_SIZE).unwrap();
-    fd
-}
-
-fn block(seq: u32) -> Vec<u8> {
-    let mut data = vec![0u8; BLOCK];
-    for (i, chunk) in data.chunks_mut(8).enumerate() {
-        chunk.copy_from_slice(&(u64::from(seq) << 32 | i as u64).to_le_bytes());
-    }
-    data
-}
-
-/// The guest's legacy virtio-blk driver: one queue, [`SLOTS`] writes in flight, completions
-/// polled from the used ring. Its state is what a VMM carries to the destination in guest
-/// memory and vCPU state.
-struct Driver {
-    device: Shared,
-    memory: OwnedFd,
-    avail_idx: u16,
-    last_used: u16,
-    /// Sequence number of the request in each slot.
-    slots: [Option<u32>; SLOTS],
-    next_seq: u32,
-    acked: Vec<u32>,
-}
-
-impl Driver {
-    fn put(&self, iova: u64, data: &[u8]) {
-        let n = rustix::io::pwrite(&self.memory, data, iova - GUEST_BASE).unwrap();
-        assert_eq!(n, data.len());
-    }
-
-    fn get(&self, iova: u64, len: usize) -> Vec<u8> {
-        let mut data = vec![0u8; len];
-        let n = rustix::io::pread(&self.memory, &mut data, iova - GUEST_BASE).unwrap();
-        assert_eq!(n, len);
-        data
-    }
-
-    fn io_write(&self, offset: u8, len: usize, value: u64) {
-        self.device
-            .0
-            .lock()
-            .region_write(0, offset.into(), &value.to_le_bytes()[..len])
-            .unwrap();
-    }
-
-    /// Linux's legacy initialization: reset, ACKNOWLEDGE, DRIVER, features, queue 0, DRIVER_OK.
-    fn init(device: Shared, memory: OwnedFd) -> Self {
-        device.0.lock().region_write(7, 4, &[0x05, 0x00]).unwrap();
-        let driver = Self {
-            device,
-            memory,
-            avail_idx: 0,
-            last_used: 0,
-            slots: [None; SLOTS],
-            next_seq: 0,
-            acked: Vec::new(),
-        };
-        driver.io_write(legacy::STATUS, 1, 0);
-        driver.io_write(legacy::STATUS, 1, STATUS_ACKNOWLEDGE.into());
-        driver.io_write(
-            legacy::STATUS,
-            1,
-            (STATUS_ACKNOWLEDGE | STATUS_DRIVER).into(),
-        );
-        driver.io_write(legacy::GUEST_FEATURES, 4, 0);
-        driver.io_write(legacy::QUEUE_SEL, 2, 0);
-        driver.put(GUEST_BASE, &[0u8; 0x3000]);
-        driver.io_write(legacy::QUEUE_PFN, 4, GUEST_BASE >> 12);
-        let ok = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK;
-        driver.io_write(legacy::STATUS, 1, ok.into());
-        driver
-    }
-
-    fn desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut d = addr.to_le_bytes().to_vec();
-        d.extend_from_slice(&len.to_le_bytes());
-        d.extend_from_slice(&flags.to_le_bytes());
-        d.extend_from_slice(&next.to_le_bytes());
-        self.put(GUEST_BASE + 16 * u64::from(index), &d);
-    }
-
-    /// Publishes the next write in a free slot and notifies; false when all slots are busy.
-    fn submit(&mut self) -> bool {
-        let Some(slot) = self.slots.iter().position(Option::is_none) else {
-            return false;
-        };
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let (header, status, data) = (
-            HEADERS + 16 * slot as u64,
-            STATUSES + slot as u64,
-            DATA + (BLOCK * slot) as u64,
-        );
-        let mut h = VIRTIO_BLK_T_OUT.to_le_bytes().to_vec();
-        h.extend_from_slice(&0u32.to_le_bytes());
-        h.extend_from_slice(&(u64::from(seq) * (BLOCK as u64 / 512)).to_le_bytes());
-        self.put(header, &h);
-        self.put(status, &[0xff]);
-        self.put(data, &block(seq));
-        let head = 3 * slot as u16;
-        self.desc(head, header, 16, 1, head + 1);
-        self.desc(head + 1, data, BLOCK as u32, 1, head + 2);
-        self.desc(head + 2, status, 1, 2, 0);
-        let avail = GUEST_BASE + 16 * u64::from(QUEUE_SIZE);
-        let ring = avail + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
-        self.put(ring, &head.to_le_bytes());
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.put(avail + 2, &self.avail_idx.to_le_bytes());
-        self.slots[slot] = Some(seq);
-        self.io_write(legacy::QUEUE_NOTIFY, 2, 0);
-        true
-    }
-
-    /// Takes the completions the device published; each must be of a request in flight.
-    fn poll(&mut self) {
-        let idx = self.get(USED + 2, 2);
-        let used = u16::from_le_bytes([idx[0], idx[1]]);
-        while self.last_used != used {
-            let at = USED + 4 + 8 * u64::from(self.last_used % QUEUE_SIZE);
-            let element = self.get(at, 8);
-            let head = u32::from_le_bytes([element[0], element[1], element[2], element[3]]);
-            let slot = head as usize / 3;
-            let seq = self.slots[slot]
-                .take()
-                .unwrap_or_else(|| panic!("a completion of head {head}, not in flight"));
-            assert_eq!(
-                self.get(STATUSES + slot as u64, 1)[0],
-                VIRTIO_BLK_S_OK,
-                "write {seq}"
-            );
-            self.acked.push(seq);
-            self.last_used = self.last_used.wrapping_add(1);
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        self.slots.iter().flatten().count()
-    }
-}
-
-/// The vCPU: submits and polls until told to stop, then hands the driver back.
-struct Vcpu {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Driver>,
-}
-
-impl Vcpu {
-    fn start(mut driver: Driver) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                driver.submit();
-                driver.poll();
-            }
-            driver
-        });
-        Self { stop, thread }
-    }
-
-    fn pause(self) -> Driver {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap()
-    }
-}
-
-/// The source VMM's side of the move: pause the vCPU once the device is stopped, and copy
-/// guest memory to the destination VMM's.
-struct SourceVmm {
-    vcpu: Option<Vcpu>,
-    driver: Option<Driver>,
-    destination_memory: OwnedFd,
-    /// The source's config space once stopped.
-    config: Vec<u8>,
-}
-
-impl Observer for SourceVmm {
-    fn source_stopped(&mut self) -> Result<(), String> {
-        let driver = self.vcpu.take().ok_or("no vCPU")?.pause();
-        self.config = config_space(&driver.device);
-        let mut ram = vec![0u8; GUEST_SIZE as usize];
-        rustix::io::pread(&driver.memory, &mut ram, 0).map_err(|e| e.to_string())?;
-        rustix::io::pwrite(&self.destination_memory, &ram, 0).map_err(|e| e.to_string())?;
-        self.driver = Some(driver);
-        Ok(())
     }
 }
 
@@ -480,17 +241,11 @@ fn on_source<T: Send + 'static>(hosts: &Arc<Hosts>, f: impl FnOnce() -> T + Send
     .unwrap()
 }
 
-fn config_space(device: &Shared) -> Vec<u8> {
-    let mut data = vec![0u8; 256];
-    device.0.lock().region_read(7, 0, &mut data).unwrap();
-    data
-}
-
-fn image_block(image: &Path, seq: u32) -> Vec<u8> {
+fn image_block(image: &Path, at: u32) -> Vec<u8> {
     let mut data = vec![0u8; BLOCK];
     std::fs::File::open(image)
         .unwrap()
-        .read_exact_at(&mut data, u64::from(seq) * BLOCK as u64)
+        .read_exact_at(&mut data, u64::from(at) * BLOCK as u64)
         .unwrap();
     data
 }
@@ -618,14 +373,7 @@ fn a_virtio_blk_vf_moves_to_another_host_mid_io() {
     let vcpu = Vcpu::start(driver);
     std::thread::sleep(Duration::from_millis(300));
     let mut driver = vcpu.pause();
-    for _ in 0..1000 {
-        if driver.in_flight() == 0 {
-            break;
-        }
-        driver.io_write(legacy::QUEUE_NOTIFY, 2, 0);
-        driver.poll();
-    }
-    assert_eq!(driver.in_flight(), 0, "every write completed");
+    driver.drain();
     assert!(
         driver.acked.len() > acked_on_source,
         "writes went on at the destination"
@@ -643,16 +391,21 @@ fn a_virtio_blk_vf_moves_to_another_host_mid_io() {
         (0..driver.next_seq).collect(),
         "every request completed"
     );
-    for seq in 0..driver.next_seq {
+    // The latest write of each block is in the image (the driver wraps around the disk).
+    let first = driver.next_seq.saturating_sub(DISK_BLOCKS);
+    for seq in first..driver.next_seq {
+        let at = seq % DISK_BLOCKS;
         assert!(
-            image_block(&image, seq) == block(seq),
-            "block {seq} in the image"
+            image_block(&image, at) == block(seq),
+            "write {seq} in block {at}"
         );
     }
-    assert!(
-        image_block(&image, driver.next_seq).iter().all(|b| *b == 0),
-        "nothing past the last request"
-    );
+    if driver.next_seq < DISK_BLOCKS {
+        assert!(
+            image_block(&image, driver.next_seq).iter().all(|b| *b == 0),
+            "nothing past the last request"
+        );
+    }
     drop((hosts, source, destination));
     let _ = std::fs::remove_dir_all(&top);
 }
