@@ -397,9 +397,13 @@ fn the_sample_function_stops_for_migration() {
     c.set_mig_state(MigrationState::Running).unwrap();
     reg_write(&mut c, DMA_CMD, DMA_CMD_START);
     assert_ne!(reg_read(&mut c, DMA_STATUS), DMA_STATUS_STOPPED);
-    // A reset leaves any migration state: RUNNING again.
+    // A reset leaves any migration state: RUNNING again, and so does a guest's FLR
+    // (PCIe DEVCTL at 0x58, Initiate FLR bit 15).
     c.set_mig_state(MigrationState::Stop).unwrap();
     c.reset().unwrap();
+    assert_eq!(c.mig_state().unwrap(), MigrationState::Running);
+    c.set_mig_state(MigrationState::Stop).unwrap();
+    c.region_write(7, 0x58, &0x8000u16.to_le_bytes()).unwrap();
     assert_eq!(c.mig_state().unwrap(), MigrationState::Running);
 }
 

@@ -11,6 +11,7 @@ pub use error::DeviceError;
 pub use regions::{CONFIG_REGION, ROM_REGION, RegionInfo};
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -26,6 +27,9 @@ use crate::vpci::layout::{BarBacking, BarKind, RomBacking};
 pub struct VirtualFunction {
     config: Mutex<ConfigSpace>,
     function: Box<dyn Function>,
+    /// Resets so far (DEVICE_RESET, FLR): what else keeps per-function state (migration)
+    /// compares it to know the function was reset.
+    resets: AtomicU64,
 }
 
 /// Sends config bits the layout does not hold to the physical function or the backend.
@@ -128,6 +132,7 @@ impl VirtualFunction {
         Ok(Self {
             config: Mutex::new(ConfigSpace::new(template)),
             function,
+            resets: AtomicU64::new(0),
         })
     }
 
@@ -201,6 +206,11 @@ impl VirtualFunction {
         Ok(())
     }
 
+    /// How many times the function was reset (DEVICE_RESET or a guest's FLR).
+    pub fn reset_count(&self) -> u64 {
+        self.resets.load(Ordering::SeqCst)
+    }
+
     /// The state a guest gave the config space, for a migration stream.
     pub fn config_snapshot(&self) -> Vec<u8> {
         self.config.lock().snapshot()
@@ -220,6 +230,7 @@ impl VirtualFunction {
     /// Resets the function: config space to its reset values, then the backend (and through it
     /// the physical function).
     pub fn reset(&self) -> Result<(), DeviceError> {
+        self.resets.fetch_add(1, Ordering::SeqCst);
         self.config.lock().reset();
         self.function.reset()?;
         Ok(())

@@ -243,7 +243,6 @@ impl<'a> Session<'a> {
             }
             Request::DeviceReset => match vf.reset() {
                 Ok(()) => {
-                    migration::reset(&self.port.migration);
                     self.port.sync_intx();
                     Answer::Reply(Vec::new(), Vec::new())
                 }

@@ -4,7 +4,8 @@
 //!
 //! A function without [`MigrationHooks`] answers ENOTTY to all of it, which is how VFIO says
 //! "this device does not migrate". The migration state belongs to the function and outlives
-//! connections: it is kept in the function's `Port`, and a device reset sets it back to RUNNING.
+//! connections: it is kept in the function's `Port`, and any reset of the function (DEVICE_RESET,
+//! a guest's FLR) sets it back to RUNNING.
 //!
 //! Saving: entering PRE_COPY, PRE_COPY_P2P or STOP_COPY starts a [`StreamWriter`]; reads
 //! return the stream, a short read meaning no more for now (pre-copy) or the end (stop-copy).
@@ -37,6 +38,9 @@ struct FunctionMigration {
     driver: MigrationDriver,
     writer: Option<StreamWriter>,
     loader: Option<StreamLoader>,
+    /// The function's reset count this state belongs to: any reset since (DEVICE_RESET, a
+    /// guest's FLR) puts the function back in RUNNING with no stream open.
+    resets: u64,
 }
 
 type Shared = Arc<Mutex<FunctionMigration>>;
@@ -60,24 +64,34 @@ impl PortMigration {
         }
     }
 
-    fn get(&self) -> Option<Shared> {
-        self.state.lock().clone()
-    }
-
     /// What the stream of `function` carries in its header.
     fn identity(&self, function: &VirtualFunction) -> StreamIdentity {
         StreamIdentity::new(&function.template(), &self.backend, &self.profile)
     }
 
-    fn get_or_create(&self, flags: MigrationFlags) -> Shared {
+    /// The function's migration state, as of its last reset.
+    fn get_or_create(&self, function: &VirtualFunction, flags: MigrationFlags) -> Shared {
+        let resets = function.reset_count();
         let mut slot = self.state.lock();
-        Arc::clone(slot.get_or_insert_with(|| {
+        let state = Arc::clone(slot.get_or_insert_with(|| {
             Arc::new(Mutex::new(FunctionMigration {
                 driver: MigrationDriver::new(flags),
                 writer: None,
                 loader: None,
+                resets,
             }))
-        }))
+        }));
+        drop(slot);
+        {
+            let mut current = state.lock();
+            if current.resets != resets {
+                current.driver.reset();
+                current.writer = None;
+                current.loader = None;
+                current.resets = resets;
+            }
+        }
+        state
     }
 }
 
@@ -165,16 +179,6 @@ impl FunctionMigration {
     }
 }
 
-/// Sets the function's migration state back to RUNNING after a device reset.
-pub(super) fn reset(migration: &PortMigration) {
-    if let Some(state) = migration.get() {
-        let mut state = state.lock();
-        state.driver.reset();
-        state.writer = None;
-        state.loader = None;
-    }
-}
-
 /// What a DEVICE_FEATURE request asks of a feature supporting `supported`.
 pub(super) enum FeatureCall {
     /// A PROBE of supported operations: answered by repeating the request.
@@ -233,7 +237,7 @@ pub(super) fn device_feature(
     if !set && request.argsz < DEVICE_FEATURE_SIZE + get_size {
         return Err(libc::EINVAL);
     }
-    let state = migration.get_or_create(hooks.flags());
+    let state = migration.get_or_create(function, hooks.flags());
     let mut state = state.lock();
     let data = match request.feature {
         FEATURE_MIGRATION => MigrationFeature {
@@ -283,7 +287,7 @@ pub(super) fn data_read(
     request: &MigDataRead,
 ) -> Result<MigDataReadReply, i32> {
     let hooks = function.function().migration().ok_or(libc::ENOTTY)?;
-    let state = migration.get_or_create(hooks.flags());
+    let state = migration.get_or_create(function, hooks.flags());
     let mut state = state.lock();
     let last = state.driver.state() == MigrationState::StopCopy;
     let writer = state.writer.as_mut().ok_or(libc::EINVAL)?;
@@ -307,7 +311,7 @@ pub(super) fn data_write(
     request: &MigDataWrite,
 ) -> Result<(), i32> {
     let hooks = function.function().migration().ok_or(libc::ENOTTY)?;
-    let state = migration.get_or_create(hooks.flags());
+    let state = migration.get_or_create(function, hooks.flags());
     let mut state = state.lock();
     let loader = state.loader.as_mut().ok_or(libc::EINVAL)?;
     loader.feed(&request.data).map_err(|e| {
