@@ -87,12 +87,6 @@ impl Function for Migratable {
     fn attach(&self, context: FunctionContext) {
         let _ = self.context.set(context);
     }
-    fn bar_read(&self, _: u8, _: u64, _: &mut [u8]) -> Result<(), FunctionError> {
-        Err(FunctionError::Unsupported("no BARs".into()))
-    }
-    fn bar_write(&self, _: u8, _: u64, _: &[u8]) -> Result<(), FunctionError> {
-        Err(FunctionError::Unsupported("no BARs".into()))
-    }
     fn reset(&self) -> Result<(), FunctionError> {
         Ok(())
     }

@@ -125,10 +125,17 @@ pub trait Function: Send + Sync {
     fn attach(&self, context: FunctionContext) {
         let _ = context;
     }
-    /// Reads an emulated BAR (one whose layout backing is `emulated`).
-    fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), FunctionError>;
+    /// Reads an emulated BAR (one whose layout backing is `emulated`); a function without
+    /// emulated BARs keeps the default refusal.
+    fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
+        let _ = (offset, data);
+        Err(FunctionError::Unsupported(format!("emulated BAR {bar}")))
+    }
     /// Writes an emulated BAR.
-    fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), FunctionError>;
+    fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
+        let _ = (offset, data);
+        Err(FunctionError::Unsupported(format!("emulated BAR {bar}")))
+    }
     /// The file backing an emulated BAR's mmappable areas, if the device model has one.
     /// Without it the areas are served through `bar_read`/`bar_write` only.
     fn bar_mmap(&self, bar: u8) -> Option<MmapFile> {
