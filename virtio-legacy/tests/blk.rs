@@ -116,6 +116,7 @@ fn identity_and_config() {
     let driver = ModernDriver::new(&s.vf);
     assert_eq!(driver.read(0x2000, 8), SECTORS);
     assert_eq!(driver.read(0x2000 + 20, 4), SECTOR_SIZE);
+    assert_eq!(driver.read(0x2000 + 12, 4), u64::from(SEG_MAX));
 }
 
 #[test]

@@ -5,6 +5,7 @@ use std::os::unix::fs::FileExt;
 
 use vfio_variant::backend::DmaAccess;
 
+use super::transport::QUEUE_MAX_SIZE;
 use super::virtqueue::{Chain, Virtqueue, VirtqueueError};
 use super::{DEVICE_TYPE_BLK, VirtioDevice};
 
@@ -24,12 +25,18 @@ pub const VIRTIO_BLK_S_IOERR: u8 = 1;
 pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 /// Feature: the device has a flush command.
 pub const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+/// Feature: seg_max is valid.
+pub const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 /// Feature: blk_size is valid.
 pub const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
 /// Sector size of requests.
 pub const SECTOR_SIZE: u64 = 512;
 /// Length of the GET_ID string.
 pub const ID_LEN: usize = 20;
+/// Data segments a request may have (seg_max): as many as a full queue holds besides the
+/// header and status descriptors, as QEMU's virtio-blk offers. Without it a driver sends one
+/// segment per request (Linux: max_segments 1), so a large read becomes many requests.
+pub const SEG_MAX: u32 = QUEUE_MAX_SIZE as u32 - 2;
 
 /// A virtio-blk device over a file.
 pub struct BlkDevice {
@@ -120,17 +127,18 @@ impl VirtioDevice for BlkDevice {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_BLK_SIZE
+        VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_SEG_MAX
     }
 
     fn num_queues(&self) -> u16 {
         1
     }
 
-    /// capacity (le64), size_max, seg_max, geometry (zero), blk_size (le32).
+    /// capacity (le64), size_max (zero), seg_max (le32), geometry (zero), blk_size (le32).
     fn config(&self) -> Vec<u8> {
         let mut config = vec![0u8; 24];
         config[..8].copy_from_slice(&self.capacity.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
         config
     }
