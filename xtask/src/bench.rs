@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: runs the benchmark binaries (harness = false) and passes their
-//! `BENCH name value unit [ratio=.. vs=..]` lines through.
+//! `BENCH name value unit [ratio=.. vs=..]` lines through, then the guest block benchmark
+//! ([`crate::e2e::blkbench`], needs root: it boots QEMU guests).
 
 use crate::cmd::{cargo, run as run_step};
+use crate::e2e::blkbench;
 
 /// Benchmarks: (package, bench target).
 const BENCHES: &[(&str, &str)] = &[
@@ -9,12 +11,23 @@ const BENCHES: &[(&str, &str)] = &[
     ("vfio-variant-backends", "server"),
     ("vfio-variant-idxd", "engine"),
     ("vfio-variant-virtio-legacy", "legacy_io"),
+    ("vfio-variant", "dirty_logging"),
+    ("vfio-variant", "stop_copy"),
+    ("vfio-variant-backends", "migration_downtime"),
 ];
+
+/// The name the guest block benchmark is selected by.
+const GUEST_BLK: &str = "guest_blk";
+
+/// Whether the benchmark `name` is selected by `args` (all are when there are none).
+fn selected(args: &[String], name: &str) -> bool {
+    args.is_empty() || args.iter().any(|a| name.contains(a.as_str()))
+}
 
 /// Runs every benchmark, or those whose name contains one of `args`.
 pub fn run(args: &[String]) -> Result<(), String> {
     for (package, bench) in BENCHES {
-        if !args.is_empty() && !args.iter().any(|a| bench.contains(a.as_str())) {
+        if !selected(args, bench) {
             continue;
         }
         run_step(
@@ -22,5 +35,36 @@ pub fn run(args: &[String]) -> Result<(), String> {
             cargo().args(["bench", "--quiet", "-p", package, "--bench", bench]),
         )?;
     }
+    if selected(args, GUEST_BLK) {
+        eprintln!("==> bench {GUEST_BLK} (two QEMU guests under TCG, about 40 s each)");
+        for results in blkbench::run()? {
+            print_guest_blk(&results);
+        }
+    }
     Ok(())
+}
+
+/// The `BENCH` lines of one boot of the guest block benchmark: the VF's figures against QEMU's
+/// own virtio-blk on the same path, then QEMU's. The legacy path's names have no path in them.
+fn print_guest_blk(results: &blkbench::Results) {
+    let (vf, builtin, ratio) = (results.vf, results.builtin, results.ratio);
+    let path = results.path.name();
+    let name = match results.path {
+        blkbench::Path::Legacy => GUEST_BLK.to_string(),
+        blkbench::Path::Modern => format!("{GUEST_BLK}_{path}"),
+    };
+    let baseline = format!("qemu_virtio_blk_{path}");
+    println!(
+        "BENCH {name}_randread_4k {:.2} IOPS ratio={:.2} vs={baseline}",
+        vf.randread_iops, ratio.randread_iops
+    );
+    println!(
+        "BENCH {name}_seq_read {:.2} MB/s ratio={:.2} vs={baseline}",
+        vf.seq_mbps, ratio.seq_mbps
+    );
+    println!(
+        "BENCH {baseline}_randread_4k {:.2} IOPS",
+        builtin.randread_iops
+    );
+    println!("BENCH {baseline}_seq_read {:.2} MB/s", builtin.seq_mbps);
 }

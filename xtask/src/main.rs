@@ -14,7 +14,9 @@ commands:
   ci               everything CI checks: fmt, clippy -D warnings, tests, docs, fuzz build, e2e
   e2e              boot QEMU guests on the vfio-user server and check the sample function
                    from an unmodified kernel (needs root)
-  bench            run the benchmarks; prints `BENCH name value unit [ratio=.. vs=..]` lines
+  bench [NAME...]  run the benchmarks (those whose name contains a NAME); prints
+                   `BENCH name value unit [ratio=.. vs=..]` lines; `guest_blk` boots a QEMU
+                   guest (needs root, like e2e)
   fuzz [TARGET] [SECONDS]
                    run one fuzz target (or each in turn) for SECONDS (default 60)
   capture-configs [OUT_DIR]

@@ -2,8 +2,10 @@
 //! vfio-user client) and a guest kernel ([`chroot`]), initramfs images built from busybox and the
 //! kernel's modules ([`initramfs`]), guests booted under TCG whose serial console is parsed for
 //! marker-delimited sections ([`guest`]), and their users: `cargo xtask capture-configs`
-//! ([`capture`]) and `cargo xtask e2e` ([`server`], and [`vfio`] for kernel VFIO).
+//! ([`capture`]), `cargo xtask e2e` ([`server`], [`vfio`] for kernel VFIO, [`virtio`] for the
+//! virtio VFs) and the guest block benchmark of `cargo xtask bench` ([`blkbench`]).
 
+pub mod blkbench;
 pub mod capture;
 pub mod chroot;
 pub mod guest;

@@ -51,7 +51,7 @@ use super::chroot::{self, Kernel};
 use super::guest::{Console, Guest, GuestError};
 use super::initramfs::Initramfs;
 use super::output;
-use crate::cmd::{cargo, run as run_step, workspace_root};
+use crate::cmd::{cargo, run as run_step, target_dir, workspace_root};
 
 /// The usage line of this command.
 const USAGE: &str = "usage: cargo xtask e2e";
@@ -103,7 +103,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let root = fs::canonicalize(&root)
         .map_err(|e| format!("cannot resolve the chroot {}: {e}", root.display()))?;
     let kernel = chroot::kernel(&root)?;
-    let binary = build_server()?;
+    let binary = build_server(false)?;
     let layout = compile_layout(&binary)?;
     let initrd = Initramfs::new(INIT)
         .module("uio_pci_generic")
@@ -151,7 +151,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// Fails unless this process runs as root (its effective uid, from `/proc/self/status`).
-fn require_root() -> Result<(), String> {
+pub fn require_root() -> Result<(), String> {
     let status = fs::read_to_string("/proc/self/status")
         .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
     let euid = status
@@ -163,29 +163,29 @@ fn require_root() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "the e2e needs root (it sets up a chroot, mounts /dev and /proc into it and runs QEMU \
-             there); run `cargo xtask e2e` as root, as CI does (effective uid here: {euid})"
+            "QEMU guests need root (a chroot, /dev and /proc mounted into it, QEMU run there); \
+             run `cargo xtask e2e` or `cargo xtask bench` as root, as CI does (effective uid \
+             here: {euid})"
         ))
     }
 }
 
-/// Builds `vfio-variant` and returns its path.
-fn build_server() -> Result<PathBuf, String> {
+/// Builds `vfio-variant` (the release profile if `release`) and returns its path.
+pub fn build_server(release: bool) -> Result<PathBuf, String> {
+    let profile = if release { "release" } else { "debug" };
     run_step(
-        "build vfio-variant",
-        cargo().args([
-            "build",
-            "-p",
-            "vfio-variant-backends",
-            "--bin",
-            "vfio-variant",
-        ]),
+        &format!("build vfio-variant ({profile})"),
+        cargo()
+            .args([
+                "build",
+                "-p",
+                "vfio-variant-backends",
+                "--bin",
+                "vfio-variant",
+            ])
+            .args(release.then_some("--release")),
     )?;
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
-        _ => workspace_root().join("target"),
-    };
-    let binary = target.join("debug/vfio-variant");
+    let binary = target_dir().join(profile).join("vfio-variant");
     if binary.is_file() {
         Ok(binary)
     } else {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::chroot::Kernel;
 use super::guest::{Console, Guest, GuestError};
 use super::initramfs::{Initramfs, Source};
-use crate::cmd::{cargo, run as run_step, workspace_root};
+use crate::cmd::{cargo, run as run_step, target_dir};
 
 /// The guest's `/init`.
 const INIT: &str = include_str!("vfio/init.sh");
@@ -22,17 +22,22 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 /// Builds `vfio-variant` as a static executable, small enough for an initramfs.
 pub fn build_static() -> Result<PathBuf, String> {
-    let target_dir = workspace_root().join("target/static");
+    build_static_bin("vfio-variant-backends", "vfio-variant", false)
+}
+
+/// Builds the binary `bin` of `package` as a static executable (static-pie, no debug info,
+/// stripped), which runs in a bare initramfs, with the release profile if `release`; returns its
+/// path.
+///
+/// Static builds go to `static/` under the target directory, apart from the host's builds.
+pub fn build_static_bin(package: &str, bin: &str, release: bool) -> Result<PathBuf, String> {
+    let target_dir = target_dir().join("static");
+    let profile = if release { "release" } else { "debug" };
     run_step(
-        "build a static vfio-variant for the guest",
+        &format!("build a static {bin} ({profile}) for the guest"),
         cargo()
-            .args([
-                "build",
-                "-p",
-                "vfio-variant-backends",
-                "--bin",
-                "vfio-variant",
-            ])
+            .args(["build", "-p", package, "--bin", bin])
+            .args(release.then_some("--release"))
             .args(["--target", TARGET, "--target-dir"])
             .arg(&target_dir)
             .env(
@@ -40,7 +45,7 @@ pub fn build_static() -> Result<PathBuf, String> {
                 "-C target-feature=+crt-static -C debuginfo=0 -C strip=symbols",
             ),
     )?;
-    let binary = target_dir.join(TARGET).join("debug/vfio-variant");
+    let binary = target_dir.join(TARGET).join(profile).join(bin);
     if binary.is_file() {
         Ok(binary)
     } else {

@@ -61,8 +61,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Block size of the guest's `dd`.
 const BLOCK: u64 = 4096;
 
-/// A `vfio-variant serve` of its own, stopped (SIGTERM) and cleaned up on drop.
-struct Server {
+/// A `vfio-variant serve` of its own, stopped (SIGTERM) and cleaned up on drop (also used by
+/// the guest block benchmark, [`super::blkbench`]).
+pub struct Server {
     child: Child,
     /// Under the chroot's `/tmp`: `run`, `state`, `files`.
     base: PathBuf,
@@ -70,7 +71,10 @@ struct Server {
 }
 
 impl Server {
-    fn start(binary: &Path, root: &Path) -> Result<Server, String> {
+    /// Starts `binary` serving its embedded default with its directories under the chroot's
+    /// `/tmp`, logging at `VFIO_VARIANT_LOG`, or at `level` when that is not set; returns once
+    /// the virtio-blk function's socket exists.
+    pub fn start(binary: &Path, root: &Path, level: &str) -> Result<Server, String> {
         let base = root
             .join("tmp")
             .join(format!("vfio-variant-e2e-virtio-{}", std::process::id()));
@@ -92,7 +96,7 @@ impl Server {
         let errors = output
             .try_clone()
             .map_err(|e| format!("{}: {e}", log.display()))?;
-        let level = std::env::var("VFIO_VARIANT_LOG").unwrap_or_else(|_| "debug".into());
+        let level = std::env::var("VFIO_VARIANT_LOG").unwrap_or_else(|_| level.into());
         let mut command = Command::new(binary);
         command
             .arg("--run-dir")
@@ -141,27 +145,29 @@ impl Server {
 
     /// The socket's path inside the chroot.
     fn net_socket_in_chroot(&self, root: &Path) -> Result<String, String> {
-        let socket = self.base.join("run").join(format!("{NET_FUNCTION}.sock"));
-        socket
-            .strip_prefix(root)
-            .map(|inside| format!("/{}", inside.display()))
-            .map_err(|_| format!("{} is not inside {}", socket.display(), root.display()))
+        in_chroot(
+            &self.base.join("run").join(format!("{NET_FUNCTION}.sock")),
+            root,
+        )
     }
 
-    fn image(&self) -> PathBuf {
+    /// The virtio-blk VF's image file (on the host).
+    pub fn image(&self) -> PathBuf {
         self.base.join("files").join(IMAGE)
     }
 
-    /// The socket's path inside the chroot.
-    fn socket_in_chroot(&self, root: &Path) -> Result<String, String> {
-        let socket = self.socket();
-        socket
-            .strip_prefix(root)
-            .map(|inside| format!("/{}", inside.display()))
-            .map_err(|_| format!("{} is not inside {}", socket.display(), root.display()))
+    /// The virtio-blk function's socket's path inside the chroot.
+    pub fn socket_in_chroot(&self, root: &Path) -> Result<String, String> {
+        in_chroot(&self.socket(), root)
     }
 
-    fn log_text(&self) -> String {
+    /// The virtio-blk VF's image file's path inside the chroot.
+    pub fn image_in_chroot(&self, root: &Path) -> Result<String, String> {
+        in_chroot(&self.image(), root)
+    }
+
+    /// The server's log, framed, for error messages.
+    pub fn log_text(&self) -> String {
         format!(
             "--- server log ({}) ---\n{}\n--- end of server log ---",
             self.log.display(),
@@ -170,7 +176,7 @@ impl Server {
     }
 
     /// Stops the server with SIGTERM; fails unless it exits 0.
-    fn stop(&mut self) -> Result<(), String> {
+    pub fn stop(&mut self) -> Result<(), String> {
         super::output(
             "send SIGTERM to the server",
             Command::new("kill").args(["-TERM", &self.child.id().to_string()]),
@@ -196,6 +202,13 @@ impl Drop for Server {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.base);
     }
+}
+
+/// The path of `path` (under `root`) inside the chroot at `root`.
+fn in_chroot(path: &Path, root: &Path) -> Result<String, String> {
+    path.strip_prefix(root)
+        .map(|inside| format!("/{}", inside.display()))
+        .map_err(|_| format!("{} is not inside {}", path.display(), root.display()))
 }
 
 /// One boot: its kernel parameters and the blocks written.
@@ -543,7 +556,7 @@ pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<usize, String>
         .module("virtio_blk")
         .module("virtio_net")
         .build(root, kernel)?;
-    let mut server = Server::start(binary, root)?;
+    let mut server = Server::start(binary, root, "debug")?;
     let layout = compile_layout_file(binary, BLK_LAYOUT)?;
     let outcome = boots(root, kernel, &initrd, &server, &layout).and_then(|checks| {
         server.stop()?;
