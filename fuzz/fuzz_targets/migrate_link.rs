@@ -49,7 +49,11 @@ impl MigratableDevice for Device {
         match state {
             MigrationState::Resuming => assert_eq!(self.state, None, "resuming twice"),
             MigrationState::Running => {
-                assert_eq!(self.state, Some(MigrationState::Resuming), "resumed unloaded")
+                assert_eq!(
+                    self.state,
+                    Some(MigrationState::Resuming),
+                    "resumed unloaded"
+                )
             }
             other => panic!("unexpected state {other:?}"),
         }
@@ -60,7 +64,11 @@ impl MigratableDevice for Device {
         panic!("a destination never reads");
     }
     fn write(&mut self, data: &[u8]) -> Result<(), DeviceError> {
-        assert_eq!(self.state, Some(MigrationState::Resuming), "data while not resuming");
+        assert_eq!(
+            self.state,
+            Some(MigrationState::Resuming),
+            "data while not resuming"
+        );
         self.loaded += data.len();
         Ok(())
     }
@@ -79,8 +87,13 @@ fuzz_target!(|input: &[u8]| {
     let mut cursor = Cursor::new(input);
     while let Ok(message) = Message::read_from(&mut cursor) {
         let mut bytes = Vec::new();
-        message.write_to(&mut bytes).expect("a parsed message encodes");
-        assert_eq!(Message::read_from(&mut bytes.as_slice()).ok(), Some(message));
+        message
+            .write_to(&mut bytes)
+            .expect("a parsed message encodes");
+        assert_eq!(
+            Message::read_from(&mut bytes.as_slice()).ok(),
+            Some(message)
+        );
     }
     // Then the whole exchange.
     let mut link = Link {

@@ -235,13 +235,18 @@ impl MigrationHooks for Registers {
         let bytes: [u8; 4] = data
             .try_into()
             .map_err(|_| MigrationError::InvalidData(format!("{} bytes", data.len())))?;
-        self.scratch.store(u32::from_le_bytes(bytes), Ordering::SeqCst);
+        self.scratch
+            .store(u32::from_le_bytes(bytes), Ordering::SeqCst);
         Ok(())
     }
 
     fn precopy_info(&self) -> Result<PrecopyInfo, MigrationError> {
         Ok(PrecopyInfo {
-            initial_bytes: if self.saved.load(Ordering::SeqCst) { 0 } else { 4 },
+            initial_bytes: if self.saved.load(Ordering::SeqCst) {
+                0
+            } else {
+                4
+            },
             dirty_bytes: 0,
         })
     }
