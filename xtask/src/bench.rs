@@ -14,6 +14,8 @@ const BENCHES: &[(&str, &str)] = &[
     ("vfio-variant", "dirty_logging"),
     ("vfio-variant", "stop_copy"),
     ("vfio-variant-backends", "migration_downtime"),
+    ("vfio-variant-mlx", "state_chunks"),
+    ("vfio-variant-mlx", "dirty_report"),
 ];
 
 /// The name the guest block benchmark is selected by.

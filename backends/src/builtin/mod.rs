@@ -15,6 +15,16 @@ pub fn register_builtin(registry: &mut Registry) -> Result<(), RegistryError> {
         Ok(idxd) => registry.register(Arc::new(idxd))?,
         Err(e) => tracing::warn!("idxd backend not registered: {e}"),
     }
+    // An emulated generation-1 mlx PF with 4 VFs (`default` or `migratable`).
+    match vfio_variant_mlx::MlxBackend::emulated(
+        "mlx",
+        vfio_variant_mlx::hw::pci::Generation::One,
+        4,
+        vfio_variant_mlx::hw::firmware::FirmwareCaps::default(),
+    ) {
+        Ok((mlx, _pf)) => registry.register(Arc::new(mlx))?,
+        Err(e) => tracing::warn!("mlx backend not registered: {e}"),
+    }
     // Emulated virtio PFs with 2 VFs each: `virtio-blk` (image files) and `virtio-net`
     // (datagram sockets), in $VFIO_VARIANT_VIRTIO_DIR or a temporary directory.
     let (dir, temporary) = vfio_variant_virtio_legacy::builtin::files_dir();
