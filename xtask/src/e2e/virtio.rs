@@ -14,7 +14,10 @@
 //!   path and have it on the modern one; the disk has the image's size;
 //! - the guest's checksums of what it wrote and what it read back agree, and the image file
 //!   holds the guest's pattern at the offset it wrote to;
-//! - the guest reads what the host wrote (its first line and its checksum).
+//! - the guest reads what the host wrote (its first line and its checksum);
+//! - the embedded default's mlx-style VF (`mlx0`, attached beside them, no driver binds it)
+//!   shows the guest its instance type's config space (catalog/mlx-vf.toml), not the
+//!   hardware's.
 //!
 //! Any failure shows the guest console, QEMU's standard error and the server's log.
 
@@ -143,12 +146,9 @@ impl Server {
         self.base.join("run").join(format!("{FUNCTION}.sock"))
     }
 
-    /// The socket's path inside the chroot.
-    fn net_socket_in_chroot(&self, root: &Path) -> Result<String, String> {
-        in_chroot(
-            &self.base.join("run").join(format!("{NET_FUNCTION}.sock")),
-            root,
-        )
+    /// The socket of the function `name`, as a path inside the chroot.
+    fn function_socket_in_chroot(&self, root: &Path, name: &str) -> Result<String, String> {
+        in_chroot(&self.base.join("run").join(format!("{name}.sock")), root)
     }
 
     /// The virtio-blk VF's image file (on the host).
@@ -450,6 +450,28 @@ fn check_net(console: &Console, plan: &Plan, counts: &LinkCounts) -> Result<usiz
 /// The layout the transitional virtio-blk function is exposed with.
 const BLK_LAYOUT: &str = "catalog/virtio-blk-transitional.toml";
 
+/// The mlx-style VF of the embedded default, attached beside the virtio functions, and its
+/// instance type.
+const MLX_FUNCTION: &str = "mlx0";
+const MLX_LAYOUT: &str = "catalog/mlx-vf.toml";
+
+/// The mlx-style VF's config space, as the guest reads it (no driver binds it), equals its
+/// instance type's layout, not the hardware's.
+fn check_mlx(console: &Console, plan: &Plan, layout: &Layout) -> Result<usize, GuestError> {
+    let hex: String = console.section("mlx-config")?.concat();
+    if hex.is_empty() {
+        return Err(console.error("the guest found no 15b3:101e function"));
+    }
+    let config = decode_hex(&hex)
+        .map_err(|e| console.error(format!("the mlx config space the guest printed: {e}")))?;
+    let matched = compare_config(&config, layout).map_err(|e| console.error(e))?;
+    eprintln!(
+        "    ok  boot {}: mlx0: {matched} of {MLX_LAYOUT}",
+        plan.boot
+    );
+    Ok(1)
+}
+
 fn check_boot(
     console: &Console,
     plan: &Plan,
@@ -558,10 +580,12 @@ pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<usize, String>
         .build(root, kernel)?;
     let mut server = Server::start(binary, root, "debug")?;
     let layout = compile_layout_file(binary, BLK_LAYOUT)?;
-    let outcome = boots(root, kernel, &initrd, &server, &layout).and_then(|checks| {
-        server.stop()?;
-        Ok(checks + 1)
-    });
+    let mlx_layout = compile_layout_file(binary, MLX_LAYOUT)?;
+    let outcome =
+        boots(root, kernel, &initrd, &server, (&layout, &mlx_layout)).and_then(|checks| {
+            server.stop()?;
+            Ok(checks + 1)
+        });
     outcome.map_err(|e| format!("{e}\n{}", server.log_text()))
 }
 
@@ -570,15 +594,19 @@ fn boots(
     kernel: &Kernel,
     initrd: &str,
     server: &Server,
-    layout: &Layout,
+    (layout, mlx_layout): (&Layout, &Layout),
 ) -> Result<usize, String> {
     let socket = server.socket_in_chroot(root)?;
     let device = format!(
         r#"{{"driver":"vfio-user-pci","bus":"rp1","socket":{{"path":"{socket}","type":"unix"}}}}"#
     );
-    let net_socket = server.net_socket_in_chroot(root)?;
+    let net_socket = server.function_socket_in_chroot(root, NET_FUNCTION)?;
     let net_device = format!(
         r#"{{"driver":"vfio-user-pci","bus":"rp2","socket":{{"path":"{net_socket}","type":"unix"}}}}"#
+    );
+    let mlx_socket = server.function_socket_in_chroot(root, MLX_FUNCTION)?;
+    let mlx_device = format!(
+        r#"{{"driver":"vfio-user-pci","bus":"rp3","socket":{{"path":"{mlx_socket}","type":"unix"}}}}"#
     );
     let mut checks = 0;
     for plan in [
@@ -624,12 +652,17 @@ fn boots(
                 "pcie-root-port,id=rp2,bus=pcie.0,chassis=2",
                 "-device",
                 &net_device,
+                "-device",
+                "pcie-root-port,id=rp3,bus=pcie.0,chassis=3",
+                "-device",
+                &mlx_device,
             ])
             .timeout(Duration::from_secs(180))
             .run()
             .map_err(String::from)?;
         checks += check_boot(&console, &plan, &image, layout).map_err(String::from)?;
         checks += check_net(&console, &plan, &link.counts).map_err(String::from)?;
+        checks += check_mlx(&console, &plan, mlx_layout).map_err(String::from)?;
     }
     Ok(checks)
 }

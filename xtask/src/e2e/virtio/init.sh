@@ -1,6 +1,7 @@
 #!/bin/sh
 # The guest's /init for the virtio part of `cargo xtask e2e` (xtask/src/e2e/virtio.rs): probes
-# the transitional virtio-blk and virtio-net VFs of the vfio-user server with the kernel's
+# the transitional virtio-blk and virtio-net VFs of the vfio-user server (and dumps the config
+# space of its mlx-style VF, which no driver binds) with the kernel's
 # virtio_pci (legacy path when `virtio_pci.force_legacy=1` is on the command line),
 # virtio_blk and virtio_net; writes a pattern to /dev/vda with dd, reads it back and reads
 # what the host wrote; pings the host over the net VF; prints what it saw between
@@ -47,6 +48,14 @@ end function
 begin config
 [ -n "$dev" ] && hexdump -v -e '32/1 "%02x" "\n"' $dev/config
 end config
+
+begin mlx-config
+for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat $d/vendor):$(cat $d/device)" = 0x15b3:0x101e ]; then
+        hexdump -v -e '32/1 "%02x" "\n"' $d/config
+    fi
+done
+end mlx-config
 
 # The guest's pattern: 8 KiB of a line naming the boot, at 4 KiB block $write.
 line="vfio-variant e2e guest pattern boot $boot"
