@@ -255,7 +255,7 @@ fn saved_stream() -> Vec<u8> {
 }
 
 #[test]
-fn bad_streams_are_never_applied() {
+fn bad_streams_are_never_committed() {
     let stream = saved_stream();
     let dest = Served::new(true, 7);
     let (mut client, server) = dest.connect();
@@ -269,7 +269,8 @@ fn bad_streams_are_never_applied() {
         errno(client.mig_data_write(&corrupt).unwrap_err()),
         libc::EINVAL
     );
-    // Leaving RESUMING with it fails the arc: ERROR, nothing loaded.
+    // Leaving RESUMING with it fails the arc: ERROR, and the device never committed what
+    // reached it before the bad record.
     assert_eq!(
         errno(client.set_mig_state(MigrationState::Stop).unwrap_err()),
         libc::EINVAL
@@ -279,7 +280,11 @@ fn bad_streams_are_never_applied() {
         errno(client.set_mig_state(MigrationState::Running).unwrap_err()),
         libc::EINVAL
     );
-    assert_eq!(dest.with(|i| (i.loads, i.value)), (0, 7));
+    assert_eq!(dest.with(|i| i.value), 7);
+    assert!(!dest.with(|i| {
+        i.arcs
+            .contains(&(MigrationState::Resuming, MigrationState::Stop))
+    }));
 
     // Only reset leaves ERROR.
     client.reset().unwrap();
@@ -293,7 +298,19 @@ fn bad_streams_are_never_applied() {
         libc::EINVAL
     );
     assert_eq!(client.mig_state().unwrap(), MigrationState::Error);
-    assert_eq!(dest.with(|i| (i.loads, i.value)), (0, 7));
+    assert_eq!(dest.with(|i| i.value), 7);
+
+    // A bad header (here: its checksum) is refused before any data reaches the device.
+    client.reset().unwrap();
+    let loads = dest.with(|i| i.loads);
+    client.set_mig_state(MigrationState::Resuming).unwrap();
+    let mut bad_header = stream.clone();
+    bad_header[20] ^= 0xff;
+    assert_eq!(
+        errno(client.mig_data_write(&bad_header).unwrap_err()),
+        libc::EINVAL
+    );
+    assert_eq!(dest.with(|i| (i.loads, i.value)), (loads, 7));
     drop(client);
     server.join().unwrap();
 }

@@ -95,7 +95,9 @@ pub trait MigrationHooks: Send + Sync {
     /// Fills `buf` with the next bytes of device state while saving; 0 means no more data now
     /// (pre-copy) or the end (stop-copy).
     fn save(&self, buf: &mut [u8]) -> Result<usize, MigrationError>;
-    /// Takes the next bytes of device state while resuming.
+    /// Takes the next bytes of device state while resuming, in order, each piece verified.
+    /// Keep it uncommitted until the RESUMING → STOP arc: the framework asks that arc only
+    /// once the whole stream has arrived and checked out, and a reset drops the rest.
     fn load(&self, data: &[u8]) -> Result<(), MigrationError>;
     /// Pre-copy progress.
     fn precopy_info(&self) -> Result<PrecopyInfo, MigrationError>;

@@ -28,11 +28,15 @@
 //! # Loading
 //!
 //! [`StreamLoader`] takes the stream in pieces as they arrive. It checks each record when it is
-//! complete (framing, size bounds, checksum, the header against this function) and buffers the
-//! device data. Nothing is given to the device until the whole stream has arrived and is valid:
-//! [`StreamLoader::finish`] returns a [`Stream`], and only [`Stream::apply`] calls
-//! [`MigrationHooks::load`]. A stream that ends early, or any bad record, is refused with the
-//! device untouched.
+//! complete (framing, size bounds, checksum, the header against this function). Either it
+//! keeps the device data until the whole stream has arrived and is valid
+//! ([`StreamLoader::feed`]; [`StreamLoader::finish`] returns a [`Stream`], and only
+//! [`Stream::apply`] calls [`MigrationHooks::load`]), or it gives the device each data record
+//! as soon as that record is verified ([`StreamLoader::feed_into`], what the server does, so
+//! a state of any size moves through one record of memory). Either way a stream for another
+//! function is refused before any data reaches the device, and a stream that ends early or
+//! has a bad record is refused before the device leaves RESUMING: the device commits what
+//! it loaded only in its RESUMING → STOP arc.
 
 use crate::config::ConfigTemplate;
 use crate::vpci::compat::{Difference, compare, fingerprint};
@@ -257,7 +261,9 @@ impl Stream {
 pub struct StreamLimits {
     /// Largest record payload (default 4 GiB).
     pub max_record: u64,
-    /// Largest stream, framing included (default 4 GiB): the loader buffers it whole.
+    /// Largest part of the stream the loader keeps, framing included (default 4 GiB): all of
+    /// it with [`StreamLoader::feed`], the records other than device data with
+    /// [`StreamLoader::feed_into`].
     pub max_stream: u64,
 }
 
@@ -381,6 +387,9 @@ pub enum StreamError {
     /// Bytes follow the end record.
     #[error("{0} bytes follow the end record")]
     TrailingData(usize),
+    /// The device refused a piece of state it was given ([`StreamLoader::feed_into`]).
+    #[error("the device refused its state: {0}")]
+    Device(String),
 }
 
 fn layout_message(found: &str, expected: &str, differences: &[Difference]) -> String {
@@ -405,7 +414,9 @@ impl StreamError {
     }
 }
 
-/// Takes a stream in pieces and checks it whole before anything reaches the device.
+/// Takes a stream in pieces and checks it: whole before anything reaches the device
+/// ([`StreamLoader::feed`]), or record by record, giving the device each data record once it
+/// is verified ([`StreamLoader::feed_into`]).
 ///
 /// After an error every later call returns the same error.
 #[derive(Debug)]
@@ -415,6 +426,8 @@ pub struct StreamLoader {
     limits: StreamLimits,
     pending: Vec<u8>,
     records: Vec<Record>,
+    /// Records taken so far, kept or given to the device.
+    seen: usize,
     identity: Option<StreamIdentity>,
     ended: bool,
     total: u64,
@@ -430,6 +443,7 @@ impl StreamLoader {
             limits,
             pending: Vec::new(),
             records: Vec::new(),
+            seen: 0,
             identity: None,
             ended: false,
             total: 0,
@@ -445,12 +459,36 @@ impl StreamLoader {
         self
     }
 
-    /// Takes the next bytes of the stream.
+    /// Takes the next bytes of the stream, keeping every record until
+    /// [`StreamLoader::finish`].
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
+        self.feed_with(bytes, None)
+    }
+
+    /// Takes the next bytes of the stream and gives each device-data record to `hooks`
+    /// ([`MigrationHooks::load`]) as soon as it is complete and its checksum verified; the
+    /// header comes first, so a stream for another function is refused before any data
+    /// reaches the device. Only the other records are kept, so memory stays bounded by one
+    /// record whatever the size of the stream. The device keeps what it loads uncommitted
+    /// until RESUMING → STOP, which a caller asks only once [`StreamLoader::finish`] has
+    /// accepted the whole stream.
+    pub fn feed_into(
+        &mut self,
+        bytes: &[u8],
+        hooks: &dyn MigrationHooks,
+    ) -> Result<(), StreamError> {
+        self.feed_with(bytes, Some(hooks))
+    }
+
+    fn feed_with(
+        &mut self,
+        bytes: &[u8],
+        sink: Option<&dyn MigrationHooks>,
+    ) -> Result<(), StreamError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let result = self.take(bytes);
+        let result = self.take(bytes, sink);
         if let Err(e) = &result {
             self.failed = Some(e.clone());
             self.pending = Vec::new();
@@ -464,7 +502,8 @@ impl StreamLoader {
         self.failed.is_none() && self.ended
     }
 
-    /// The stream, if everything arrived and is valid.
+    /// The stream, if everything arrived and is valid (without the data records already
+    /// given to the device by [`StreamLoader::feed_into`]).
     pub fn finish(self) -> Result<Stream, StreamError> {
         if let Some(e) = self.failed {
             return Err(e);
@@ -474,22 +513,22 @@ impl StreamLoader {
                 identity,
                 records: self.records,
             }),
-            _ if self.records.is_empty() && self.pending.is_empty() => {
+            _ if self.seen == 0 && self.pending.is_empty() => {
                 Err(StreamError::Truncated("no data".into()))
             }
             _ if self.pending.is_empty() => Err(StreamError::Truncated(format!(
                 "no end record after {} records",
-                self.records.len()
+                self.seen
             ))),
             _ => Err(StreamError::Truncated(format!(
                 "{} bytes of an incomplete record {}",
                 self.pending.len(),
-                self.records.len()
+                self.seen
             ))),
         }
     }
 
-    fn take(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
+    fn take(&mut self, bytes: &[u8], sink: Option<&dyn MigrationHooks>) -> Result<(), StreamError> {
         if self.ended {
             return match bytes.len() {
                 0 => Ok(()),
@@ -503,7 +542,7 @@ impl StreamLoader {
                 break;
             }
             let raw = &self.pending[used..used + needed];
-            let index = self.records.len();
+            let index = self.seen;
             let (framing, rest) = raw.split_at(RECORD_HEADER_SIZE);
             let (payload, sum) = rest.split_at(rest.len() - CHECKSUM_SIZE);
             let tag = u32::from_le_bytes([framing[12], framing[13], framing[14], framing[15]]);
@@ -517,12 +556,19 @@ impl StreamLoader {
                     computed,
                 });
             }
+            used += needed;
+            if let (TAG_DATA, Some(hooks)) = (tag, sink) {
+                self.seen += 1;
+                hooks
+                    .load(payload)
+                    .map_err(|e| StreamError::Device(e.to_string()))?;
+                continue;
+            }
             let record = Record {
                 tag,
                 optional: framing[8] & 1 != 0,
                 payload: payload.to_vec(),
             };
-            used += needed;
             self.accept(index, record)?;
             if self.ended {
                 let trailing = self.pending.len() - used;
@@ -541,7 +587,7 @@ impl StreamLoader {
         let Some(framing) = rest.first_chunk::<RECORD_HEADER_SIZE>() else {
             return Ok(None);
         };
-        let index = self.records.len();
+        let index = self.seen;
         let size = u64::from_le_bytes([
             framing[0], framing[1], framing[2], framing[3], framing[4], framing[5], framing[6],
             framing[7],
@@ -600,6 +646,7 @@ impl StreamLoader {
         }
         self.total += (RECORD_HEADER_SIZE + CHECKSUM_SIZE + record.payload.len()) as u64;
         self.records.push(record);
+        self.seen += 1;
         Ok(())
     }
 

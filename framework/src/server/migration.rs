@@ -9,10 +9,13 @@
 //!
 //! Saving: entering PRE_COPY, PRE_COPY_P2P or STOP_COPY starts a [`StreamWriter`]; reads
 //! return the stream, a short read meaning no more for now (pre-copy) or the end (stop-copy).
-//! Resuming: entering RESUMING starts a [`StreamLoader`]; writes are checked as they arrive
-//! and buffered, and leaving RESUMING gives the data to the device only if the whole stream
-//! arrived and is valid, before the backend's RESUMING → STOP arc validates it. Anything
-//! else fails that arc, which leaves the device in ERROR.
+//! Resuming: entering RESUMING starts a [`StreamLoader`]; writes are checked as they arrive,
+//! the header first (a stream for another layout, backend or profile is refused before any
+//! data reaches the device), and each verified data record goes to the device's `load` at
+//! once, so a state of any size moves through one record of memory. Leaving RESUMING asks the
+//! backend's RESUMING → STOP arc (where the device commits what it loaded) only if the whole
+//! stream arrived and is valid, after restoring the config space it carries; anything else
+//! fails that arc, which leaves the device in ERROR until a reset drops what it loaded.
 
 use std::sync::Arc;
 
@@ -32,6 +35,14 @@ use crate::vfio_user::feature::{
 };
 use crate::vfio_user::mig_data::{MigDataRead, MigDataReadReply, MigDataWrite};
 use crate::vfio_user::{Limits, Payload};
+
+/// What a resuming function's loader keeps: a record while it arrives (the source's records
+/// are at most one MIG_DATA_READ, 64 MiB at the most), and the records other than device
+/// data (header, config space, optional ones), which the device does not take.
+const LOADER_LIMITS: StreamLimits = StreamLimits {
+    max_record: 256 << 20,
+    max_stream: 64 << 20,
+};
 
 /// A function's migration state and its open stream.
 struct FunctionMigration {
@@ -118,12 +129,12 @@ impl MigrationHooks for Resume<'_> {
             let stream = loader
                 .finish()
                 .map_err(|e| MigrationError::InvalidData(e.to_string()))?;
+            // The device data went to the device as it arrived (`data_write`).
             if let Some(config) = stream.config() {
                 self.function
                     .config_restore(config)
                     .map_err(|e| MigrationError::InvalidData(e.to_string()))?;
             }
-            stream.apply(self.inner)?;
         }
         self.inner.transition(from, to)
     }
@@ -165,7 +176,7 @@ impl FunctionMigration {
         if after != MigrationState::Resuming {
             self.loader = None;
         } else if before != MigrationState::Resuming {
-            self.loader = Some(StreamLoader::new(identity(), StreamLimits::default()));
+            self.loader = Some(StreamLoader::new(identity(), LOADER_LIMITS));
         }
         if !after.is_saving() {
             self.writer = None;
@@ -314,7 +325,7 @@ pub(super) fn data_write(
     let state = migration.get_or_create(function, hooks.flags());
     let mut state = state.lock();
     let loader = state.loader.as_mut().ok_or(libc::EINVAL)?;
-    loader.feed(&request.data).map_err(|e| {
+    loader.feed_into(&request.data, hooks).map_err(|e| {
         tracing::debug!("migration stream refused: {e}");
         e.errno()
     })
