@@ -211,6 +211,10 @@ fn a_destination_with_another_layout_is_refused_and_the_source_keeps_running() {
     let (out, text) = output(source.command(&["migrate", "dev0", "--agent", &address]));
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("the source keeps running"), "{text}");
+    assert!(
+        text.contains("vPCI layout"),
+        "the destination's reason: {text}"
+    );
     assert_eq!(agent.wait().unwrap().code(), Some(1));
     let to = destination.socket().display().to_string();
     let (out, text) = output(source.command(&["migrate", "dev0", "--to", &to]));

@@ -346,6 +346,8 @@ fn an_incompatible_layout_is_refused_and_the_source_keeps_running() {
     )
     .unwrap_err();
     assert!(matches!(error, MigrateError::Destination(_)), "{error}");
+    // The destination server's own reason reaches the source's operator.
+    assert!(error.to_string().contains("vPCI layout"), "{error}");
     assert!(matches!(served.join().unwrap(), Served::Refused(_)));
     // Refused during the first pre-copy round: the source never stopped.
     assert!(

@@ -269,6 +269,9 @@ fn bad_streams_are_never_committed() {
         errno(client.mig_data_write(&corrupt).unwrap_err()),
         libc::EINVAL
     );
+    // The errno says little; MIGRATION_ERROR says what was wrong.
+    let reason = client.migration_error().unwrap();
+    assert!(reason.contains("checksum"), "{reason}");
     // Leaving RESUMING with it fails the arc: ERROR, and the device never committed what
     // reached it before the bad record.
     assert_eq!(
@@ -286,9 +289,10 @@ fn bad_streams_are_never_committed() {
             .contains(&(MigrationState::Resuming, MigrationState::Stop))
     }));
 
-    // Only reset leaves ERROR.
+    // Only reset leaves ERROR, and forgets the refusal.
     client.reset().unwrap();
     assert_eq!(client.mig_state().unwrap(), MigrationState::Running);
+    assert_eq!(client.migration_error().unwrap(), "");
 
     // A stream that ends early is not applied either.
     client.set_mig_state(MigrationState::Resuming).unwrap();

@@ -50,13 +50,15 @@ pub enum MigrateError {
 
 /// A device call that failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
+#[error("{what}: {source}{}", reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
 pub struct DeviceError {
     /// What was asked of the device.
     pub what: String,
     /// Why it failed.
     #[source]
     pub source: ClientError,
+    /// The device's own account of a refusal (a vfio-user server's MIGRATION_ERROR).
+    pub reason: Option<String>,
 }
 
 /// The calls the driver makes on a migratable device: VFIO migration v2 as vfio-user carries
@@ -83,7 +85,16 @@ fn device_error(what: impl Into<String>) -> impl FnOnce(ClientError) -> DeviceEr
     move |source| DeviceError {
         what: what.into(),
         source,
+        reason: None,
     }
+}
+
+/// `error`, with the server's reason when it refused a migration step and says why.
+fn with_reason(client: &mut Client, mut error: DeviceError) -> DeviceError {
+    if matches!(error.source, ClientError::Remote { .. }) {
+        error.reason = client.migration_error().ok().filter(|r| !r.is_empty());
+    }
+    error
 }
 
 impl MigratableDevice for Client {
@@ -95,6 +106,7 @@ impl MigratableDevice for Client {
     fn set_state(&mut self, state: MigrationState) -> Result<(), DeviceError> {
         self.set_mig_state(state)
             .map_err(device_error(format!("set state {state:?}")))
+            .map_err(|e| with_reason(self, e))
     }
 
     fn read(&mut self, max: u32) -> Result<Vec<u8>, DeviceError> {
@@ -105,6 +117,7 @@ impl MigratableDevice for Client {
     fn write(&mut self, data: &[u8]) -> Result<(), DeviceError> {
         self.mig_data_write(data)
             .map_err(device_error("MIG_DATA_WRITE"))
+            .map_err(|e| with_reason(self, e))
     }
 
     fn chunk_size(&self) -> u32 {

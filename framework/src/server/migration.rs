@@ -30,8 +30,8 @@ use crate::migration::{
 };
 use crate::vfio_user::feature::{
     DEVICE_FEATURE_SIZE, DeviceFeature, FEATURE_MIG_DATA_SIZE, FEATURE_MIG_DEVICE_STATE,
-    FEATURE_MIGRATION, FEATURE_PRECOPY_INFO, FeatureOps, MigDataSize, MigDeviceState,
-    MigrationFeature,
+    FEATURE_MIGRATION, FEATURE_MIGRATION_ERROR, FEATURE_PRECOPY_INFO, FeatureOps,
+    MAX_MIGRATION_ERROR, MigDataSize, MigDeviceState, MigrationFeature,
 };
 use crate::vfio_user::mig_data::{MigDataRead, MigDataReadReply, MigDataWrite};
 use crate::vfio_user::{Limits, Payload};
@@ -52,6 +52,8 @@ struct FunctionMigration {
     /// The function's reset count this state belongs to: any reset since (DEVICE_RESET, a
     /// guest's FLR) puts the function back in RUNNING with no stream open.
     resets: u64,
+    /// Why the last migration step was refused (MIGRATION_ERROR).
+    refusal: Option<String>,
 }
 
 type Shared = Arc<Mutex<FunctionMigration>>;
@@ -90,6 +92,7 @@ impl PortMigration {
                 writer: None,
                 loader: None,
                 resets,
+                refusal: None,
             }))
         }));
         drop(slot);
@@ -100,6 +103,7 @@ impl PortMigration {
                 current.writer = None;
                 current.loader = None;
                 current.resets = resets;
+                current.refusal = None;
             }
         }
         state
@@ -185,6 +189,7 @@ impl FunctionMigration {
         }
         result.map_err(|e| {
             tracing::debug!("migration state change refused: {e}");
+            self.refusal = Some(e.to_string());
             e.errno()
         })
     }
@@ -238,6 +243,7 @@ pub(super) fn device_feature(
         FEATURE_MIGRATION | FEATURE_MIG_DATA_SIZE => (FeatureOps::GET, 8),
         FEATURE_MIG_DEVICE_STATE => (FeatureOps::GET | FeatureOps::SET, 8),
         FEATURE_PRECOPY_INFO => (FeatureOps::GET, 16),
+        FEATURE_MIGRATION_ERROR => (FeatureOps::GET, 0),
         _ => return Err(libc::ENOTTY),
     };
     let set = match feature_call(request, supported)? {
@@ -279,6 +285,12 @@ pub(super) fn device_feature(
             let writer = state.writer.as_ref().ok_or(libc::EINVAL)?;
             writer.precopy_info(device).to_bytes()
         }
+        FEATURE_MIGRATION_ERROR => {
+            let room = request.argsz.saturating_sub(DEVICE_FEATURE_SIZE);
+            let mut text = state.refusal.clone().unwrap_or_default().into_bytes();
+            text.truncate(room.min(MAX_MIGRATION_ERROR) as usize);
+            text
+        }
         _ if set => {
             let want = MigDeviceState::parse(&request.data, &Limits::default())
                 .map_err(|e| e.errno())?
@@ -307,10 +319,14 @@ pub(super) fn data_read(
         writer.set_config(function.config_snapshot());
     }
     let mut data = vec![0u8; request.size as usize];
-    let n = writer.read(hooks, &mut data, last).map_err(|e| {
-        tracing::debug!("migration save: {e}");
-        libc::EIO
-    })?;
+    let n = match writer.read(hooks, &mut data, last) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!("migration save: {e}");
+            state.refusal = Some(format!("saving: {e}"));
+            return Err(libc::EIO);
+        }
+    };
     data.truncate(n);
     Ok(MigDataReadReply::new(data))
 }
@@ -327,6 +343,7 @@ pub(super) fn data_write(
     let loader = state.loader.as_mut().ok_or(libc::EINVAL)?;
     loader.feed_into(&request.data, hooks).map_err(|e| {
         tracing::debug!("migration stream refused: {e}");
+        state.refusal = Some(format!("stream refused: {e}"));
         e.errno()
     })
 }

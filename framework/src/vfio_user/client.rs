@@ -23,7 +23,8 @@ use super::feature::{
     DEVICE_FEATURE_SIZE, DeviceFeature, DmaLoggingControl, DmaLoggingRange, DmaLoggingReport,
     DmaLoggingReportReply, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START,
     FEATURE_DMA_LOGGING_STOP, FEATURE_MIG_DATA_SIZE, FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION,
-    FEATURE_PRECOPY_INFO, FeatureOps, MigDataSize, MigDeviceState, MigrationFeature,
+    FEATURE_MIGRATION_ERROR, FEATURE_PRECOPY_INFO, FeatureOps, MAX_MIGRATION_ERROR, MigDataSize,
+    MigDeviceState, MigrationFeature,
 };
 use super::header::{Command, Header, HeaderFlags};
 use super::irq::{IrqInfo, SetIrqs, SetIrqsFlags};
@@ -745,6 +746,13 @@ impl Client {
     pub fn precopy_info(&mut self) -> Result<PrecopyInfo, ClientError> {
         let data = self.feature_get(FEATURE_PRECOPY_INFO, 16)?;
         Ok(PrecopyInfo::parse(&data, &self.limits)?)
+    }
+
+    /// MIGRATION_ERROR (a project extension): why the last migration step was refused, empty
+    /// when none was.
+    pub fn migration_error(&mut self) -> Result<String, ClientError> {
+        let data = self.feature_get(FEATURE_MIGRATION_ERROR, MAX_MIGRATION_ERROR as usize)?;
+        Ok(String::from_utf8_lossy(&data).into_owned())
     }
 
     /// MIG_DATA_READ of up to `size` bytes; fewer means the end of the data (for now).

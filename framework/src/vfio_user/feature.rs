@@ -19,6 +19,17 @@
 //! - `initial_bytes` counts the stream bytes still to be read for the initial state (framing
 //!   included), `dirty_bytes` those the device dirtied since; both are estimates that only
 //!   guide the VMM's choice of when to stop copying.
+//!
+//! # Project extension: MIGRATION_ERROR
+//!
+//! A refused migration step answers only an errno (EINVAL for a stream that belongs to another
+//! layout as for a flipped byte). [`FEATURE_MIGRATION_ERROR`] (`0xf002`) gives a migration
+//! driver the reason, to show its operator:
+//!
+//! - GET only (PROBE answers GET); the reply data is the last refusal of a state change,
+//!   MIG_DATA_READ or MIG_DATA_WRITE, as UTF-8 text, cut to what `argsz` leaves room for
+//!   (at most [`MAX_MIGRATION_ERROR`] bytes); empty when nothing was refused since the last
+//!   reset; ENOTTY from a function that does not migrate.
 
 use bitflags::bitflags;
 
@@ -44,6 +55,12 @@ pub const FEATURE_MIG_DATA_SIZE: u16 = 9;
 /// Project extension (not in Linux): pre-copy progress ([`PrecopyInfo`]); see the module
 /// documentation.
 pub const FEATURE_PRECOPY_INFO: u16 = 0xf001;
+
+/// Project extension (not in Linux): the reason of the last refused migration step, as text;
+/// see the module documentation.
+pub const FEATURE_MIGRATION_ERROR: u16 = 0xf002;
+/// Longest MIGRATION_ERROR text.
+pub const MAX_MIGRATION_ERROR: u32 = 4096;
 
 /// Size of the fixed part of DEVICE_FEATURE (`argsz`, `flags`).
 pub const DEVICE_FEATURE_SIZE: u32 = 8;
