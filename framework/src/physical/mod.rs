@@ -78,14 +78,22 @@ pub trait PhysicalFunction: Send + Sync {
     fn config_write(&self, offset: u16, data: &[u8]) -> Result<(), PhysicalError>;
     /// BAR `index` as the hardware reports it.
     fn bar(&self, index: u8) -> Option<PhysicalBar>;
-    /// Expansion ROM size.
-    fn rom_size(&self) -> Option<u64>;
+    /// Expansion ROM size (none unless the function says so).
+    fn rom_size(&self) -> Option<u64> {
+        None
+    }
     /// Reads BAR `index` at `offset`.
     fn bar_read(&self, index: u8, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError>;
     /// Writes BAR `index` at `offset`.
     fn bar_write(&self, index: u8, offset: u64, data: &[u8]) -> Result<(), PhysicalError>;
     /// Reads the expansion ROM.
-    fn rom_read(&self, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError>;
+    fn rom_read(&self, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
+        Err(PhysicalError::OutOfRange {
+            region: "expansion ROM".into(),
+            offset,
+            len: data.len(),
+        })
+    }
     /// Function level reset.
     fn reset(&self) -> Result<(), PhysicalError>;
 

@@ -313,17 +313,11 @@ mod tests {
             fn bar(&self, _: u8) -> Option<vfio_variant::physical::PhysicalBar> {
                 None
             }
-            fn rom_size(&self) -> Option<u64> {
-                None
-            }
             fn bar_read(&self, _: u8, _: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
                 data.copy_from_slice(&(3u32 << 16).to_be_bytes());
                 Ok(())
             }
             fn bar_write(&self, _: u8, _: u64, _: &[u8]) -> Result<(), PhysicalError> {
-                Ok(())
-            }
-            fn rom_read(&self, _: u64, _: &mut [u8]) -> Result<(), PhysicalError> {
                 Ok(())
             }
             fn reset(&self) -> Result<(), PhysicalError> {

@@ -158,10 +158,6 @@ impl PhysicalFunction for MlxPf {
         })
     }
 
-    fn rom_size(&self) -> Option<u64> {
-        None
-    }
-
     /// Registers are 4 bytes, aligned, big-endian; other accesses read zeros and are dropped.
     fn bar_read(&self, index: u8, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
         check_bar(index, offset, data.len())?;
@@ -180,14 +176,6 @@ impl PhysicalFunction for MlxPf {
             self.register_write(offset, u32::from_be_bytes(value));
         }
         Ok(())
-    }
-
-    fn rom_read(&self, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
-        Err(PhysicalError::OutOfRange {
-            region: "ROM".into(),
-            offset,
-            len: data.len(),
-        })
     }
 
     /// Resets the command interface (the queue address); the VFs are left alone.

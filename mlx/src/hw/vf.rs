@@ -299,10 +299,6 @@ impl PhysicalFunction for MlxVf {
         })
     }
 
-    fn rom_size(&self) -> Option<u64> {
-        None
-    }
-
     /// Registers are 4 bytes wide and aligned; other accesses read zeros and are dropped.
     fn bar_read(&self, index: u8, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
         check_bar(index, offset, data.len())?;
@@ -321,14 +317,6 @@ impl PhysicalFunction for MlxVf {
             self.register_write(offset, u32::from_le_bytes(value));
         }
         Ok(())
-    }
-
-    fn rom_read(&self, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
-        Err(PhysicalError::OutOfRange {
-            region: "ROM".into(),
-            offset,
-            len: data.len(),
-        })
     }
 
     /// FLR: the data plane, the suspend state and the tracker are cleared; the capabilities

@@ -207,10 +207,6 @@ impl PhysicalFunction for VirtioFunction {
         }
     }
 
-    fn rom_size(&self) -> Option<u64> {
-        None
-    }
-
     fn bar_read(&self, index: u8, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
         match index {
             VIRTIO_BAR => {
@@ -243,14 +239,6 @@ impl PhysicalFunction for VirtioFunction {
             }
             other => Err(PhysicalError::NoSuchBar(other)),
         }
-    }
-
-    fn rom_read(&self, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
-        Err(PhysicalError::OutOfRange {
-            region: "expansion ROM".into(),
-            offset,
-            len: data.len(),
-        })
     }
 
     fn reset(&self) -> Result<(), PhysicalError> {

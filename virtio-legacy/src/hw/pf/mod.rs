@@ -448,10 +448,6 @@ impl PhysicalFunction for VirtioPf {
         self.function.bar(index)
     }
 
-    fn rom_size(&self) -> Option<u64> {
-        None
-    }
-
     fn bar_read(&self, index: u8, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
         self.function.bar_read(index, offset, data)
     }
