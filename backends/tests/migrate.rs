@@ -230,3 +230,15 @@ fn a_destination_with_another_layout_is_refused_and_the_source_keeps_running() {
     c.region_write(7, 4, &[0x02, 0x00]).unwrap();
     assert_eq!(reg_read(&mut c, SCRATCH), 0, "the destination is unchanged");
 }
+
+#[test]
+fn a_function_with_a_vmm_attached_is_not_taken_over() {
+    let source = Host::start("src-attached", LAYOUT);
+    let destination = Host::start("dst-attached", LAYOUT);
+    let vmm = source.connect();
+    let to = destination.socket().display().to_string();
+    let (out, text) = output(source.command(&["migrate", "dev0", "--to", &to]));
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("is a VMM attached?"), "{text}");
+    drop(vmm);
+}

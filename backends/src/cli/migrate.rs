@@ -16,7 +16,7 @@ use vfio_variant::migrate::{
     LocalDestination, Observer, Options, Progress, RemoteDestination, Report, Served, migrate,
     serve_destination,
 };
-use vfio_variant::vfio_user::Client;
+use vfio_variant::vfio_user::{Client, ClientError};
 
 use super::dirs::Dirs;
 use super::{CliError, Outcome, print_json};
@@ -72,7 +72,28 @@ fn socket(function: &str, dirs: &Dirs) -> PathBuf {
 
 fn connect(function: &str, dirs: &Dirs) -> Result<Client, String> {
     let path = socket(function, dirs);
-    Client::connect(&path).map_err(|e| format!("{}: {e}", path.display()))
+    Client::connect(&path).map_err(|e| match e {
+        // The server closes a second client's connection at once.
+        ClientError::Closed => busy(&path),
+        ClientError::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            busy(&path)
+        }
+        e => format!("{}: {e}", path.display()),
+    })
+}
+
+/// What to say when the server hung up on us.
+fn busy(path: &std::path::Path) -> String {
+    format!(
+        "{}: the server closed the connection: is a VMM attached? (one client per function; \
+         a VMM migrates its functions itself with vfio_variant::migrate)",
+        path.display()
+    )
 }
 
 /// Prints each step as it happens (on stderr with --json, so stdout is the report only).
