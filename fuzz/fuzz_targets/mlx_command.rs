@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use vfio_variant::backend::DmaAccess;
+use vfio_variant::backend::emulated::HostMemory;
 use vfio_variant::physical::PhysicalFunction;
 use vfio_variant_mlx::hw::firmware::FirmwareCaps;
 use vfio_variant_mlx::hw::ifc::{
     ENTRY_SIZE, ENTRY_STATUS_OWN, INIT_CMD_DBELL, INIT_CMDQ_ADDR_L_SZ, OWNER_HW,
 };
-use vfio_variant_mlx::hw::memory::HostMemory;
 use vfio_variant_mlx::hw::pci::Generation;
 use vfio_variant_mlx::hw::pf::MlxPf;
 

@@ -6,7 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
-use vfio_variant_virtio_legacy::hw::bus::{DmaSlot, IrqSlot};
+use vfio_variant::backend::emulated::{DmaSlot, IrqSlot};
 use vfio_variant_virtio_legacy::hw::net::NetDevice;
 use vfio_variant_virtio_legacy::hw::parts::{DeviceState, split};
 use vfio_variant_virtio_legacy::hw::vf::VirtioVf;

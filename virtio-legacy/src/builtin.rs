@@ -22,11 +22,11 @@ use crate::admin::{ADMIN_MEMORY, AdminError, AdminQueue};
 use crate::backend::{Vf, VirtioLegacyBackend};
 use crate::function::Attachment;
 use crate::hw::blk::BlkDevice;
-use crate::hw::bus::{DmaSlot, HostMemory, IrqSlot};
 use crate::hw::net::NetDevice;
 use crate::hw::pf::{PfOptions, VirtioPf};
 use crate::hw::vf::{Poller, VirtioVf};
 use crate::hw::{DEVICE_TYPE_BLK, DEVICE_TYPE_NET, VirtioDevice};
+use vfio_variant::backend::emulated::{DmaSlot, HostMemory, IrqSlot};
 
 /// The environment variable naming the directory of the emulated devices' files.
 pub const DIR_VARIABLE: &str = "VFIO_VARIANT_VIRTIO_DIR";

@@ -28,9 +28,9 @@ const MSIX_BAR_SIZE: usize = 4096;
 #[derive(Clone)]
 pub struct Attachment {
     /// The VF's DMA view.
-    pub dma: Arc<crate::hw::bus::DmaSlot>,
+    pub dma: Arc<vfio_variant::backend::emulated::DmaSlot>,
     /// The VF's interrupt routing.
-    pub interrupts: Arc<crate::hw::bus::IrqSlot>,
+    pub interrupts: Arc<vfio_variant::backend::emulated::IrqSlot>,
 }
 
 /// The legacy I/O BAR of a transitional function.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{DriverQueue, Irqs, Memory, ro, wo};
+use vfio_variant::backend::emulated::{DmaSlot, HostMemory, IrqSlot};
 use vfio_variant::backend::{
     Backend, BackendError, CreateRequest, DmaAccess, FunctionContext, FunctionError,
 };
@@ -20,7 +21,6 @@ use vfio_variant_virtio_legacy::VirtioLegacyBackend;
 use vfio_variant_virtio_legacy::admin::{ADMIN_MEMORY, AdminQueue};
 use vfio_variant_virtio_legacy::backend::{PROFILE_MODERN, PROFILE_TRANSITIONAL, Vf};
 use vfio_variant_virtio_legacy::function::Attachment;
-use vfio_variant_virtio_legacy::hw::bus::{DmaSlot, HostMemory, IrqSlot};
 use vfio_variant_virtio_legacy::hw::net::{NetDevice, VIRTIO_NET_F_MAC};
 use vfio_variant_virtio_legacy::hw::pf::{PfOptions, VirtioPf};
 use vfio_variant_virtio_legacy::hw::transport::legacy;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::{DriverQueue, Irqs, Memory, ModernDriver, ro, wo};
+use vfio_variant::backend::emulated::{DmaSlot, HostMemory, IrqSlot};
 use vfio_variant::backend::{Backend, CreateRequest, Function, FunctionContext};
 use vfio_variant::migration::{MigrationDriver, MigrationError, MigrationHooks, MigrationState};
 use vfio_variant::physical::PhysicalFunction;
@@ -26,7 +27,6 @@ use vfio_variant_virtio_legacy::function::Attachment;
 use vfio_variant_virtio_legacy::hw::blk::{
     BlkDevice, SECTOR_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
-use vfio_variant_virtio_legacy::hw::bus::{DmaSlot, HostMemory, IrqSlot};
 use vfio_variant_virtio_legacy::hw::net::{NetDevice, VIRTIO_NET_F_MAC};
 use vfio_variant_virtio_legacy::hw::parts::{DeviceState, F_OPTIONAL, RawPart, split, types};
 use vfio_variant_virtio_legacy::hw::pf::admin::*;

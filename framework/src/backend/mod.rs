@@ -11,6 +11,7 @@
 //! done by the framework from the layout; the backend never sees those accesses.
 
 mod context;
+pub mod emulated;
 
 pub use context::{DmaAccess, DmaError, FunctionContext, Interrupt, InterruptSink};
 

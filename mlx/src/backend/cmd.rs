@@ -11,7 +11,7 @@ use vfio_variant::physical::{PhysicalError, PhysicalFunction};
 
 use crate::hw::cmdq::{fill_chain, link_chain, mailboxes_for, read_chain};
 use crate::hw::ifc::*;
-use crate::hw::memory::HostMemory;
+use vfio_variant::backend::emulated::HostMemory;
 
 /// Where the command queue is in host memory.
 pub const CMDQ_ADDRESS: u64 = 0;

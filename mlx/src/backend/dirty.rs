@@ -141,9 +141,9 @@ mod tests {
     use super::*;
     use crate::backend::cmd::HOST_MEMORY_SIZE;
     use crate::hw::firmware::FirmwareCaps;
-    use crate::hw::memory::HostMemory;
     use crate::hw::pci::Generation;
     use crate::hw::pf::MlxPf;
+    use vfio_variant::backend::emulated::HostMemory;
 
     #[test]
     fn page_sizes_are_clamped_and_a_coarse_page_sets_every_bit_it_covers() {

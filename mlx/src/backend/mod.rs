@@ -25,10 +25,10 @@ use vfio_variant::backend::{Backend, BackendError, CreateRequest, Function, Prof
 use vfio_variant::physical::PhysicalFunction;
 
 use crate::hw::firmware::FirmwareCaps;
-use crate::hw::memory::HostMemory;
 use crate::hw::pci::Generation;
 use crate::hw::pf::MlxPf;
 use crate::hw::vf::MlxVf;
+use vfio_variant::backend::emulated::HostMemory;
 
 use cmd::{CommandQueue, HOST_MEMORY_SIZE};
 use commands::MigrationCaps;

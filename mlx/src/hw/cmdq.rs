@@ -217,7 +217,7 @@ pub fn read_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hw::memory::HostMemory;
+    use vfio_variant::backend::emulated::HostMemory;
 
     fn entry(inlen: usize, outlen: usize, in_ptr: u64, out_ptr: u64) -> [u8; ENTRY_SIZE] {
         let mut e = [0u8; ENTRY_SIZE];

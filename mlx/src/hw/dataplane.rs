@@ -181,7 +181,7 @@ impl DataPlane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hw::memory::HostMemory;
+    use vfio_variant::backend::emulated::HostMemory;
 
     #[test]
     fn entries_are_served_in_order_with_a_running_sequence_and_accumulator() {

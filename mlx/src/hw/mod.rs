@@ -10,8 +10,10 @@
 //! - [`dataplane`]: a VF's echo ring in guest memory;
 //! - [`image`]: a VF's saved state, with generated device context memory;
 //! - [`tracker`]: the page tracker;
-//! - [`pci`]: the two hardware generations' config spaces;
-//! - [`memory`]: host memory for the PF and the VFs' late-bound guest memory.
+//! - [`pci`]: the two hardware generations' config spaces.
+//!
+//! Host memory and the VFs' late-bound guest memory are the framework's
+//! (`vfio_variant::backend::emulated`).
 //!
 //! # Simplifications against mlx5 (include/linux/mlx5/mlx5_ifc.h, drivers/vfio/pci/mlx5)
 //!
@@ -42,7 +44,6 @@ pub mod dataplane;
 pub mod firmware;
 pub mod ifc;
 pub mod image;
-pub mod memory;
 pub mod pci;
 pub mod pf;
 pub mod tracker;

@@ -188,7 +188,7 @@ impl PhysicalFunction for MlxPf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hw::memory::HostMemory;
+    use vfio_variant::backend::emulated::HostMemory;
 
     #[test]
     fn the_init_segment_reports_the_queue_and_runs_rung_entries() {

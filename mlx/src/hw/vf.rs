@@ -22,9 +22,9 @@ use vfio_variant::vpci::layout::BarKind;
 use super::dataplane::{self, DataPlane};
 use super::ifc::*;
 use super::image::Header;
-use super::memory::DmaSlot;
 use super::pci::{BAR0_SIZE, ConfigSpace, Generation};
 use super::tracker::PageTracker;
+use vfio_variant::backend::emulated::DmaSlot;
 
 /// Firmware revision both generations report.
 pub const FW_REV: u32 = 0x0016_0023;
@@ -336,7 +336,7 @@ impl PhysicalFunction for MlxVf {
 mod tests {
     use super::*;
     use crate::hw::dataplane::{ENABLE, PRODUCER, REGS, RING_BASE, RING_SIZE, TIMESTAMP};
-    use crate::hw::memory::HostMemory;
+    use vfio_variant::backend::emulated::HostMemory;
 
     fn write(vf: &MlxVf, reg: u64, value: u32) {
         vf.bar_write(0, REGS + reg, &value.to_le_bytes()).unwrap();

@@ -10,13 +10,12 @@
 //! - [`vf`]: modern-only VFs (net 0x1041, blk 0x1042);
 //! - [`parts`]: a function's state as virtio device parts (device-parts migration);
 //! - [`blk`], [`net`]: the device types behind a VF (a file; a datagram socket);
-//! - [`bus`]: host memory for the admin queue, late-bound DMA and interrupt slots.
 //!
 //! Every model implements `vfio_variant::physical::PhysicalFunction` and takes guest memory
-//! through a `vfio_variant::backend::DmaAccess` given when it is built.
+//! through a `vfio_variant::backend::DmaAccess` given when it is built (host memory and the
+//! late-bound DMA and interrupt slots are the framework's, `vfio_variant::backend::emulated`).
 
 pub mod blk;
-pub mod bus;
 pub mod net;
 pub mod parts;
 pub mod pci;

@@ -7,9 +7,9 @@ use vfio_variant::physical::PhysicalFunction;
 use super::{Firmware, FirmwareCaps};
 use crate::hw::dataplane::REGS;
 use crate::hw::ifc::*;
-use crate::hw::memory::HostMemory;
 use crate::hw::pci::Generation;
 use crate::hw::vf::MlxVf;
+use vfio_variant::backend::emulated::HostMemory;
 
 pub(super) const BUFFER: u64 = 0x1000;
 

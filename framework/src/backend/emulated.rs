@@ -1,19 +1,26 @@
-//! What sits between the emulated functions and memory and interrupts: host memory for the
-//! PF's admin queue, and late-bound slots standing for a VF's IOMMU domain and interrupt
-//! routing (filled when the guest attaches, as a VMM maps guest memory for a real VF).
+//! Building blocks for emulated hardware models: what sits between an emulated function and
+//! memory and interrupts. [`HostMemory`] is host memory at IOVA 0 (what a backend gives an
+//! emulated PF for its queues); [`DmaSlot`] and [`IrqSlot`] stand for a function's IOMMU
+//! domain and interrupt routing, empty until a guest attaches (as a VMM maps guest memory and
+//! sets up interrupts for a real VF).
 
 use std::sync::Arc;
 
+use super::{DmaAccess, DmaError, Interrupt, InterruptSink};
 use parking_lot::{Mutex, RwLock};
-use vfio_variant::backend::{DmaAccess, DmaError, Interrupt, InterruptSink};
 
-/// Host memory at IOVA 0: what the backend gives the PF for its admin queue.
+/// Host memory at IOVA 0: what a backend gives an emulated PF for its queues and buffers.
 pub struct HostMemory(Mutex<Vec<u8>>);
 
 impl HostMemory {
     /// `size` zeroed bytes.
     pub fn new(size: usize) -> Self {
         Self(Mutex::new(vec![0; size]))
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> usize {
+        self.0.lock().len()
     }
 
     fn range(&self, len: usize, iova: u64, size: usize) -> Result<usize, DmaError> {
@@ -89,5 +96,24 @@ impl InterruptSink for IrqSlot {
         if let Some(sink) = &*self.0.read() {
             sink.raise(interrupt);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_memory_refuses_what_it_does_not_hold_and_a_slot_is_empty_until_bound() {
+        let memory = Arc::new(HostMemory::new(4096));
+        memory.write(4092, &[1, 2, 3, 4]).unwrap();
+        assert!(memory.write(4093, &[0; 4]).is_err());
+        assert!(memory.read(u64::MAX, &mut [0; 1]).is_err());
+        let slot = DmaSlot::default();
+        let mut b = [0u8; 4];
+        assert!(slot.read(4092, &mut b).is_err());
+        slot.bind(Some(memory));
+        slot.read(4092, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
     }
 }
