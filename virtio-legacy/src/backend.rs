@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use vfio_variant::backend::pool::SlotPool;
 use vfio_variant::backend::{Backend, BackendError, CreateRequest, Function, ProfileInfo};
 use vfio_variant::physical::PhysicalFunction;
 use vfio_variant::vpci::layout::{BarBacking, BarKind};
@@ -51,7 +51,7 @@ pub struct VirtioLegacyBackend {
     device_type: u16,
     admin: Arc<AdminQueue>,
     vfs: Vec<Vf>,
-    in_use: Arc<Mutex<Vec<bool>>>,
+    pool: SlotPool,
     /// The PF's device-parts object ids, when its VFs can migrate.
     migration: Option<Arc<PartsObjects>>,
 }
@@ -62,7 +62,7 @@ impl VirtioLegacyBackend {
     /// Asks the PF whether its VFs can migrate (device-parts commands and capability); a PF
     /// that cannot answer is taken as one that cannot.
     pub fn new(device_type: u16, admin: Arc<AdminQueue>, vfs: Vec<Vf>) -> Self {
-        let in_use = Arc::new(Mutex::new(vec![false; vfs.len()]));
+        let pool = SlotPool::new(vfs.len());
         let migration = match discover(&admin) {
             Ok(objects) => objects.map(Arc::new),
             Err(e) => {
@@ -74,7 +74,7 @@ impl VirtioLegacyBackend {
             device_type,
             admin,
             vfs,
-            in_use,
+            pool,
             migration,
         }
     }
@@ -111,10 +111,6 @@ impl VirtioLegacyBackend {
             .command(LIST_USE, 0, &supported.to_le_bytes(), 0)
             .map_err(|e| format!("LIST_USE failed: {e}"))?;
         Ok(())
-    }
-
-    fn free(&self) -> u32 {
-        self.in_use.lock().iter().filter(|used| !**used).count() as u32
     }
 
     fn notify_info(&self, member: u64) -> Result<(u8, u64), String> {
@@ -158,7 +154,6 @@ impl VirtioLegacyBackend {
         } else {
             None
         };
-        let in_use = Arc::clone(&self.in_use);
         Ok(VirtioLegacyFunction::new(
             Arc::clone(&vf.function),
             vf.member,
@@ -168,11 +163,7 @@ impl VirtioLegacyBackend {
             self.migration.as_ref().map(|objects| {
                 VfMigration::new(Arc::clone(&self.admin), vf.member, Arc::clone(objects))
             }),
-            Box::new(move || {
-                if let Some(slot) = in_use.lock().get_mut(index) {
-                    *slot = false;
-                }
-            }),
+            self.pool.releaser(index),
         ))
     }
 }
@@ -188,7 +179,7 @@ impl Backend for VirtioLegacyBackend {
 
     /// Transitional first: what a default function of this backend gets when the PF can.
     fn profiles(&self) -> Vec<ProfileInfo> {
-        let free = self.free();
+        let free = self.pool.free();
         vec![
             ProfileInfo {
                 name: PROFILE_TRANSITIONAL.into(),
@@ -235,21 +226,10 @@ impl Backend for VirtioLegacyBackend {
         if request.profile == PROFILE_TRANSITIONAL {
             self.check_legacy().map_err(BackendError::Refused)?;
         }
-        let index = {
-            let mut in_use = self.in_use.lock();
-            let index = in_use
-                .iter()
-                .position(|used| !used)
-                .ok_or_else(|| BackendError::NoInstances(request.profile.clone()))?;
-            in_use[index] = true;
-            index
-        };
-        match self.provision(index, request) {
-            Ok(function) => Ok(Box::new(function)),
-            Err(e) => {
-                self.in_use.lock()[index] = false;
-                Err(e)
-            }
-        }
+        let function = self
+            .pool
+            .claim(|index| self.provision(index, request))
+            .ok_or_else(|| BackendError::NoInstances(request.profile.clone()))??;
+        Ok(Box::new(function))
     }
 }

@@ -12,6 +12,7 @@
 
 mod context;
 pub mod emulated;
+pub mod pool;
 
 pub use context::{DmaAccess, DmaError, FunctionContext, Interrupt, InterruptSink};
 

@@ -20,7 +20,7 @@ pub mod records;
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use vfio_variant::backend::pool::SlotPool;
 use vfio_variant::backend::{Backend, BackendError, CreateRequest, Function, ProfileInfo};
 use vfio_variant::physical::PhysicalFunction;
 
@@ -57,7 +57,7 @@ pub struct MlxBackend {
     queue: Arc<CommandQueue>,
     caps: MigrationCaps,
     vfs: Vec<Vf>,
-    in_use: Arc<Mutex<Vec<bool>>>,
+    pool: SlotPool,
 }
 
 impl MlxBackend {
@@ -69,7 +69,7 @@ impl MlxBackend {
         Ok(Self {
             queue,
             caps,
-            in_use: Arc::new(Mutex::new(vec![false; vfs.len()])),
+            pool: SlotPool::new(vfs.len()),
             vfs,
         })
     }
@@ -103,10 +103,6 @@ impl MlxBackend {
         self.caps
     }
 
-    fn free(&self) -> u32 {
-        self.in_use.lock().iter().filter(|used| !**used).count() as u32
-    }
-
     fn provision(
         &self,
         index: usize,
@@ -131,16 +127,11 @@ impl MlxBackend {
                 vf.number, caps.migratable
             )));
         }
-        let in_use = Arc::clone(&self.in_use);
         Ok(MlxFunction::new(
             Arc::clone(&vf.function),
             vf.emulated.clone(),
             migratable.then(|| VfMigration::new(Arc::clone(&self.queue), caps.vhca_id, self.caps)),
-            Box::new(move || {
-                if let Some(slot) = in_use.lock().get_mut(index) {
-                    *slot = false;
-                }
-            }),
+            self.pool.releaser(index),
         ))
     }
 }
@@ -155,7 +146,7 @@ impl Backend for MlxBackend {
     }
 
     fn profiles(&self) -> Vec<ProfileInfo> {
-        let free = self.free();
+        let free = self.pool.free();
         vec![
             ProfileInfo {
                 name: PROFILE_MIGRATABLE.into(),
@@ -195,21 +186,10 @@ impl Backend for MlxBackend {
                 "the PF's firmware does not migrate VFs".into(),
             ));
         }
-        let index = {
-            let mut in_use = self.in_use.lock();
-            let index = in_use
-                .iter()
-                .position(|used| !used)
-                .ok_or_else(|| BackendError::NoInstances(request.profile.clone()))?;
-            in_use[index] = true;
-            index
-        };
-        match self.provision(index, request) {
-            Ok(function) => Ok(Box::new(function)),
-            Err(e) => {
-                self.in_use.lock()[index] = false;
-                Err(e)
-            }
-        }
+        let function = self
+            .pool
+            .claim(|index| self.provision(index, request))
+            .ok_or_else(|| BackendError::NoInstances(request.profile.clone()))??;
+        Ok(Box::new(function))
     }
 }
