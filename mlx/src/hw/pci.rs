@@ -11,7 +11,8 @@
 //! | extended | AER at 0x100 | ARI at 0x100, AER at 0x150 |
 
 use vfio_variant::pci::{cap, regs};
-use vfio_variant::physical::PhysicalError;
+use vfio_variant::physical::{PhysicalBar, PhysicalError};
+use vfio_variant::vpci::layout::BarKind;
 
 /// Size of the config spaces.
 pub const CONFIG_SIZE: u16 = 4096;
@@ -161,6 +162,62 @@ impl ConfigSpace {
         }
         Ok(())
     }
+}
+
+/// BAR 0 of the PF and of the VFs: 64-bit, prefetchable, [`BAR0_SIZE`] bytes.
+pub(crate) fn bar0(index: u8) -> Option<PhysicalBar> {
+    (index == 0).then_some(PhysicalBar {
+        kind: BarKind::Memory64,
+        prefetchable: true,
+        size: BAR0_SIZE,
+    })
+}
+
+fn check_bar0(index: u8, offset: u64, len: usize) -> Result<(), PhysicalError> {
+    if index != 0 {
+        return Err(PhysicalError::NoSuchBar(index));
+    }
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= BAR0_SIZE => Ok(()),
+        _ => Err(PhysicalError::OutOfRange {
+            region: "BAR 0".into(),
+            offset,
+            len,
+        }),
+    }
+}
+
+/// A read of BAR 0's 32-bit registers: an aligned 4-byte access reads `register(offset)`;
+/// other widths inside the BAR read zeros.
+pub(crate) fn register_read(
+    index: u8,
+    offset: u64,
+    data: &mut [u8],
+    register: impl FnOnce(u64) -> [u8; 4],
+) -> Result<(), PhysicalError> {
+    check_bar0(index, offset, data.len())?;
+    data.fill(0);
+    if data.len() == 4 && offset.is_multiple_of(4) {
+        data.copy_from_slice(&register(offset));
+    }
+    Ok(())
+}
+
+/// A write of BAR 0's 32-bit registers: an aligned 4-byte access goes to `register`; other
+/// widths inside the BAR are dropped.
+pub(crate) fn register_write(
+    index: u8,
+    offset: u64,
+    data: &[u8],
+    register: impl FnOnce(u64, [u8; 4]),
+) -> Result<(), PhysicalError> {
+    check_bar0(index, offset, data.len())?;
+    if let Ok(value) = <[u8; 4]>::try_from(data)
+        && offset.is_multiple_of(4)
+    {
+        register(offset, value);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

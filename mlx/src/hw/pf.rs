@@ -11,12 +11,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use vfio_variant::backend::DmaAccess;
 use vfio_variant::physical::{PhysicalBar, PhysicalError, PhysicalFunction};
-use vfio_variant::vpci::layout::BarKind;
 
 use super::cmdq::deliver;
 use super::firmware::{Firmware, FirmwareCaps};
 use super::ifc::*;
-use super::pci::{BAR0_SIZE, CONFIG_SIZE, ConfigSpace, Generation};
+use super::pci::{self, CONFIG_SIZE, ConfigSpace, Generation};
 use super::vf::{FW_REV, MlxVf};
 
 /// An emulated PF.
@@ -119,20 +118,6 @@ impl MlxPf {
     }
 }
 
-fn check_bar(index: u8, offset: u64, len: usize) -> Result<(), PhysicalError> {
-    if index != 0 {
-        return Err(PhysicalError::NoSuchBar(index));
-    }
-    match offset.checked_add(len as u64) {
-        Some(end) if end <= BAR0_SIZE => Ok(()),
-        _ => Err(PhysicalError::OutOfRange {
-            region: "BAR 0".into(),
-            offset,
-            len,
-        }),
-    }
-}
-
 impl PhysicalFunction for MlxPf {
     fn name(&self) -> String {
         self.name.clone()
@@ -151,31 +136,20 @@ impl PhysicalFunction for MlxPf {
     }
 
     fn bar(&self, index: u8) -> Option<PhysicalBar> {
-        (index == 0).then_some(PhysicalBar {
-            kind: BarKind::Memory64,
-            prefetchable: true,
-            size: BAR0_SIZE,
-        })
+        pci::bar0(index)
     }
 
     /// Registers are 4 bytes, aligned, big-endian; other accesses read zeros and are dropped.
     fn bar_read(&self, index: u8, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
-        check_bar(index, offset, data.len())?;
-        data.fill(0);
-        if data.len() == 4 && offset.is_multiple_of(4) {
-            data.copy_from_slice(&self.register_read(offset).to_be_bytes());
-        }
-        Ok(())
+        pci::register_read(index, offset, data, |at| {
+            self.register_read(at).to_be_bytes()
+        })
     }
 
     fn bar_write(&self, index: u8, offset: u64, data: &[u8]) -> Result<(), PhysicalError> {
-        check_bar(index, offset, data.len())?;
-        if let Ok(value) = <[u8; 4]>::try_from(data)
-            && offset.is_multiple_of(4)
-        {
-            self.register_write(offset, u32::from_be_bytes(value));
-        }
-        Ok(())
+        pci::register_write(index, offset, data, |at, value| {
+            self.register_write(at, u32::from_be_bytes(value))
+        })
     }
 
     /// Resets the command interface (the queue address); the VFs are left alone.

@@ -17,12 +17,11 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use vfio_variant::backend::{DmaAccess, DmaError};
 use vfio_variant::physical::{PhysicalBar, PhysicalError, PhysicalFunction};
-use vfio_variant::vpci::layout::BarKind;
 
 use super::dataplane::{self, DataPlane};
 use super::ifc::*;
 use super::image::Header;
-use super::pci::{BAR0_SIZE, ConfigSpace, Generation};
+use super::pci::{self, ConfigSpace, Generation};
 use super::tracker::PageTracker;
 use vfio_variant::backend::emulated::DmaSlot;
 
@@ -260,20 +259,6 @@ impl MlxVf {
     }
 }
 
-fn check_bar(index: u8, offset: u64, len: usize) -> Result<(), PhysicalError> {
-    if index != 0 {
-        return Err(PhysicalError::NoSuchBar(index));
-    }
-    match offset.checked_add(len as u64) {
-        Some(end) if end <= BAR0_SIZE => Ok(()),
-        _ => Err(PhysicalError::OutOfRange {
-            region: "BAR 0".into(),
-            offset,
-            len,
-        }),
-    }
-}
-
 impl PhysicalFunction for MlxVf {
     fn name(&self) -> String {
         self.name.clone()
@@ -292,31 +277,20 @@ impl PhysicalFunction for MlxVf {
     }
 
     fn bar(&self, index: u8) -> Option<PhysicalBar> {
-        (index == 0).then_some(PhysicalBar {
-            kind: BarKind::Memory64,
-            prefetchable: true,
-            size: BAR0_SIZE,
+        pci::bar0(index)
+    }
+
+    /// Registers are 4 bytes wide, aligned, little-endian; other accesses read zeros and are dropped.
+    fn bar_read(&self, index: u8, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
+        pci::register_read(index, offset, data, |at| {
+            self.register_read(at).to_le_bytes()
         })
     }
 
-    /// Registers are 4 bytes wide and aligned; other accesses read zeros and are dropped.
-    fn bar_read(&self, index: u8, offset: u64, data: &mut [u8]) -> Result<(), PhysicalError> {
-        check_bar(index, offset, data.len())?;
-        data.fill(0);
-        if data.len() == 4 && offset.is_multiple_of(4) {
-            data.copy_from_slice(&self.register_read(offset).to_le_bytes());
-        }
-        Ok(())
-    }
-
     fn bar_write(&self, index: u8, offset: u64, data: &[u8]) -> Result<(), PhysicalError> {
-        check_bar(index, offset, data.len())?;
-        if let Ok(value) = <[u8; 4]>::try_from(data)
-            && offset.is_multiple_of(4)
-        {
-            self.register_write(offset, u32::from_le_bytes(value));
-        }
-        Ok(())
+        pci::register_write(index, offset, data, |at, value| {
+            self.register_write(at, u32::from_le_bytes(value))
+        })
     }
 
     /// FLR: the data plane, the suspend state and the tracker are cleared; the capabilities
@@ -402,7 +376,7 @@ mod tests {
         vf.bar_read(0, REGS, &mut b).unwrap();
         assert_eq!(b, [0, 0]);
         vf.bar_write(0, REGS + 1, &[1, 2, 3, 4]).unwrap();
-        assert!(vf.bar_read(0, BAR0_SIZE - 2, &mut [0; 4]).is_err());
+        assert!(vf.bar_read(0, pci::BAR0_SIZE - 2, &mut [0; 4]).is_err());
         assert!(vf.bar_read(1, 0, &mut [0; 4]).is_err());
         assert_eq!(read(&vf, 0), 0);
     }
