@@ -3,10 +3,10 @@
 //!
 //! Both sides speak vfio-user to their function's socket, so the functions must not have a
 //! VMM attached (the server takes one client per function); a VMM that keeps its connection
-//! embeds `vfio_variant::migrate` instead. The agent performs no authentication: bind it to
-//! an address only the migration network reaches.
+//! embeds `vfio_variant::migrate` instead. Between hosts the link is TLS 1.3 with a
+//! certificate on each side (`vfio_variant::migrate::tls`); there is no plaintext mode.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use clap::Args;
 use serde_json::json;
 use vfio_variant::migrate::{
     LocalDestination, Observer, Options, Progress, RemoteDestination, Report, Served, migrate,
-    serve_destination,
+    serve_destination, tls,
 };
 use vfio_variant::vfio_user::{Client, ClientError};
 
@@ -24,6 +24,8 @@ use crate::lifecycle::names::check_name;
 
 /// How long the agent waits on a silent source before it gives up and puts the function back.
 const AGENT_LINK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent gives a peer to complete the TLS handshake (it serves one at a time).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Arguments of `migrate`.
 #[derive(Args)]
@@ -33,12 +35,29 @@ pub struct MigrateArgs {
     /// The destination function on this host: a name in the run directory, or a socket path.
     #[arg(long, value_name = "FUNCTION", required_unless_present = "agent")]
     to: Option<String>,
-    /// A `vfio-variant migrate-agent` on the destination host.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "to")]
+    /// A `vfio-variant migrate-agent` on the destination host (needs --cert, --key, --ca).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        conflicts_with = "to",
+        requires_all = ["cert", "key", "ca"]
+    )]
     agent: Option<String>,
     /// The destination function's name at the agent [default: the source's name].
     #[arg(long, value_name = "NAME", requires = "agent")]
     function: Option<String>,
+    /// This host's certificate (PEM), presented to the agent.
+    #[arg(long, value_name = "FILE", requires = "agent")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "agent")]
+    key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) the agent's certificate must be signed by.
+    #[arg(long, value_name = "FILE", requires = "agent")]
+    ca: Option<PathBuf>,
+    /// The name the agent's certificate must carry [default: the host part of --agent].
+    #[arg(long, value_name = "NAME", requires = "agent")]
+    agent_name: Option<String>,
     /// Stop the source at once instead of running pre-copy rounds first.
     #[arg(long)]
     no_precopy: bool,
@@ -53,9 +72,18 @@ pub struct MigrateArgs {
 /// Arguments of `migrate-agent`.
 #[derive(Args)]
 pub struct AgentArgs {
-    /// Address to accept migrations on.
+    /// Address to accept migrations on (the only one the agent binds).
     #[arg(long, value_name = "HOST:PORT")]
     listen: String,
+    /// This host's certificate (PEM), presented to sources.
+    #[arg(long, value_name = "FILE")]
+    cert: PathBuf,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The CA certificate(s) (PEM) a source's certificate must be signed by.
+    #[arg(long, value_name = "FILE")]
+    client_ca: PathBuf,
     /// Serve one migration, then exit (with its outcome).
     #[arg(long)]
     once: bool,
@@ -149,9 +177,19 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     let mut source = connect(&args.source, dirs).map_err(CliError)?;
     let mut printer = Printer { json: args.json };
     let report = if let Some(agent) = &args.agent {
-        let link = TcpStream::connect(agent).map_err(|e| CliError(format!("{agent}: {e}")))?;
-        link.set_nodelay(true)
-            .map_err(|e| CliError(format!("{agent}: {e}")))?;
+        let (Some(cert), Some(key), Some(ca)) = (&args.cert, &args.key, &args.ca) else {
+            return Err(CliError(
+                "--agent needs --cert, --key and --ca (see docs/migration.md)".into(),
+            ));
+        };
+        let files = tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        };
+        let config = tls::source_config(&files).map_err(|e| CliError(e.to_string()))?;
+        let link = tls::connect(agent, args.agent_name.as_deref(), config)
+            .map_err(|e| CliError(format!("no migration, the source keeps running: {e}")))?;
         let name = match &args.function {
             Some(name) => name.clone(),
             None => name_of(&args.source),
@@ -177,6 +215,12 @@ fn name_of(function: &str) -> String {
 
 /// `vfio-variant migrate-agent`.
 pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    let config = tls::destination_config(&tls::TlsFiles {
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        ca: args.client_ca.clone(),
+    })
+    .map_err(|e| CliError(e.to_string()))?;
     let listener =
         TcpListener::bind(&args.listen).map_err(|e| CliError(format!("{}: {e}", args.listen)))?;
     let address = listener
@@ -184,17 +228,31 @@ pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         .map_err(|e| CliError(format!("{}: {e}", args.listen)))?;
     println!("vfio-variant: accepting migrations on {address}");
     loop {
-        let (mut link, peer) = match listener.accept() {
+        let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!("accept: {e}");
                 continue;
             }
         };
-        let configured = link
-            .set_read_timeout(Some(AGENT_LINK_TIMEOUT))
-            .and_then(|()| link.set_nodelay(true));
+        let configured = stream
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(AGENT_LINK_TIMEOUT)))
+            .and_then(|()| stream.set_nodelay(true));
         if let Err(e) = configured {
+            tracing::warn!("{peer}: {e}");
+            continue;
+        }
+        // A peer that is not authenticated is refused before anything it sends is read as a
+        // message: no function is opened, and the agent goes on waiting (also with --once).
+        let mut link = match tls::accept(stream, config.clone()) {
+            Ok(link) => link,
+            Err(e) => {
+                println!("{peer}: refused: {e}");
+                continue;
+            }
+        };
+        if let Err(e) = link.sock.set_read_timeout(Some(AGENT_LINK_TIMEOUT)) {
             tracing::warn!("{peer}: {e}");
             continue;
         }
