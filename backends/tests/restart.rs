@@ -1,0 +1,265 @@
+//! `vfio-variant serve` killed with SIGKILL while functions exist and VMMs are attached, then
+//! started again on the same directories: the stale sockets are removed, the `--auto`
+//! definitions come back, `list` tells the truth, a VMM that reconnects is served, the virtio
+//! backend's scratch directory of the killed process is gone, and a second server on the live
+//! server's run directory is refused without touching it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use vfio_variant::vfio_user::client::{Client, ClientOptions};
+use vfio_variant_backends::builtin::sample::registers::SCRATCH;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vfio-variant");
+
+/// A run directory, a state directory and a private temporary directory (for the virtio
+/// backend's scratch files), as one host's server uses them.
+struct Host {
+    top: PathBuf,
+}
+
+impl Host {
+    fn new() -> Self {
+        let top = std::env::temp_dir().join(format!("vfio-variant-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        std::fs::create_dir_all(top.join("tmp")).unwrap();
+        Self { top }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.top.join("run")
+    }
+
+    fn tmp(&self) -> PathBuf {
+        self.top.join("tmp")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .arg("--state-dir")
+            .arg(self.top.join("state"))
+            .args(args)
+            .env("TMPDIR", self.tmp())
+            .env_remove("VFIO_VARIANT_VIRTIO_DIR")
+            .env_remove("VFIO_VARIANT_RUN_DIR")
+            .env_remove("VFIO_VARIANT_STATE_DIR");
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        out
+    }
+
+    /// Starts `serve`, its stderr in `log`, and waits until it answers `list`.
+    fn serve(&self, log: &str) -> Child {
+        let log = std::fs::File::create(self.top.join(log)).unwrap();
+        let child = self
+            .command(&["serve"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.command(&["list"]).output().unwrap().status.success() {
+            assert!(Instant::now() < deadline, "the server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn log(&self, log: &str) -> String {
+        std::fs::read_to_string(self.top.join(log)).unwrap()
+    }
+
+    /// `list --json`: (name, defined, attached) of each running function.
+    fn list(&self) -> Vec<(String, bool, bool)> {
+        let out = self.run(&["list", "--json"]);
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["name"].as_str().unwrap().to_string(),
+                    f["defined"].as_bool().unwrap(),
+                    f["attached"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn socket(&self, name: &str) -> PathBuf {
+        self.run_dir().join(format!("{name}.sock"))
+    }
+
+    /// Names of the files in `dir` that start with `prefix`, sorted.
+    fn names(dir: &Path, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn scratch(&self, pid: u32) -> PathBuf {
+        self.tmp().join(format!("vfio-variant-virtio-{pid}"))
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.top);
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A VMM's connection: decoding on, as a guest driver leaves it.
+fn attach(socket: &Path) -> Client {
+    let options = ClientOptions {
+        timeout: Some(Duration::from_secs(10)),
+        ..ClientOptions::default()
+    };
+    let mut client = Client::connect_with(socket, options).unwrap();
+    client.region_write(7, 4, &[0x02, 0x00]).unwrap();
+    client
+}
+
+fn scratch_register(client: &mut Client) -> u32 {
+    let mut data = [0u8; 4];
+    client.region_read(0, SCRATCH, &mut data).unwrap();
+    u32::from_le_bytes(data)
+}
+
+#[test]
+fn a_killed_server_restarts_clean_and_a_second_one_is_refused() {
+    let host = Host::new();
+    host.run(&["define", "auto0", "--backend", "sample", "--auto"]);
+    host.run(&[
+        "define",
+        "blk-auto",
+        "--backend",
+        "virtio-blk",
+        "--profile",
+        "transitional",
+        "--auto",
+    ]);
+    host.run(&["define", "manual0", "--backend", "sample"]);
+
+    let mut first = host.serve("first.log");
+    host.run(&["create", "--backend", "sample", "--name", "adhoc"]);
+    host.run(&["start", "manual0"]);
+    let mut vmm = attach(&host.socket("auto0"));
+    vmm.region_write(0, SCRATCH, &0x600d_f00du32.to_le_bytes())
+        .unwrap();
+    let mut other_vmm = attach(&host.socket("adhoc"));
+    assert_eq!(scratch_register(&mut other_vmm), 0);
+    assert!(host.list().contains(&("auto0".into(), true, true)));
+    let killed_scratch = host.scratch(first.id());
+    assert!(
+        killed_scratch.join("virtio-blk-vf1.img").exists(),
+        "{}",
+        killed_scratch.display()
+    );
+
+    // SIGKILL: nothing of the server's own clean-up runs.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let stale = Host::names(&host.run_dir(), "");
+    for name in ["adhoc.sock", "auto0.sock", "control.sock", "manual0.sock"] {
+        assert!(stale.contains(&name.to_string()), "{stale:?}");
+    }
+    assert!(
+        vmm.region_read(0, SCRATCH, &mut [0u8; 4]).is_err(),
+        "the VMM lost its server"
+    );
+    assert!(killed_scratch.exists(), "left behind by SIGKILL");
+
+    let mut second = host.serve("second.log");
+    let log = host.log("second.log");
+    assert!(log.contains("removed 5 socket(s)"), "{log}");
+    // The auto definitions came back; nothing else claims to run.
+    assert_eq!(
+        host.list(),
+        [
+            ("auto0".into(), true, false),
+            ("blk-auto".into(), true, false)
+        ]
+    );
+    assert_eq!(
+        Host::names(&host.run_dir(), ""),
+        ["auto0.sock", "blk-auto.sock", "control.sock", "serve.lock"]
+    );
+    // The killed server's scratch directory (two 64 MiB images) is gone; the new one is there.
+    assert!(!killed_scratch.exists(), "{}", killed_scratch.display());
+    assert_eq!(
+        Host::names(&host.tmp(), "vfio-variant-virtio-"),
+        [format!("vfio-variant-virtio-{}", second.id())]
+    );
+
+    // The VMM reconnects and is served (by a fresh device: its state died with the server).
+    drop(vmm);
+    let mut vmm = attach(&host.socket("auto0"));
+    assert_eq!(scratch_register(&mut vmm), 0);
+    vmm.region_write(0, SCRATCH, &0x0bad_cafeu32.to_le_bytes())
+        .unwrap();
+    assert!(host.list().contains(&("auto0".into(), true, true)));
+    let blk = attach(&host.socket("blk-auto"));
+    drop(blk);
+
+    // A second server on the live server's run directory is refused and touches nothing.
+    let out = host.command(&["serve", "--no-autostart"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("in use by another running") && said.contains(&second.id().to_string()),
+        "{said}"
+    );
+    assert_eq!(
+        Host::names(&host.run_dir(), ""),
+        ["auto0.sock", "blk-auto.sock", "control.sock", "serve.lock"]
+    );
+    assert_eq!(
+        scratch_register(&mut vmm),
+        0x0bad_cafe,
+        "the VMM is still served"
+    );
+    assert_eq!(host.list().len(), 2);
+    assert_eq!(
+        Host::names(&host.tmp(), "vfio-variant-virtio-").len(),
+        1,
+        "the refused server made no scratch directory"
+    );
+
+    // The definitions are whole, and no temporary file was left.
+    let out = host.run(&["list", "--defined", "--json"]);
+    let defined: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(defined.as_array().unwrap().len(), 3);
+    assert_eq!(
+        Host::names(&host.top.join("state"), ""),
+        ["auto0.json", "blk-auto.json", "manual0.json"]
+    );
+
+    // A clean stop removes the sockets and the scratch directory.
+    drop(vmm);
+    drop(other_vmm);
+    let pid = rustix::process::Pid::from_child(&second);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(second.wait().unwrap().success());
+    assert_eq!(Host::names(&host.run_dir(), ""), ["serve.lock"]);
+    assert!(Host::names(&host.tmp(), "vfio-variant-virtio-").is_empty());
+}
