@@ -188,6 +188,10 @@ fn a_killed_server_restarts_clean_and_a_second_one_is_refused() {
         "the VMM lost its server"
     );
     assert!(killed_scratch.exists(), "left behind by SIGKILL");
+    // Meanwhile `list` says there is no server, rather than what ran.
+    let out = host.command(&["list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("no server at"), "{}", text(&out));
 
     let mut second = host.serve("second.log");
     let log = host.log("second.log");
