@@ -148,6 +148,20 @@ impl Host {
         }
     }
 
+    /// Waits until the server has seen the last client go (it refuses a new one until then).
+    fn wait_detached(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.command(&["list", "--json"]).output().unwrap();
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if list[0]["attached"] == false {
+                return;
+            }
+            assert!(Instant::now() < deadline, "a client stays attached: {list}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command.args(Self::dir_args(&self.dir)).args(args);
@@ -377,17 +391,22 @@ fn peers_that_are_not_authenticated_change_nothing_on_either_side() {
         roots
     })
     .with_no_client_auth();
-    let refused = tls::connect(&agent.address, None, Arc::new(anonymous))
+    let refused = tls::connect(
+        &agent.address,
+        None,
+        Arc::new(anonymous),
+        Some(Duration::from_secs(10)),
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|mut link| {
+        Message::Hello {
+            version: LINK_VERSION,
+            function: "dev0".into(),
+        }
+        .write_to(&mut link)
+        .and_then(|()| Message::read_from(&mut link))
         .map_err(|e| e.to_string())
-        .and_then(|mut link| {
-            Message::Hello {
-                version: LINK_VERSION,
-                function: "dev0".into(),
-            }
-            .write_to(&mut link)
-            .and_then(|()| Message::read_from(&mut link))
-            .map_err(|e| e.to_string())
-        });
+    });
     assert!(refused.is_err(), "{refused:?}");
 
     // A peer that speaks the link's messages in plaintext.
@@ -424,13 +443,19 @@ fn peers_that_are_not_authenticated_change_nothing_on_either_side() {
         "the destination was not touched"
     );
     drop(c);
+    source.wait_detached();
+    destination.wait_detached();
 
-    // The agent went on waiting and takes the authenticated source's migration.
+    // A peer that connects and says nothing holds up no one: the agent went on waiting and
+    // takes the authenticated source's migration while that peer's handshake still waits (and
+    // exits with --once before it times out).
+    let silent = TcpStream::connect(&agent.address).unwrap();
     let (out, text) = source.migrate_to(&agent, &keys.source, &[]);
     assert!(out.status.success(), "{text}");
     let (status, said) = agent.finish();
     assert!(status.success(), "{said}");
     assert_eq!(said.matches(": refused: ").count(), 4, "{said}");
+    drop(silent);
     assert_eq!(
         scratch(&destination),
         0x1234_5678,

@@ -206,7 +206,13 @@ impl Keys {
 
     /// The source VMM's authenticated link to `address`.
     fn connect(&self, address: &str) -> tls::SourceLink {
-        tls::connect(address, None, tls::source_config(&self.source).unwrap()).unwrap()
+        tls::connect(
+            address,
+            None,
+            tls::source_config(&self.source).unwrap(),
+            Some(Duration::from_secs(30)),
+        )
+        .unwrap()
     }
 }
 
@@ -312,7 +318,7 @@ fn a_virtio_blk_vf_moves_to_another_host_mid_io() {
     let source_keys = Arc::clone(&keys);
     let error = on_source(&hosts, move || {
         let config = tls::source_config(&source_keys.impostor).unwrap();
-        match tls::connect(&address, None, config) {
+        match tls::connect(&address, None, config, Some(Duration::from_secs(30))) {
             Ok(link) => migrate(
                 &mut source_device,
                 &mut RemoteDestination::new(link, "blk0"),

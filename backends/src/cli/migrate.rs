@@ -6,8 +6,10 @@
 //! embeds `vfio_variant::migrate` instead. Between hosts the link is TLS 1.3 with a
 //! certificate on each side (`vfio_variant::migrate::tls`); there is no plaintext mode.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use clap::Args;
@@ -22,10 +24,13 @@ use super::dirs::Dirs;
 use super::{CliError, Outcome, print_json};
 use crate::lifecycle::names::check_name;
 
-/// How long the agent waits on a silent source before it gives up and puts the function back.
+/// How long one side waits on a silent other before it gives up (the agent puts the function
+/// back; the source runs again).
 const AGENT_LINK_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the agent gives a peer to complete the TLS handshake (it serves one at a time).
+/// How long the agent gives a peer to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most handshakes the agent runs at once; a peer past that is turned away at once.
+const MAX_HANDSHAKES: usize = 16;
 
 /// Arguments of `migrate`.
 #[derive(Args)]
@@ -188,8 +193,13 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
             ca: ca.clone(),
         };
         let config = tls::source_config(&files).map_err(|e| CliError(e.to_string()))?;
-        let link = tls::connect(agent, args.agent_name.as_deref(), config)
-            .map_err(|e| CliError(format!("no migration, the source keeps running: {e}")))?;
+        let link = tls::connect(
+            agent,
+            args.agent_name.as_deref(),
+            config,
+            Some(AGENT_LINK_TIMEOUT),
+        )
+        .map_err(|e| CliError(format!("no migration, the source keeps running: {e}")))?;
         let name = match &args.function {
             Some(name) => name.clone(),
             None => name_of(&args.source),
@@ -213,6 +223,65 @@ fn name_of(function: &str) -> String {
     base.strip_suffix(".sock").unwrap_or(base).to_string()
 }
 
+/// Accepts peers on `listener` for ever, each handshake on a thread of its own (so a peer that
+/// stalls delays no other), and hands the authenticated links on to `links`. A peer that is
+/// not authenticated is refused before anything it sends is read as a message: no function is
+/// opened for it.
+fn authenticate(
+    listener: TcpListener,
+    config: Arc<tls::ServerConfig>,
+    links: mpsc::Sender<(tls::DestinationLink, SocketAddr)>,
+) {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                continue;
+            }
+        };
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            println!("{peer}: refused: {MAX_HANDSHAKES} handshakes already in progress");
+            continue;
+        }
+        let (config, links, counter) = (config.clone(), links.clone(), in_flight.clone());
+        let spawned = std::thread::Builder::new()
+            .name("handshake".into())
+            .spawn(move || {
+                let result = handshake(stream, config);
+                counter.fetch_sub(1, Ordering::AcqRel);
+                match result {
+                    // The receiver is gone only when the agent is exiting.
+                    Ok(link) => drop(links.send((link, peer))),
+                    Err(e) => println!("{peer}: refused: {e}"),
+                }
+            });
+        if let Err(e) = spawned {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("{peer}: no thread for the handshake: {e}");
+        }
+    }
+}
+
+/// The agent's side of one peer's handshake, with the link's timeouts.
+fn handshake(
+    stream: TcpStream,
+    config: Arc<tls::ServerConfig>,
+) -> Result<tls::DestinationLink, String> {
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(AGENT_LINK_TIMEOUT)))
+        .and_then(|()| stream.set_nodelay(true))
+        .map_err(|e| e.to_string())?;
+    let link = tls::accept(stream, config).map_err(|e| e.to_string())?;
+    link.sock
+        .set_read_timeout(Some(AGENT_LINK_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    Ok(link)
+}
+
 /// `vfio-variant migrate-agent`.
 pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     let config = tls::destination_config(&tls::TlsFiles {
@@ -227,35 +296,13 @@ pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         .local_addr()
         .map_err(|e| CliError(format!("{}: {e}", args.listen)))?;
     println!("vfio-variant: accepting migrations on {address}");
-    loop {
-        let (stream, peer) = match listener.accept() {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!("accept: {e}");
-                continue;
-            }
-        };
-        let configured = stream
-            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(AGENT_LINK_TIMEOUT)))
-            .and_then(|()| stream.set_nodelay(true));
-        if let Err(e) = configured {
-            tracing::warn!("{peer}: {e}");
-            continue;
-        }
-        // A peer that is not authenticated is refused before anything it sends is read as a
-        // message: no function is opened, and the agent goes on waiting (also with --once).
-        let mut link = match tls::accept(stream, config.clone()) {
-            Ok(link) => link,
-            Err(e) => {
-                println!("{peer}: refused: {e}");
-                continue;
-            }
-        };
-        if let Err(e) = link.sock.set_read_timeout(Some(AGENT_LINK_TIMEOUT)) {
-            tracing::warn!("{peer}: {e}");
-            continue;
-        }
+    let (sender, links) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || authenticate(listener, config, sender))
+        .map_err(|e| CliError(format!("accept thread: {e}")))?;
+    // One migration at a time, in the order the sources were authenticated.
+    for (mut link, peer) in links {
         let outcome = serve_destination(&mut link, |name| {
             check_name(name).and_then(|()| connect(name, dirs))
         });
@@ -275,4 +322,5 @@ pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
             });
         }
     }
+    Err(CliError("the accept thread stopped".into()))
 }

@@ -13,12 +13,15 @@ use std::io;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+/// The configurations [`source_config`] and [`destination_config`] make (rustls's).
+pub use rustls::{ClientConfig, ServerConfig};
+use rustls::{ClientConnection, RootCertStore, ServerConnection};
 
 /// A link from the source side, authenticated both ways.
 pub type SourceLink = rustls::StreamOwned<ClientConnection, TcpStream>;
@@ -180,12 +183,15 @@ where
 
 /// Connects to the destination at `address` (`HOST:PORT`) and completes the handshake. The
 /// destination's certificate must name `name`, or the host part of `address` when `None`.
-/// A destination that does not trust this side's certificate refuses it in its first answer,
-/// which the first read on the link then reports.
+/// `timeout` bounds every read and write on the link, the handshake's included (a destination
+/// that goes silent then fails the migration instead of holding the source). A destination
+/// that does not trust this side's certificate refuses it in its first answer, which the first
+/// read on the link then reports.
 pub fn connect(
     address: &str,
     name: Option<&str>,
     config: Arc<ClientConfig>,
+    timeout: Option<Duration>,
 ) -> Result<SourceLink, TlsError> {
     let name = name.unwrap_or_else(|| host_of(address));
     let server_name =
@@ -195,7 +201,11 @@ pub fn connect(
         source,
     };
     let mut stream = TcpStream::connect(address).map_err(connect_error)?;
-    stream.set_nodelay(true).map_err(connect_error)?;
+    stream
+        .set_nodelay(true)
+        .and_then(|()| stream.set_read_timeout(timeout))
+        .and_then(|()| stream.set_write_timeout(timeout))
+        .map_err(connect_error)?;
     let mut connection = ClientConnection::new(config, server_name)?;
     handshake(&mut connection, &mut stream, || address.to_string())?;
     Ok(rustls::StreamOwned::new(connection, stream))
@@ -312,7 +322,7 @@ mod tests {
         let agent = pki.files("agent", &["127.0.0.1"], &pki);
         let source = pki.files("source", &["source.example"], &pki);
         let (address, seen) = destination(&agent);
-        let mut link = connect(&address, None, source_config(&source).unwrap()).unwrap();
+        let mut link = connect(&address, None, source_config(&source).unwrap(), None).unwrap();
         assert_eq!(exchange(&mut link).unwrap(), Message::Ready);
         assert_eq!(seen.join().unwrap().unwrap(), hello());
         let _ = std::fs::remove_dir_all(dir);
@@ -326,7 +336,7 @@ mod tests {
         let agent = pki.files("agent", &["127.0.0.1"], &pki);
         let source = rogue.files("source", &["source.example"], &pki);
         let (address, seen) = destination(&agent);
-        let refused = connect(&address, None, source_config(&source).unwrap())
+        let refused = connect(&address, None, source_config(&source).unwrap(), None)
             .map_err(|e| e.to_string())
             .and_then(|mut link| exchange(&mut link));
         assert!(refused.is_err(), "{refused:?}");
@@ -346,7 +356,7 @@ mod tests {
             .unwrap()
             .with_root_certificates(roots(&agent.ca).unwrap())
             .with_no_client_auth();
-        let refused = connect(&address, None, Arc::new(anonymous))
+        let refused = connect(&address, None, Arc::new(anonymous), None)
             .map_err(|e| e.to_string())
             .and_then(|mut link| exchange(&mut link));
         assert!(refused.is_err(), "{refused:?}");
@@ -385,7 +395,7 @@ mod tests {
             pki.files("elsewhere", &["192.0.2.9", "other.example"], &pki),
         ] {
             let (address, seen) = destination(&agent);
-            let error = connect(&address, None, source_config(&source).unwrap())
+            let error = connect(&address, None, source_config(&source).unwrap(), None)
                 .expect_err("the source refuses the destination");
             assert!(matches!(error, TlsError::Handshake { .. }), "{error}");
             assert!(seen.join().unwrap().is_err(), "no message reached it");
@@ -397,10 +407,39 @@ mod tests {
             &address,
             Some("agent.example"),
             source_config(&source).unwrap(),
+            None,
         )
         .unwrap();
         assert_eq!(exchange(&mut link).unwrap(), Message::Ready);
         assert_eq!(seen.join().unwrap().unwrap(), hello());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_silent_destination_times_the_source_out() {
+        let dir = tmp("silent");
+        let pki = Pki::new(dir.clone());
+        let source = pki.files("source", &["source.example"], &pki);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let error = connect(
+            &address,
+            None,
+            source_config(&source).unwrap(),
+            Some(Duration::from_millis(200)),
+        )
+        .expect_err("nobody answers");
+        match error {
+            TlsError::Handshake { source, .. } => assert!(
+                matches!(
+                    source.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ),
+                "{source}"
+            ),
+            other => panic!("{other}"),
+        }
+        drop(listener);
         let _ = std::fs::remove_dir_all(dir);
     }
 
