@@ -1,6 +1,6 @@
 //! `vfio-variant serve` killed with SIGKILL while functions exist and VMMs are attached, then
 //! started again on the same directories: the stale sockets are removed, the `--auto`
-//! definitions come back, `list` tells the truth, a VMM that reconnects is served, the virtio
+//! definitions (one function of every built-in backend) come back, `list` tells the truth, a VMM that reconnects is served, the virtio
 //! backend's scratch directory of the killed process is gone, and a second server on the live
 //! server's run directory is refused without touching it.
 
@@ -145,22 +145,48 @@ fn scratch_register(client: &mut Client) -> u32 {
     u32::from_le_bytes(data)
 }
 
+/// The `--auto` definitions: one function of every built-in backend, by name (sorted).
+const AUTO: [(&str, &str, &str); 5] = [
+    ("auto0", "sample", "default"),
+    ("blk-auto", "virtio-blk", "transitional"),
+    ("dsa-auto", "idxd", "1dwq"),
+    ("mlx-auto", "mlx", "default"),
+    ("net-auto", "virtio-net", "modern"),
+];
+
+/// The first 64 bytes of a function's config space, read by a VMM of its own.
+fn header(socket: &Path) -> Vec<u8> {
+    let options = ClientOptions {
+        timeout: Some(Duration::from_secs(10)),
+        ..ClientOptions::default()
+    };
+    let mut client = Client::connect_with(socket, options).unwrap();
+    let mut data = vec![0u8; 64];
+    client.region_read(7, 0, &mut data).unwrap();
+    data
+}
+
 #[test]
 fn a_killed_server_restarts_clean_and_a_second_one_is_refused() {
     let host = Host::new();
-    host.run(&["define", "auto0", "--backend", "sample", "--auto"]);
-    host.run(&[
-        "define",
-        "blk-auto",
-        "--backend",
-        "virtio-blk",
-        "--profile",
-        "transitional",
-        "--auto",
-    ]);
+    for (name, backend, profile) in AUTO {
+        host.run(&[
+            "define",
+            name,
+            "--backend",
+            backend,
+            "--profile",
+            profile,
+            "--auto",
+        ]);
+    }
     host.run(&["define", "manual0", "--backend", "sample"]);
 
     let mut first = host.serve("first.log");
+    let headers: Vec<Vec<u8>> = AUTO
+        .iter()
+        .map(|(name, ..)| header(&host.socket(name)))
+        .collect();
     host.run(&["create", "--backend", "sample", "--name", "adhoc"]);
     host.run(&["start", "manual0"]);
     let mut vmm = attach(&host.socket("auto0"));
@@ -180,6 +206,7 @@ fn a_killed_server_restarts_clean_and_a_second_one_is_refused() {
     first.kill().unwrap();
     first.wait().unwrap();
     let stale = Host::names(&host.run_dir(), "");
+    assert_eq!(stale.len(), 9, "{stale:?}");
     for name in ["adhoc.sock", "auto0.sock", "control.sock", "manual0.sock"] {
         assert!(stale.contains(&name.to_string()), "{stale:?}");
     }
@@ -195,19 +222,20 @@ fn a_killed_server_restarts_clean_and_a_second_one_is_refused() {
 
     let mut second = host.serve("second.log");
     let log = host.log("second.log");
-    assert!(log.contains("removed 5 socket(s)"), "{log}");
-    // The auto definitions came back; nothing else claims to run.
-    assert_eq!(
-        host.list(),
-        [
-            ("auto0".into(), true, false),
-            ("blk-auto".into(), true, false)
-        ]
-    );
-    assert_eq!(
-        Host::names(&host.run_dir(), ""),
-        ["auto0.sock", "blk-auto.sock", "control.sock", "serve.lock"]
-    );
+    assert!(log.contains("removed 8 socket(s)"), "{log}");
+    // The auto definitions came back, one of every backend; nothing else claims to run.
+    let running: Vec<(String, bool, bool)> = AUTO
+        .iter()
+        .map(|(name, ..)| (name.to_string(), true, false))
+        .collect();
+    assert_eq!(host.list(), running);
+    let mut sockets: Vec<String> = AUTO
+        .iter()
+        .map(|(name, ..)| format!("{name}.sock"))
+        .chain(["control.sock".into(), "serve.lock".into()])
+        .collect();
+    sockets.sort();
+    assert_eq!(Host::names(&host.run_dir(), ""), sockets);
     // The killed server's scratch directory (two 64 MiB images) is gone; the new one is there.
     assert!(!killed_scratch.exists(), "{}", killed_scratch.display());
     assert_eq!(
@@ -222,8 +250,10 @@ fn a_killed_server_restarts_clean_and_a_second_one_is_refused() {
     vmm.region_write(0, SCRATCH, &0x0bad_cafeu32.to_le_bytes())
         .unwrap();
     assert!(host.list().contains(&("auto0".into(), true, true)));
-    let blk = attach(&host.socket("blk-auto"));
-    drop(blk);
+    // Every backend's function is back as it was exposed.
+    for ((name, ..), before) in AUTO.iter().zip(&headers).skip(1) {
+        assert_eq!(&header(&host.socket(name)), before, "{name}");
+    }
 
     // A second server on the live server's run directory is refused and touches nothing.
     let out = host.command(&["serve", "--no-autostart"]).output().unwrap();
@@ -233,16 +263,13 @@ fn a_killed_server_restarts_clean_and_a_second_one_is_refused() {
         said.contains("in use by another running") && said.contains(&second.id().to_string()),
         "{said}"
     );
-    assert_eq!(
-        Host::names(&host.run_dir(), ""),
-        ["auto0.sock", "blk-auto.sock", "control.sock", "serve.lock"]
-    );
+    assert_eq!(Host::names(&host.run_dir(), ""), sockets);
     assert_eq!(
         scratch_register(&mut vmm),
         0x0bad_cafe,
         "the VMM is still served"
     );
-    assert_eq!(host.list().len(), 2);
+    assert_eq!(host.list().len(), AUTO.len());
     assert_eq!(
         Host::names(&host.tmp(), "vfio-variant-virtio-").len(),
         1,
@@ -252,11 +279,14 @@ fn a_killed_server_restarts_clean_and_a_second_one_is_refused() {
     // The definitions are whole, and no temporary file was left.
     let out = host.run(&["list", "--defined", "--json"]);
     let defined: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(defined.as_array().unwrap().len(), 3);
-    assert_eq!(
-        Host::names(&host.top.join("state"), ""),
-        ["auto0.json", "blk-auto.json", "manual0.json"]
-    );
+    assert_eq!(defined.as_array().unwrap().len(), AUTO.len() + 1);
+    let mut files: Vec<String> = AUTO
+        .iter()
+        .map(|(name, ..)| format!("{name}.json"))
+        .chain(["manual0.json".into()])
+        .collect();
+    files.sort();
+    assert_eq!(Host::names(&host.top.join("state"), ""), files);
 
     // A clean stop removes the sockets and the scratch directory.
     drop(vmm);
