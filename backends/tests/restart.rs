@@ -128,13 +128,26 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// A VMM's connection: decoding on, as a guest driver leaves it.
+/// A VMM's connection (the server takes one client per function: the last one may still be
+/// on its way out).
+fn connect(socket: &Path) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let options = ClientOptions {
+            timeout: Some(Duration::from_secs(10)),
+            ..ClientOptions::default()
+        };
+        match Client::connect_with(socket, options) {
+            Ok(client) => return client,
+            Err(e) if Instant::now() > deadline => panic!("{}: {e}", socket.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// A VMM's connection, with decoding on as a guest driver leaves it.
 fn attach(socket: &Path) -> Client {
-    let options = ClientOptions {
-        timeout: Some(Duration::from_secs(10)),
-        ..ClientOptions::default()
-    };
-    let mut client = Client::connect_with(socket, options).unwrap();
+    let mut client = connect(socket);
     client.region_write(7, 4, &[0x02, 0x00]).unwrap();
     client
 }
@@ -156,11 +169,7 @@ const AUTO: [(&str, &str, &str); 5] = [
 
 /// The first 64 bytes of a function's config space, read by a VMM of its own.
 fn header(socket: &Path) -> Vec<u8> {
-    let options = ClientOptions {
-        timeout: Some(Duration::from_secs(10)),
-        ..ClientOptions::default()
-    };
-    let mut client = Client::connect_with(socket, options).unwrap();
+    let mut client = connect(socket);
     let mut data = vec![0u8; 64];
     client.region_read(7, 0, &mut data).unwrap();
     data
