@@ -415,6 +415,64 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// A network that flips one bit of the first record the source sends once armed.
+    struct Tamper {
+        inner: TcpStream,
+        armed: bool,
+    }
+
+    impl Read for Tamper {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.inner.read(buf)
+        }
+    }
+
+    impl Write for Tamper {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.armed && !buf.is_empty() {
+                self.armed = false;
+                let mut changed = buf.to_vec();
+                changed[buf.len() / 2] ^= 0x10;
+                self.inner.write_all(&changed)?;
+                return Ok(buf.len());
+            }
+            self.inner.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.inner.flush()
+        }
+    }
+
+    #[test]
+    fn a_message_changed_on_the_way_is_refused() {
+        let dir = tmp("tamper");
+        let pki = Pki::new(dir.clone());
+        let agent = pki.files("agent", &["127.0.0.1"], &pki);
+        let source = pki.files("source", &["source.example"], &pki);
+        let (address, seen) = destination(&agent);
+        let mut network = Tamper {
+            inner: TcpStream::connect(&address).unwrap(),
+            armed: false,
+        };
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let mut connection = ClientConnection::new(source_config(&source).unwrap(), name).unwrap();
+        while connection.is_handshaking() {
+            connection.complete_io(&mut network).unwrap();
+        }
+        network.armed = true;
+        let mut link = rustls::StreamOwned::new(connection, network);
+        let _ = hello().write_to(&mut link);
+        let error = seen
+            .join()
+            .unwrap()
+            .expect_err("the changed HELLO is not read");
+        assert!(
+            error.contains("cannot decrypt"),
+            "refused by the record layer: {error}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn a_silent_destination_times_the_source_out() {
         let dir = tmp("silent");
