@@ -7,11 +7,11 @@
 //! else a fresh `vfio-variant-virtio-PID` directory under the temporary directory, removed
 //! when the backend is dropped. A process that dies without dropping it (SIGKILL) cannot remove
 //! it, so each such directory holds a shared `flock` on its `.owner` file while in use, and
-//! [`files_dir`] removes those of processes that are gone. VF `n` of the blk PF is backed by `virtio-blk-vfN.img`
-//! ([`BLK_IMAGE_SIZE`] bytes, sparse); VF `n` of the net PF is bound to `virtio-net-vfN.sock`
-//! (a datagram socket: it transmits to whoever sent it the last datagram). An image that
-//! exists is reused (its data kept); a stale socket is replaced, so two servers must not share
-//! a directory.
+//! [`files_dir`] removes those of processes that are gone. VF `n` of the blk PF is backed by
+//! `virtio-blk-vfN.img` ([`BLK_IMAGE_SIZE`] bytes, sparse); VF `n` of the net PF is bound to
+//! `virtio-net-vfN.sock` (a datagram socket: it transmits to whoever sent it the last
+//! datagram). An image that exists is reused (its data kept); a stale socket is replaced, so
+//! two servers must not share a directory.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
@@ -104,13 +104,12 @@ fn remove_stale_dirs(parent: &Path) {
             continue;
         };
         let path = entry.path();
-        let ours = std::fs::symlink_metadata(&path)
-            .is_ok_and(|m| m.is_dir() && std::os::unix::fs::MetadataExt::uid(&m) == uid);
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == uid);
         if pid == me || !ours {
             continue;
         }
         // Held while the directory is removed, so that a process claiming it waits.
-        let lock = match std::fs::File::open(path.join(OWNER_LOCK)) {
+        let lock = match File::open(path.join(OWNER_LOCK)) {
             Ok(lock) => {
                 if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
                     continue;
