@@ -127,10 +127,15 @@ device_id = 0x10fd
 class_code = 0xff0000
 "#;
 
+/// Guest RAM sealed at its size, as QEMU's memfd backend makes it (so the server maps it).
 fn memfd(len: usize) -> OwnedFd {
-    let fd = rustix::fs::memfd_create("guest", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create("guest", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .expect("memfd");
     let mut file = std::fs::File::from(fd);
     file.write_all(&vec![0u8; len]).expect("memfd size");
+    rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .expect("seals");
     file.into()
 }
 

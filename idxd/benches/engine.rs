@@ -8,6 +8,7 @@
 //!   REGION_WRITE to BAR 2 of a sub-device over a real vfio-user socket.
 
 use std::hint::black_box;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,11 +46,20 @@ fn report(name: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
     }
 }
 
+/// Guest RAM sealed at its size, as QEMU's memfd backend makes it (so the server maps it).
+fn sealed_memfd(size: u64) -> OwnedFd {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create("guest", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .expect("memfd");
+    rustix::fs::ftruncate(&fd, size).expect("ftruncate");
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .expect("seals");
+    fd
+}
+
 /// Guest memory as the server has it: a memfd mapped at IOVA 0 in a function's DMA table.
 fn guest_memory(size: u64) -> Arc<DmaTable> {
-    let fd =
-        rustix::fs::memfd_create("bench-guest", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
-    rustix::fs::ftruncate(&fd, size).expect("ftruncate");
+    let fd = sealed_memfd(size);
     let table = DmaTable::new();
     table
         .map(0, size, 0, Some(fd), (true, true), 1)
@@ -147,8 +157,7 @@ fn portal_submissions() -> f64 {
         ..ClientOptions::default()
     };
     let mut client = Client::connect_with(endpoint.path(), options).unwrap();
-    let guest = rustix::fs::memfd_create("guest", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-    rustix::fs::ftruncate(&guest, 1 << 20).unwrap();
+    let guest = sealed_memfd(1 << 20);
     client
         .dma_map(
             &DmaMap::new(

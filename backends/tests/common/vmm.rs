@@ -73,10 +73,14 @@ impl MigratableDevice for Shared {
     }
 }
 
-/// Guest RAM.
+/// Guest RAM, sealed at its size as QEMU's memfd backend makes it (so the server maps it).
 pub fn memfd() -> OwnedFd {
-    let fd = rustix::fs::memfd_create("guest", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd =
+        rustix::fs::memfd_create("guest", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
     rustix::fs::ftruncate(&fd, GUEST_SIZE).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .unwrap();
     fd
 }
 

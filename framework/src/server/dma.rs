@@ -1,6 +1,7 @@
 //! A function's DMA table: the client's memory as the device sees it, by I/O virtual address.
-//! Ranges mapped with an fd are mmapped here and copied directly; ranges without an fd are
-//! reached with DMA_READ/DMA_WRITE messages to the client.
+//! Ranges mapped with an fd are mmapped here and copied directly when the file cannot shrink,
+//! and read and written through the file otherwise ([`fd`] states the rule); ranges without
+//! an fd are reached with DMA_READ/DMA_WRITE messages to the client.
 //!
 //! While a DMA logging session is on ([`DmaTable::set_dirty_log`]), every write through the
 //! table (`write`, the destination of `copy`, mapped or by message) marks its pages in the
@@ -12,11 +13,13 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use memmap2::{MmapOptions, MmapRaw};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::backend::{DmaAccess, DmaError};
 use crate::migration::dirty::DirtyBitmap;
+use fd::{FdMemory, HeldFiles};
+
+pub mod fd;
 
 /// Reaches client memory that was mapped without an fd.
 pub trait RemoteMemory: Send + Sync {
@@ -59,6 +62,22 @@ pub enum MapError {
     /// The fd could not be mapped.
     #[error("mmap of the DMA fd failed: {0}")]
     Mmap(std::io::Error),
+    /// The range runs past the end of the fd's file.
+    #[error("DMA fd holds {file_size:#x} bytes; {offset:#x}+{size:#x} runs past its end")]
+    PastEnd {
+        /// Offset asked for in the file.
+        offset: u64,
+        /// Size asked for.
+        size: u64,
+        /// Size of the file.
+        file_size: u64,
+    },
+    /// The fd cannot back DMA memory (not a regular file, wrong access mode, ...).
+    #[error("DMA fd refused: {0}")]
+    Fd(String),
+    /// The function holds as many unsealed files open as it may.
+    #[error("too many unsealed DMA files held open (at most {0})")]
+    TooManyFiles(usize),
 }
 
 impl MapError {
@@ -66,15 +85,17 @@ impl MapError {
     pub fn errno(&self) -> i32 {
         match self {
             Self::Overlap { .. } => libc::EEXIST,
-            Self::TooMany(_) => libc::ENOSPC,
-            Self::TooLarge { .. } | Self::NotMapped { .. } => libc::EINVAL,
+            Self::TooMany(_) | Self::TooManyFiles(_) => libc::ENOSPC,
+            Self::TooLarge { .. } | Self::NotMapped { .. } | Self::PastEnd { .. } | Self::Fd(_) => {
+                libc::EINVAL
+            }
             Self::Mmap(_) => libc::EFAULT,
         }
     }
 }
 
 enum Backing {
-    Mapped(MmapRaw),
+    Fd(FdMemory),
     Remote,
 }
 
@@ -111,6 +132,8 @@ pub struct DmaTable {
     maps: RwLock<BTreeMap<u64, Mapping>>,
     remote: RwLock<Option<Arc<dyn RemoteMemory>>>,
     dirty: DirtyLog,
+    /// Unsealed files held open by mappings.
+    files: Mutex<HeldFiles>,
 }
 
 impl DmaTable {
@@ -147,18 +170,13 @@ impl DmaTable {
             .ok_or(MapError::TooLarge { address, size })?;
         let backing = match fd {
             None => Backing::Remote,
-            Some(fd) => {
-                let len =
-                    usize::try_from(size).map_err(|_| MapError::TooLarge { address, size })?;
-                let mut options = MmapOptions::new();
-                options.offset(offset).len(len);
-                let map = if writable {
-                    options.map_raw(&fd)
-                } else {
-                    options.map_raw_read_only(&fd)
-                };
-                Backing::Mapped(map.map_err(MapError::Mmap)?)
-            }
+            Some(fd) => Backing::Fd(fd::open(
+                fd,
+                offset,
+                size,
+                (readable, writable),
+                &mut self.files.lock(),
+            )?),
         };
         let mut maps = self.maps.write();
         if maps.len() as u64 >= max_maps {
@@ -206,6 +224,11 @@ impl DmaTable {
     /// Whether there are no mappings.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Unsealed files held open by the mappings (see [`fd`]).
+    pub fn held_files(&self) -> usize {
+        self.files.lock().len()
     }
 
     /// Runs `f` on each mapped piece of `iova..iova+len`, in order; fails on a gap.
@@ -275,8 +298,7 @@ impl DmaTable {
             return None;
         }
         match &mapping.backing {
-            // `within < mapping.size == map.len()`, so the offset stays inside the mapping.
-            Backing::Mapped(map) => Some(map.as_mut_ptr().wrapping_add(within as usize)),
+            Backing::Fd(memory) => memory.host_ptr(within),
             Backing::Remote => None,
         }
     }
@@ -291,8 +313,9 @@ impl DmaAccess for DmaTable {
                 Self::direct(&maps, dst, len, true),
             ) {
                 // SAFETY: `direct` checked that each range lies inside one live mapping (kept
-                // mapped by the read lock held here) with the access needed; `ptr::copy` allows
-                // the ranges to overlap (they may be the same memory mapped twice).
+                // mapped by the read lock held here) of a file that cannot shrink, with the
+                // access needed; `ptr::copy` allows the ranges to overlap (they may be the same
+                // memory mapped twice).
                 unsafe { std::ptr::copy(from, to, len) };
                 self.dirty.mark(dst, len);
                 return Ok(());
@@ -310,20 +333,8 @@ impl DmaAccess for DmaTable {
             data.len(),
             false,
             |mapping, within, done, n| match &mapping.backing {
-                Backing::Mapped(map) => {
-                    // SAFETY: `within + n <= mapping.size == map.len()` (checked by `walk`), so the
-                    // source range lies inside the live mapping, which the read lock held by `walk`
-                    // keeps mapped; the destination is `n` bytes of `data`. The client may write
-                    // the memory concurrently, as a device's DMA races the CPU; bytes are copied
-                    // without being interpreted.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            map.as_ptr().add(within as usize),
-                            data[done..].as_mut_ptr(),
-                            n,
-                        );
-                    }
-                    Ok(())
+                Backing::Fd(memory) => {
+                    memory.read(within, &mut data[done..done + n], iova + done as u64)
                 }
                 Backing::Remote => self
                     .remote()?
@@ -338,18 +349,10 @@ impl DmaAccess for DmaTable {
             data.len(),
             true,
             |mapping, within, done, n| match &mapping.backing {
-                Backing::Mapped(map) => {
-                    // SAFETY: as in `read`: the destination range lies inside the live, writable
-                    // mapping (read lock held by `walk`, `within + n <= map.len()`); the source is
-                    // `n` bytes of `data`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            data[done..].as_ptr(),
-                            map.as_mut_ptr().add(within as usize),
-                            n,
-                        );
-                    }
-                    self.dirty.mark(iova + done as u64, n);
+                Backing::Fd(memory) => {
+                    let at = iova + done as u64;
+                    memory.write(within, &data[done..done + n], at)?;
+                    self.dirty.mark(at, n);
                     Ok(())
                 }
                 Backing::Remote => {
@@ -374,6 +377,189 @@ mod tests {
         let mut file = std::fs::File::from(fd);
         file.write_all(&vec![0u8; len]).unwrap();
         file.into()
+    }
+
+    /// A memfd sealed as QEMU's memfd backend seals guest RAM.
+    fn sealed_memfd(len: u64) -> OwnedFd {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd =
+            rustix::fs::memfd_create("dma-test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+                .unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .unwrap();
+        fd
+    }
+
+    fn is_direct(table: &DmaTable, iova: u64) -> bool {
+        DmaTable::direct(&table.maps.read(), iova, 1, false).is_some()
+    }
+
+    #[test]
+    fn sealed_memfds_are_mapped_and_other_files_are_read_through_the_fd() {
+        let table = DmaTable::new();
+        table
+            .map(
+                0x1000,
+                0x1000,
+                0,
+                Some(sealed_memfd(0x1000)),
+                (true, true),
+                8,
+            )
+            .unwrap();
+        table
+            .map(0x2000, 0x1000, 0, Some(memfd(0x1000)), (true, true), 8)
+            .unwrap();
+        assert!(is_direct(&table, 0x1000));
+        assert!(!is_direct(&table, 0x2000));
+        assert_eq!(table.held_files(), 1, "only the unsealed file is held open");
+        // Both kinds read and write alike, across the boundary.
+        table.write(0x1ff0, &[7; 0x20]).unwrap();
+        let mut back = [0u8; 0x20];
+        table.read(0x1ff0, &mut back).unwrap();
+        assert_eq!(back, [7; 0x20]);
+    }
+
+    #[test]
+    fn memory_that_shrinks_away_is_a_dma_error_not_a_signal() {
+        let table = DmaTable::new();
+        let file = memfd(0x4000);
+        let client = file.try_clone().unwrap();
+        table
+            .map(0x10000, 0x4000, 0, Some(file), (true, true), 8)
+            .unwrap();
+        table.write(0x12000, b"before").unwrap();
+        rustix::fs::ftruncate(&client, 0x1000).unwrap();
+        let mut data = [0u8; 8];
+        assert!(matches!(
+            table.read(0x12000, &mut data),
+            Err(DmaError::Transfer(_))
+        ));
+        assert!(matches!(
+            table.write(0x13000, b"after"),
+            Err(DmaError::Transfer(_))
+        ));
+        assert!(matches!(
+            table.copy(0x10000, 0x13000, 8),
+            Err(DmaError::Transfer(_))
+        ));
+        let size = rustix::fs::fstat(&client).unwrap().st_size;
+        assert_eq!(size, 0x1000, "a DMA write never grows the file back");
+        // What is left still works.
+        table.write(0x10000, b"still").unwrap();
+        table.read(0x10000, &mut data[..5]).unwrap();
+        assert_eq!(&data[..5], b"still");
+    }
+
+    #[test]
+    fn ranges_past_the_file_and_unfit_fds_are_refused() {
+        let table = DmaTable::new();
+        let einval = |r: Result<(), MapError>| r.unwrap_err().errno() == libc::EINVAL;
+        assert!(einval(table.map(
+            0,
+            0x2000,
+            0,
+            Some(memfd(0x1000)),
+            (true, true),
+            8
+        )));
+        assert!(einval(table.map(
+            0,
+            0x1000,
+            0x800,
+            Some(memfd(0x1000)),
+            (true, true),
+            8
+        )));
+        assert!(einval(table.map(
+            0,
+            0x2000,
+            0,
+            Some(sealed_memfd(0x1000)),
+            (true, true),
+            8
+        )));
+        let (pipe, _w) = std::io::pipe().unwrap();
+        assert!(einval(table.map(
+            0,
+            0x1000,
+            0,
+            Some(pipe.into()),
+            (true, true),
+            8
+        )));
+        // A read-only fd serves a read-only mapping only.
+        let file = memfd(0x1000);
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+        let read_only = || OwnedFd::from(std::fs::File::open(&path).unwrap());
+        assert!(einval(table.map(
+            0,
+            0x1000,
+            0,
+            Some(read_only()),
+            (true, true),
+            8
+        )));
+        table
+            .map(0, 0x1000, 0, Some(read_only()), (true, false), 8)
+            .unwrap();
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn unsealed_files_share_one_fd_and_are_bounded() {
+        let table = DmaTable::new();
+        let file = memfd(0x10_0000);
+        for i in 0..64u64 {
+            let dup = file.try_clone().unwrap();
+            table
+                .map(
+                    i * 0x1000,
+                    0x1000,
+                    i * 0x1000,
+                    Some(dup),
+                    (true, true),
+                    1024,
+                )
+                .unwrap();
+        }
+        assert_eq!(table.held_files(), 1);
+        for i in 1..fd::MAX_HELD_FILES as u64 {
+            table
+                .map(
+                    0x100_0000 + i * 0x1000,
+                    0x1000,
+                    0,
+                    Some(memfd(0x1000)),
+                    (true, true),
+                    1024,
+                )
+                .unwrap();
+        }
+        assert_eq!(table.held_files(), fd::MAX_HELD_FILES);
+        let refused = table.map(
+            0x200_0000,
+            0x1000,
+            0,
+            Some(memfd(0x1000)),
+            (true, true),
+            1024,
+        );
+        assert_eq!(refused.unwrap_err().errno(), libc::ENOSPC);
+        // Another range of a file already held is still fine.
+        table
+            .map(
+                0x300_0000,
+                0x1000,
+                0,
+                Some(file.try_clone().unwrap()),
+                (true, true),
+                1024,
+            )
+            .unwrap();
+        table.clear();
+        assert_eq!(table.held_files(), 0);
     }
 
     #[test]

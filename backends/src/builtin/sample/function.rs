@@ -30,7 +30,8 @@ pub(super) struct State {
     intx_asserted: bool,
 }
 
-/// The shared-memory BAR: a memfd the VMM may mmap, mapped here too.
+/// The shared-memory BAR: a memfd the VMM may mmap, mapped here too. It is sealed at its
+/// size, so the VMM, which holds the fd, cannot shrink it under the server's mapping.
 pub(super) struct SharedMemory {
     fd: Arc<OwnedFd>,
     map: MmapRaw,
@@ -38,9 +39,13 @@ pub(super) struct SharedMemory {
 
 impl SharedMemory {
     fn new() -> std::io::Result<Self> {
-        let fd =
-            rustix::fs::memfd_create("vfio-variant-sample-shm", rustix::fs::MemfdFlags::CLOEXEC)?;
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd = rustix::fs::memfd_create(
+            "vfio-variant-sample-shm",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
         rustix::fs::ftruncate(&fd, SHM_SIZE as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let map = MmapOptions::new().len(SHM_SIZE).map_raw(&fd)?;
         Ok(Self {
             fd: Arc::new(fd),
@@ -63,7 +68,7 @@ impl SharedMemory {
     pub(super) fn read(&self, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
         let at = Self::range(offset, data.len())?;
         // SAFETY: `at + data.len() <= SHM_SIZE == map.len()` (checked by `range`); the map
-        // lives as long as `self`. The VMM may write the memfd concurrently through its own
+        // lives as long as `self` and the memfd is sealed at SHM_SIZE. The VMM may write the memfd concurrently through its own
         // mapping; bytes are copied without being interpreted.
         unsafe {
             std::ptr::copy_nonoverlapping(self.map.as_ptr().add(at), data.as_mut_ptr(), data.len())
@@ -443,6 +448,9 @@ mod tests {
         f.bar_write(2, 0x10, &5u32.to_le_bytes()).unwrap();
         assert_eq!(read(&f, SHM_SUM), 8);
         assert!(f.bar_write(2, SHM_SIZE as u64 - 2, &[0; 4]).is_err());
+        // The VMM holds the fd but cannot shrink the memory under the device's mapping.
+        assert!(rustix::fs::ftruncate(&*file.fd, 0).is_err());
+        assert_eq!(read(&f, SHM_SUM), 8);
         write(&f, NVRAM, 0xfeed);
         write(&f, SCRATCH, 0xbeef);
         f.reset().unwrap();
