@@ -21,6 +21,7 @@ use crate::vfio_user::message::Request;
 use crate::vfio_user::region::{
     IoFdsReply, PCI_NUM_REGIONS, RegionCap, RegionFlags, RegionInfoReply, SparseMmapArea,
 };
+use crate::vfio_user::rules;
 use crate::vfio_user::socket::Message;
 use crate::vfio_user::{Limits, Negotiated, Payload, ServerOffer, negotiate};
 
@@ -77,7 +78,14 @@ impl<'a> Session<'a> {
                 return self.outbox.error(&header, e.errno()).is_ok();
             }
         };
+        if message.fds.len() > rules::max_fds(&request) {
+            // Stray fds are closed with the message.
+            tracing::debug!("refused command: {} fds", message.fds.len());
+            return self.outbox.error(&header, libc::EINVAL).is_ok();
+        }
         let (answer, keep) = match request {
+            // VERSION comes once, first; a second one changes nothing.
+            Request::Version(_) if self.negotiated.is_some() => (Answer::Error(libc::EINVAL), true),
             Request::Version(proposal) => match negotiate(&proposal, &self.offer()) {
                 Ok((version, negotiated)) => {
                     *self.limits.write() = negotiated.limits(&self.config.limits);

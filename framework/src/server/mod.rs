@@ -326,6 +326,19 @@ fn next_client(shared: &Shared, listener: &UnixListener) -> Option<io::Result<Un
     }
 }
 
+/// Whether the current client hung up (or its connection is already over).
+fn previous_left(shared: &Shared) -> bool {
+    let client = shared.client.lock();
+    let Some(stream) = client.as_ref() else {
+        return true;
+    };
+    let mut fds = [PollFd::new(stream, PollFlags::RDHUP)];
+    matches!(poll(&mut fds, Some(&rustix::event::Timespec::default())), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR)
+}
+
 fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
     let mut connection: Option<JoinHandle<()>> = None;
     while let Some(stream) = next_client(shared, listener) {
@@ -353,7 +366,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
             );
             continue;
         }
-        if connection.as_ref().is_some_and(|c| !c.is_finished()) {
+        if connection.as_ref().is_some_and(|c| !c.is_finished()) && !previous_left(shared) {
             tracing::warn!(
                 "{}: refused a second client (pid {})",
                 shared.port.name,
@@ -361,8 +374,11 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
             );
             continue;
         }
-        if let Some(finished) = connection.take() {
-            let _ = finished.join();
+        // The previous client may have left a moment ago with its connection thread still
+        // winding down (unmapping its DMA, closing its eventfds): wait for it, then serve the
+        // one that reconnected.
+        if let Some(previous) = connection.take() {
+            let _ = previous.join();
         }
         *shared.client.lock() = stream.try_clone().ok();
         let served = Arc::clone(shared);

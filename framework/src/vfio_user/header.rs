@@ -183,7 +183,8 @@ impl Header {
         Ok(header)
     }
 
-    /// Checks the size (at least the header) and the type (command or reply).
+    /// Checks the size (at least the header), the type (command or reply), that no unknown
+    /// flag bit is set and that only a reply has the Error flag.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         if (self.size as usize) < HEADER_SIZE {
             return Err(ProtocolError::invalid(
@@ -196,6 +197,19 @@ impl Header {
             return Err(ProtocolError::invalid(
                 "header",
                 format!("message type {kind}"),
+            ));
+        }
+        let unknown = self.flags.bits() & !(MESSAGE_TYPE_MASK | HeaderFlags::all().bits());
+        if unknown != 0 {
+            return Err(ProtocolError::invalid(
+                "header",
+                format!("unknown flag bits {unknown:#x}"),
+            ));
+        }
+        if kind == 0 && self.flags.contains(HeaderFlags::ERROR) {
+            return Err(ProtocolError::invalid(
+                "header",
+                "a command with the Error flag",
             ));
         }
         Ok(())
@@ -308,8 +322,15 @@ mod tests {
         let mut h = Header::request(1, Command::Version, 0);
         h.flags = HeaderFlags::from_bits_retain(2);
         assert!(Header::parse(&h.encode()).is_err());
-        // Unknown flag bits are kept, not refused.
+        // Unknown flag bits are refused, as VFIO refuses unknown flags; so is a command
+        // claiming to be an error.
         h.flags = HeaderFlags::from_bits_retain(0x100 | 1);
+        assert_eq!(Header::parse(&h.encode()).unwrap_err().errno(), 22);
+        h.flags = HeaderFlags::ERROR;
+        assert_eq!(Header::parse(&h.encode()).unwrap_err().errno(), 22);
+        h.flags = HeaderFlags::REPLY | HeaderFlags::ERROR;
+        assert_eq!(Header::parse(&h.encode()).unwrap(), h);
+        h.flags = HeaderFlags::NO_REPLY;
         assert_eq!(Header::parse(&h.encode()).unwrap(), h);
     }
 }

@@ -54,8 +54,18 @@ pub enum Request {
 }
 
 impl Request {
-    /// Parses the payload of a `command` message.
+    /// Parses the payload of a `command` message and checks [`super::rules::check`].
     pub fn parse(command: Command, payload: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
+        let request = Self::parse_layout(command, payload, limits)?;
+        super::rules::check(&request)?;
+        Ok(request)
+    }
+
+    fn parse_layout(
+        command: Command,
+        payload: &[u8],
+        limits: &Limits,
+    ) -> Result<Self, ProtocolError> {
         Ok(match command {
             Command::Version => Self::Version(Version::parse(payload, limits)?),
             Command::DmaMap => Self::DmaMap(DmaMap::parse(payload, limits)?),

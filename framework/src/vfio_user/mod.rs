@@ -7,7 +7,9 @@
 //!   migration / DMA logging payloads, and this project's PRECOPY_INFO extension:
 //!   [`feature::FEATURE_PRECOPY_INFO`] `0xf001`, GET only, `{initial_bytes u64, dirty_bytes
 //!   u64}`, valid in PRE_COPY and PRE_COPY_P2P only), [`mig_data`].
-//! - [`message`]: [`Request`] and [`Reply`], dispatching on the command number.
+//! - [`message`]: [`Request`] and [`Reply`], dispatching on the command number; [`rules`]:
+//!   what VFIO asks of a request's fields beyond their layout (argsz minimums, reserved
+//!   fields, fds per command).
 //! - [`socket`]: framing over a stream socket with fds as SCM_RIGHTS, reply helpers, peer
 //!   credentials.
 //! - [`client`]: a blocking client that also answers the server's DMA_READ/DMA_WRITE.
@@ -27,6 +29,7 @@ pub mod irq;
 pub mod message;
 pub mod mig_data;
 pub mod region;
+pub mod rules;
 pub mod socket;
 pub mod version;
 mod wire;
