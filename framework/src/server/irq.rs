@@ -2,7 +2,7 @@
 //! pending state, following VFIO's SET_IRQS semantics (INTx is level-triggered and masks
 //! itself when it fires, until the client unmasks it).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use parking_lot::Mutex;
 
@@ -37,6 +37,9 @@ pub enum IrqError {
     /// A combination this server does not implement (e.g. an INTx unmask eventfd).
     #[error("unsupported SET_IRQS: {0}")]
     Unsupported(&'static str),
+    /// An fd given as an eventfd is something else.
+    #[error("fd {0} of SET_IRQS is not an eventfd")]
+    NotEventfd(usize),
 }
 
 impl IrqError {
@@ -64,6 +67,21 @@ struct State {
 /// The interrupt table of one function.
 pub struct IrqTable {
     state: Mutex<State>,
+}
+
+/// Takes `fd` as a trigger eventfd. Only eventfds are accepted, and made non-blocking: a
+/// pipe or socket given instead, or a blocking eventfd whose counter the client filled, would
+/// block the thread raising the interrupt.
+fn accept_eventfd(fd: &OwnedFd) -> bool {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    if !link.is_ok_and(|l| l.as_os_str() == "anon_inode:[eventfd]") {
+        return false;
+    }
+    match rustix::fs::fcntl_getfl(fd) {
+        Ok(flags) if flags.contains(rustix::fs::OFlags::NONBLOCK) => true,
+        Ok(flags) => rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK).is_ok(),
+        Err(_) => false,
+    }
 }
 
 fn signal(fd: &OwnedFd) {
@@ -152,6 +170,9 @@ impl IrqTable {
                         fds: fds.len(),
                         count: request.count,
                     });
+                }
+                if let Some(i) = fds.iter().position(|fd| !accept_eventfd(fd)) {
+                    return Err(IrqError::NotEventfd(i));
                 }
                 let mut fds = fds.into_iter();
                 for v in &mut state.vectors[index as usize][range] {
@@ -419,5 +440,28 @@ mod tests {
         table.clear();
         table.raise(IRQ_INDEX_REQ, 0);
         assert_eq!(count(&fd), 0, "cleared with the client");
+    }
+
+    #[test]
+    fn only_eventfds_and_never_blocking() {
+        let table = IrqTable::new([1, 0, 2, 1, 1]);
+        let trigger = SetIrqsFlags::DATA_EVENTFD | SetIrqsFlags::ACTION_TRIGGER;
+        // A pipe would block the raiser once full: refused.
+        let (_r, w) = std::io::pipe().unwrap();
+        assert!(matches!(
+            table.set_irqs(&set(trigger, IRQ_INDEX_MSIX, 0, 1), vec![w.into()]),
+            Err(IrqError::NotEventfd(0))
+        ));
+        // A blocking eventfd whose counter the client filled: raising does not block.
+        let fd = eventfd(0, EventfdFlags::CLOEXEC).unwrap();
+        rustix::io::write(&fd, &(u64::MAX - 1).to_ne_bytes()).unwrap();
+        let dup = rustix::io::dup(&fd).unwrap();
+        table
+            .set_irqs(&set(trigger, IRQ_INDEX_MSIX, 0, 1), vec![dup])
+            .unwrap();
+        let flags = rustix::fs::fcntl_getfl(&fd).unwrap();
+        assert!(flags.contains(rustix::fs::OFlags::NONBLOCK));
+        table.raise(IRQ_INDEX_MSIX, 0);
+        assert_eq!(count(&fd), u64::MAX - 1);
     }
 }
