@@ -29,9 +29,24 @@ use crate::vfio_user::socket::{
 };
 use crate::vfio_user::{Limits, Payload};
 
-/// Commands that may wait while the connection thread waits for a DMA answer; past this the
-/// DMA fails rather than memory growing without bound.
+/// Commands that may wait while the connection thread waits for a DMA answer; past this (or
+/// past [`MAX_QUEUED_BYTES`] of payload or [`MAX_QUEUED_FDS`] fds held by them) the DMA fails
+/// rather than memory or fds growing without bound.
 const MAX_QUEUED: usize = 4096;
+/// Payload bytes the queued commands may hold.
+const MAX_QUEUED_BYTES: usize = 16 << 20;
+/// Fds the queued commands may hold.
+const MAX_QUEUED_FDS: usize = 64;
+
+/// Whether `queued` has room for `message`.
+fn room_for(queued: &VecDeque<Message>, message: &Message) -> bool {
+    let (bytes, fds) = queued
+        .iter()
+        .fold((0, 0), |(b, f), m| (b + m.payload.len(), f + m.fds.len()));
+    queued.len() < MAX_QUEUED
+        && bytes + message.payload.len() <= MAX_QUEUED_BYTES
+        && fds + message.fds.len() <= MAX_QUEUED_FDS
+}
 
 /// The write side of a connection, shared by the connection thread and device threads.
 pub(crate) struct Outbox {
@@ -175,9 +190,10 @@ impl RemoteDma {
                 Incoming::Reply(message) => self.deliver(message),
                 Incoming::Command(message) => {
                     let mut queued = self.inbox.queued.lock();
-                    if queued.len() >= MAX_QUEUED {
+                    if !room_for(&queued, &message) {
                         return Err(DmaError::Transfer(format!(
-                            "the client sent {MAX_QUEUED} commands without answering {command:?}"
+                            "the client sent {} commands without answering {command:?}",
+                            queued.len() + 1
                         )));
                     }
                     queued.push_back(message);
@@ -317,4 +333,35 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
     port.dma.set_remote(None);
     port.dma.clear();
     port.irqs.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(payload: usize, fds: usize) -> Message {
+        Message {
+            header: Header::request(0, Command::RegionWrite, payload),
+            payload: vec![0; payload],
+            fds: (0..fds)
+                .map(|_| rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn queued_commands_are_bounded_in_number_bytes_and_fds() {
+        let mut queued = VecDeque::new();
+        for _ in 0..MAX_QUEUED_FDS / 16 {
+            assert!(room_for(&queued, &message(0, 16)));
+            queued.push_back(message(0, 16));
+        }
+        assert!(!room_for(&queued, &message(0, 1)), "fds");
+        assert!(room_for(&queued, &message(MAX_QUEUED_BYTES, 0)));
+        queued.push_back(message(MAX_QUEUED_BYTES - 1, 0));
+        assert!(!room_for(&queued, &message(2, 0)), "bytes");
+        queued.clear();
+        queued.extend((0..MAX_QUEUED).map(|_| message(0, 0)));
+        assert!(!room_for(&queued, &message(0, 0)), "count");
+    }
 }
