@@ -588,7 +588,7 @@ fn exchange(stream: &UnixStream, id: u16, message: &Raw) -> Expect {
         ..Limits::default()
     };
     let first = read_message(stream, &limits).unwrap();
-    let answer = if first.header.msg_id == id && first.header.is_reply() {
+    if first.header.msg_id == id && first.header.is_reply() {
         let fence_reply = read_message(stream, &limits).unwrap();
         assert_eq!(
             fence_reply.header.msg_id,
@@ -609,8 +609,7 @@ fn exchange(stream: &UnixStream, id: u16, message: &Raw) -> Expect {
         );
         assert!(!first.header.is_error(), "the connection still works");
         Expect::Nothing
-    };
-    answer
+    }
 }
 
 fn endpoint(name: &str, dir: &std::path::Path, backend: &SampleBackend) -> Endpoint {
