@@ -79,7 +79,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             2 => {
-                let mut buf = vec![0u8; usize::from(op[3]) * 32];
+                let mut buf = vec![0u8; usize::from(op[3].max(1)) * 32];
                 if table.read(iova, &mut buf).is_ok()
                     && let Some(m) = mapped.iter().find(|m| {
                         m.iova <= iova && iova + buf.len() as u64 <= m.iova + m.size

@@ -43,6 +43,9 @@ pub enum MapError {
     /// The table is full.
     #[error("too many DMA mappings (at most {0})")]
     TooMany(u64),
+    /// The range is empty.
+    #[error("DMA range at {0:#x} is empty")]
+    Empty(u64),
     /// The range does not fit the address space or this process.
     #[error("DMA range {address:#x}+{size:#x} is too large")]
     TooLarge {
@@ -86,9 +89,11 @@ impl MapError {
         match self {
             Self::Overlap { .. } => libc::EEXIST,
             Self::TooMany(_) | Self::TooManyFiles(_) => libc::ENOSPC,
-            Self::TooLarge { .. } | Self::NotMapped { .. } | Self::PastEnd { .. } | Self::Fd(_) => {
-                libc::EINVAL
-            }
+            Self::Empty(_)
+            | Self::TooLarge { .. }
+            | Self::NotMapped { .. }
+            | Self::PastEnd { .. }
+            | Self::Fd(_) => libc::EINVAL,
             Self::Mmap(_) => libc::EFAULT,
         }
     }
@@ -165,6 +170,10 @@ impl DmaTable {
         (readable, writable): (bool, bool),
         max_maps: u64,
     ) -> Result<(), MapError> {
+        if size == 0 {
+            // It would take the key of a mapping at the same address and replace it.
+            return Err(MapError::Empty(address));
+        }
         let end = address
             .checked_add(size)
             .ok_or(MapError::TooLarge { address, size })?;
@@ -579,6 +588,20 @@ mod tests {
         assert!(matches!(
             table.read(0x2f80, &mut back),
             Err(DmaError::Unmapped { iova: 0x3000, .. })
+        ));
+    }
+
+    /// Found by the `dma_table` fuzz target: a mapping of size 0 at the start of another
+    /// replaced it.
+    #[test]
+    fn an_empty_mapping_is_refused_and_replaces_nothing() {
+        let table = DmaTable::new();
+        table.map(0, 0x1000, 0, None, (false, false), 8).unwrap();
+        let empty = table.map(0, 0, 0, None, (true, true), 8).unwrap_err();
+        assert_eq!(empty.errno(), libc::EINVAL);
+        assert!(matches!(
+            table.read(0, &mut [0u8; 4]),
+            Err(DmaError::Permission { .. })
         ));
     }
 
