@@ -517,6 +517,29 @@ mod tests {
     }
 
     #[test]
+    fn unsealed_hugetlbfs_files_are_mapped_writable_only_when_sealed() {
+        use rustix::fs::MemfdFlags;
+        let huge = || {
+            let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::HUGETLB;
+            let fd = rustix::fs::memfd_create("dma-test", flags).ok()?;
+            rustix::fs::ftruncate(&fd, 2 << 20).ok()?;
+            Some(fd)
+        };
+        let Some(unsealed) = huge() else {
+            eprintln!("no hugetlbfs here: nothing to check");
+            return;
+        };
+        let table = DmaTable::new();
+        let refused = table.map(0, 2 << 20, 0, Some(unsealed), (true, true), 8);
+        assert_eq!(refused.unwrap_err().errno(), libc::EINVAL);
+        let read_only = huge().unwrap();
+        table
+            .map(0, 2 << 20, 0, Some(read_only), (true, false), 8)
+            .unwrap();
+        // Sealed, it would be mmapped: whether that works depends on the host's huge pages.
+    }
+
+    #[test]
     fn unsealed_files_share_one_fd_and_are_bounded() {
         let table = DmaTable::new();
         let file = memfd(0x10_0000);

@@ -28,9 +28,9 @@ pub const MAX_HELD_FILES: usize = 64;
 
 /// One fd-backed range: mmapped, or read and written through the file.
 pub(super) enum FdMemory {
-    /// A file that cannot shrink, mapped for `size` bytes.
+    /// A file that cannot shrink, mapped for the range's size.
     Mapped(MmapRaw),
-    /// A file that may shrink: `size` bytes at `offset` in it.
+    /// A file that may shrink: the range starts at `offset` in it.
     File {
         /// The file, shared by every range of it.
         file: Arc<OwnedFd>,
@@ -134,8 +134,8 @@ pub(super) fn open(
 }
 
 fn on_hugetlbfs(fd: &OwnedFd) -> bool {
-    rustix::fs::fstatfs(fd)
-        .is_ok_and(|s| s.f_type as u64 & 0xffff_ffff == libc::HUGETLBFS_MAGIC as u64 & 0xffff_ffff)
+    // `f_type` is a signed word of the platform's width; the magic fits in 32 bits.
+    rustix::fs::fstatfs(fd).is_ok_and(|s| s.f_type as u32 == libc::HUGETLBFS_MAGIC as u32)
 }
 
 fn vanished(iova: u64, len: usize, why: impl std::fmt::Display) -> DmaError {
