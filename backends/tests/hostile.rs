@@ -548,30 +548,39 @@ fn a_client_that_never_reads_holds_only_its_function(s: &Server) {
 }
 
 /// 10 000 connect/VERSION/disconnect cycles, each reconnecting at once: every one is served,
-/// and fds and RSS come back.
+/// fds come back exactly, RSS within 1 MiB, and a second 10 000 do not grow it (a leak of
+/// 26 bytes per connection would).
 fn ten_thousand_reconnects_leak_nothing(s: &Server) -> String {
+    let cycles = || {
+        for i in 0..10_000 {
+            let options = ClientOptions {
+                timeout: Some(Duration::from_secs(10)),
+                ..ClientOptions::default()
+            };
+            if let Err(e) = Client::connect_with(s.socket("sample0"), options) {
+                panic!("reconnect {i} refused: {e}");
+            }
+        }
+        s.wait_detached("sample0");
+    };
     for _ in 0..200 {
         drop(s.client("sample0"));
     }
     s.wait_detached("sample0");
     let (fds, rss) = (open_fds(), rss_kib());
-    for i in 0..10_000 {
-        let options = ClientOptions {
-            timeout: Some(Duration::from_secs(10)),
-            ..ClientOptions::default()
-        };
-        if let Err(e) = Client::connect_with(s.socket("sample0"), options) {
-            panic!("reconnect {i} refused: {e}");
-        }
-    }
-    s.wait_detached("sample0");
+    cycles();
     let (fds_after, rss_after) = (open_fds(), rss_kib());
+    cycles();
+    let rss_again = rss_kib();
     assert_eq!(fds_after, fds, "fds after 10 000 connections");
     assert!(
-        rss_after < rss + 32 * 1024,
-        "RSS {rss} KiB -> {rss_after} KiB after 10 000 connections"
+        rss_after <= rss + 1024 && rss_again <= rss_after + 256,
+        "RSS grows with connections: {rss} KiB, {rss_after} KiB, {rss_again} KiB"
     );
-    format!("10000 connections: fds {fds} -> {fds_after}, RSS {rss} KiB -> {rss_after} KiB")
+    format!(
+        "10000 connections: fds {fds} -> {fds_after}, RSS {rss} KiB -> {rss_after} KiB \
+         (-> {rss_again} KiB after 10000 more)"
+    )
 }
 
 /// 20 000 DMA maps (and unmaps) of sealed and unsealed memfds, each with its own fd over
@@ -606,7 +615,7 @@ fn twenty_thousand_dma_maps_leak_nothing(s: &Server) -> String {
     drop(files);
     assert_eq!(fds_after, fds, "fds after 20 000 DMA maps");
     assert!(
-        rss_after < rss + 32 * 1024,
+        rss_after <= rss + 1024,
         "RSS {rss} KiB -> {rss_after} KiB after 20 000 DMA maps"
     );
     format!("20000 DMA maps: fds {fds} -> {fds_after}, RSS {rss} KiB -> {rss_after} KiB")
@@ -614,11 +623,45 @@ fn twenty_thousand_dma_maps_leak_nothing(s: &Server) -> String {
 
 // ---- the witness ----
 
+/// Round trips kept by the microsecond, up to this many (longer ones count in the last):
+/// the witness's memory is fixed, so it does not blur the RSS figures.
+const HISTOGRAM_US: usize = 20_000;
+
+/// Round trips of one phase.
+struct Histogram(Vec<u64>);
+
+impl Histogram {
+    fn new() -> Self {
+        Self(vec![0; HISTOGRAM_US])
+    }
+
+    fn add(&mut self, sample: Duration) {
+        let us = usize::try_from(sample.as_micros()).unwrap_or(usize::MAX);
+        self.0[us.min(HISTOGRAM_US - 1)] += 1;
+    }
+
+    fn count(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    fn median(&self) -> Duration {
+        let half = self.count() / 2;
+        let mut seen = 0;
+        for (us, n) in self.0.iter().enumerate() {
+            seen += n;
+            if seen > half {
+                return Duration::from_micros(us as u64);
+            }
+        }
+        Duration::ZERO
+    }
+}
+
 /// Times config reads on the witness function until told to stop; samples go to the phase
 /// they were taken in.
 struct Witness {
     phase: Arc<AtomicU8>,
-    samples: Arc<Mutex<[Vec<Duration>; 2]>>,
+    samples: Arc<Mutex<[Histogram; 2]>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -630,7 +673,7 @@ impl Witness {
         };
         let mut c = Client::connect_with(path, options).unwrap();
         let phase = Arc::new(AtomicU8::new(0));
-        let samples = Arc::new(Mutex::new([Vec::new(), Vec::new()]));
+        let samples = Arc::new(Mutex::new([Histogram::new(), Histogram::new()]));
         let (p, s) = (Arc::clone(&phase), Arc::clone(&samples));
         let thread = std::thread::spawn(move || {
             let mut data = [0u8; 4];
@@ -641,7 +684,7 @@ impl Witness {
                 }
                 let start = Instant::now();
                 c.region_read(7, 0, &mut data).unwrap();
-                s.lock()[now as usize].push(start.elapsed());
+                s.lock()[now as usize].add(start.elapsed());
                 std::thread::sleep(Duration::from_micros(200));
             }
         });
@@ -652,24 +695,20 @@ impl Witness {
         }
     }
 
-    fn count(&self, phase: usize) -> usize {
-        self.samples.lock()[phase].len()
+    fn count(&self, phase: usize) -> u64 {
+        self.samples.lock()[phase].count()
     }
 
     fn set_phase(&self, phase: u8) {
         self.phase.store(phase, Ordering::SeqCst);
     }
 
-    /// Median round trips (before, during).
+    /// Median round trips (before, during), to the microsecond.
     fn stop(mut self) -> (Duration, Duration) {
         self.set_phase(2);
         self.thread.take().unwrap().join().unwrap();
-        let mut samples = self.samples.lock();
-        let median = |v: &mut Vec<Duration>| {
-            v.sort();
-            v[v.len() / 2]
-        };
-        (median(&mut samples[0]), median(&mut samples[1]))
+        let samples = self.samples.lock();
+        (samples[0].median(), samples[1].median())
     }
 }
 

@@ -122,6 +122,9 @@ pub(super) fn open(
             "an unsealed hugetlbfs file cannot be written safely; seal it with F_SEAL_SHRINK",
         ));
     }
+    tracing::debug!(
+        "DMA fd not sealed against shrinking: {size:#x} bytes at {offset:#x} served through the fd"
+    );
     let key = FileKey {
         dev: stat.st_dev,
         ino: stat.st_ino,
