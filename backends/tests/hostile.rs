@@ -50,6 +50,8 @@ const FUNCTIONS: [(&str, &str); 5] = [
     ("net0", "virtio-net"),
 ];
 const GUEST: u64 = 0x10_0000;
+/// DMA mappings a function keeps at most (offered at VERSION).
+const MAX_DMA_MAPS: u64 = 256;
 const MIB: u64 = 1 << 20;
 
 struct Server {
@@ -73,12 +75,9 @@ impl Server {
         }
         let mut registry = Registry::new();
         register_builtin(&mut registry).unwrap();
-        let service = Service::new(
-            registry,
-            dir.join("run"),
-            dir.join("state"),
-            ServerConfig::default(),
-        );
+        let mut config = ServerConfig::default();
+        config.offer.max_dma_maps = MAX_DMA_MAPS;
+        let service = Service::new(registry, dir.join("run"), dir.join("state"), config);
         for (name, backend) in FUNCTIONS.into_iter().chain([("witness", "sample")]) {
             service
                 .create(&CreateSpec {
@@ -242,6 +241,26 @@ fn mappings_past_the_file_are_refused(s: &Server) {
             "{name}"
         );
         assert_eq!(map(&mut c, GUEST, 0x1000, 0, &small), Ok(()), "{name}");
+        drop(c);
+        s.wait_detached(name);
+    }
+}
+
+/// A client mapping ranges (without fds) until refused: exactly the offered number are kept,
+/// the next is ENOSPC, on every function; unmapping makes room again.
+fn dma_regions_are_bounded_per_function(s: &Server) {
+    for (name, _) in FUNCTIONS {
+        let mut c = s.client(name);
+        let flags = DmaMapFlags::READ | DmaMapFlags::WRITE;
+        for i in 0..MAX_DMA_MAPS {
+            c.dma_map(&DmaMap::new(GUEST + i * 0x1000, 0x1000, 0, flags), None)
+                .unwrap_or_else(|e| panic!("{name}: map {i}: {e}"));
+        }
+        let refused = c.dma_map(&DmaMap::new(0x1_0000_0000, 0x1000, 0, flags), None);
+        assert_eq!(errno(refused), libc::ENOSPC, "{name}");
+        c.dma_unmap_all().unwrap();
+        c.dma_map(&DmaMap::new(0x1_0000_0000, 0x1000, 0, flags), None)
+            .unwrap();
         drop(c);
         s.wait_detached(name);
     }
@@ -765,6 +784,10 @@ fn a_hostile_client_takes_down_nothing() {
             quiet!(short_region_info_and_second_version_are_refused),
         ),
         ("a pipe is no eventfd", quiet!(a_pipe_is_no_eventfd)),
+        (
+            "DMA regions are bounded per function",
+            quiet!(dma_regions_are_bounded_per_function),
+        ),
         ("stray fds are closed", stray_fds_are_closed),
         (
             "stalled mid-message holds only its function",
