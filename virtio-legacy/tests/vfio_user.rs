@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+use common::wait_until;
+
 use vfio_variant::backend::Backend;
 use vfio_variant::device::VirtualFunction;
 use vfio_variant::migration::MigrationState;
@@ -220,10 +223,12 @@ impl Guest {
         self.put(avail + 2, &self.avail_idx.to_le_bytes());
         self.io_write(legacy::QUEUE_NOTIFY, 2, 0);
         let used = GUEST_BASE + 0x2000;
-        let idx = self.get(used + 2, 2);
-        assert_eq!(
-            u16::from_le_bytes([idx[0], idx[1]]),
-            self.avail_idx,
+        // The notification is answered first; the VF processes the queue after.
+        assert!(
+            wait_until(|| {
+                let idx = self.get(used + 2, 2);
+                u16::from_le_bytes([idx[0], idx[1]]) == self.avail_idx
+            }),
             "the request completed"
         );
         let slot = u64::from(self.last_used % QUEUE_SIZE);
@@ -387,7 +392,7 @@ fn garbage_on_the_legacy_bar_is_refused_and_stays_on_its_vf() {
     // sets NEEDS_RESET.
     bad.io_write(legacy::QUEUE_PFN, 4, 0x0007_0000);
     bad.io_write(legacy::QUEUE_NOTIFY, 2, 0);
-    assert_ne!(bad.status() & STATUS_NEEDS_RESET, 0);
+    assert!(wait_until(|| bad.status() & STATUS_NEEDS_RESET != 0));
     // A queue index that does not exist is ignored.
     bad.io_write(legacy::QUEUE_NOTIFY, 2, 7);
 
@@ -556,7 +561,7 @@ fn blk_vf_migrates_to_another_pf_with_requests_in_flight() {
     dst.client.set_mig_state(MigrationState::Running).unwrap();
 
     // The in-flight writes completed on the destination, once.
-    assert_eq!(used_idx(&dst), 3);
+    assert!(wait_until(|| used_idx(&dst) == 3));
     assert_eq!(dst.get(GUEST_BASE + 0x9800 + 1, 2), [VIRTIO_BLK_S_OK; 2]);
     let sector = |dir: &Path, sector: u64| {
         let mut data = vec![0u8; 512];

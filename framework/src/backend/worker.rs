@@ -122,7 +122,10 @@ impl Worker {
                 *thread = Some((handle, id));
             }
             Err(e) => {
-                tracing::warn!("{}: cannot start the work thread ({e}); work runs inline", self.name);
+                tracing::warn!(
+                    "{}: cannot start the work thread ({e}); work runs inline",
+                    self.name
+                );
                 *self.handler.lock() = slot.lock().take();
             }
         }
