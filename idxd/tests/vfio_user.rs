@@ -123,11 +123,24 @@ impl Device {
         Completion::decode(&b)
     }
 
+    /// The completion record at `iova` once its status is written (descriptors run after
+    /// the portal write returns; a driver polls the record), for 10 s at most.
+    fn completed(&self, iova: u64) -> Completion {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let record = self.record(iova);
+            if record.status != 0 || std::time::Instant::now() >= deadline {
+                return record;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
     /// Submits through the unlimited portal and returns the completion record.
     fn submit(&mut self, desc: &Descriptor) -> Completion {
         self.put(desc.completion_addr, &[0u8; 32]);
         self.client.region_write(2, 0, &desc.encode()).unwrap();
-        self.record(desc.completion_addr)
+        self.completed(desc.completion_addr)
     }
 }
 
@@ -258,8 +271,9 @@ fn every_operation_through_the_portal() {
         d.put(list + 64 * i as u64, &s.encode());
     }
     let batch = desc(op::BATCH, cr, list, 0, 3);
+    d.put(cr, &[0u8; 32]);
     d.client.region_write(2, 0x1000, &batch.encode()).unwrap();
-    let c = d.record(cr);
+    let c = d.completed(cr);
     assert_eq!((c.status, c.bytes_completed), (status::SUCCESS, 3));
     assert_eq!(d.get(dst, 100), vec![0xee; 100]);
     assert_eq!(d.get(dst + 0x1000, 100), payload[..100]);
