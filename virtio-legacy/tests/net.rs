@@ -129,13 +129,13 @@ fn a_poller_delivers_frames_without_notifications() {
     ));
     let mut rx = DriverQueue::new(16, 0x1000);
     {
-        let driver = ModernDriver::of(&*vf);
+        let driver = ModernDriver::of(&vf);
         driver.negotiate(VIRTIO_F_VERSION_1);
         driver.setup_queue(RX_QUEUE, &rx, 0);
         driver.driver_ok();
     }
     rx.add(&mem, &[wo(0x20000, 2048)]);
-    ModernDriver::of(&*vf).notify(RX_QUEUE);
+    ModernDriver::of(&vf).notify(RX_QUEUE);
     let poller = vf.spawn_poller(Duration::from_millis(1)).unwrap();
     host.send(b"unsolicited").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
