@@ -617,3 +617,40 @@ fn a_function_that_needs_shared_memory_refuses_dma_map_without_an_fd() {
     drop(endpoint);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Stopping the function for migration waits for its DMA engine; the transfer in flight
+/// reaches guest memory by messages whose answers the connection thread must hand over
+/// while it waits, or the stop would stall until the DMA timed out.
+#[test]
+fn stopping_waits_for_dma_by_message_without_stalling_the_connection() {
+    let config = ServerConfig {
+        dma_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    let f = fixture("stop-dma", config);
+    let options = ClientOptions {
+        timeout: Some(Duration::from_secs(3)),
+        ..ClientOptions::default()
+    };
+    let mut c = Client::connect_with(f.endpoint.path(), options).unwrap();
+    enable_memory(&mut c);
+    let memory = Arc::new(Mutex::new(vec![0u8; 0x4000]));
+    memory.lock()[0x100..0x108].copy_from_slice(b"in fligh");
+    c.set_dma_handler(Box::new(VecMemory(Arc::clone(&memory))));
+    c.dma_map(
+        &DmaMap::new(0, 0x4000, 0, DmaMapFlags::READ | DmaMapFlags::WRITE),
+        None,
+    )
+    .unwrap();
+    reg_write(&mut c, DMA_SRC_LO, 0x100);
+    reg_write(&mut c, DMA_DST_LO, 0x2000);
+    reg_write(&mut c, DMA_LEN, 8);
+    // The client answers DMA only while it waits for a reply: after this one, the
+    // transfer still waits for at least its DMA_WRITE.
+    reg_write(&mut c, DMA_CMD, DMA_CMD_START);
+    c.set_mig_state(MigrationState::RunningP2p)
+        .expect("the stop returns once the transfer in flight is done");
+    assert_eq!(&memory.lock()[0x2000..0x2008], b"in fligh");
+    assert_eq!(reg_read(&mut c, DMA_STATUS), 0);
+    assert_eq!(reg_read(&mut c, DMA_COUNT), 1);
+}

@@ -12,11 +12,53 @@
 //! first kick, sleeps on a condition variable while nothing is pending, and is stopped and
 //! joined when the worker is dropped. The handler must not hold a lock the register path
 //! takes while it waits for guest memory.
+//!
+//! Waiting for a worker ([`Worker::quiesce`]: a function stopped for migration, a queue
+//! drained) on a connection's thread must not stop that thread from reading the socket: the
+//! worker may be waiting for a DMA answer only it can hand over. The connection thread
+//! installs a [`Pump`] while it runs a command ([`with_pump`]); a wait on it then reads the
+//! socket until the worker is idle, woken by the worker's eventfd.
 
+use std::cell::Cell;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};
 
 use parking_lot::{Condvar, Mutex};
+use rustix::event::{EventfdFlags, eventfd};
+
+/// What a thread that serves a client does while it waits: moves the client's messages on
+/// (answers to DMA requests to their waiters, commands to a queue).
+pub(crate) trait Pump {
+    /// Waits until a message comes (and handles it) or `wake` is readable; false when the
+    /// client is gone.
+    fn pump(&self, wake: BorrowedFd<'_>) -> bool;
+}
+
+thread_local! {
+    static PUMP: Cell<Option<*const (dyn Pump + 'static)>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with `pump` installed on this thread: a [`Worker::quiesce`] in `f` pumps.
+pub(crate) fn with_pump<R>(pump: &(dyn Pump + 'static), f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<*const (dyn Pump + 'static)>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PUMP.with(|p| p.set(self.0));
+        }
+    }
+    let _restore = Restore(PUMP.with(|p| p.replace(Some(pump as *const _))));
+    f()
+}
+
+/// Runs `f` with the pump installed on this thread, if any.
+fn installed_pump<R>(f: impl FnOnce(Option<&dyn Pump>) -> R) -> R {
+    let pump = PUMP.with(Cell::get);
+    // SAFETY: the pointer was set by `with_pump` from a reference that outlives the call of
+    // `with_pump`'s closure, and is cleared (restored) when that call returns or unwinds; we
+    // are inside it, on the same thread (the cell is thread-local).
+    f(pump.map(|p| unsafe { &*p }))
+}
 
 /// The work a handler is given: the bits kicked since its last pass.
 pub type Handler = Box<dyn FnMut(u64) + Send>;
@@ -34,6 +76,19 @@ struct Shared {
     wake: Condvar,
     /// Signalled when a pass ends.
     idle: Condvar,
+    /// Written when the worker goes idle, for a pumping wait (none if it could not be made:
+    /// waits then block without pumping).
+    idle_fd: Option<OwnedFd>,
+}
+
+impl Shared {
+    /// The worker went idle: wakes every kind of waiter.
+    fn went_idle(&self) {
+        self.idle.notify_all();
+        if let Some(fd) = &self.idle_fd {
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+        }
+    }
 }
 
 /// A function's work runner: one thread running a handler for the work kicked.
@@ -54,6 +109,7 @@ impl Worker {
                 state: Mutex::new(State::default()),
                 wake: Condvar::new(),
                 idle: Condvar::new(),
+                idle_fd: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).ok(),
             }),
             handler: Mutex::new(Some(Box::new(handler))),
             thread: Mutex::new(None),
@@ -82,8 +138,30 @@ impl Worker {
         if self.on_worker_thread() {
             return;
         }
+        let busy = |state: &State| state.pending != 0 || state.running;
+        // On a connection's thread: read the socket meanwhile (the worker may wait for an
+        // answer only this thread reads), woken by the idle eventfd.
+        let pumped = installed_pump(|pump| {
+            let (Some(pump), Some(fd)) = (pump, self.shared.idle_fd.as_ref()) else {
+                return false;
+            };
+            loop {
+                if !busy(&self.shared.state.lock()) {
+                    return true;
+                }
+                if !pump.pump(std::os::fd::AsFd::as_fd(fd)) {
+                    // The client is gone: its DMA fails at once, a plain wait is short.
+                    return false;
+                }
+                let mut drained = [0u8; 8];
+                let _ = rustix::io::read(fd, &mut drained);
+            }
+        });
+        if pumped {
+            return;
+        }
         let mut state = self.shared.state.lock();
-        while state.pending != 0 || state.running {
+        while busy(&state) {
             self.shared.idle.wait(&mut state);
         }
     }
@@ -145,7 +223,7 @@ impl Worker {
                 bits
             };
             if bits == 0 {
-                self.shared.idle.notify_all();
+                self.shared.went_idle();
                 return;
             }
             handler(bits);
@@ -163,7 +241,7 @@ fn run(shared: &Shared, mut handler: Handler) {
         }
         if state.pending == 0 {
             state.running = false;
-            shared.idle.notify_all();
+            shared.went_idle();
             shared.wake.wait(&mut state);
             continue;
         }
@@ -193,7 +271,7 @@ impl Drop for Worker {
         // Nobody waits for work that will not run.
         let mut state = self.shared.state.lock();
         state.running = false;
-        self.shared.idle.notify_all();
+        self.shared.went_idle();
     }
 }
 
