@@ -60,8 +60,8 @@ pub struct ClientOptions {
     pub limits: Limits,
     /// Read and write timeout of the socket (`None`: wait forever).
     pub timeout: Option<Duration>,
-    /// Layout of the server's DMA_WRITE requests and of DMA_READ replies: QEMU's by default,
-    /// as QEMU is the client servers are written for.
+    /// Layout of the server's DMA_WRITE requests and of DMA_READ replies: the spec's by
+    /// default, as QEMU 11's client uses it.
     pub dma_layout: DmaLayout,
 }
 
@@ -71,7 +71,7 @@ impl Default for ClientOptions {
             capabilities: Capabilities::qemu_proposal(),
             limits: Limits::default(),
             timeout: None,
-            dma_layout: DmaLayout::Qemu,
+            dma_layout: DmaLayout::Spec,
         }
     }
 }
