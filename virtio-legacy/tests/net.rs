@@ -149,3 +149,41 @@ fn a_poller_delivers_frames_without_notifications() {
     assert_eq!(used.1, 12 + 11);
     drop(poller);
 }
+
+/// Guest memory that counts the device's reads (each would be a DMA_READ message when the
+/// VMM does not share its RAM).
+struct Counting(Arc<Memory>, std::sync::atomic::AtomicUsize);
+
+impl vfio_variant::backend::DmaAccess for Counting {
+    fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), vfio_variant::backend::DmaError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.read(iova, data)
+    }
+    fn write(&self, iova: u64, data: &[u8]) -> Result<(), vfio_variant::backend::DmaError> {
+        self.0.write(iova, data)
+    }
+}
+
+#[test]
+fn polling_an_idle_receive_queue_reads_no_guest_memory() {
+    let (device, _host) = NetDevice::new(MAC).unwrap();
+    let mem = Memory::new(1 << 20);
+    let counting = Arc::new(Counting(mem.clone(), Default::default()));
+    let vf = VirtioVf::new("vf1", Box::new(device), counting.clone(), Irqs::new());
+    let mut rx = DriverQueue::new(16, 0x1000);
+    let driver = ModernDriver::of(&vf);
+    driver.negotiate(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC);
+    driver.setup_queue(RX_QUEUE, &rx, 0);
+    driver.driver_ok();
+    rx.add(&mem, &[wo(0x20000, 2048)]);
+    let before = counting.1.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..10 {
+        vf.poll();
+        vf.quiesce();
+    }
+    assert_eq!(
+        counting.1.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "nothing arrived: nothing to read"
+    );
+}
