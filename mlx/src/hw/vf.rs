@@ -450,4 +450,48 @@ mod tests {
         assert!(vf.bar_read(1, 0, &mut [0; 4]).is_err());
         assert_eq!(read(&vf, 0), 0);
     }
+
+    /// Memory whose reads wait until the test opens the gate, as guest memory reached by
+    /// messages waits for a VMM.
+    struct Gated {
+        memory: HostMemory,
+        gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl DmaAccess for Gated {
+        fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), DmaError> {
+            if let Some(gate) = self.gate.lock().take() {
+                let _ = gate.recv();
+            }
+            self.memory.read(iova, data)
+        }
+        fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+            self.memory.write(iova, data)
+        }
+    }
+
+    #[test]
+    fn the_doorbell_returns_before_the_ring_is_read_and_registers_answer_meanwhile() {
+        let vf = Arc::new(MlxVf::new("vf1", 1, Generation::One, FEATURE_ECHO));
+        let (open, gate) = std::sync::mpsc::channel();
+        vf.bind_dma(Some(Arc::new(Gated {
+            memory: HostMemory::new(0x2000),
+            gate: Mutex::new(Some(gate)),
+        })));
+        write(&vf, RING_BASE, 0x1000);
+        write(&vf, RING_SIZE, 8);
+        write(&vf, ENABLE, 1);
+        let (done, rung) = std::sync::mpsc::channel();
+        let ringer = Arc::clone(&vf);
+        std::thread::spawn(move || {
+            write(&ringer, PRODUCER, 1);
+            let _ = done.send(read(&ringer, dataplane::CONSUMER));
+        });
+        // The write and a register read came back while the entry waits for memory.
+        let consumer = rung.recv_timeout(std::time::Duration::from_secs(10));
+        open.send(()).unwrap();
+        assert_eq!(consumer, Ok(0));
+        vf.quiesce();
+        assert_eq!(read(&vf, dataplane::CONSUMER), 1);
+    }
 }
