@@ -57,7 +57,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let dirs = &cli.dirs;
-    cli::exit_code(match cli.command {
+    let json = wants_json(&cli.command);
+    let result = match cli.command {
         Command::Serve(args) => cli::serve::run(args, dirs),
         Command::Types(args) => cli::types::run(args, dirs),
         Command::Create(args) => cli::lifecycle::create(args, dirs),
@@ -70,5 +71,21 @@ fn main() -> ExitCode {
         Command::Migrate(args) => cli::migrate::run(args, dirs),
         Command::MigrateAgent(args) => cli::migrate::agent(args, dirs),
         Command::Vpci(command) => cli::vpci::run(command),
-    })
+    };
+    cli::exit_code(result, json)
+}
+
+/// Whether the command asked for JSON output (errors are then JSON on stdout too).
+fn wants_json(command: &Command) -> bool {
+    match command {
+        Command::Serve(_) | Command::MigrateAgent(_) => false,
+        Command::Types(a) => a.json,
+        Command::Create(a) => a.json,
+        Command::Destroy(a) | Command::Stop(a) => a.json,
+        Command::List(a) => a.json,
+        Command::Define(a) => a.json,
+        Command::Undefine(a) | Command::Start(a) => a.json,
+        Command::Migrate(a) => a.json(),
+        Command::Vpci(c) => c.json(),
+    }
 }

@@ -145,7 +145,7 @@ fn bad_files_are_refused_with_location() {
     let path = std::env::temp_dir().join(format!("vfio-variant-bad-{}.toml", std::process::id()));
     std::fs::write(&path, "[vpci]\nformat = 1\nname = \"x\"\n[identity]\nvendor_id = 0x1af4\ndevice_id = 1\nclass_code = 0\n[[bar]]\nindex = 0\nkind = \"io\"\nsize = 512\n").unwrap();
     let out = run(&["vpci", "check", path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(6), "invalid");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&format!(
@@ -155,6 +155,9 @@ fn bad_files_are_refused_with_location() {
         "{err}"
     );
     let _ = std::fs::remove_file(path);
-    let out = run(&["vpci", "check", "/nonexistent/layout.toml"]);
-    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["vpci", "check", "--json", "/nonexistent/layout.toml"]);
+    assert_eq!(out.status.code(), Some(9), "io");
+    let error: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["error"]["kind"], "io");
+    assert_eq!(error["error"]["file"], "/nonexistent/layout.toml");
 }

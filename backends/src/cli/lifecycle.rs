@@ -8,11 +8,12 @@ use clap::Args;
 use serde_json::Value;
 
 use super::dirs::Dirs;
-use super::{CliError, Outcome, print_json};
+use super::types::registry_with;
+use super::{CliError, ErrorKind, Outcome, print_json};
 use crate::lifecycle::control::{self, Request};
-use crate::lifecycle::definitions::{Definition, Definitions, Start};
+use crate::lifecycle::definitions::{Definition, DefinitionError, Definitions, Start};
 use crate::lifecycle::names::check_name;
-use crate::lifecycle::{CreateSpec, InstanceInfo};
+use crate::lifecycle::{CreateSpec, InstanceInfo, Service, ServiceError};
 
 fn attribute(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
@@ -41,11 +42,26 @@ impl FunctionArgs {
     fn layout_text(&self) -> Result<Option<String>, CliError> {
         self.layout
             .as_ref()
-            .map(|p| {
-                std::fs::read_to_string(p).map_err(|e| CliError(format!("{}: {e}", p.display())))
-            })
+            .map(|p| std::fs::read_to_string(p).map_err(|e| CliError::file(p, e)))
             .transpose()
     }
+
+    /// The create request these arguments make, for instance `name`.
+    fn spec(&self, name: Option<String>) -> Result<CreateSpec, CliError> {
+        Ok(CreateSpec {
+            backend: self.backend.clone(),
+            profile: self.profile.clone(),
+            name,
+            layout: self.layout_text()?,
+            layout_file: self.layout.as_ref().map(|p| p.display().to_string()),
+            attributes: self.attributes.clone(),
+        })
+    }
+}
+
+fn definition_error(e: DefinitionError) -> CliError {
+    let e = ServiceError::from(e);
+    CliError::new(e.kind(), e.to_string())
 }
 
 /// Arguments of `create`.
@@ -58,7 +74,7 @@ pub struct CreateArgs {
     name: Option<String>,
     /// Machine-readable output.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Arguments of `destroy` and `stop`.
@@ -69,6 +85,9 @@ pub struct DestroyArgs {
     /// Even while a VMM is attached (it is asked to release the device, then disconnected).
     #[arg(long)]
     force: bool,
+    /// Machine-readable errors.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `list`.
@@ -79,7 +98,7 @@ pub struct ListArgs {
     defined: bool,
     /// Machine-readable output.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Arguments of `define`.
@@ -92,6 +111,9 @@ pub struct DefineArgs {
     /// Start it whenever the server starts.
     #[arg(long)]
     auto: bool,
+    /// Machine-readable errors.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `undefine` and `start`.
@@ -99,10 +121,16 @@ pub struct DefineArgs {
 pub struct NameArgs {
     /// Instance name.
     name: String,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn request(dirs: &Dirs, request: &Request) -> Result<Value, CliError> {
-    control::request(&control::socket_path(&dirs.run_dir()), request).map_err(CliError)
+    Ok(control::request(
+        &control::socket_path(&dirs.run_dir()),
+        request,
+    )?)
 }
 
 fn print_instance(info: &InstanceInfo) {
@@ -118,18 +146,13 @@ fn print_instance(info: &InstanceInfo) {
 }
 
 fn instance(value: Value) -> Result<InstanceInfo, CliError> {
-    serde_json::from_value(value).map_err(|e| CliError(format!("bad answer from the server: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| CliError::failed(format!("bad answer from the server: {e}")))
 }
 
 /// `create`.
 pub fn create(args: CreateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
-    let spec = CreateSpec {
-        backend: args.function.backend.clone(),
-        profile: args.function.profile.clone(),
-        name: args.name.clone(),
-        layout: args.function.layout_text()?,
-        attributes: args.function.attributes.clone(),
-    };
+    let spec = args.function.spec(args.name.clone())?;
     let value = request(dirs, &Request::Create(spec))?;
     if args.json {
         print_json(&value)?;
@@ -167,9 +190,14 @@ pub fn stop(args: DestroyArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
 
 /// `start`.
 pub fn start(args: NameArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
-    let info = instance(request(dirs, &Request::Start { name: args.name })?)?;
-    print_instance(&info);
-    println!("  {}", info.qemu_device);
+    let value = request(dirs, &Request::Start { name: args.name })?;
+    if args.json {
+        print_json(&value)?;
+    } else {
+        let info = instance(value)?;
+        print_instance(&info);
+        println!("  {}", info.qemu_device);
+    }
     Ok(Outcome::Success)
 }
 
@@ -178,7 +206,7 @@ pub fn list(args: ListArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     if args.defined {
         let definitions = Definitions::new(dirs.state_dir());
         let mut found = Vec::new();
-        for d in definitions.list().map_err(|e| CliError(e.to_string()))? {
+        for d in definitions.list().map_err(definition_error)? {
             match d {
                 Ok(d) => found.push(d),
                 Err(e) => eprintln!("vfio-variant: {e}"),
@@ -203,7 +231,7 @@ pub fn list(args: ListArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         print_json(&value)?;
     } else {
         let infos: Vec<InstanceInfo> = serde_json::from_value(value)
-            .map_err(|e| CliError(format!("bad answer from the server: {e}")))?;
+            .map_err(|e| CliError::failed(format!("bad answer from the server: {e}")))?;
         for info in &infos {
             print_instance(info);
         }
@@ -211,26 +239,46 @@ pub fn list(args: ListArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     Ok(Outcome::Success)
 }
 
-/// `define`.
-pub fn define(args: DefineArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
-    check_name(&args.name).map_err(CliError)?;
-    let layout = args.function.layout_text()?;
-    if let Some(text) = &layout {
-        vfio_variant::vpci::parse_layout(
-            &args
-                .function
-                .layout
-                .as_ref()
-                .map_or(String::new(), |p| p.display().to_string()),
-            text,
-        )?;
+/// Checks what a definition would create, with the running server's backends (or, when
+/// none runs, the built-in ones): the backend, the profile, the layout and the backend's
+/// provisioning with them, undone at once. Returns the profile (the backend's first when
+/// none is named, as `create` picks).
+fn check_spec(spec: &CreateSpec, dirs: &Dirs) -> Result<String, CliError> {
+    match control::request(
+        &control::socket_path(&dirs.run_dir()),
+        &Request::Check(spec.clone()),
+    ) {
+        Ok(Value::String(profile)) => Ok(profile),
+        Ok(other) => Err(CliError::failed(format!(
+            "bad answer from the server: {other}"
+        ))),
+        Err(e) if e.kind == ErrorKind::NoServer => {
+            let local = Service::new(
+                registry_with(&[])?,
+                dirs.run_dir(),
+                dirs.state_dir(),
+                Default::default(),
+            );
+            local
+                .check(spec)
+                .map_err(|e| CliError::new(e.kind(), e.to_string()))
+        }
+        Err(e) => Err(e.into()),
     }
+}
+
+/// `define`: refused unless the server (or, with none running, the built-in backends) could
+/// create it as asked.
+pub fn define(args: DefineArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    let name = check_name(&args.name).map_err(|e| CliError::new(ErrorKind::Invalid, e))?;
+    let spec = args.function.spec(Some(name.clone()))?;
+    let profile = check_spec(&spec, dirs)?;
     let definition = Definition {
-        name: args.name,
-        backend: args.function.backend,
-        profile: args.function.profile.unwrap_or_else(|| "default".into()),
-        layout,
-        attributes: args.function.attributes,
+        name,
+        backend: spec.backend,
+        profile,
+        layout: spec.layout,
+        attributes: spec.attributes,
         start: if args.auto {
             Start::Auto
         } else {
@@ -239,7 +287,7 @@ pub fn define(args: DefineArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     };
     Definitions::new(dirs.state_dir())
         .define(&definition)
-        .map_err(|e| CliError(e.to_string()))?;
+        .map_err(definition_error)?;
     Ok(Outcome::Success)
 }
 
@@ -247,6 +295,6 @@ pub fn define(args: DefineArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
 pub fn undefine(args: NameArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     Definitions::new(dirs.state_dir())
         .undefine(&args.name)
-        .map_err(|e| CliError(e.to_string()))?;
+        .map_err(definition_error)?;
     Ok(Outcome::Success)
 }

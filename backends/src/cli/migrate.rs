@@ -50,6 +50,13 @@ pub struct MigrateArgs {
     json: bool,
 }
 
+impl MigrateArgs {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 /// Arguments of `migrate-agent`.
 #[derive(Args)]
 pub struct AgentArgs {
@@ -146,12 +153,13 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         max_precopy_rounds: args.max_rounds,
         ..Options::default()
     };
-    let mut source = connect(&args.source, dirs).map_err(CliError)?;
+    let mut source = connect(&args.source, dirs).map_err(CliError::failed)?;
     let mut printer = Printer { json: args.json };
     let report = if let Some(agent) = &args.agent {
-        let link = TcpStream::connect(agent).map_err(|e| CliError(format!("{agent}: {e}")))?;
+        let link =
+            TcpStream::connect(agent).map_err(|e| CliError::failed(format!("{agent}: {e}")))?;
         link.set_nodelay(true)
-            .map_err(|e| CliError(format!("{agent}: {e}")))?;
+            .map_err(|e| CliError::failed(format!("{agent}: {e}")))?;
         let name = match &args.function {
             Some(name) => name.clone(),
             None => name_of(&args.source),
@@ -160,11 +168,11 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         migrate(&mut source, &mut destination, &options, &mut printer)
     } else {
         let to = args.to.as_deref().unwrap_or_default();
-        let mut target = connect(to, dirs).map_err(CliError)?;
+        let mut target = connect(to, dirs).map_err(CliError::failed)?;
         let mut destination = LocalDestination::new(&mut target);
         migrate(&mut source, &mut destination, &options, &mut printer)
     }
-    .map_err(|e| CliError(format!("migration failed, the source keeps running: {e}")))?;
+    .map_err(|e| CliError::failed(format!("migration failed, the source keeps running: {e}")))?;
     print_report(&report, args.json)?;
     Ok(Outcome::Success)
 }
@@ -177,11 +185,11 @@ fn name_of(function: &str) -> String {
 
 /// `vfio-variant migrate-agent`.
 pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
-    let listener =
-        TcpListener::bind(&args.listen).map_err(|e| CliError(format!("{}: {e}", args.listen)))?;
+    let listener = TcpListener::bind(&args.listen)
+        .map_err(|e| CliError::failed(format!("{}: {e}", args.listen)))?;
     let address = listener
         .local_addr()
-        .map_err(|e| CliError(format!("{}: {e}", args.listen)))?;
+        .map_err(|e| CliError::failed(format!("{}: {e}", args.listen)))?;
     println!("vfio-variant: accepting migrations on {address}");
     loop {
         let (mut link, peer) = match listener.accept() {
@@ -199,7 +207,7 @@ pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
             continue;
         }
         let outcome = serve_destination(&mut link, |name| {
-            check_name(name).and_then(|()| connect(name, dirs))
+            check_name(name).and_then(|name| connect(&name, dirs))
         });
         let resumed = matches!(outcome, Ok(Served::Resumed { .. }));
         match outcome {

@@ -12,7 +12,7 @@ use vfio_variant::server::ServerConfig;
 
 use super::dirs::Dirs;
 use super::types::registry_with;
-use super::{CliError, Outcome};
+use super::{CliError, ErrorKind, Outcome};
 use crate::lifecycle::{CreateSpec, InstanceInfo, Service, control};
 
 /// Arguments of `serve`.
@@ -73,9 +73,13 @@ struct Attribute {
 }
 
 fn read_config(path: &PathBuf) -> Result<ConfigFile, CliError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| CliError(format!("{}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| CliError(format!("{}: {e}", path.display())))
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::file(path, e))?;
+    toml::from_str(&text).map_err(|e| CliError {
+        line: e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+        ..CliError::file(path, e).with_kind(ErrorKind::Invalid)
+    })
 }
 
 fn specs_of(config: &ConfigFile, base: &std::path::Path) -> Result<Vec<CreateSpec>, CliError> {
@@ -86,18 +90,20 @@ fn specs_of(config: &ConfigFile, base: &std::path::Path) -> Result<Vec<CreateSpe
             let layout = match &f.layout {
                 Some(path) => {
                     let path = base.join(path);
-                    Some(
-                        std::fs::read_to_string(&path)
-                            .map_err(|e| CliError(format!("{}: {e}", path.display())))?,
-                    )
+                    Some((
+                        std::fs::read_to_string(&path).map_err(|e| CliError::file(&path, e))?,
+                        path.display().to_string(),
+                    ))
                 }
                 None => None,
             };
+            let (layout, layout_file) = layout.unzip();
             Ok(CreateSpec {
                 backend: f.backend.clone(),
                 profile: f.profile.clone(),
                 name: f.name.clone(),
                 layout,
+                layout_file,
                 attributes: f
                     .attributes
                     .iter()
@@ -147,14 +153,20 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     };
     let run_dir = dirs.run_dir();
     std::fs::create_dir_all(&run_dir)
-        .map_err(|e| CliError(format!("{}: {e}", run_dir.display())))?;
+        .map_err(|e| CliError::failed(format!("{}: {e}", run_dir.display())))?;
     if socket_group.is_none() {
         // Nobody else needs to reach the sockets.
         let _ = std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700));
     }
     let control_path = control::socket_path(&run_dir);
-    let listener = control::bind(&control_path)
-        .map_err(|e| CliError(format!("{}: {e}", control_path.display())))?;
+    let listener = control::bind(&control_path).map_err(|e| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::AddrInUse => ErrorKind::Conflict,
+            std::io::ErrorKind::PermissionDenied => ErrorKind::Permission,
+            _ => ErrorKind::Io,
+        };
+        CliError::file(&control_path, e).with_kind(kind)
+    })?;
     let service = Arc::new(Service::new(
         registry,
         run_dir.clone(),
@@ -162,13 +174,14 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         server,
     ));
 
-    let (stop_reader, stop_writer) = UnixStream::pair().map_err(|e| CliError(e.to_string()))?;
+    let (stop_reader, stop_writer) =
+        UnixStream::pair().map_err(|e| CliError::failed(e.to_string()))?;
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let writer = stop_writer
             .try_clone()
-            .map_err(|e| CliError(e.to_string()))?;
+            .map_err(|e| CliError::failed(e.to_string()))?;
         signal_hook::low_level::pipe::register(signal, writer)
-            .map_err(|e| CliError(format!("signal handler: {e}")))?;
+            .map_err(|e| CliError::failed(format!("signal handler: {e}")))?;
     }
 
     let mut failures = Vec::new();
@@ -180,17 +193,43 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         None if service.list().is_empty() => embedded_default(&service),
         None => Vec::new(),
     };
-    for spec in &specs {
+    let mut refused = Vec::new();
+    for (index, spec) in specs.iter().enumerate() {
         if let Err(e) = service.create(spec) {
-            failures.push((spec.name.clone().unwrap_or_else(|| spec.backend.clone()), e));
+            let name = spec.name.clone().unwrap_or_else(|| spec.backend.clone());
+            refused.push(format!("function[{index}] ({name}): {e}"));
         }
     }
     for (name, error) in &failures {
-        eprintln!("vfio-variant: {name}: {error}");
+        eprintln!("vfio-variant: autostart of {name} failed: {error}");
+    }
+    if let (Some(path), false) = (&args.config, refused.is_empty()) {
+        // A configuration is all or nothing: a unit that starts half its functions looks
+        // healthy to its supervisor.
+        service.shutdown();
+        let _ = std::fs::remove_file(&control_path);
+        return Err(CliError {
+            file: Some(path.display().to_string()),
+            ..CliError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{}: {} of {} function(s) could not be created, so none is served:\n  {}",
+                    path.display(),
+                    refused.len(),
+                    specs.len(),
+                    refused.join("\n  ")
+                ),
+            )
+        });
     }
     let running = service.list();
+    let failed = if failures.is_empty() {
+        String::new()
+    } else {
+        format!("; {} definition(s) failed to start", failures.len())
+    };
     println!(
-        "vfio-variant: serving {} function(s); control socket {}",
+        "vfio-variant: serving {} function(s){failed}; control socket {}",
         running.len(),
         control_path.display()
     );

@@ -16,7 +16,7 @@ use vfio_variant::vpci::derive::{DEFAULT_QUIRKS, DeriveOptions, derive};
 use vfio_variant::vpci::layout::{BarBacking, BarKind, CapabilityBody, ExtCapabilityBody};
 use vfio_variant::vpci::{Layout, bind::bind, compile::compile, load_layout, render};
 
-use super::{CliError, Outcome, print_json};
+use super::{CliError, ErrorKind, Outcome, print_json};
 
 /// Layout tools.
 #[derive(Subcommand)]
@@ -27,6 +27,17 @@ pub enum VpciCommand {
     Check(CheckArgs),
     /// Can a function exposed with layout A be resumed with layout B? Lists every difference.
     Compat(CompatArgs),
+}
+
+impl VpciCommand {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        match self {
+            Self::Derive(_) => false,
+            Self::Check(a) => a.json,
+            Self::Compat(a) => a.json,
+        }
+    }
 }
 
 /// Where a physical function's description comes from.
@@ -123,14 +134,15 @@ pub fn run(command: VpciCommand) -> Result<Outcome, CliError> {
 
 fn derive_command(args: DeriveArgs) -> Result<Outcome, CliError> {
     let Some((description, source)) = args.physical.describe()? else {
-        return Err(CliError(
-            "vpci derive needs --sysfs DIR, or --config FILE --resource FILE".into(),
+        return Err(CliError::new(
+            ErrorKind::Invalid,
+            "vpci derive needs --sysfs DIR, or --config FILE --resource FILE",
         ));
     };
     for keep in &args.keep {
         if !DEFAULT_QUIRKS.iter().any(|q| q.name == keep) {
             let names: Vec<&str> = DEFAULT_QUIRKS.iter().map(|q| q.name).collect();
-            return Err(CliError(format!(
+            return Err(CliError::failed(format!(
                 "--keep {keep}: no such quirk (known: {})",
                 names.join(", ")
             )));
@@ -145,7 +157,7 @@ fn derive_command(args: DeriveArgs) -> Result<Outcome, CliError> {
     let text = derived.to_toml();
     match args.output {
         Some(path) => std::fs::write(&path, text)
-            .map_err(|e| CliError(format!("writing {}: {e}", path.display())))?,
+            .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?,
         None => print!("{text}"),
     }
     Ok(Outcome::Success)
@@ -167,10 +179,10 @@ fn read_config(
         None => space.read(0, &mut config, &NoBacking),
     };
     result.map_err(|e| match e {
-        ConfigError::NoPhysical(offset) => CliError(format!(
+        ConfigError::NoPhysical(offset) => CliError::failed(format!(
             "config byte {offset:#x} comes from the physical function; pass --sysfs DIR or --config/--resource to read it"
         )),
-        other => CliError(other.to_string()),
+        other => CliError::failed(other.to_string()),
     })?;
     Ok((template, config))
 }

@@ -76,7 +76,7 @@ impl Definitions {
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, DefinitionError> {
-        check_name(name).map_err(DefinitionError::Name)?;
+        let name = check_name(name).map_err(DefinitionError::Name)?;
         Ok(self.dir.join(format!("{name}.json")))
     }
 
@@ -120,7 +120,7 @@ impl Definitions {
         })?;
         let definition: Definition =
             serde_json::from_str(&text).map_err(|e| Self::file_error(&path, e))?;
-        if definition.name != name {
+        if Some(&definition.name) != check_name(name).ok().as_ref() {
             return Err(Self::file_error(
                 &path,
                 format!("defines `{}`, not `{name}`", definition.name),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use vfio_variant::backend::{BackendError, ProfileInfo};
+use vfio_variant::backend::{Backend, BackendError, ProfileInfo};
 use vfio_variant::config::ConfigTemplate;
 use vfio_variant::device::{ProvisionError, VirtualFunction};
 use vfio_variant::server::{Endpoint, EndpointError, Port, ServerConfig};
@@ -51,6 +51,9 @@ pub struct CreateSpec {
     /// vPCI layout as TOML text (the profile's default when absent).
     #[serde(default)]
     pub layout: Option<String>,
+    /// Where the layout text came from (its file's path), for messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout_file: Option<String>,
     /// Ordered provisioning attributes.
     #[serde(default)]
     pub attributes: Vec<(String, String)>,
@@ -82,9 +85,15 @@ pub struct InstanceInfo {
 /// A lifecycle request that failed; the message says why.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
-    /// A bad or taken name.
+    /// A bad name.
     #[error("{0}")]
     Name(String),
+    /// The name is taken by a running instance.
+    #[error("`{0}` already exists")]
+    Exists(String),
+    /// No running instance has this name.
+    #[error("no running instance `{0}`")]
+    Missing(String),
     /// No such backend or profile.
     #[error("{0}")]
     Unknown(String),
@@ -103,6 +112,77 @@ pub enum ServiceError {
     /// A definition could not be read or stored.
     #[error("{0}")]
     Definition(#[from] DefinitionError),
+    /// `stop` of a function that has no definition.
+    #[error("`{0}` is not a defined function (it was made with `create`); use `destroy`")]
+    NotDefined(String),
+}
+
+impl ServiceError {
+    /// The kind of failure, as the CLI reports it (and chooses its exit code by).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Name(_) | Self::Layout(_) => ErrorKind::Invalid,
+            Self::Unknown(_) | Self::NotDefined(_) | Self::Missing(_) => ErrorKind::NotFound,
+            Self::Exists(_) => ErrorKind::Conflict,
+            Self::Backend(_) => ErrorKind::Backend,
+            Self::Endpoint(_) => ErrorKind::Io,
+            Self::InUse(_) => ErrorKind::Conflict,
+            Self::Definition(e) => match e {
+                DefinitionError::Name(_) => ErrorKind::Invalid,
+                DefinitionError::Exists(_) => ErrorKind::Conflict,
+                DefinitionError::Missing(_) => ErrorKind::NotFound,
+                DefinitionError::File { .. } => ErrorKind::Io,
+            },
+        }
+    }
+}
+
+/// What kind of failure an error is: one stable name and exit code each (docs/serve.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Any other failure.
+    Failed,
+    /// No server answers on the control socket.
+    NoServer,
+    /// The control socket (or a file) may not be used by this user.
+    Permission,
+    /// No such function, definition, backend or profile.
+    NotFound,
+    /// A bad name, layout, configuration or argument.
+    Invalid,
+    /// The name is taken, or the function is in use.
+    Conflict,
+    /// The backend refused, or the function cannot do it (e.g. not migratable).
+    Backend,
+    /// A file or socket could not be read or written.
+    Io,
+}
+
+impl ErrorKind {
+    /// The exit code of the command that failed this way.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Failed => 2,
+            Self::NoServer => 3,
+            Self::Permission => 4,
+            Self::NotFound => 5,
+            Self::Invalid => 6,
+            Self::Conflict => 7,
+            Self::Backend => 8,
+            Self::Io => 9,
+        }
+    }
+}
+
+/// A create request checked against the registry.
+struct Resolved {
+    name: String,
+    backend: Arc<dyn Backend>,
+    profile: String,
+    layout: Arc<Layout>,
+    /// Where the layout came from, for messages.
+    source: String,
 }
 
 struct Instance {
@@ -191,15 +271,13 @@ impl Service {
             .collect()
     }
 
-    /// Provisions a function with its profile, puts it behind its layout, and only then
-    /// exposes its socket. On any error nothing is left behind.
-    pub fn create(&self, spec: &CreateSpec) -> Result<InstanceInfo, ServiceError> {
-        let name = spec.name.clone().unwrap_or_else(new_uuid);
-        check_name(&name).map_err(ServiceError::Name)?;
-        let mut instances = self.instances.lock();
-        if instances.contains_key(&name) {
-            return Err(ServiceError::Name(format!("`{name}` already exists")));
-        }
+    /// What `spec` resolves to: the canonical name, the backend, its profile (the first one
+    /// when none is asked for) and the parsed layout.
+    fn resolve(&self, spec: &CreateSpec) -> Result<Resolved, ServiceError> {
+        let name = match &spec.name {
+            Some(name) => check_name(name).map_err(ServiceError::Name)?,
+            None => new_uuid(),
+        };
         let backend = self.registry.get(&spec.backend).ok_or_else(|| {
             let known: Vec<&str> = self.registry.iter().map(|b| b.name()).collect();
             ServiceError::Unknown(format!(
@@ -223,32 +301,85 @@ impl Service {
                 known.join(", ")
             )));
         }
-        let text = match &spec.layout {
-            Some(text) => text.clone(),
-            None => backend.default_layout(&profile)?,
+        let (text, source) = match &spec.layout {
+            Some(text) => (
+                text.clone(),
+                spec.layout_file
+                    .clone()
+                    .unwrap_or_else(|| format!("layout given for {name}")),
+            ),
+            None => (
+                backend.default_layout(&profile)?,
+                format!("default layout of {}/{profile}", spec.backend),
+            ),
         };
-        let layout = Arc::new(parse_layout(&format!("layout of {name}"), &text)?);
-        let template = self.template_for(&layout);
-        let fingerprint = fingerprint(&template);
+        let layout = Arc::new(parse_layout(&source, &text)?);
+        Ok(Resolved {
+            name,
+            backend: Arc::clone(backend),
+            profile,
+            layout,
+            source,
+        })
+    }
+
+    /// Provisions the function `resolved` stands for (not yet exposed).
+    fn provision(
+        &self,
+        resolved: &Resolved,
+        spec: &CreateSpec,
+    ) -> Result<(VirtualFunction, Arc<ConfigTemplate>), ServiceError> {
+        let template = self.template_for(&resolved.layout);
         let vf = VirtualFunction::provision(
-            backend.as_ref(),
-            template,
-            &profile,
-            &name,
+            resolved.backend.as_ref(),
+            Arc::clone(&template),
+            &resolved.profile,
+            &resolved.name,
             spec.attributes.clone(),
         )
         .map_err(|e| match e {
             ProvisionError::Backend(e) => ServiceError::Backend(e),
-            ProvisionError::Layout(e) => ServiceError::Layout(e),
+            ProvisionError::Layout(mut e) => {
+                // The check against the function's physical function has no place in the
+                // file: name the file and the backend.
+                if e.location.line == 0 {
+                    e.location.file = resolved.source.clone();
+                    e.message = format!("{} (backend `{}`)", e.message, spec.backend);
+                }
+                ServiceError::Layout(e)
+            }
         })?;
+        Ok((vf, template))
+    }
+
+    /// Checks what `spec` would create: the backend, the profile, the layout, and the
+    /// backend's provisioning with them (undone at once); nothing is exposed. Returns the
+    /// profile it resolves to (the backend's first when it names none).
+    pub fn check(&self, spec: &CreateSpec) -> Result<String, ServiceError> {
+        let resolved = self.resolve(spec)?;
+        self.provision(&resolved, spec)?;
+        Ok(resolved.profile)
+    }
+
+    /// Provisions a function with its profile, puts it behind its layout, and only then
+    /// exposes its socket. On any error nothing is left behind.
+    pub fn create(&self, spec: &CreateSpec) -> Result<InstanceInfo, ServiceError> {
+        let resolved = self.resolve(spec)?;
+        let name = resolved.name.clone();
+        let mut instances = self.instances.lock();
+        if instances.contains_key(&name) {
+            return Err(ServiceError::Exists(name));
+        }
+        let (vf, template) = self.provision(&resolved, spec)?;
+        let fingerprint = fingerprint(&template);
         let vf = Arc::new(vf);
         let socket = self.run_dir.join(format!("{name}.sock"));
-        let port = Port::for_backend(name.clone(), vf, &spec.backend, &profile);
+        let port = Port::for_backend(name.clone(), vf, &spec.backend, &resolved.profile);
         let endpoint = Endpoint::bind(port, &socket, Arc::clone(&self.server))?;
         let instance = Instance {
             backend: spec.backend.clone(),
-            profile,
-            layout: layout.name.clone(),
+            profile: resolved.profile,
+            layout: resolved.layout.name.clone(),
             fingerprint,
             endpoint,
         };
@@ -276,10 +407,11 @@ impl Service {
     /// Destroys an instance; refused while a VMM is attached unless `force` (then the VMM is
     /// asked to release it and disconnected).
     pub fn destroy(&self, name: &str, force: bool) -> Result<(), ServiceError> {
+        let name = &check_name(name).map_err(ServiceError::Name)?;
         let mut instances = self.instances.lock();
         let instance = instances
             .get(name)
-            .ok_or_else(|| ServiceError::Name(format!("no running instance `{name}`")))?;
+            .ok_or_else(|| ServiceError::Missing(name.clone()))?;
         if instance.endpoint.is_attached() && !force {
             return Err(ServiceError::InUse(name.to_string()));
         }
@@ -297,6 +429,19 @@ impl Service {
             .iter()
             .map(|(name, i)| self.info(name, i))
             .collect()
+    }
+
+    /// Destroys a running instance that has a definition (it stays defined); a function
+    /// made with `create` alone is refused: `destroy` is for those.
+    pub fn stop(&self, name: &str, force: bool) -> Result<(), ServiceError> {
+        let name = check_name(name).map_err(ServiceError::Name)?;
+        match self.definitions.get(&name) {
+            Ok(_) => self.destroy(&name, force),
+            Err(DefinitionError::Missing(_)) if self.instances.lock().contains_key(&name) => {
+                Err(ServiceError::NotDefined(name))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Creates a defined instance.
@@ -339,6 +484,10 @@ pub fn spec_of(definition: &Definition) -> CreateSpec {
         profile: Some(definition.profile.clone()),
         name: Some(definition.name.clone()),
         layout: definition.layout.clone(),
+        layout_file: definition
+            .layout
+            .as_ref()
+            .map(|_| format!("layout stored in definition {}", definition.name)),
         attributes: definition.attributes.clone(),
     }
 }
@@ -408,7 +557,7 @@ mod tests {
                 name: Some("a".into()),
                 ..Default::default()
             }),
-            Err(ServiceError::Name(_))
+            Err(ServiceError::Exists(_))
         ));
         assert_eq!(s.list().len(), 2);
         s.destroy("a", false).unwrap();

@@ -1,0 +1,357 @@
+//! The lifecycle commands as an operator runs them: the real binary against a real
+//! `vfio-variant serve` in its own run and state directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vfio-variant");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A run and a state directory, and the server serving them (when started).
+struct Host {
+    dir: PathBuf,
+    server: Option<Child>,
+}
+
+impl Host {
+    /// Directories only: commands find no server.
+    fn idle(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "vfio-variant-lifecycle-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir, server: None }
+    }
+
+    /// A server with the embedded default functions (`sample0`, `mlx0`, ...).
+    fn serving(tag: &str) -> Self {
+        let mut host = Self::idle(tag);
+        let server = host
+            .command(&["serve", "--no-autostart"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        host.server = Some(server);
+        let control = host.run_dir().join("control.sock");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !control.exists() || !host.run_dir().join("sample0.sock").exists() {
+            assert!(Instant::now() < deadline, "no server");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        host
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .args(args)
+            .current_dir(repo());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.json(&["list", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(server) = &mut self.server {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn define_stores_the_profile_create_would_pick() {
+    let host = Host::idle("defaults");
+    for (name, backend) in [("n1", "virtio-net"), ("b1", "virtio-blk"), ("m1", "mlx")] {
+        let out = host.run(&["define", name, "--backend", backend]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let defined = host.json(&["list", "--defined", "--json"]);
+    let profiles: Vec<(&str, &str)> = defined
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["name"].as_str().unwrap(), d["profile"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        profiles,
+        [
+            ("b1", "transitional"),
+            ("m1", "migratable"),
+            ("n1", "transitional")
+        ]
+    );
+    drop(host);
+
+    // And they start, with the profile `create` gives.
+    let host = Host::serving("defaults-start");
+    assert!(
+        host.run(&["define", "n1", "--backend", "virtio-net"])
+            .status
+            .success()
+    );
+    let started = host.json(&["start", "n1", "--json"]);
+    assert_eq!(started["profile"], "transitional");
+    let created = host.json(&["create", "--backend", "mlx", "--json"]);
+    assert!(
+        host.run(&["define", "m1", "--backend", "mlx"])
+            .status
+            .success()
+    );
+    let defined = host.json(&["list", "--defined", "--json"]);
+    assert_eq!(defined[0]["profile"], created["profile"]);
+}
+
+#[test]
+fn define_refuses_what_start_would_refuse() {
+    for host in [Host::idle("refuse"), Host::serving("refuse-served")] {
+        let cases: [(&[&str], i32, &str); 4] = [
+            (
+                &["define", "x", "--backend", "nope"],
+                5,
+                "no backend `nope`",
+            ),
+            (
+                &["define", "x", "--backend", "sample", "--profile", "fast"],
+                5,
+                "no profile `fast`",
+            ),
+            (
+                &[
+                    "define",
+                    "x",
+                    "--backend",
+                    "sample",
+                    "--layout",
+                    "catalog/mlx-vf.toml",
+                ],
+                6,
+                "catalog/mlx-vf.toml: <physical function>",
+            ),
+            (&["define", "control", "--backend", "sample"], 6, "reserved"),
+        ];
+        for (args, code, message) in cases {
+            let out = host.run(args);
+            assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
+            assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+        }
+        assert_eq!(
+            host.json(&["list", "--defined", "--json"]),
+            Value::Array(vec![])
+        );
+    }
+}
+
+#[test]
+fn layout_errors_name_the_file() {
+    let host = Host::serving("layout-file");
+    let out = host.run(&[
+        "create",
+        "--backend",
+        "sample",
+        "--name",
+        "s1",
+        "--layout",
+        "catalog/mlx-vf.toml",
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("layout: catalog/mlx-vf.toml: <physical function>"),
+        "{err}"
+    );
+    assert!(!err.contains(":0:0") && !err.contains("layout of"), "{err}");
+
+    let bad = host.dir.join("bad.toml");
+    std::fs::write(&bad, "[vpci]\nformat = 1\nname = \"x\"\n[identity]\nvendor_id = 0x1af4\ndevice_id = 1\nclass_code = 0\n[[bar]]\nindex = 0\nkind = \"io\"\nsize = 512\n").unwrap();
+    let out = host.run(&[
+        "create",
+        "--backend",
+        "sample",
+        "--name",
+        "s2",
+        "--layout",
+        bad.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(6));
+    let error: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["error"]["kind"], "invalid");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{}:11:8: bar[0].size", bad.display())),
+        "{message}"
+    );
+}
+
+#[test]
+fn reserved_names_and_uuid_spellings() {
+    let host = Host::serving("names");
+    let out = host.run(&["create", "--backend", "sample", "--name", "control"]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    assert!(stderr(&out).contains("reserved"), "{}", stderr(&out));
+    assert!(
+        host.run_dir().join("control.sock").exists(),
+        "the control socket stays"
+    );
+
+    let uuid = "0e0c0c7a-0d49-4c4f-8d3c-1a2b3c4d5e6f";
+    let created = host.json(&[
+        "create",
+        "--backend",
+        "sample",
+        "--name",
+        &uuid.to_uppercase(),
+        "--json",
+    ]);
+    assert_eq!(created["name"], uuid);
+    let out = host.run(&["create", "--backend", "sample", "--name", uuid]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(stderr(&out).contains("already exists"));
+    assert!(
+        host.run(&["destroy", &uuid.to_uppercase()])
+            .status
+            .success()
+    );
+    assert!(!host.names().contains(&uuid.to_string()));
+}
+
+#[test]
+fn json_errors_and_exit_codes() {
+    let host = Host::serving("json-errors");
+    let out = host.run(&["destroy", "nope", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    let error: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["error"]["kind"], "not_found");
+    assert!(error["error"]["message"].as_str().unwrap().contains("nope"));
+
+    let idle = Host::idle("json-no-server");
+    let out = idle.run(&["list", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let error: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["error"]["kind"], "no_server");
+}
+
+#[test]
+fn types_and_list_tell_no_server_from_no_permission() {
+    let idle = Host::idle("types-idle");
+    let out = idle.run(&["types"]);
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("no server at"), "{}", stderr(&out));
+
+    let host = Host::serving("types-permission");
+    let as_other = |args: &[&str]| {
+        let mut command = host.command(args);
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::process::CommandExt::uid(&mut command, 65534);
+        } else {
+            let socket = host.run_dir().join("control.sock");
+            std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0))
+                .unwrap();
+        }
+        command.output().unwrap()
+    };
+    for args in [&["types"][..], &["list"][..]] {
+        let out = as_other(args);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {out:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("permission denied on") || err.contains("not allowed"),
+            "{err}"
+        );
+        assert!(!err.contains("no server"), "{err}");
+    }
+}
+
+#[test]
+fn stop_leaves_created_functions_alone() {
+    let host = Host::serving("stop");
+    let out = host.run(&["stop", "sample0"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(stderr(&out).contains("use `destroy`"), "{}", stderr(&out));
+    assert!(host.names().contains(&"sample0".to_string()));
+
+    assert!(
+        host.run(&["define", "d1", "--backend", "sample"])
+            .status
+            .success()
+    );
+    assert!(host.run(&["start", "d1"]).status.success());
+    assert!(host.run(&["stop", "d1"]).status.success());
+    assert!(!host.names().contains(&"d1".to_string()));
+    assert!(host.run(&["stop", "d1"]).status.code() == Some(5));
+}
+
+#[test]
+fn a_config_with_a_bad_function_serves_none() {
+    let host = Host::idle("config");
+    let config = host.dir.join("serve.toml");
+    std::fs::write(
+        &config,
+        "[[function]]\nname = \"good\"\nbackend = \"sample\"\n\n[[function]]\nname = \"bad\"\nbackend = \"sample\"\nprofile = \"nope\"\n",
+    )
+    .unwrap();
+    let out = host
+        .command(&[
+            "serve",
+            "--no-autostart",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("function[1] (bad)") && err.contains("no profile `nope`"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("serving"));
+    let left: Vec<_> = std::fs::read_dir(host.run_dir()).unwrap().collect();
+    assert!(left.is_empty(), "nothing left behind: {left:?}");
+}
