@@ -161,3 +161,51 @@ fn bad_files_are_refused_with_location() {
     assert_eq!(error["error"]["kind"], "io");
     assert_eq!(error["error"]["file"], "/nonexistent/layout.toml");
 }
+
+#[test]
+fn input_files_are_read_with_a_limit() {
+    for args in [
+        &["vpci", "check", "/dev/zero"][..],
+        &[
+            "vpci",
+            "derive",
+            "--config",
+            "/dev/zero",
+            "--resource",
+            "/dev/zero",
+        ][..],
+        &["create", "--backend", "sample", "--layout", "/dev/zero"][..],
+        &["serve", "--config", "/dev/zero"][..],
+    ] {
+        let out = run(args);
+        assert!(
+            matches!(out.status.code(), Some(6 | 9)),
+            "{args:?}: {out:?}"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("/dev/zero") && err.contains("longer than"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn derive_refuses_a_config_space_cut_to_64_bytes() {
+    let source = repo().join("framework/tests/data/pci/igb");
+    let dir = std::env::temp_dir().join(format!("vfio-variant-cut-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = std::fs::read(source.join("config")).unwrap();
+    std::fs::write(dir.join("config"), &config[..64]).unwrap();
+    std::fs::copy(source.join("resource"), dir.join("resource")).unwrap();
+    let out = run(&["vpci", "derive", "--sysfs", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(out.stdout.is_empty(), "no layout printed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("only 64 bytes of config space")
+            && err.contains("run as root, or read the device through --vfio"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

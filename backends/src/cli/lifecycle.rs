@@ -9,11 +9,12 @@ use serde_json::Value;
 
 use super::dirs::Dirs;
 use super::types::registry_with;
-use super::{CliError, ErrorKind, Outcome, print_json};
+use super::{CliError, ErrorKind, Outcome, print_json, read_text};
 use crate::lifecycle::control::{self, Request};
 use crate::lifecycle::definitions::{Definition, DefinitionError, Definitions, Start};
 use crate::lifecycle::names::check_name;
 use crate::lifecycle::{CreateSpec, InstanceInfo, Service, ServiceError};
+use vfio_variant::vpci::MAX_LAYOUT_FILE;
 
 fn attribute(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
@@ -42,7 +43,7 @@ impl FunctionArgs {
     fn layout_text(&self) -> Result<Option<String>, CliError> {
         self.layout
             .as_ref()
-            .map(|p| std::fs::read_to_string(p).map_err(|e| CliError::file(p, e)))
+            .map(|p| read_text(p, MAX_LAYOUT_FILE))
             .transpose()
     }
 

@@ -99,6 +99,22 @@ impl From<ControlError> for CliError {
     }
 }
 
+/// Reads a text file of at most `limit` bytes (a layout, a configuration): a longer one
+/// (`/dev/zero`, a wrong path) is refused rather than read to its end.
+pub fn read_text(path: &std::path::Path, limit: u64) -> Result<String, CliError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        .map_err(|e| CliError::file(path, e))?;
+    if bytes.len() as u64 > limit {
+        return Err(CliError::file(path, format!("longer than {limit} bytes"))
+            .with_kind(ErrorKind::Invalid));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| CliError::file(path, "not UTF-8 text").with_kind(ErrorKind::Invalid))
+}
+
 /// The exit code of a subcommand's result; an error is printed on stderr, or as JSON on
 /// stdout when `json`.
 pub fn exit_code(result: Result<Outcome, CliError>, json: bool) -> ExitCode {

@@ -12,7 +12,11 @@ use vfio_variant::server::ServerConfig;
 
 use super::dirs::Dirs;
 use super::types::registry_with;
-use super::{CliError, ErrorKind, Outcome};
+use super::{CliError, ErrorKind, Outcome, read_text};
+use vfio_variant::vpci::MAX_LAYOUT_FILE;
+
+/// Most bytes of a configuration file.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
 use crate::lifecycle::{CreateSpec, InstanceInfo, Service, control};
 
 /// Arguments of `serve`.
@@ -73,7 +77,7 @@ struct Attribute {
 }
 
 fn read_config(path: &PathBuf) -> Result<ConfigFile, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::file(path, e))?;
+    let text = read_text(path, MAX_CONFIG_FILE)?;
     toml::from_str(&text).map_err(|e| CliError {
         line: e
             .span()
@@ -91,7 +95,7 @@ fn specs_of(config: &ConfigFile, base: &std::path::Path) -> Result<Vec<CreateSpe
                 Some(path) => {
                     let path = base.join(path);
                     Some((
-                        std::fs::read_to_string(&path).map_err(|e| CliError::file(&path, e))?,
+                        read_text(&path, MAX_LAYOUT_FILE)?,
                         path.display().to_string(),
                     ))
                 }

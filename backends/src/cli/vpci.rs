@@ -57,9 +57,32 @@ pub struct PhysicalArgs {
     resource: Option<PathBuf>,
 }
 
+/// Refuses a `config` file shorter than a PCI config space: sysfs gives unprivileged
+/// readers its first 64 bytes only, and the capabilities past them would be lost.
+fn whole_config(path: &Path) -> Result<(), CliError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(256).read_to_end(&mut bytes))
+        .map_err(|e| CliError::file(path, e))?;
+    if bytes.len() < 256 {
+        return Err(CliError::new(
+            ErrorKind::Permission,
+            format!(
+                "{}: only {} bytes of config space could be read (sysfs gives the first 64 to \
+                 unprivileged users): run as root, or read the device through --vfio",
+                path.display(),
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl PhysicalArgs {
     fn describe(&self) -> Result<Option<(PhysicalDescription, String)>, CliError> {
         if let Some(dir) = &self.sysfs {
+            whole_config(&dir.join("config"))?;
             return Ok(Some((describe_sysfs_dir(dir)?, dir.display().to_string())));
         }
         if let Some(dir) = &self.vfio {
@@ -71,7 +94,7 @@ impl PhysicalArgs {
         }
         match (&self.config, &self.resource) {
             (Some(config), Some(resource)) => Ok(Some((
-                describe_files(config, resource)?,
+                whole_config(config).and_then(|()| Ok(describe_files(config, resource)?))?,
                 format!("{} and {}", config.display(), resource.display()),
             ))),
             _ => Ok(None),
