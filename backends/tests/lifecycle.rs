@@ -355,3 +355,56 @@ fn a_config_with_a_bad_function_serves_none() {
     let left: Vec<_> = std::fs::read_dir(host.run_dir()).unwrap().collect();
     assert!(left.is_empty(), "nothing left behind: {left:?}");
 }
+
+#[test]
+fn migration_messages_speak_to_operators() {
+    let host = Host::serving("migrate");
+    assert!(
+        host.run(&[
+            "create",
+            "--backend",
+            "mlx",
+            "--profile",
+            "default",
+            "--name",
+            "plain"
+        ])
+        .status
+        .success()
+    );
+    let out = host.run(&["migrate", "plain", "--to", "mlx0"]);
+    assert_eq!(out.status.code(), Some(8), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains("function `plain` is not migratable (profile `default` of `mlx`)"),
+        "{err}"
+    );
+    assert!(!err.contains("errno"), "{err}");
+
+    assert!(
+        host.run(&["create", "--backend", "sample", "--name", "target"])
+            .status
+            .success()
+    );
+    let out = host.run(&["migrate", "sample0", "--to", "target"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("source offers stop-copy"), "{text}");
+    assert!(!text.contains("MigrationFlags"), "{text}");
+
+    let list = host.json(&["list", "--json"]);
+    let state = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state("sample0"), "stop", "the source is left stopped");
+    assert_eq!(state("target"), "running");
+    let out = host.run(&["list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("sample0 ")).unwrap();
+    assert!(line.ends_with("[stop]"), "{line}");
+}

@@ -135,8 +135,13 @@ fn request(dirs: &Dirs, request: &Request) -> Result<Value, CliError> {
 }
 
 fn print_instance(info: &InstanceInfo) {
+    let state = if info.state == "running" {
+        String::new()
+    } else {
+        format!("  [{}]", info.state)
+    };
     println!(
-        "{}  {}/{}  layout {}  {}{}",
+        "{}  {}/{}  layout {}  {}{}{state}",
         info.name,
         info.backend,
         info.profile,

@@ -11,15 +11,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use rustix::io::Errno;
 use serde_json::json;
 use vfio_variant::migrate::{
-    LocalDestination, Observer, Options, Progress, RemoteDestination, Report, Served, migrate,
-    serve_destination,
+    LocalDestination, MigrateError, Observer, Options, Progress, RemoteDestination, Report, Served,
+    migrate, serve_destination,
 };
+use vfio_variant::migration::MigrationFlags;
 use vfio_variant::vfio_user::{Client, ClientError};
 
 use super::dirs::Dirs;
-use super::{CliError, Outcome, print_json};
+use super::{CliError, ErrorKind, Outcome, print_json};
+use crate::lifecycle::InstanceInfo;
+use crate::lifecycle::control::{self, Request};
 use crate::lifecycle::names::check_name;
 
 /// How long the agent waits on a silent source before it gives up and puts the function back.
@@ -111,7 +115,9 @@ struct Printer {
 impl Observer for Printer {
     fn progress(&mut self, progress: &Progress) {
         let line = match progress {
-            Progress::Started { flags } => format!("destination resuming; source flags {flags:?}"),
+            Progress::Started { flags } => {
+                format!("destination resuming; source offers {}", flag_names(*flags))
+            }
             Progress::PrecopyRound { round, bytes } => {
                 format!("pre-copy round {round}: {bytes} bytes")
             }
@@ -124,6 +130,37 @@ impl Observer for Printer {
             println!("{line}");
         }
     }
+}
+
+/// Migration flags as operators read them: `stop-copy, p2p, pre-copy`.
+fn flag_names(flags: MigrationFlags) -> String {
+    let names: Vec<String> = flags
+        .iter_names()
+        .map(|(name, _)| name.to_lowercase().replace('_', "-"))
+        .collect();
+    if names.is_empty() {
+        "no migration".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// What to say when the source cannot migrate: its profile (from the server, when the
+/// source is a function name there) and where to look for one that can.
+fn not_migratable(source: &str, dirs: &Dirs) -> CliError {
+    let profile = control::request(&control::socket_path(&dirs.run_dir()), &Request::List)
+        .ok()
+        .and_then(|list| serde_json::from_value::<Vec<InstanceInfo>>(list).ok())
+        .and_then(|list| list.into_iter().find(|i| i.name == name_of(source)))
+        .map(|i| format!(" (profile `{}` of `{}`)", i.profile, i.backend))
+        .unwrap_or_default();
+    CliError::new(
+        ErrorKind::Backend,
+        format!(
+            "function `{source}` is not migratable{profile}; `vfio-variant types` marks the \
+             profiles that are"
+        ),
+    )
 }
 
 fn print_report(report: &Report, json: bool) -> Result<(), CliError> {
@@ -172,7 +209,13 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         let mut destination = LocalDestination::new(&mut target);
         migrate(&mut source, &mut destination, &options, &mut printer)
     }
-    .map_err(|e| CliError::failed(format!("migration failed, the source keeps running: {e}")))?;
+    .map_err(|e| match e {
+        MigrateError::Unsupported(_) => not_migratable(&args.source, dirs),
+        MigrateError::Source(e) if e.source.errno() == Errno::NOTTY.raw_os_error() => {
+            not_migratable(&args.source, dirs)
+        }
+        e => CliError::failed(format!("migration failed, the source keeps running: {e}")),
+    })?;
     print_report(&report, args.json)?;
     Ok(Outcome::Success)
 }

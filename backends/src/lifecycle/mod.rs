@@ -76,10 +76,18 @@ pub struct InstanceInfo {
     pub socket: PathBuf,
     /// Whether a VMM is connected.
     pub attached: bool,
+    /// The device's migration state: `running`, or e.g. `stop` for a source whose state
+    /// moved to another function.
+    #[serde(default = "running")]
+    pub state: String,
     /// Whether a stored definition has this name.
     pub defined: bool,
     /// The QEMU `-device` argument that attaches it.
     pub qemu_device: String,
+}
+
+fn running() -> String {
+    "running".into()
 }
 
 /// A lifecycle request that failed; the message says why.
@@ -400,6 +408,12 @@ impl Service {
             qemu_device: qemu_device(&socket),
             socket,
             attached: instance.endpoint.is_attached(),
+            state: instance
+                .endpoint
+                .port()
+                .migration_state()
+                .name()
+                .to_string(),
             defined: self.definitions.get(name).is_ok(),
         }
     }

@@ -181,6 +181,12 @@ impl Port {
     pub fn function(&self) -> &Arc<VirtualFunction> {
         &self.function
     }
+
+    /// The function's migration state (RUNNING for a function that never migrated): a
+    /// source left in STOP after its state moved elsewhere shows here.
+    pub fn migration_state(&self) -> crate::migration::MigrationState {
+        self.migration.current(&self.function)
+    }
 }
 
 /// Serves one already connected client on the calling thread until it goes away: for a VMM
