@@ -50,12 +50,30 @@ enum Command {
     Vpci(VpciCommand),
 }
 
+/// Logs to stderr: `VFIO_VARIANT_LOG` filters (default `info` for the long-running commands,
+/// whose event log it is, `warn` for the others); `VFIO_VARIANT_LOG_FORMAT=json` gives one
+/// JSON object per line.
+fn init_logging(command: &Command) {
+    let default = match command {
+        Command::Serve(_) | Command::MigrateAgent(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VFIO_VARIANT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if std::env::var("VFIO_VARIANT_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("VFIO_VARIANT_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(&cli.command);
     let dirs = &cli.dirs;
     let json = wants_json(&cli.command);
     let result = match cli.command {

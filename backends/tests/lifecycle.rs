@@ -36,11 +36,17 @@ impl Host {
 
     /// A server with the embedded default functions (`sample0`, `mlx0`, ...).
     fn serving(tag: &str) -> Self {
+        Self::serving_with(tag, Stdio::null(), &[])
+    }
+
+    /// As [`Host::serving`], its log going to `log`, with more environment.
+    fn serving_with(tag: &str, log: impl Into<Stdio>, env: &[(&str, &str)]) -> Self {
         let mut host = Self::idle(tag);
         let server = host
             .command(&["serve", "--no-autostart"])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         host.server = Some(server);
@@ -407,4 +413,95 @@ fn migration_messages_speak_to_operators() {
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.starts_with("sample0 ")).unwrap();
     assert!(line.ends_with("[stop]"), "{line}");
+}
+
+#[test]
+fn the_event_log_names_functions_and_peers_and_is_quiet_when_idle() {
+    let path = std::env::temp_dir().join(format!("vfio-variant-events-{}.log", std::process::id()));
+    let log = std::fs::File::create(&path).unwrap();
+    let host = Host::serving_with("events", log, &[("VFIO_VARIANT_LOG_FORMAT", "json")]);
+    let create = host
+        .command(&["create", "--backend", "sample", "--name", "t1"])
+        .spawn()
+        .unwrap();
+    let create_pid = create.id();
+    assert!(create.wait_with_output().unwrap().status.success());
+    assert!(
+        !host
+            .run(&["create", "--backend", "sample", "--name", "t1"])
+            .status
+            .success()
+    );
+    let migrate = host
+        .command(&["migrate", "sample0", "--to", "t1"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let migrate_pid = migrate.id();
+    assert!(migrate.wait_with_output().unwrap().status.success());
+    assert!(host.run(&["destroy", "t1"]).status.success());
+
+    let events = || -> Vec<Value> {
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect()
+    };
+    // The detach lines come from the connection threads: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut log = events();
+    while log
+        .iter()
+        .filter(|e| e["fields"]["message"] == "detached")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{log:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+        log = events();
+    }
+    let find = |message: &str, function: &str| -> Value {
+        log.iter()
+            .find(|e| {
+                e["fields"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(message)
+                    && (e["fields"]["function"] == function || e["span"]["function"] == function)
+            })
+            .unwrap_or_else(|| panic!("no `{message}` for {function} in {log:#?}"))
+            .clone()
+    };
+    let created = find("created", "t1");
+    assert_eq!(created["span"]["pid"], create_pid);
+    assert_eq!(created["fields"]["backend"], "sample");
+    let refused = log
+        .iter()
+        .find(|e| {
+            e["fields"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("refused")
+        })
+        .unwrap();
+    assert_eq!(refused["fields"]["op"], "create");
+    for function in ["sample0", "t1"] {
+        let attached = find("attached", function);
+        assert_eq!(attached["span"]["pid"], migrate_pid);
+        assert_eq!(attached["span"]["uid"], rustix::process::geteuid().as_raw());
+        find("detached", function);
+    }
+    let stop_copy = find("migration state", "sample0");
+    assert_eq!(stop_copy["fields"]["to"], "stop-copy");
+    find("destroyed", "t1");
+
+    let before = std::fs::metadata(&path).unwrap().len();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        before,
+        "quiet when idle"
+    );
+    let _ = std::fs::remove_file(path);
 }

@@ -59,6 +59,21 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The request's `op`, for the event log.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Self::Types => "types",
+            Self::List => "list",
+            Self::Create(_) => "create",
+            Self::Destroy { .. } => "destroy",
+            Self::Start { .. } => "start",
+            Self::Check(_) => "check",
+            Self::Stop { .. } => "stop",
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Response {
     ok: bool,
@@ -140,7 +155,16 @@ fn handle(service: &Service, stream: UnixStream) {
         }
         let result = serde_json::from_str::<Request>(&line)
             .map_err(|e| ControlError::new(ErrorKind::Invalid, format!("bad request: {e}")))
-            .and_then(|request| answer(service, request));
+            .and_then(|request| {
+                let changes =
+                    !matches!(request, Request::Types | Request::List | Request::Check(_));
+                let op = request.op();
+                answer(service, request).inspect_err(|e| {
+                    if changes {
+                        tracing::info!(op, kind = ?e.kind, "refused: {e}");
+                    }
+                })
+            });
         if write_response(&mut writer, result).is_err() {
             return;
         }
@@ -205,14 +229,27 @@ pub fn serve(service: Arc<Service>, listener: UnixListener, stop: &OwnedFd) {
         let Ok((stream, _)) = listener.accept() else {
             continue;
         };
-        match peer_credentials(&stream) {
-            Ok(peer) if peer.uid == me || peer.uid == 0 => {}
-            _ => continue,
-        }
+        let peer = match peer_credentials(&stream) {
+            Ok(peer) if peer.uid == me || peer.uid == 0 => peer,
+            Ok(peer) => {
+                tracing::warn!(pid = peer.pid, uid = peer.uid, "control: refused a peer");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("control: no peer credentials: {e}");
+                continue;
+            }
+        };
+        let (pid, uid) = (peer.pid, peer.uid);
         let service = Arc::clone(&service);
         let _ = std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || handle(&service, stream));
+            .spawn(move || {
+                // Lifecycle events name the peer that asked for them.
+                let span = tracing::info_span!("control", pid, uid);
+                let _entered = span.enter();
+                handle(&service, stream);
+            });
     }
 }
 

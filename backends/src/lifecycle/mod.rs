@@ -393,7 +393,7 @@ impl Service {
         };
         let info = self.info(&name, &instance);
         instances.insert(name, instance);
-        tracing::info!(name = %info.name, backend = %info.backend, profile = %info.profile, "created");
+        tracing::info!(function = %info.name, backend = %info.backend, profile = %info.profile, socket = %info.socket.display(), "created");
         Ok(info)
     }
 
@@ -432,7 +432,7 @@ impl Service {
         // Dropping the endpoint disconnects and removes the socket; dropping the function
         // returns its resources to the backend.
         instances.remove(name);
-        tracing::info!(name, "destroyed");
+        tracing::info!(function = %name, forced = force, "destroyed");
         Ok(())
     }
 

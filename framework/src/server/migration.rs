@@ -201,8 +201,15 @@ impl FunctionMigration {
         } else if !before.is_saving() {
             self.writer = Some(StreamWriter::new(identity()));
         }
+        if result.is_ok() && after != before {
+            tracing::info!(from = before.name(), to = after.name(), "migration state");
+        }
         result.map_err(|e| {
-            tracing::debug!("migration state change refused: {e}");
+            tracing::info!(
+                from = before.name(),
+                to = want.name(),
+                "migration state change refused: {e}"
+            );
             self.refusal = Some(e.to_string());
             e.errno()
         })

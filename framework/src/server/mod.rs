@@ -375,8 +375,19 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
         let spawned = std::thread::Builder::new()
             .name(format!("client {}", shared.port.name))
             .spawn(move || {
+                // Every line the connection logs (migration steps too) names the function
+                // and the peer.
+                let span = tracing::info_span!(
+                    "client",
+                    function = %served.port.name,
+                    pid = peer.pid,
+                    uid = peer.uid
+                );
+                let _entered = span.enter();
+                tracing::info!("attached");
                 connection::serve(Arc::clone(&served.port), Arc::clone(&served.config), stream);
                 *served.client.lock() = None;
+                tracing::info!("detached");
             });
         match spawned {
             Ok(handle) => connection = Some(handle),
