@@ -297,7 +297,7 @@ fn types_and_list_tell_no_server_from_no_permission() {
             std::os::unix::process::CommandExt::uid(&mut command, 65534);
         } else {
             let socket = host.run_dir().join("control.sock");
-            std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0))
+            std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o000))
                 .unwrap();
         }
         command.output().unwrap()

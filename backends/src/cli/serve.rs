@@ -76,7 +76,7 @@ struct Attribute {
     value: String,
 }
 
-fn read_config(path: &PathBuf) -> Result<ConfigFile, CliError> {
+fn read_config(path: &std::path::Path) -> Result<ConfigFile, CliError> {
     let text = read_text(path, MAX_CONFIG_FILE)?;
     toml::from_str(&text).map_err(|e| CliError {
         line: e
