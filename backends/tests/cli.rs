@@ -138,6 +138,42 @@ fn compat_exit_codes_and_json() {
         places.iter().any(|p| p.starts_with("header.device_id")),
         "{places:?}"
     );
+
+    // Each difference in an operator's words, and whether it blocks.
+    let cut = std::env::temp_dir().join(format!("vfio-variant-msix-{}.toml", std::process::id()));
+    let text = std::fs::read_to_string(repo().join("catalog/mlx-vf.toml")).unwrap();
+    std::fs::write(&cut, text.replace("table_size = 64", "table_size = 32")).unwrap();
+    let out = run(&[
+        "vpci",
+        "compat",
+        "catalog/mlx-vf.toml",
+        cut.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("  blocks: MSI-X table size 64 vs 32"),
+        "{text}"
+    );
+    let out = run(&[
+        "vpci",
+        "compat",
+        "catalog/virtio-net-transitional.toml",
+        "catalog/virtio-blk-transitional.toml",
+    ]);
+    let text = stdout(&out);
+    for line in [
+        "BAR 0 size 32 bytes vs 64 bytes",
+        "device ID 0x1000 vs 0x1001",
+        "class code 0x020000 vs 0x010000",
+    ] {
+        assert!(
+            text.contains(&format!("  blocks: {line}\n")),
+            "{line}: {text}"
+        );
+    }
+    assert!(!text.contains(" 00 "), "no raw bytes: {text}");
+    let _ = std::fs::remove_file(cut);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use vfio_variant::physical::captured::CapturedFunction;
 use vfio_variant::physical::sysfs::{describe_files, describe_sysfs_dir};
 use vfio_variant::physical::vfio::VfioPhysicalFunction;
 use vfio_variant::physical::{PhysicalBacking, PhysicalFunction};
-use vfio_variant::vpci::compat::{Difference, compare, fingerprint};
+use vfio_variant::vpci::compat::{Difference, compare, fingerprint, warnings};
 use vfio_variant::vpci::derive::{DEFAULT_QUIRKS, DeriveOptions, derive};
 use vfio_variant::vpci::layout::{BarBacking, BarKind, CapabilityBody, ExtCapabilityBody};
 use vfio_variant::vpci::{Layout, bind::bind, compile::compile, load_layout, render};
@@ -382,7 +382,10 @@ struct CompatReport<'a> {
     b: &'a Path,
     fingerprint_a: String,
     fingerprint_b: String,
+    /// Guest-visible: each blocks migration.
     differences: Vec<Difference>,
+    /// Not guest-visible: migration goes ahead.
+    warnings: Vec<Difference>,
 }
 
 fn compat_command(args: CompatArgs) -> Result<Outcome, CliError> {
@@ -395,6 +398,7 @@ fn compat_command(args: CompatArgs) -> Result<Outcome, CliError> {
         fingerprint_a: fingerprint(&a),
         fingerprint_b: fingerprint(&b),
         differences: compare(&a, &b),
+        warnings: warnings(&a, &b),
     };
     let report = CompatReport {
         compatible: report.differences.is_empty(),
@@ -415,8 +419,11 @@ fn compat_command(args: CompatArgs) -> Result<Outcome, CliError> {
                 report.differences.len()
             );
             for d in &report.differences {
-                println!("  {}: {}", d.place, d.detail);
+                println!("  blocks: {}", d.explanation);
             }
+        }
+        for w in &report.warnings {
+            println!("  warning (does not block): {}", w.explanation);
         }
     }
     Ok(if report.compatible {
