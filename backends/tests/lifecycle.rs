@@ -505,3 +505,87 @@ fn the_event_log_names_functions_and_peers_and_is_quiet_when_idle() {
     );
     let _ = std::fs::remove_file(path);
 }
+
+#[test]
+fn list_filters_defined_state_and_json_definitions() {
+    let host = Host::serving("list");
+    // list NAME and filters.
+    let only = host.json(&["list", "mlx0", "--json"]);
+    assert_eq!(only.as_array().unwrap().len(), 1);
+    assert_eq!(only[0]["name"], "mlx0");
+    let out = host.run(&["list", "nope"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let virtio = host.json(&["list", "--backend", "virtio-net", "--json"]);
+    assert_eq!(virtio.as_array().unwrap().len(), 1);
+    assert_eq!(virtio[0]["backend"], "virtio-net");
+    let none = host.json(&["list", "--backend", "mlx", "--profile", "default", "--json"]);
+    assert_eq!(none, Value::Array(vec![]));
+
+    // list --defined says which definitions run.
+    let layout = host.dir.join("sample.toml");
+    std::fs::write(&layout, vfio_variant_backends::builtin::sample::LAYOUT).unwrap();
+    let out = host.run(&[
+        "define",
+        "d1",
+        "--backend",
+        "sample",
+        "--layout",
+        layout.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        host.run(&["define", "d2", "--backend", "sample", "--auto"])
+            .status
+            .success()
+    );
+    assert!(host.run(&["start", "d1"]).status.success());
+    let text = String::from_utf8(host.run(&["list", "--defined"]).stdout).unwrap();
+    assert!(
+        text.contains("d1  sample/default  start manual  running"),
+        "{text}"
+    );
+    assert!(
+        text.contains("d2  sample/default  start auto  stopped"),
+        "{text}"
+    );
+    let defined = host.json(&["list", "--defined", "--json"]);
+    assert_eq!(defined[0]["running"], true);
+    assert_eq!(defined[1]["running"], false);
+
+    // --dumpjson gives what define --jsonfile takes.
+    let out = host.run(&["list", "--dumpjson", "d1"]);
+    assert!(out.status.success(), "{out:?}");
+    let dump = host.dir.join("d1.json");
+    std::fs::write(&dump, &out.stdout).unwrap();
+    let out = host.run(&["define", "d3", "--jsonfile", dump.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let d3 = host.json(&["list", "--defined", "d3", "--json"]);
+    assert_eq!(d3[0]["backend"], "sample");
+    assert_eq!(
+        d3[0]["layout"],
+        vfio_variant_backends::builtin::sample::LAYOUT
+    );
+    assert_eq!(d3[0]["start"], "manual");
+
+    // A JSON definition is checked as any other.
+    std::fs::write(&dump, r#"{"backend": "sample", "profile": "fast"}"#).unwrap();
+    let out = host.run(&["define", "d4", "--jsonfile", dump.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    std::fs::write(&dump, "{\n  \"backend\": \"sample\",\n  \"colour\": 1\n}").unwrap();
+    let out = host.run(&[
+        "define",
+        "d4",
+        "--jsonfile",
+        dump.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let error: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["error"]["file"], dump.to_str().unwrap());
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colour")
+    );
+}

@@ -13,7 +13,7 @@ use super::{CliError, ErrorKind, Outcome, print_json, read_text};
 use crate::lifecycle::control::{self, Request};
 use crate::lifecycle::definitions::{Definition, DefinitionError, Definitions, Start};
 use crate::lifecycle::names::check_name;
-use crate::lifecycle::{CreateSpec, InstanceInfo, Service, ServiceError};
+use crate::lifecycle::{CreateSpec, InstanceInfo, Service, ServiceError, spec_of};
 use vfio_variant::vpci::MAX_LAYOUT_FILE;
 
 fn attribute(text: &str) -> Result<(String, String), String> {
@@ -94,12 +94,33 @@ pub struct DestroyArgs {
 /// Arguments of `list`.
 #[derive(Args)]
 pub struct ListArgs {
-    /// List stored definitions instead of running instances.
+    /// Only this function (name or UUID).
+    name: Option<String>,
+    /// List stored definitions, each marked running or not, instead of running functions.
     #[arg(long)]
     defined: bool,
+    /// Only functions of this backend.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Only functions of this profile.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Print definitions in the file format `define --jsonfile` reads (one JSON array).
+    #[arg(long, conflicts_with = "json")]
+    dumpjson: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+impl ListArgs {
+    fn keeps(&self, name: &str, backend: &str, profile: &str) -> bool {
+        self.name
+            .as_deref()
+            .is_none_or(|n| check_name(n).is_ok_and(|n| n == name))
+            && self.backend.as_deref().is_none_or(|b| b == backend)
+            && self.profile.as_deref().is_none_or(|p| p == profile)
+    }
 }
 
 /// Arguments of `define`.
@@ -108,7 +129,16 @@ pub struct DefineArgs {
     /// Instance name or UUID.
     name: String,
     #[command(flatten)]
-    function: FunctionArgs,
+    function: Option<FunctionArgs>,
+    /// The definition as JSON (a file's content, as `list --dumpjson` prints it: an object,
+    /// or an array of one); its `name` is replaced by NAME.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "FunctionArgs",
+        required_unless_present = "backend"
+    )]
+    jsonfile: Option<PathBuf>,
     /// Start it whenever the server starts.
     #[arg(long)]
     auto: bool,
@@ -207,39 +237,97 @@ pub fn start(args: NameArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     Ok(Outcome::Success)
 }
 
+/// A definition as `list --defined` shows it.
+#[derive(serde::Serialize)]
+struct DefinedView<'a> {
+    #[serde(flatten)]
+    definition: &'a Definition,
+    /// Whether the running server has a function of this name.
+    running: bool,
+}
+
 /// `list`.
 pub fn list(args: ListArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
-    if args.defined {
-        let definitions = Definitions::new(dirs.state_dir());
-        let mut found = Vec::new();
-        for d in definitions.list().map_err(definition_error)? {
-            match d {
-                Ok(d) => found.push(d),
-                Err(e) => eprintln!("vfio-variant: {e}"),
-            }
-        }
-        if args.json {
-            print_json(&found)?;
-        } else {
-            for d in &found {
-                let start = if d.start == Start::Auto {
-                    "auto"
-                } else {
-                    "manual"
-                };
-                println!("{}  {}/{}  start {start}", d.name, d.backend, d.profile);
-            }
-        }
-        return Ok(Outcome::Success);
+    if args.defined || args.dumpjson {
+        return list_defined(&args, dirs);
     }
     let value = request(dirs, &Request::List)?;
+    let infos: Vec<InstanceInfo> = serde_json::from_value(value)
+        .map_err(|e| CliError::failed(format!("bad answer from the server: {e}")))?;
+    let infos: Vec<&InstanceInfo> = infos
+        .iter()
+        .filter(|i| args.keeps(&i.name, &i.backend, &i.profile))
+        .collect();
+    if let (Some(name), true) = (&args.name, infos.is_empty()) {
+        return Err(CliError::new(
+            ErrorKind::NotFound,
+            format!("no running function `{name}` (with the filters given)"),
+        ));
+    }
     if args.json {
-        print_json(&value)?;
+        print_json(&infos)?;
     } else {
-        let infos: Vec<InstanceInfo> = serde_json::from_value(value)
-            .map_err(|e| CliError::failed(format!("bad answer from the server: {e}")))?;
-        for info in &infos {
+        for info in infos {
             print_instance(info);
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// `list --defined` and `list --dumpjson`: the stored definitions, and which of them run
+/// (when a server answers).
+fn list_defined(args: &ListArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    let definitions = Definitions::new(dirs.state_dir());
+    let mut found = Vec::new();
+    for d in definitions.list().map_err(definition_error)? {
+        match d {
+            Ok(d) if args.keeps(&d.name, &d.backend, &d.profile) => found.push(d),
+            Ok(_) => {}
+            Err(e) => eprintln!("vfio-variant: {e}"),
+        }
+    }
+    if let (Some(name), true) = (&args.name, found.is_empty()) {
+        return Err(CliError::new(
+            ErrorKind::NotFound,
+            format!("`{name}` is not defined (with the filters given)"),
+        ));
+    }
+    if args.dumpjson {
+        print_json(&found)?;
+        return Ok(Outcome::Success);
+    }
+    let running: Vec<String> =
+        match control::request(&control::socket_path(&dirs.run_dir()), &Request::List) {
+            Ok(value) => serde_json::from_value::<Vec<InstanceInfo>>(value)
+                .map_err(|e| CliError::failed(format!("bad answer from the server: {e}")))?
+                .into_iter()
+                .map(|i| i.name)
+                .collect(),
+            Err(e) if e.kind == ErrorKind::NoServer => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+    let views: Vec<DefinedView> = found
+        .iter()
+        .map(|definition| DefinedView {
+            definition,
+            running: running.contains(&definition.name),
+        })
+        .collect();
+    if args.json {
+        print_json(&views)?;
+    } else {
+        for v in &views {
+            let d = v.definition;
+            let start = if d.start == Start::Auto {
+                "auto"
+            } else {
+                "manual"
+            };
+            let state = if v.running { "running" } else { "stopped" };
+            println!(
+                "{}  {}/{}  start {start}  {state}",
+                d.name, d.backend, d.profile
+            );
         }
     }
     Ok(Outcome::Success)
@@ -277,7 +365,19 @@ fn check_spec(spec: &CreateSpec, dirs: &Dirs) -> Result<String, CliError> {
 /// create it as asked.
 pub fn define(args: DefineArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     let name = check_name(&args.name).map_err(|e| CliError::new(ErrorKind::Invalid, e))?;
-    let spec = args.function.spec(Some(name.clone()))?;
+    let (spec, start) = match (&args.function, &args.jsonfile) {
+        (Some(function), _) => (function.spec(Some(name.clone()))?, None),
+        (None, Some(path)) => {
+            let definition = read_definition(path, &name)?;
+            (spec_of(&definition), Some(definition.start))
+        }
+        (None, None) => {
+            return Err(CliError::new(
+                ErrorKind::Invalid,
+                "define needs --backend or --jsonfile",
+            ));
+        }
+    };
     let profile = check_spec(&spec, dirs)?;
     let definition = Definition {
         name,
@@ -288,13 +388,40 @@ pub fn define(args: DefineArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         start: if args.auto {
             Start::Auto
         } else {
-            Start::Manual
+            start.unwrap_or(Start::Manual)
         },
     };
     Definitions::new(dirs.state_dir())
         .define(&definition)
         .map_err(definition_error)?;
     Ok(Outcome::Success)
+}
+
+/// A definition from a JSON file (an object, or an array of one), named `name`.
+fn read_definition(path: &std::path::Path, name: &str) -> Result<Definition, CliError> {
+    let invalid = |e: String| CliError::file(path, e).with_kind(ErrorKind::Invalid);
+    let text = read_text(path, 2 * MAX_LAYOUT_FILE)?;
+    let mut value: Value = serde_json::from_str(&text).map_err(|e| CliError {
+        line: Some(e.line()),
+        ..invalid(e.to_string())
+    })?;
+    if let Value::Array(items) = &mut value {
+        if items.len() != 1 {
+            return Err(invalid(format!(
+                "holds {} definitions; give one",
+                items.len()
+            )));
+        }
+        value = items.remove(0);
+    }
+    let Value::Object(object) = &mut value else {
+        return Err(invalid("not a JSON object".into()));
+    };
+    object.insert("name".into(), Value::String(name.to_string()));
+    object
+        .entry("start")
+        .or_insert_with(|| Value::String("manual".into()));
+    serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
 }
 
 /// `undefine`.
