@@ -1,8 +1,9 @@
 //! `vfio-variant`: the device server, lifecycle and layout tools.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use vfio_variant_backends::cli::dirs::Dirs;
 use vfio_variant_backends::cli::lifecycle::{
     CreateArgs, DefineArgs, DestroyArgs, ListArgs, NameArgs,
@@ -11,9 +12,39 @@ use vfio_variant_backends::cli::migrate::{AgentArgs, MigrateArgs};
 use vfio_variant_backends::cli::serve::ServeArgs;
 use vfio_variant_backends::cli::{self, types::TypesArgs, vpci::VpciCommand};
 
-/// A userspace framework for VFIO variant drivers.
+/// Examples shown after the top-level help.
+const EXAMPLES: &str = "\
+Examples:
+  vfio-variant serve                                 # one emulated function of each backend
+  vfio-variant types                                 # backends, profiles, available instances
+  vfio-variant create --backend mlx --name vm1-nic   # provisioned, then its socket appears
+  vfio-variant list --json
+  vfio-variant define net0 --backend virtio-net --auto && vfio-variant start net0
+  vfio-variant migrate vm1-nic --agent 192.0.2.2:4500
+  vfio-variant vpci compat catalog/mlx-vf.toml my-type.toml
+  vfio-variant --run-dir /run/vfio-variant list      # directories go before the command
+
+Exit codes: 0 done, 1 incompatible (vpci compat), 2 failed or bad usage, 3 no server,
+4 permission, 5 not found, 6 invalid, 7 conflict, 8 backend refused, 9 I/O.
+Documentation: docs/serve.md (server, lifecycle, exit codes), docs/vpci-format.md
+(layouts), docs/migration.md; `man vfio-variant` once installed (cargo xtask install-extras).";
+
+/// The version line: the release, and the versions of what it shares with other programs.
+fn version() -> String {
+    format!(
+        "{} (plugin ABI {}, vPCI layout format {}, migration stream format {}, migration link {})",
+        env!("CARGO_PKG_VERSION"),
+        vfio_variant::plugin::ABI_VERSION,
+        vfio_variant::vpci::parse::FORMAT_VERSION,
+        vfio_variant::migration::stream::FORMAT_VERSION,
+        vfio_variant::migrate::link::LINK_VERSION,
+    )
+}
+
+/// Virtual PCI functions for VMs: a vfio-user server of VFIO variant-driver functions,
+/// their lifecycle, layouts and migration.
 #[derive(Parser)]
-#[command(name = "vfio-variant", version, about)]
+#[command(name = "vfio-variant", after_help = EXAMPLES)]
 struct Cli {
     #[command(flatten)]
     dirs: Dirs,
@@ -28,12 +59,25 @@ enum Command {
     /// The backends and their profiles, with available instances.
     Types(TypesArgs),
     /// Create a function on the running server (provisioned before its socket appears).
+    #[command(
+        after_help = "Examples:\n  vfio-variant create --backend sample --name fn1\n  \
+        vfio-variant create --backend mlx --profile default --layout my-type.toml --json"
+    )]
     Create(CreateArgs),
     /// Destroy a function (refused while a VMM is attached, unless --force).
     Destroy(DestroyArgs),
     /// Running functions, or stored definitions with --defined.
+    #[command(
+        after_help = "Examples:\n  vfio-variant list\n  vfio-variant list mlx0 --json\n  \
+        vfio-variant list --backend virtio-net\n  vfio-variant list --defined\n  \
+        vfio-variant list --dumpjson net0 > net0.json"
+    )]
     List(ListArgs),
-    /// Store a persistent definition.
+    /// Store a persistent definition (checked as `start` would use it).
+    #[command(
+        after_help = "Examples:\n  vfio-variant define net0 --backend virtio-net --auto\n  \
+        vfio-variant define net1 --jsonfile net0.json"
+    )]
     Define(DefineArgs),
     /// Remove a persistent definition.
     Undefine(NameArgs),
@@ -48,6 +92,49 @@ enum Command {
     /// vPCI layout tools: derive, check, compat.
     #[command(subcommand)]
     Vpci(VpciCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Example:\n  vfio-variant completions bash > /usr/share/bash-completion/completions/vfio-variant"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (vfio-variant.1 and one per command) into a directory.
+    Man {
+        /// Where to write them.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// The command line's definition, with its version line.
+fn command() -> clap::Command {
+    Cli::command().version(version())
+}
+
+/// Writes `vfio-variant.1` and `vfio-variant-COMMAND.1` (and `vfio-variant-vpci-COMMAND.1`).
+fn write_man_pages(dir: &Path) -> Result<cli::Outcome, cli::CliError> {
+    fn write(command: &clap::Command, name: &str, dir: &Path) -> Result<(), cli::CliError> {
+        let path = dir.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command.clone().name(name.to_string()))
+            .render(&mut page)
+            .map_err(|e| cli::CliError::file(&path, e))?;
+        std::fs::write(&path, page).map_err(|e| cli::CliError::file(&path, e))?;
+        for sub in command
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            write(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).map_err(|e| cli::CliError::file(dir, e))?;
+    let mut command = command();
+    command.build();
+    write(&command, "vfio-variant", dir)?;
+    Ok(cli::Outcome::Success)
 }
 
 /// Logs to stderr: `VFIO_VARIANT_LOG` filters (default `info` for the long-running commands,
@@ -72,7 +159,7 @@ fn init_logging(command: &Command) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     init_logging(&cli.command);
     let dirs = &cli.dirs;
     let json = wants_json(&cli.command);
@@ -89,6 +176,16 @@ fn main() -> ExitCode {
         Command::Migrate(args) => cli::migrate::run(args, dirs),
         Command::MigrateAgent(args) => cli::migrate::agent(args, dirs),
         Command::Vpci(command) => cli::vpci::run(command),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut command(),
+                "vfio-variant",
+                &mut std::io::stdout(),
+            );
+            Ok(cli::Outcome::Success)
+        }
+        Command::Man { dir } => write_man_pages(&dir),
     };
     cli::exit_code(result, json)
 }
@@ -96,7 +193,10 @@ fn main() -> ExitCode {
 /// Whether the command asked for JSON output (errors are then JSON on stdout too).
 fn wants_json(command: &Command) -> bool {
     match command {
-        Command::Serve(_) | Command::MigrateAgent(_) => false,
+        Command::Serve(_)
+        | Command::MigrateAgent(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => false,
         Command::Types(a) => a.json,
         Command::Create(a) => a.json,
         Command::Destroy(a) | Command::Stop(a) => a.json,

@@ -245,3 +245,38 @@ fn derive_refuses_a_config_space_cut_to_64_bytes() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn version_help_and_completions() {
+    let version = stdout(&run(&["--version"]));
+    assert!(
+        version.starts_with("vfio-variant ")
+            && version.contains("plugin ABI 1")
+            && version.contains("vPCI layout format 1")
+            && version.contains("migration stream format 1"),
+        "{version}"
+    );
+    let help = stdout(&run(&["--help"]));
+    assert!(help.contains("Examples:\n  vfio-variant serve"), "{help}");
+    assert!(
+        help.contains("docs/serve.md") && help.contains("3 no server"),
+        "{help}"
+    );
+    // The directories are the top-level command's; the commands do not repeat them.
+    assert!(help.contains("--run-dir <DIR>"), "{help}");
+    for command in [&["vpci", "check"][..], &["list"][..], &["create"][..]] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = stdout(&run(&args));
+        assert!(
+            !help.contains("--run-dir") && !help.contains("--state-dir"),
+            "{help}"
+        );
+    }
+    assert!(stdout(&run(&["list", "--help"])).contains("vfio-variant list --dumpjson"));
+    let bash = stdout(&run(&["completions", "bash"]));
+    assert!(
+        bash.contains("complete -F") && bash.contains("dumpjson"),
+        "{bash}"
+    );
+}
