@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use vfio_variant_backends::cli::dirs::Dirs;
 use vfio_variant_backends::cli::lifecycle::{
-    CreateArgs, DefineArgs, DestroyArgs, ListArgs, NameArgs,
+    CreateArgs, DefineArgs, DestroyArgs, ListArgs, ModifyArgs, NameArgs,
 };
 use vfio_variant_backends::cli::migrate::{AgentArgs, MigrateArgs};
 use vfio_variant_backends::cli::serve::ServeArgs;
@@ -79,6 +79,12 @@ enum Command {
         vfio-variant define net1 --jsonfile net0.json"
     )]
     Define(DefineArgs),
+    /// Change a definition, or with --live the running function.
+    #[command(
+        after_help = "Examples:\n  vfio-variant modify net0 --profile modern --auto\n  \
+        vfio-variant modify net0 --layout my-type.toml --live --defined"
+    )]
+    Modify(ModifyArgs),
     /// Remove a persistent definition.
     Undefine(NameArgs),
     /// Create a defined function on the running server.
@@ -170,6 +176,7 @@ fn main() -> ExitCode {
         Command::Destroy(args) => cli::lifecycle::destroy(args, dirs),
         Command::List(args) => cli::lifecycle::list(args, dirs),
         Command::Define(args) => cli::lifecycle::define(args, dirs),
+        Command::Modify(args) => cli::lifecycle::modify(args, dirs),
         Command::Undefine(args) => cli::lifecycle::undefine(args, dirs),
         Command::Start(args) => cli::lifecycle::start(args, dirs),
         Command::Stop(args) => cli::lifecycle::stop(args, dirs),
@@ -202,6 +209,7 @@ fn wants_json(command: &Command) -> bool {
         Command::Destroy(a) | Command::Stop(a) => a.json,
         Command::List(a) => a.json,
         Command::Define(a) => a.json,
+        Command::Modify(a) => a.json,
         Command::Undefine(a) | Command::Start(a) => a.json,
         Command::Migrate(a) => a.json(),
         Command::Vpci(c) => c.json(),

@@ -589,3 +589,70 @@ fn list_filters_defined_state_and_json_definitions() {
             .contains("colour")
     );
 }
+
+#[test]
+fn modify_definitions_and_live_functions() {
+    let host = Host::serving("modify");
+    assert!(
+        host.run(&["define", "n1", "--backend", "virtio-net"])
+            .status
+            .success()
+    );
+    let out = host.run(&["modify", "n1", "--profile", "modern", "--auto"]);
+    assert!(out.status.success(), "{out:?}");
+    let defined = host.json(&["list", "--defined", "n1", "--json"]);
+    assert_eq!(defined[0]["profile"], "modern");
+    assert_eq!(defined[0]["start"], "auto");
+    let out = host.run(&["modify", "n1", "--profile", "nope"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(
+        host.json(&["list", "--defined", "n1", "--json"])[0]["profile"],
+        "modern"
+    );
+    assert_eq!(
+        host.run(&["modify", "n1"]).status.code(),
+        Some(6),
+        "nothing to change"
+    );
+    assert_eq!(
+        host.run(&["modify", "nope", "--auto"]).status.code(),
+        Some(5)
+    );
+
+    // Live: made again with the change, same socket.
+    let before = host.json(&["list", "sample0", "--json"])[0].clone();
+    let out = host.run(&["modify", "virtio-net0", "--live", "--profile", "modern"]);
+    assert!(out.status.success(), "{out:?}");
+    let after = host.json(&["list", "virtio-net0", "--json"]);
+    assert_eq!(after[0]["profile"], "modern");
+    let out = host.run(&["modify", "virtio-net0", "--live", "--profile", "nope"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(
+        host.json(&["list", "virtio-net0", "--json"])[0]["profile"],
+        "modern"
+    );
+
+    // Refused while a VMM is attached; the function is untouched.
+    let client =
+        vfio_variant::vfio_user::client::Client::connect(host.run_dir().join("sample0.sock"))
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.json(&["list", "sample0", "--json"])[0]["attached"] != true {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let layout = host.dir.join("sample.toml");
+    std::fs::write(&layout, vfio_variant_backends::builtin::sample::LAYOUT).unwrap();
+    let out = host.run(&[
+        "modify",
+        "sample0",
+        "--live",
+        "--layout",
+        layout.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(stderr(&out).contains("in use by a VMM"));
+    drop(client);
+    let now = host.json(&["list", "sample0", "--json"])[0].clone();
+    assert_eq!(now["fingerprint"], before["fingerprint"]);
+}

@@ -13,7 +13,7 @@ use super::{CliError, ErrorKind, Outcome, print_json, read_text};
 use crate::lifecycle::control::{self, Request};
 use crate::lifecycle::definitions::{Definition, DefinitionError, Definitions, Start};
 use crate::lifecycle::names::check_name;
-use crate::lifecycle::{CreateSpec, InstanceInfo, Service, ServiceError, spec_of};
+use crate::lifecycle::{Changes, CreateSpec, InstanceInfo, Service, ServiceError, spec_of};
 use vfio_variant::vpci::MAX_LAYOUT_FILE;
 
 fn attribute(text: &str) -> Result<(String, String), String> {
@@ -145,6 +145,64 @@ pub struct DefineArgs {
     /// Machine-readable errors.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Arguments of `modify`.
+#[derive(Args)]
+pub struct ModifyArgs {
+    /// Instance name or UUID.
+    name: String,
+    /// Another profile of its backend.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Another vPCI layout file.
+    #[arg(long, value_name = "FILE", conflicts_with = "default_layout")]
+    layout: Option<PathBuf>,
+    /// Back to the profile's default layout.
+    #[arg(long)]
+    default_layout: bool,
+    /// Provisioning attribute, applied in order; replaces all the old ones; may be repeated.
+    #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = attribute)]
+    attributes: Vec<(String, String)>,
+    /// Remove every attribute.
+    #[arg(long, conflicts_with = "attributes")]
+    clear_attrs: bool,
+    /// Start it whenever the server starts (the definition).
+    #[arg(long, conflicts_with = "manual")]
+    auto: bool,
+    /// Start it only with `start` (the definition).
+    #[arg(long)]
+    manual: bool,
+    /// Change the running function (made again with the changes; refused while a VMM is
+    /// attached).
+    #[arg(long)]
+    live: bool,
+    /// Change the stored definition [default, unless --live].
+    #[arg(long)]
+    defined: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ModifyArgs {
+    fn changes(&self) -> Result<Changes, CliError> {
+        Ok(Changes {
+            profile: self.profile.clone(),
+            layout: self
+                .layout
+                .as_ref()
+                .map(|p| read_text(p, MAX_LAYOUT_FILE))
+                .transpose()?,
+            layout_file: self.layout.as_ref().map(|p| p.display().to_string()),
+            default_layout: self.default_layout,
+            attributes: if self.clear_attrs {
+                Some(Vec::new())
+            } else {
+                (!self.attributes.is_empty()).then(|| self.attributes.clone())
+            },
+        })
+    }
 }
 
 /// Arguments of `undefine` and `start`.
@@ -422,6 +480,60 @@ fn read_definition(path: &std::path::Path, name: &str) -> Result<Definition, Cli
         .entry("start")
         .or_insert_with(|| Value::String("manual".into()));
     serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
+}
+
+/// `modify`: the definition (default), the running function (`--live`), or both.
+pub fn modify(args: ModifyArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    let name = check_name(&args.name).map_err(|e| CliError::new(ErrorKind::Invalid, e))?;
+    let changes = args.changes()?;
+    let start = match (args.auto, args.manual) {
+        (true, _) => Some(Start::Auto),
+        (_, true) => Some(Start::Manual),
+        _ => None,
+    };
+    if changes.is_empty() && start.is_none() {
+        return Err(CliError::new(
+            ErrorKind::Invalid,
+            "nothing to change (give --profile, --layout, --default-layout, --attr, \
+             --clear-attrs, --auto or --manual)",
+        ));
+    }
+    if args.live && start.is_some() && !args.defined {
+        return Err(CliError::new(
+            ErrorKind::Invalid,
+            "--auto and --manual change the definition: add --defined",
+        ));
+    }
+    if args.defined || !args.live {
+        let definitions = Definitions::new(dirs.state_dir());
+        let old = definitions.get(&name).map_err(definition_error)?;
+        let spec = changes.apply(spec_of(&old));
+        let profile = check_spec(&spec, dirs)?;
+        let definition = Definition {
+            name: name.clone(),
+            backend: spec.backend,
+            profile,
+            layout: spec.layout,
+            attributes: spec.attributes,
+            start: start.unwrap_or(old.start),
+        };
+        definitions.replace(&definition).map_err(definition_error)?;
+        if !args.live {
+            if args.json {
+                print_json(&definition)?;
+            }
+            return Ok(Outcome::Success);
+        }
+    }
+    let value = request(dirs, &Request::Modify { name, changes })?;
+    if args.json {
+        print_json(&value)?;
+    } else {
+        let info = instance(value)?;
+        print_instance(&info);
+        println!("  {}", info.qemu_device);
+    }
+    Ok(Outcome::Success)
 }
 
 /// `undefine`.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vfio_variant::vfio_user::socket::peer_credentials;
 
-use super::{CreateSpec, ErrorKind, Service, ServiceError};
+use super::{Changes, CreateSpec, ErrorKind, Service, ServiceError};
 
 /// Longest request line accepted (a layout is a few KiB).
 const MAX_LINE: u64 = 1 << 20;
@@ -49,6 +49,14 @@ pub enum Request {
     /// Check what a create request would make (backend, profile, layout, provisioning)
     /// without exposing anything; the result is the profile it resolves to.
     Check(CreateSpec),
+    /// Change a running instance (made again with the changes; no VMM may be attached).
+    Modify {
+        /// Instance name.
+        name: String,
+        /// What changes.
+        #[serde(flatten)]
+        changes: Changes,
+    },
     /// Destroy a defined instance.
     Stop {
         /// Instance name.
@@ -69,6 +77,7 @@ impl Request {
             Self::Destroy { .. } => "destroy",
             Self::Start { .. } => "start",
             Self::Check(_) => "check",
+            Self::Modify { .. } => "modify",
             Self::Stop { .. } => "stop",
         }
     }
@@ -120,6 +129,9 @@ fn answer(service: &Service, request: Request) -> Result<Value, ControlError> {
         Request::Create(spec) => json(serde_json::to_value(service.create(&spec)?)),
         Request::Check(spec) => Ok(Value::String(service.check(&spec)?)),
         Request::Start { name } => json(serde_json::to_value(service.start(&name)?)),
+        Request::Modify { name, changes } => {
+            json(serde_json::to_value(service.modify(&name, &changes)?))
+        }
         Request::Destroy { name, force } => {
             service.destroy(&name, force)?;
             Ok(Value::Null)

@@ -102,6 +102,20 @@ impl Definitions {
         std::fs::rename(&temporary, &path).map_err(|e| Self::file_error(&path, e))
     }
 
+    /// Replaces an existing definition (written to a temporary file and renamed over it,
+    /// so a crash leaves the old one or the new one).
+    pub fn replace(&self, definition: &Definition) -> Result<(), DefinitionError> {
+        let path = self.path(&definition.name)?;
+        if !path.exists() {
+            return Err(DefinitionError::Missing(definition.name.clone()));
+        }
+        let text =
+            serde_json::to_string_pretty(definition).map_err(|e| Self::file_error(&path, e))?;
+        let temporary = self.dir.join(format!(".{}.json.tmp", definition.name));
+        std::fs::write(&temporary, text + "\n").map_err(|e| Self::file_error(&temporary, e))?;
+        std::fs::rename(&temporary, &path).map_err(|e| Self::file_error(&path, e))
+    }
+
     /// Removes a definition.
     pub fn undefine(&self, name: &str) -> Result<(), DefinitionError> {
         let path = self.path(name)?;
@@ -184,6 +198,14 @@ mod tests {
         assert_eq!(defs.get("a").unwrap(), definition("a"));
         std::fs::write(dir.join("broken.json"), "{").unwrap();
         assert!(defs.list().unwrap().iter().any(|d| d.is_err()));
+        let mut changed = definition("a");
+        changed.start = Start::Manual;
+        defs.replace(&changed).unwrap();
+        assert_eq!(defs.get("a").unwrap(), changed);
+        assert!(matches!(
+            defs.replace(&definition("c")),
+            Err(DefinitionError::Missing(_))
+        ));
         defs.undefine("a").unwrap();
         assert!(matches!(
             defs.undefine("a"),

@@ -199,6 +199,57 @@ struct Instance {
     layout: String,
     fingerprint: String,
     endpoint: Endpoint,
+    /// What it was created from (for `modify`).
+    spec: CreateSpec,
+}
+
+/// Changes `modify` makes to a function; what is absent stays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Changes {
+    /// Another profile of the same backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Another layout (TOML text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// Where that layout came from, for messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout_file: Option<String>,
+    /// Back to the profile's default layout.
+    #[serde(default)]
+    pub default_layout: bool,
+    /// New attributes, replacing all the old ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Vec<(String, String)>>,
+}
+
+impl Changes {
+    /// `spec` with these changes.
+    pub fn apply(&self, mut spec: CreateSpec) -> CreateSpec {
+        if let Some(profile) = &self.profile {
+            spec.profile = Some(profile.clone());
+        }
+        if self.default_layout {
+            spec.layout = None;
+            spec.layout_file = None;
+        }
+        if let Some(layout) = &self.layout {
+            spec.layout = Some(layout.clone());
+            spec.layout_file = self.layout_file.clone();
+        }
+        if let Some(attributes) = &self.attributes {
+            spec.attributes = attributes.clone();
+        }
+        spec
+    }
+
+    /// Whether anything changes.
+    pub fn is_empty(&self) -> bool {
+        self.profile.is_none()
+            && self.layout.is_none()
+            && !self.default_layout
+            && self.attributes.is_none()
+    }
 }
 
 /// The QEMU `-device` argument for a vfio-user socket.
@@ -386,10 +437,15 @@ impl Service {
         let endpoint = Endpoint::bind(port, &socket, Arc::clone(&self.server))?;
         let instance = Instance {
             backend: spec.backend.clone(),
-            profile: resolved.profile,
+            profile: resolved.profile.clone(),
             layout: resolved.layout.name.clone(),
             fingerprint,
             endpoint,
+            spec: CreateSpec {
+                name: Some(name.clone()),
+                profile: Some(resolved.profile.clone()),
+                ..spec.clone()
+            },
         };
         let info = self.info(&name, &instance);
         instances.insert(name, instance);
@@ -434,6 +490,39 @@ impl Service {
         instances.remove(name);
         tracing::info!(function = %name, forced = force, "destroyed");
         Ok(())
+    }
+
+    /// Changes a running function with no VMM attached: it is made again from its spec with
+    /// `changes` (under its name and socket path); when that fails, the old function is
+    /// made again and the error returned.
+    pub fn modify(&self, name: &str, changes: &Changes) -> Result<InstanceInfo, ServiceError> {
+        let name = check_name(name).map_err(ServiceError::Name)?;
+        let old = {
+            let instances = self.instances.lock();
+            let instance = instances
+                .get(&name)
+                .ok_or_else(|| ServiceError::Missing(name.clone()))?;
+            if instance.endpoint.is_attached() {
+                return Err(ServiceError::InUse(name));
+            }
+            instance.spec.clone()
+        };
+        let new = changes.apply(old.clone());
+        // Refuse what cannot be resolved (a bad profile or layout) before touching it.
+        self.resolve(&new)?;
+        self.destroy(&name, false)?;
+        match self.create(&new) {
+            Ok(info) => {
+                tracing::info!(function = %name, profile = %info.profile, "modified");
+                Ok(info)
+            }
+            Err(e) => {
+                if let Err(again) = self.create(&old) {
+                    tracing::warn!(function = %name, "modify failed ({e}), and so did restoring it: {again}");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Running instances, by name.
