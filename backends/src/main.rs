@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use vfio_variant_backends::cli::dirs::Dirs;
 use vfio_variant_backends::cli::lifecycle::{
     CreateArgs, DefineArgs, DestroyArgs, ListArgs, ModifyArgs, NameArgs,
@@ -22,7 +22,7 @@ Examples:
   vfio-variant define net0 --backend virtio-net --auto && vfio-variant start net0
   vfio-variant migrate vm1-nic --agent 192.0.2.2:4500
   vfio-variant vpci compat catalog/mlx-vf.toml my-type.toml
-  vfio-variant --run-dir /run/vfio-variant list      # directories go before the command
+  vfio-variant --run-dir /run/vfio-variant list      # directories: before or after the command
 
 Exit codes: 0 done, 1 incompatible (vpci compat), 2 failed or bad usage, 3 no server,
 4 permission, 5 not found, 6 invalid, 7 conflict, 8 backend refused, 9 I/O.
@@ -55,46 +55,46 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the device server (with no --config: one emulated function of each backend).
-    Serve(ServeArgs),
+    Serve(WithDirs<ServeArgs>),
     /// The backends and their profiles, with available instances.
-    Types(TypesArgs),
+    Types(WithDirs<TypesArgs>),
     /// Create a function on the running server (provisioned before its socket appears).
     #[command(
         after_help = "Examples:\n  vfio-variant create --backend sample --name fn1\n  \
         vfio-variant create --backend mlx --profile default --layout my-type.toml --json"
     )]
-    Create(CreateArgs),
+    Create(WithDirs<CreateArgs>),
     /// Destroy a function (refused while a VMM is attached, unless --force).
-    Destroy(DestroyArgs),
+    Destroy(WithDirs<DestroyArgs>),
     /// Running functions, or stored definitions with --defined.
     #[command(
         after_help = "Examples:\n  vfio-variant list\n  vfio-variant list mlx0 --json\n  \
         vfio-variant list --backend virtio-net\n  vfio-variant list --defined\n  \
         vfio-variant list --dumpjson net0 > net0.json"
     )]
-    List(ListArgs),
+    List(WithDirs<ListArgs>),
     /// Store a persistent definition (checked as `start` would use it).
     #[command(
         after_help = "Examples:\n  vfio-variant define net0 --backend virtio-net --auto\n  \
         vfio-variant define net1 --jsonfile net0.json"
     )]
-    Define(DefineArgs),
+    Define(WithDirs<DefineArgs>),
     /// Change a definition, or with --live the running function.
     #[command(
         after_help = "Examples:\n  vfio-variant modify net0 --profile modern --auto\n  \
         vfio-variant modify net0 --layout my-type.toml --live --defined"
     )]
-    Modify(ModifyArgs),
+    Modify(WithDirs<ModifyArgs>),
     /// Remove a persistent definition.
-    Undefine(NameArgs),
+    Undefine(WithDirs<NameArgs>),
     /// Create a defined function on the running server.
-    Start(NameArgs),
+    Start(WithDirs<NameArgs>),
     /// Destroy a running defined function.
-    Stop(DestroyArgs),
+    Stop(WithDirs<DestroyArgs>),
     /// Move a function's device state to another function (here, or through an agent).
-    Migrate(MigrateArgs),
+    Migrate(WithDirs<MigrateArgs>),
     /// Accept migrations from other hosts into this host's functions.
-    MigrateAgent(AgentArgs),
+    MigrateAgent(WithDirs<AgentArgs>),
     /// vPCI layout tools: derive, check, compat.
     #[command(subcommand)]
     Vpci(VpciCommand),
@@ -112,6 +112,27 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+}
+
+/// A command's arguments with the directories, which may also be given before the command.
+#[derive(Args)]
+struct WithDirs<T: Args> {
+    #[command(flatten)]
+    dirs: Dirs,
+    #[command(flatten)]
+    args: T,
+}
+
+impl<T: Args> WithDirs<T> {
+    /// The command's arguments, and its directories (those given before the command where it
+    /// gives none).
+    fn split(self, before: &Dirs) -> (T, Dirs) {
+        let dirs = Dirs {
+            run_dir: self.dirs.run_dir.or_else(|| before.run_dir.clone()),
+            state_dir: self.dirs.state_dir.or_else(|| before.state_dir.clone()),
+        };
+        (self.args, dirs)
+    }
 }
 
 /// The command line's definition, with its version line.
@@ -170,18 +191,18 @@ fn main() -> ExitCode {
     let dirs = &cli.dirs;
     let json = wants_json(&cli.command);
     let result = match cli.command {
-        Command::Serve(args) => cli::serve::run(args, dirs),
-        Command::Types(args) => cli::types::run(args, dirs),
-        Command::Create(args) => cli::lifecycle::create(args, dirs),
-        Command::Destroy(args) => cli::lifecycle::destroy(args, dirs),
-        Command::List(args) => cli::lifecycle::list(args, dirs),
-        Command::Define(args) => cli::lifecycle::define(args, dirs),
-        Command::Modify(args) => cli::lifecycle::modify(args, dirs),
-        Command::Undefine(args) => cli::lifecycle::undefine(args, dirs),
-        Command::Start(args) => cli::lifecycle::start(args, dirs),
-        Command::Stop(args) => cli::lifecycle::stop(args, dirs),
-        Command::Migrate(args) => cli::migrate::run(args, dirs),
-        Command::MigrateAgent(args) => cli::migrate::agent(args, dirs),
+        Command::Serve(a) => with(a, dirs, cli::serve::run),
+        Command::Types(a) => with(a, dirs, cli::types::run),
+        Command::Create(a) => with(a, dirs, cli::lifecycle::create),
+        Command::Destroy(a) => with(a, dirs, cli::lifecycle::destroy),
+        Command::List(a) => with(a, dirs, cli::lifecycle::list),
+        Command::Define(a) => with(a, dirs, cli::lifecycle::define),
+        Command::Modify(a) => with(a, dirs, cli::lifecycle::modify),
+        Command::Undefine(a) => with(a, dirs, cli::lifecycle::undefine),
+        Command::Start(a) => with(a, dirs, cli::lifecycle::start),
+        Command::Stop(a) => with(a, dirs, cli::lifecycle::stop),
+        Command::Migrate(a) => with(a, dirs, cli::migrate::run),
+        Command::MigrateAgent(a) => with(a, dirs, cli::migrate::agent),
         Command::Vpci(command) => cli::vpci::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -197,6 +218,16 @@ fn main() -> ExitCode {
     cli::exit_code(result, json)
 }
 
+/// Runs `run` with a command's arguments and directories.
+fn with<T: Args>(
+    command: WithDirs<T>,
+    before: &Dirs,
+    run: impl FnOnce(T, &Dirs) -> Result<cli::Outcome, cli::CliError>,
+) -> Result<cli::Outcome, cli::CliError> {
+    let (args, dirs) = command.split(before);
+    run(args, &dirs)
+}
+
 /// Whether the command asked for JSON output (errors are then JSON on stdout too).
 fn wants_json(command: &Command) -> bool {
     match command {
@@ -204,14 +235,14 @@ fn wants_json(command: &Command) -> bool {
         | Command::MigrateAgent(_)
         | Command::Completions { .. }
         | Command::Man { .. } => false,
-        Command::Types(a) => a.json,
-        Command::Create(a) => a.json,
-        Command::Destroy(a) | Command::Stop(a) => a.json,
-        Command::List(a) => a.json,
-        Command::Define(a) => a.json,
-        Command::Modify(a) => a.json,
-        Command::Undefine(a) | Command::Start(a) => a.json,
-        Command::Migrate(a) => a.json(),
+        Command::Types(a) => a.args.json,
+        Command::Create(a) => a.args.json,
+        Command::Destroy(a) | Command::Stop(a) => a.args.json,
+        Command::List(a) => a.args.json,
+        Command::Define(a) => a.args.json,
+        Command::Modify(a) => a.args.json,
+        Command::Undefine(a) | Command::Start(a) => a.args.json,
+        Command::Migrate(a) => a.args.json(),
         Command::Vpci(c) => c.json(),
     }
 }

@@ -262,17 +262,37 @@ fn version_help_and_completions() {
         help.contains("docs/serve.md") && help.contains("3 no server"),
         "{help}"
     );
-    // The directories are the top-level command's; the commands do not repeat them.
+    // The directories: before any command, and on the commands that use them only.
     assert!(help.contains("--run-dir <DIR>"), "{help}");
-    for command in [&["vpci", "check"][..], &["list"][..], &["create"][..]] {
+    for (command, uses) in [
+        (&["vpci", "check"][..], false),
+        (&["vpci", "compat"][..], false),
+        (&["completions"][..], false),
+        (&["list"][..], true),
+        (&["serve"][..], true),
+        (&["migrate"][..], true),
+    ] {
         let mut args = command.to_vec();
         args.push("--help");
         let help = stdout(&run(&args));
-        assert!(
-            !help.contains("--run-dir") && !help.contains("--state-dir"),
-            "{help}"
+        assert_eq!(
+            help.contains("--run-dir") && help.contains("--state-dir"),
+            uses,
+            "{command:?}: {help}"
         );
     }
+    // Given after the command, they win over those before it.
+    let empty = std::env::temp_dir().join(format!("vfio-variant-dirs-{}", std::process::id()));
+    let out = run(&[
+        "--run-dir",
+        "/nonexistent/before",
+        "list",
+        "--run-dir",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(empty.to_str().unwrap()), "{err}");
     assert!(stdout(&run(&["list", "--help"])).contains("vfio-variant list --dumpjson"));
     let bash = stdout(&run(&["completions", "bash"]));
     assert!(

@@ -211,6 +211,21 @@ fn layout_errors_name_the_file() {
         "{err}"
     );
     assert!(!err.contains(":0:0") && !err.contains("layout of"), "{err}");
+    let out = host.run(&[
+        "create",
+        "--backend",
+        "sample",
+        "--layout",
+        "catalog/mlx-vf.toml",
+        "--json",
+    ]);
+    let error: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["error"]["file"], "catalog/mlx-vf.toml");
+    assert_eq!(
+        error["error"].get("line"),
+        None,
+        "no line for a whole-layout check"
+    );
 
     let bad = host.dir.join("bad.toml");
     std::fs::write(&bad, "[vpci]\nformat = 1\nname = \"x\"\n[identity]\nvendor_id = 0x1af4\ndevice_id = 1\nclass_code = 0\n[[bar]]\nindex = 0\nkind = \"io\"\nsize = 512\n").unwrap();
@@ -232,6 +247,8 @@ fn layout_errors_name_the_file() {
         message.contains(&format!("{}:11:8: bar[0].size", bad.display())),
         "{message}"
     );
+    assert_eq!(error["error"]["file"], bad.to_str().unwrap());
+    assert_eq!(error["error"]["line"], 11);
 }
 
 #[test]

@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-/// The directories shared by `serve` and the commands that talk to it. They are options of
-/// `vfio-variant` itself, given before the command (`vfio-variant --run-dir DIR list`), so
-/// the commands that do not use them (`vpci`) do not show them.
+/// The directories shared by `serve` and the commands that talk to it: options of the
+/// commands that use them, and of `vfio-variant` itself (`vfio-variant --run-dir DIR list`).
 #[derive(Args, Clone, Debug)]
 pub struct Dirs {
     /// Sockets: one per function and `control.sock` [default: $VFIO_VARIANT_RUN_DIR,

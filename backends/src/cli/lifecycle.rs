@@ -47,6 +47,26 @@ impl FunctionArgs {
             .transpose()
     }
 
+    /// `error` with the layout file (and line) named in its message, when it is this one's:
+    /// the server's errors are text.
+    fn locate(&self, error: CliError) -> CliError {
+        let Some(path) = self.layout.as_ref().map(|p| p.display().to_string()) else {
+            return error;
+        };
+        let Some(at) = error.message.find(&format!("{path}:")) else {
+            return error;
+        };
+        let line = error.message[at + path.len() + 1..]
+            .split(':')
+            .next()
+            .and_then(|l| l.parse().ok());
+        CliError {
+            file: Some(path),
+            line,
+            ..error
+        }
+    }
+
     /// The create request these arguments make, for instance `name`.
     fn spec(&self, name: Option<String>) -> Result<CreateSpec, CliError> {
         Ok(CreateSpec {
@@ -247,7 +267,7 @@ fn instance(value: Value) -> Result<InstanceInfo, CliError> {
 /// `create`.
 pub fn create(args: CreateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     let spec = args.function.spec(args.name.clone())?;
-    let value = request(dirs, &Request::Create(spec))?;
+    let value = request(dirs, &Request::Create(spec)).map_err(|e| args.function.locate(e))?;
     if args.json {
         print_json(&value)?;
     } else {
@@ -436,7 +456,10 @@ pub fn define(args: DefineArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
             ));
         }
     };
-    let profile = check_spec(&spec, dirs)?;
+    let profile = check_spec(&spec, dirs).map_err(|e| match &args.function {
+        Some(function) => function.locate(e),
+        None => e,
+    })?;
     let definition = Definition {
         name,
         backend: spec.backend,
