@@ -248,7 +248,7 @@ fn print_instance(info: &InstanceInfo) {
     } else {
         format!("  [{}]", info.state)
     };
-    println!(
+    outln!(
         "{}  {}/{}  layout {}  {}{}{state}",
         info.name,
         info.backend,
@@ -273,7 +273,7 @@ pub fn create(args: CreateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     } else {
         let info = instance(value)?;
         print_instance(&info);
-        println!("  {}", info.qemu_device);
+        outln!("  {}", info.qemu_device);
     }
     Ok(Outcome::Success)
 }
@@ -310,7 +310,7 @@ pub fn start(args: NameArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     } else {
         let info = instance(value)?;
         print_instance(&info);
-        println!("  {}", info.qemu_device);
+        outln!("  {}", info.qemu_device);
     }
     Ok(Outcome::Success)
 }
@@ -402,9 +402,11 @@ fn list_defined(args: &ListArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
                 "manual"
             };
             let state = if v.running { "running" } else { "stopped" };
-            println!(
+            outln!(
                 "{}  {}/{}  start {start}  {state}",
-                d.name, d.backend, d.profile
+                d.name,
+                d.backend,
+                d.profile
             );
         }
     }
@@ -554,7 +556,7 @@ pub fn modify(args: ModifyArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     } else {
         let info = instance(value)?;
         print_instance(&info);
-        println!("  {}", info.qemu_device);
+        outln!("  {}", info.qemu_device);
     }
     Ok(Outcome::Success)
 }

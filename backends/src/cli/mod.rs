@@ -1,5 +1,20 @@
 //! The `vfio-variant` command's subcommands, one module each.
 
+/// `print!` whose reader may go away (`| head`): the command then ends quietly, as Unix
+/// tools do, instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!` as [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod dirs;
 pub mod lifecycle;
 pub mod migrate;
@@ -132,10 +147,22 @@ pub fn exit_code(result: Result<Outcome, CliError>, json: bool) -> ExitCode {
     }
 }
 
+/// Writes to stdout; when the reader went away, exits 0 at once (nothing is left to say).
+pub fn write_out(text: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("vfio-variant: stdout: {e}");
+        std::process::exit(i32::from(ErrorKind::Io.exit_code()));
+    }
+}
+
 /// Prints a value as pretty JSON on stdout (a reader that went away is not an error).
 pub fn print_json(value: &impl Serialize) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::failed(format!("JSON output: {e}")))?;
-    let _ = writeln!(std::io::stdout(), "{text}");
+    outln!("{text}");
     Ok(())
 }

@@ -136,7 +136,7 @@ fn embedded_default(service: &Service) -> Vec<CreateSpec> {
 }
 
 fn announce(info: &InstanceInfo) {
-    println!("{}  {}", info.name, info.qemu_device);
+    outln!("{}  {}", info.name, info.qemu_device);
 }
 
 /// Runs the server.
@@ -232,7 +232,7 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     } else {
         format!("; {} definition(s) failed to start", failures.len())
     };
-    println!(
+    outln!(
         "vfio-variant: serving {} function(s){failed}; control socket {}",
         running.len(),
         control_path.display()
@@ -240,7 +240,7 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     for info in &running {
         announce(info);
     }
-    println!(
+    outln!(
         "Guest RAM must be shared with the server, e.g. -object memory-backend-memfd,id=mem0,size=1G,share=on -numa node,memdev=mem0"
     );
     let _ = std::io::stdout().flush();

@@ -74,9 +74,9 @@ pub fn run(args: TypesArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         return Ok(Outcome::Success);
     }
     for t in &types {
-        println!("{}: {}", t.backend, t.description);
+        outln!("{}: {}", t.backend, t.description);
         for p in &t.profiles {
-            println!(
+            outln!(
                 "  {:<16} available {:>5}{}  {}",
                 p.name,
                 p.available_instances,

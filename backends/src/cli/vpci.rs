@@ -181,7 +181,7 @@ fn derive_command(args: DeriveArgs) -> Result<Outcome, CliError> {
     match args.output {
         Some(path) => std::fs::write(&path, text)
             .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?,
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     Ok(Outcome::Success)
 }
@@ -219,7 +219,7 @@ fn check_command(args: CheckArgs) -> Result<Outcome, CliError> {
     let physical = physical.as_ref().map(|(d, _)| d);
     if args.hex {
         let (_, config) = read_config(&layout, physical)?;
-        print!("{}", render::hex_dump(&config));
+        out!("{}", render::hex_dump(&config));
         return Ok(Outcome::Success);
     }
     let needs_physical = compile(Arc::clone(&layout)).needs_backing() && physical.is_none();
@@ -239,9 +239,9 @@ fn check_command(args: CheckArgs) -> Result<Outcome, CliError> {
             needs_physical,
         ))?;
     } else {
-        print!("{}", render::describe(&template, &config));
+        out!("{}", render::describe(&template, &config));
         if needs_physical {
-            println!(
+            outln!(
                 "\t(bits from the physical function are shown as 0: pass --sysfs or --config/--resource)"
             );
         }
@@ -407,23 +407,23 @@ fn compat_command(args: CompatArgs) -> Result<Outcome, CliError> {
     if args.json {
         print_json(&report)?;
     } else {
-        println!("{}: {}", args.a.display(), report.fingerprint_a);
-        println!("{}: {}", args.b.display(), report.fingerprint_b);
+        outln!("{}: {}", args.a.display(), report.fingerprint_a);
+        outln!("{}: {}", args.b.display(), report.fingerprint_b);
         if report.compatible {
-            println!(
+            outln!(
                 "compatible: a function exposed with the first layout can be resumed with the second"
             );
         } else {
-            println!(
+            outln!(
                 "incompatible: {} guest-visible difference(s)",
                 report.differences.len()
             );
             for d in &report.differences {
-                println!("  blocks: {}", d.explanation);
+                outln!("  blocks: {}", d.explanation);
             }
         }
         for w in &report.warnings {
-            println!("  warning (does not block): {}", w.explanation);
+            outln!("  warning (does not block): {}", w.explanation);
         }
     }
     Ok(if report.compatible {
