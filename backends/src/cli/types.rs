@@ -75,15 +75,20 @@ pub fn run(args: TypesArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     }
     for t in &types {
         outln!("{}: {}", t.backend, t.description);
-        for p in &t.profiles {
+        for (i, p) in t.profiles.iter().enumerate() {
+            // The first profile is the one create, define and --config use when none is given.
             outln!(
-                "  {:<16} available {:>5}{}  {}",
+                "  {}{:<16} available {:>5}{}  {}",
+                if i == 0 { "*" } else { " " },
                 p.name,
                 p.available_instances,
                 if p.migratable { "  migratable" } else { "" },
                 p.description
             );
         }
+    }
+    if !types.is_empty() {
+        outln!("(* the profile used when --profile is left out)");
     }
     Ok(Outcome::Success)
 }
