@@ -306,7 +306,10 @@ fn types_and_list_tell_no_server_from_no_permission() {
     let out = idle.run(&["types"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("\n  *migratable "), "types marks the default: {text}");
+    assert!(
+        text.contains("\n  *migratable "),
+        "types marks the default: {text}"
+    );
     assert!(text.contains("\n   default "), "{text}");
     assert!(stderr(&out).contains("no server at"), "{}", stderr(&out));
 
