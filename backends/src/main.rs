@@ -186,7 +186,13 @@ fn init_logging(command: &Command) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
+    let cli = match command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     init_logging(&cli.command);
     let dirs = &cli.dirs;
     let json = wants_json(&cli.command);
@@ -216,6 +222,28 @@ fn main() -> ExitCode {
         Command::Man { dir } => write_man_pages(&dir),
     };
     cli::exit_code(result, json)
+}
+
+/// A command line clap refused: as clap prints it, or with `--json` as a JSON error of kind
+/// `usage` (help and version are printed as asked).
+fn usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Clap;
+    let json = std::env::args().skip(1).any(|a| a == "--json");
+    if !json || matches!(error.kind(), Clap::DisplayHelp | Clap::DisplayVersion) {
+        error.exit();
+    }
+    let message = error.render().to_string();
+    let message = message
+        .trim()
+        .trim_start_matches("error: ")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    cli::exit_code(
+        Err(cli::CliError::new(cli::ErrorKind::Usage, message)),
+        true,
+    )
 }
 
 /// Runs `run` with a command's arguments and directories.

@@ -293,6 +293,18 @@ fn json_errors_and_exit_codes() {
     assert_eq!(error["error"]["kind"], "not_found");
     assert!(error["error"]["message"].as_str().unwrap().contains("nope"));
 
+    let out = host.run(&["destroy", "--colour", "x", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let error: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error["error"]["kind"], "usage");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--colour"),
+        "{error}"
+    );
+
     let idle = Host::idle("json-no-server");
     let out = idle.run(&["list", "--json"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");

@@ -151,6 +151,8 @@ impl ServiceError {
 pub enum ErrorKind {
     /// Any other failure.
     Failed,
+    /// The command line was refused (an unknown option, a missing argument).
+    Usage,
     /// No server answers on the control socket.
     NoServer,
     /// The control socket (or a file) may not be used by this user.
@@ -171,7 +173,7 @@ impl ErrorKind {
     /// The exit code of the command that failed this way.
     pub fn exit_code(self) -> u8 {
         match self {
-            Self::Failed => 2,
+            Self::Failed | Self::Usage => 2,
             Self::NoServer => 3,
             Self::Permission => 4,
             Self::NotFound => 5,
