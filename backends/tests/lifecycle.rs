@@ -691,3 +691,41 @@ fn modify_definitions_and_live_functions() {
     let now = host.json(&["list", "sample0", "--json"])[0].clone();
     assert_eq!(now["fingerprint"], before["fingerprint"]);
 }
+
+#[test]
+fn define_with_no_free_instance_checks_what_it_can() {
+    let host = Host::serving("define-busy");
+    // virtio-net has two VFs: virtio-net0 holds one, this the other.
+    assert!(
+        host.run(&["create", "--backend", "virtio-net", "--name", "n2"])
+            .status
+            .success()
+    );
+    let out = host.run(&["define", "n3", "--backend", "virtio-net"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stderr(&out).contains("no instance of virtio-net/transitional is free now"),
+        "{}",
+        stderr(&out)
+    );
+    // A bad layout is still refused.
+    let out = host.run(&[
+        "define",
+        "n4",
+        "--backend",
+        "virtio-net",
+        "--layout",
+        "catalog/mlx-vf.toml",
+        "--profile",
+        "nope",
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let out = host.run(&["start", "n3"]);
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "no instance to start it on: {out:?}"
+    );
+    assert!(host.run(&["destroy", "n2"]).status.success());
+    assert!(host.run(&["start", "n3"]).status.success());
+}

@@ -13,7 +13,9 @@ use super::{CliError, ErrorKind, Outcome, print_json, read_text};
 use crate::lifecycle::control::{self, Request};
 use crate::lifecycle::definitions::{Definition, DefinitionError, Definitions, Start};
 use crate::lifecycle::names::check_name;
-use crate::lifecycle::{Changes, CreateSpec, InstanceInfo, Service, ServiceError, spec_of};
+use crate::lifecycle::{
+    Changes, Checked, CreateSpec, InstanceInfo, Service, ServiceError, spec_of,
+};
 use vfio_variant::vpci::MAX_LAYOUT_FILE;
 
 fn attribute(text: &str) -> Result<(String, String), String> {
@@ -418,14 +420,12 @@ fn list_defined(args: &ListArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
 /// provisioning with them, undone at once. Returns the profile (the backend's first when
 /// none is named, as `create` picks).
 fn check_spec(spec: &CreateSpec, dirs: &Dirs) -> Result<String, CliError> {
-    match control::request(
+    let checked: Checked = match control::request(
         &control::socket_path(&dirs.run_dir()),
         &Request::Check(spec.clone()),
     ) {
-        Ok(Value::String(profile)) => Ok(profile),
-        Ok(other) => Err(CliError::failed(format!(
-            "bad answer from the server: {other}"
-        ))),
+        Ok(value) => serde_json::from_value(value)
+            .map_err(|e| CliError::failed(format!("bad answer from the server: {e}")))?,
         Err(e) if e.kind == ErrorKind::NoServer => {
             let local = Service::new(
                 registry_with(&[])?,
@@ -435,10 +435,18 @@ fn check_spec(spec: &CreateSpec, dirs: &Dirs) -> Result<String, CliError> {
             );
             local
                 .check(spec)
-                .map_err(|e| CliError::new(e.kind(), e.to_string()))
+                .map_err(|e| CliError::new(e.kind(), e.to_string()))?
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    if !checked.provisioned {
+        eprintln!(
+            "vfio-variant: note: no instance of {}/{} is free now, so its provisioning was not \
+             tried; the backend, profile and layout are checked",
+            spec.backend, checked.profile
+        );
     }
+    Ok(checked.profile)
 }
 
 /// `define`: refused unless the server (or, with none running, the built-in backends) could

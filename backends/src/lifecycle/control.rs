@@ -47,7 +47,7 @@ pub enum Request {
         name: String,
     },
     /// Check what a create request would make (backend, profile, layout, provisioning)
-    /// without exposing anything; the result is the profile it resolves to.
+    /// without exposing anything; the result is a [`super::Checked`].
     Check(CreateSpec),
     /// Change a running instance (made again with the changes; no VMM may be attached).
     Modify {
@@ -127,7 +127,7 @@ fn answer(service: &Service, request: Request) -> Result<Value, ControlError> {
         Request::Types => json(serde_json::to_value(service.types())),
         Request::List => json(serde_json::to_value(service.list())),
         Request::Create(spec) => json(serde_json::to_value(service.create(&spec)?)),
-        Request::Check(spec) => Ok(Value::String(service.check(&spec)?)),
+        Request::Check(spec) => json(serde_json::to_value(service.check(&spec)?)),
         Request::Start { name } => json(serde_json::to_value(service.start(&name)?)),
         Request::Modify { name, changes } => {
             json(serde_json::to_value(service.modify(&name, &changes)?))

@@ -59,6 +59,16 @@ pub struct CreateSpec {
     pub attributes: Vec<(String, String)>,
 }
 
+/// What a check of a create request found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checked {
+    /// The profile it resolves to (the backend's first when it names none).
+    pub profile: String,
+    /// Whether the backend provisioned it (and released it at once); false when no
+    /// instance of the profile was free, so only the backend, profile and layout were checked.
+    pub provisioned: bool,
+}
+
 /// A running instance, as `list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceInfo {
@@ -414,12 +424,19 @@ impl Service {
     }
 
     /// Checks what `spec` would create: the backend, the profile, the layout, and the
-    /// backend's provisioning with them (undone at once); nothing is exposed. Returns the
-    /// profile it resolves to (the backend's first when it names none).
-    pub fn check(&self, spec: &CreateSpec) -> Result<String, ServiceError> {
+    /// backend's provisioning with them (undone at once); nothing is exposed. When no
+    /// instance of the profile is free now, provisioning is not tried and the check says so.
+    pub fn check(&self, spec: &CreateSpec) -> Result<Checked, ServiceError> {
         let resolved = self.resolve(spec)?;
-        self.provision(&resolved, spec)?;
-        Ok(resolved.profile)
+        let provisioned = match self.provision(&resolved, spec) {
+            Ok(_) => true,
+            Err(ServiceError::Backend(BackendError::NoInstances(_))) => false,
+            Err(e) => return Err(e),
+        };
+        Ok(Checked {
+            profile: resolved.profile,
+            provisioned,
+        })
     }
 
     /// Provisions a function with its profile, puts it behind its layout, and only then
