@@ -726,6 +726,46 @@ mod tests {
     }
 
     #[test]
+    fn modify_restores_the_old_function_when_the_new_one_fails() {
+        let (s, dir) = service("modify");
+        let before = s
+            .create(&CreateSpec {
+                backend: "sample".into(),
+                name: Some("m".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        // The sample backend takes no attributes: the new function cannot be made.
+        let refused = Changes {
+            attributes: Some(vec![("speed".into(), "1".into())]),
+            ..Changes::default()
+        };
+        assert!(matches!(
+            s.modify("m", &refused),
+            Err(ServiceError::Backend(_))
+        ));
+        let now = s.list();
+        assert_eq!(now.len(), 1, "the old function is back");
+        assert_eq!(now[0].fingerprint, before.fingerprint);
+        assert!(now[0].socket.exists());
+        assert!(matches!(
+            s.modify("gone", &refused),
+            Err(ServiceError::Missing(_))
+        ));
+        // A profile that does not resolve is refused before the function is touched.
+        let unknown = Changes {
+            profile: Some("fast".into()),
+            ..Changes::default()
+        };
+        assert!(matches!(
+            s.modify("m", &unknown),
+            Err(ServiceError::Unknown(_))
+        ));
+        assert_eq!(s.types()[0].profiles[0].available_instances, 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn definitions_autostart() {
         let (s, dir) = service("defs");
         for (name, start) in [("auto", Start::Auto), ("manual", Start::Manual)] {
