@@ -220,7 +220,7 @@ fn input_files_are_read_with_a_limit() {
         );
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("/dev/zero") && err.contains("longer than"),
+            err.contains("/dev/zero: ") && err.contains("longer than") && !err.contains(":1:1"),
             "{args:?}: {err}"
         );
     }

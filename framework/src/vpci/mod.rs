@@ -31,7 +31,14 @@ pub const MAX_LAYOUT_FILE: u64 = 1 << 20;
 pub fn load_layout(path: &std::path::Path) -> Result<Layout, LayoutError> {
     use std::io::Read;
     let name = path.display().to_string();
-    let error = |message: String| LayoutError::new(Location::at(&name, "", 0), "<file>", message);
+    // The file as a whole: no line or column.
+    let error = |message: String| {
+        let location = Location {
+            file: name.clone(),
+            ..Location::default()
+        };
+        LayoutError::new(location, "<file>", message)
+    };
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_LAYOUT_FILE + 1).read_to_end(&mut bytes))
