@@ -595,7 +595,14 @@ impl Service {
 
     /// Destroys every instance (the server is stopping).
     pub fn shutdown(&self) {
-        self.instances.lock().clear();
+        let mut instances = self.instances.lock();
+        if !instances.is_empty() {
+            tracing::info!(
+                functions = instances.len(),
+                "stopping: destroying every function"
+            );
+        }
+        instances.clear();
     }
 }
 
