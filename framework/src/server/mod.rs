@@ -359,7 +359,9 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
             );
             continue;
         }
-        if connection.as_ref().is_some_and(|c| !c.is_finished()) {
+        // Busy while the last client's connection is served; its thread may still be
+        // finishing (its `detached` line), and is joined below.
+        if shared.client.lock().is_some() {
             tracing::warn!(
                 "{}: refused a second client (pid {})",
                 shared.port.name,
@@ -370,7 +372,15 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
         if let Some(finished) = connection.take() {
             let _ = finished.join();
         }
-        *shared.client.lock() = stream.try_clone().ok();
+        // The handle `disconnect` shuts down; without one the client is not served.
+        let handle = match stream.try_clone() {
+            Ok(handle) => handle,
+            Err(e) => {
+                tracing::warn!("{}: cannot keep the client's socket: {e}", shared.port.name);
+                continue;
+            }
+        };
+        *shared.client.lock() = Some(handle);
         let served = Arc::clone(shared);
         let spawned = std::thread::Builder::new()
             .name(format!("client {}", shared.port.name))
