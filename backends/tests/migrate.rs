@@ -1,19 +1,86 @@
 //! `vfio-variant migrate` and `migrate-agent` between two server processes (two run
-//! directories standing for two hosts, the agent reached over TCP): the sample function's
-//! registers, NVRAM, MSI-X table, shared memory and config space arrive, and a destination
-//! with another layout is refused with the source still running.
+//! directories standing for two hosts, the agent reached over TLS): the sample function's
+//! registers, NVRAM, MSI-X table, shared memory and config space arrive, a destination with
+//! another layout is refused with the source still running, and peers that are not
+//! authenticated change nothing on either side.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use vfio_variant::migrate::link::{LINK_VERSION, Message};
+use vfio_variant::migrate::tls::{self, TlsFiles};
 use vfio_variant::migration::MigrationState;
 use vfio_variant::vfio_user::client::{Client, ClientOptions};
 use vfio_variant_backends::builtin::sample::LAYOUT;
 use vfio_variant_backends::builtin::sample::registers::*;
 
+#[path = "common/pki.rs"]
+mod pki;
+
 const BIN: &str = env!("CARGO_BIN_EXE_vfio-variant");
+
+/// The keys of a test: one CA signs the agent's and the source's certificates.
+struct Keys {
+    dir: PathBuf,
+    ca: pki::Ca,
+    agent: TlsFiles,
+    source: TlsFiles,
+}
+
+impl Keys {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("vfio-variant-keys-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = pki::Ca::new(&dir, "migration");
+        let agent = ca.issue("agent", &["127.0.0.1"], &ca);
+        let source = ca.issue("source", &["source.example"], &ca);
+        Self {
+            dir,
+            ca,
+            agent,
+            source,
+        }
+    }
+
+    /// The `migrate` arguments presenting `files`.
+    fn source_args(files: &TlsFiles) -> Vec<String> {
+        [
+            ("--cert", &files.cert),
+            ("--key", &files.key),
+            ("--ca", &files.ca),
+        ]
+        .into_iter()
+        .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+        .collect()
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `migrate-agent --once`.
+struct Agent {
+    child: Child,
+    address: String,
+    out: BufReader<ChildStdout>,
+}
+
+impl Agent {
+    /// Waits for it to exit; returns its status and what it printed after its address.
+    fn finish(mut self) -> (ExitStatus, String) {
+        let mut text = String::new();
+        self.out.read_to_string(&mut text).unwrap();
+        (self.child.wait().unwrap(), text)
+    }
+}
 
 /// A `vfio-variant serve` with one sample function `dev0`, in its own directories.
 struct Host {
@@ -39,6 +106,8 @@ impl Host {
             .args(["serve", "--no-autostart", "--config"])
             .arg(dir.join("serve.toml"))
             .args(Self::dir_args(&dir))
+            // The event log of the server (info by default) would fill the test output.
+            .env("VFIO_VARIANT_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -81,30 +150,64 @@ impl Host {
         }
     }
 
+    /// Waits until the server has seen the last client go (it refuses a new one until then).
+    fn wait_detached(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.command(&["list", "--json"]).output().unwrap();
+            let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if list[0]["attached"] == false {
+                return;
+            }
+            assert!(Instant::now() < deadline, "a client stays attached: {list}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(BIN);
         command.args(Self::dir_args(&self.dir)).args(args);
         command
     }
 
-    /// Starts an agent for one migration; returns it and its address.
-    fn agent(&self) -> (Child, String) {
-        let mut agent = self
+    /// Starts an agent for one migration, authenticated with `keys.agent`.
+    fn agent(&self, keys: &Keys) -> Agent {
+        let mut child = self
             .command(&["migrate-agent", "--listen", "127.0.0.1:0", "--once"])
+            .arg("--cert")
+            .arg(&keys.agent.cert)
+            .arg("--key")
+            .arg(&keys.agent.key)
+            .arg("--client-ca")
+            .arg(&keys.agent.ca)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(agent.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
         let address = line
             .trim()
             .rsplit(' ')
             .next()
             .expect("the agent prints its address")
             .to_string();
-        (agent, address)
+        assert!(
+            address.starts_with("127.0.0.1:"),
+            "bound where told: {line}"
+        );
+        Agent {
+            child,
+            address,
+            out,
+        }
+    }
+
+    /// `migrate dev0 --agent` to `agent`, presenting `files`, with `extra` arguments.
+    fn migrate_to(&self, agent: &Agent, files: &TlsFiles, extra: &[&str]) -> (Output, String) {
+        let mut command = self.command(&["migrate", "dev0", "--agent", &agent.address]);
+        command.args(Keys::source_args(files)).args(extra);
+        output(command)
     }
 }
 
@@ -162,12 +265,13 @@ fn output(mut command: Command) -> (Output, String) {
 
 #[test]
 fn a_function_moves_to_another_host_through_the_agent() {
+    let keys = Keys::new("moves");
     let source = Host::start("src", LAYOUT);
     let destination = Host::start("dst", LAYOUT);
     let before = give_state(&source);
 
-    let (mut agent, address) = destination.agent();
-    let (out, text) = output(source.command(&["migrate", "dev0", "--agent", &address, "--json"]));
+    let agent = destination.agent(&keys);
+    let (out, text) = source.migrate_to(&agent, &keys.source, &["--json"]);
     assert!(out.status.success(), "{text}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
@@ -175,7 +279,7 @@ fn a_function_moves_to_another_host_through_the_agent() {
         "{report}"
     );
     assert!(report["downtime_us"].as_u64().is_some());
-    assert!(agent.wait().unwrap().success());
+    assert!(agent.finish().0.success());
 
     let mut c = destination.connect();
     assert_eq!(config(&mut c), before, "config space carried");
@@ -200,6 +304,7 @@ fn a_function_moves_to_another_host_through_the_agent() {
 
 #[test]
 fn a_destination_with_another_layout_is_refused_and_the_source_keeps_running() {
+    let keys = Keys::new("refused");
     let source = Host::start("src-refused", LAYOUT);
     let other = LAYOUT.replace("device_id = 0x11f8", "device_id = 0x11f9");
     assert_ne!(other, LAYOUT);
@@ -207,15 +312,15 @@ fn a_destination_with_another_layout_is_refused_and_the_source_keeps_running() {
     let before = give_state(&source);
 
     // Through the agent, and on this host (a socket path).
-    let (mut agent, address) = destination.agent();
-    let (out, text) = output(source.command(&["migrate", "dev0", "--agent", &address]));
+    let agent = destination.agent(&keys);
+    let (out, text) = source.migrate_to(&agent, &keys.source, &[]);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("the source keeps running"), "{text}");
     assert!(
         text.contains("vPCI layout"),
         "the destination's reason: {text}"
     );
-    assert_eq!(agent.wait().unwrap().code(), Some(1));
+    assert_eq!(agent.finish().0.code(), Some(1));
     let to = destination.socket().display().to_string();
     let (out, text) = output(source.command(&["migrate", "dev0", "--to", &to]));
     assert_eq!(out.status.code(), Some(2), "{text}");
@@ -241,4 +346,146 @@ fn a_function_with_a_vmm_attached_is_not_taken_over() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("is a VMM attached?"), "{text}");
     drop(vmm);
+}
+
+/// Reads a register of `host`'s function over a connection of its own.
+fn scratch(host: &Host) -> u32 {
+    reg_read(&mut host.connect(), SCRATCH)
+}
+
+#[test]
+fn peers_that_are_not_authenticated_change_nothing_on_either_side() {
+    let keys = Keys::new("unauthenticated");
+    let source = Host::start("src-unauth", LAYOUT);
+    let destination = Host::start("dst-unauth", LAYOUT);
+    let before = give_state(&source);
+    // A mark that a device reset (what a refused migration does to its destination) clears.
+    let mut c = destination.connect();
+    c.region_write(7, 4, &[0x02, 0x00]).unwrap();
+    reg_write(&mut c, SCRATCH, 0x5a5a_5a5a);
+    drop(c);
+    let agent = destination.agent(&keys);
+
+    // A source whose certificate another CA signed.
+    let rogue = pki::Ca::new(&keys.dir, "rogue");
+    let impostor = rogue.issue("impostor", &["source.example"], &keys.ca);
+    let (out, text) = source.migrate_to(&agent, &impostor, &[]);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("the source keeps running"), "{text}");
+
+    // An agent whose certificate does not name the address the source dialled.
+    let (out, text) =
+        source.migrate_to(&agent, &keys.source, &["--agent-name", "elsewhere.example"]);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("TLS handshake"), "{text}");
+
+    // A source that presents no certificate at all.
+    let anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_root_certificates({
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        let ca = rustls::pki_types::CertificateDer::from_pem_file(keys.ca.file()).unwrap();
+        roots.add(ca).unwrap();
+        roots
+    })
+    .with_no_client_auth();
+    let refused = tls::connect(
+        &agent.address,
+        None,
+        Arc::new(anonymous),
+        Some(Duration::from_secs(10)),
+    )
+    .map_err(|e| e.to_string())
+    .and_then(|mut link| {
+        Message::Hello {
+            version: LINK_VERSION,
+            function: "dev0".into(),
+        }
+        .write_to(&mut link)
+        .and_then(|()| Message::read_from(&mut link))
+        .map_err(|e| e.to_string())
+    });
+    assert!(refused.is_err(), "{refused:?}");
+
+    // A peer that speaks the link's messages in plaintext.
+    let mut plain = TcpStream::connect(&agent.address).unwrap();
+    let mut bytes = Vec::new();
+    Message::Hello {
+        version: LINK_VERSION,
+        function: "dev0".into(),
+    }
+    .write_to(&mut bytes)
+    .unwrap();
+    Message::Data(vec![0; 64]).write_to(&mut bytes).unwrap();
+    Message::Finish.write_to(&mut bytes).unwrap();
+    plain.write_all(&bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        Message::read_from(&mut answer.as_slice()).is_err(),
+        "no message answers a plaintext peer"
+    );
+
+    // Nothing changed: the source runs with its state, the destination was never opened.
+    let mut c = source.connect();
+    assert_eq!(c.mig_state().unwrap(), MigrationState::Running);
+    assert_eq!(config(&mut c), before);
+    assert_eq!(reg_read(&mut c, SCRATCH), 0x1234_5678);
+    drop(c);
+    let mut c = destination.connect();
+    assert_eq!(c.mig_state().unwrap(), MigrationState::Running);
+    assert_eq!(config(&mut c)[4], 0x02, "the destination was not reset");
+    assert_eq!(
+        reg_read(&mut c, SCRATCH),
+        0x5a5a_5a5a,
+        "the destination was not touched"
+    );
+    drop(c);
+    source.wait_detached();
+    destination.wait_detached();
+
+    // A peer that connects and says nothing holds up no one: the agent went on waiting and
+    // takes the authenticated source's migration while that peer's handshake still waits (and
+    // exits with --once before it times out).
+    let silent = TcpStream::connect(&agent.address).unwrap();
+    let (out, text) = source.migrate_to(&agent, &keys.source, &[]);
+    assert!(out.status.success(), "{text}");
+    let (status, said) = agent.finish();
+    assert!(status.success(), "{said}");
+    assert_eq!(said.matches(": refused: ").count(), 4, "{said}");
+    drop(silent);
+    assert_eq!(
+        scratch(&destination),
+        0x1234_5678,
+        "the migrated state arrived"
+    );
+}
+
+#[test]
+fn the_commands_refuse_to_run_without_keys() {
+    let keys = Keys::new("nokeys");
+    let source = Host::start("src-nokeys", LAYOUT);
+    let (out, text) =
+        output(source.command(&["migrate-agent", "--listen", "127.0.0.1:0", "--once"]));
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("--cert"), "{text}");
+    let (out, text) = output(source.command(&["migrate", "dev0", "--agent", "127.0.0.1:9"]));
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("--cert"), "{text}");
+    // A key file that is not one: refused before anything is bound or dialled.
+    let mut agent = source.command(&["migrate-agent", "--listen", "127.0.0.1:0"]);
+    agent
+        .arg("--cert")
+        .arg(&keys.agent.cert)
+        .arg("--key")
+        .arg(&keys.agent.cert)
+        .arg("--client-ca")
+        .arg(&keys.agent.ca);
+    let (out, text) = output(agent);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("agent.pem"), "{text}");
 }

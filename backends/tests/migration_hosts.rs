@@ -1,8 +1,8 @@
 //! Live migration between two hosts: two `vfio-variant serve` processes in two network
 //! namespaces joined by a veth pair, sharing the virtio-blk image as two hosts share storage.
 //! A test VMM drives the source's transitional virtio-blk VF with a legacy driver that keeps
-//! writes in flight from its own "vCPU" thread; the VMM migrates the VF over TCP to a VMM on
-//! the other host mid-I/O and the writes go on there. Afterwards every acknowledged write is in
+//! writes in flight from its own "vCPU" thread; the VMM migrates the VF over TLS (certificates
+//! on both sides, made for the test) to a VMM on the other host mid-I/O and the writes go on there. Afterwards every acknowledged write is in
 //! the image, every request completed exactly once, and the guest-visible config space is
 //! the same. A destination with another layout and a link cut mid-stream are refused, and the
 //! source keeps running.
@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use vfio_variant::migrate::tls::{self, TlsFiles};
 use vfio_variant::migrate::{
     MigrateError, Options, RemoteDestination, Served, migrate, serve_destination,
 };
@@ -28,6 +29,7 @@ use vfio_variant::vfio_user::client::{Client, ClientOptions};
 
 mod common;
 
+use common::pki::Ca;
 use common::vmm::{
     BLOCK, DISK_BLOCKS, Driver, Shared, SourceVmm, Vcpu, block, config_space, memfd,
 };
@@ -136,6 +138,7 @@ impl Server {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .env("VFIO_VARIANT_VIRTIO_DIR", &files)
+            .env("VFIO_VARIANT_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
@@ -183,9 +186,40 @@ impl Drop for Server {
     }
 }
 
-/// A link that breaks after `left` bytes.
+/// The two VMMs' certificates, signed by one CA.
+struct Keys {
+    source: TlsFiles,
+    destination: TlsFiles,
+    /// A source certificate signed by another CA.
+    impostor: TlsFiles,
+}
+
+impl Keys {
+    fn new(dir: &Path) -> Self {
+        let ca = Ca::new(dir, "migration");
+        let rogue = Ca::new(dir, "rogue");
+        Self {
+            source: ca.issue("source", &[SOURCE_IP], &ca),
+            destination: ca.issue("destination", &[DESTINATION_IP], &ca),
+            impostor: rogue.issue("impostor", &[SOURCE_IP], &ca),
+        }
+    }
+
+    /// The source VMM's authenticated link to `address`.
+    fn connect(&self, address: &str) -> tls::SourceLink {
+        tls::connect(
+            address,
+            None,
+            tls::source_config(&self.source).unwrap(),
+            Some(Duration::from_secs(30)),
+        )
+        .unwrap()
+    }
+}
+
+/// A link that breaks after `left` bytes of messages.
 struct Cut {
-    inner: TcpStream,
+    inner: tls::SourceLink,
     left: usize,
 }
 
@@ -198,7 +232,7 @@ impl Read for Cut {
 impl Write for Cut {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.left == 0 {
-            self.inner.shutdown(std::net::Shutdown::Both)?;
+            self.inner.sock.shutdown(std::net::Shutdown::Both)?;
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let n = buf.len().min(self.left);
@@ -210,19 +244,26 @@ impl Write for Cut {
     }
 }
 
-/// The destination VMM: accepts one migration on the other host into `device`.
+/// The destination VMM: accepts one migration on the other host into `device`, from a source
+/// authenticated by the CA of `keys`.
 fn destination_vmm(
     hosts: &Arc<Hosts>,
+    keys: &Keys,
     device: Shared,
 ) -> (String, JoinHandle<Result<Served, String>>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let hosts = Arc::clone(hosts);
+    let config = tls::destination_config(&keys.destination).unwrap();
     let thread = std::thread::spawn(move || {
         hosts.enter(1);
         let listener = TcpListener::bind((DESTINATION_IP, 0)).unwrap();
         tx.send(listener.local_addr().unwrap().to_string()).unwrap();
-        let (mut link, peer) = listener.accept().map_err(|e| e.to_string())?;
+        let (stream, peer) = listener.accept().map_err(|e| e.to_string())?;
         assert!(peer.ip().to_string() == SOURCE_IP, "over the veth link");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let mut link = tls::accept(stream, config).map_err(|e| e.to_string())?;
         let mut device = Some(device);
         serve_destination(&mut link, |_| device.take().ok_or("busy".to_string()))
             .map_err(|e| e.to_string())
@@ -259,6 +300,7 @@ fn a_virtio_blk_vf_moves_to_another_host_mid_io() {
     let image = top.join("shared-disk.img");
     std::fs::File::create(&image).unwrap();
     let hosts = Arc::new(Hosts::new());
+    let keys = Arc::new(Keys::new(&top.join("keys")));
     let source = Server::start(&hosts, 0, &top.join("source"), &image);
     let destination = Server::start(&hosts, 1, &top.join("destination"), &image);
 
@@ -268,14 +310,49 @@ fn a_virtio_blk_vf_moves_to_another_host_mid_io() {
     let vcpu = Vcpu::start(driver);
     std::thread::sleep(Duration::from_millis(200));
 
+    // 0. A source whose certificate another CA signed is refused at the handshake: the
+    // destination function is never opened, the source goes on running.
+    let untouched_memory = memfd();
+    let untouched = destination.attach("blk0", &untouched_memory);
+    let (address, served) = destination_vmm(&hosts, &keys, untouched.clone());
+    let mut source_device = device.clone();
+    let source_keys = Arc::clone(&keys);
+    let error = on_source(&hosts, move || {
+        let config = tls::source_config(&source_keys.impostor).unwrap();
+        match tls::connect(&address, None, config, Some(Duration::from_secs(30))) {
+            Ok(link) => migrate(
+                &mut source_device,
+                &mut RemoteDestination::new(link, "blk0"),
+                &Options::default(),
+                &mut (),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+        .unwrap_err()
+    });
+    let refused = served.join().unwrap().unwrap_err();
+    assert!(refused.contains("TLS handshake"), "{refused} / {error}");
+    assert_eq!(
+        device.0.lock().mig_state().unwrap(),
+        MigrationState::Running
+    );
+    assert_eq!(
+        untouched.0.lock().mig_state().unwrap(),
+        MigrationState::Running
+    );
+    drop(untouched);
+
     // 1. A destination with another layout (the modern profile) refuses the stream; the
     // source goes on running with the vCPU writing.
     let refused_memory = memfd();
     let modern = destination.attach("blk-modern", &refused_memory);
-    let (address, served) = destination_vmm(&hosts, modern.clone());
+    let (address, served) = destination_vmm(&hosts, &keys, modern.clone());
     let mut source_device = device.clone();
+    let source_keys = Arc::clone(&keys);
     let error = on_source(&hosts, move || {
-        let link = TcpStream::connect(&address).unwrap();
+        let link = source_keys.connect(&address);
         migrate(
             &mut source_device,
             &mut RemoteDestination::new(link, "blk-modern"),
@@ -295,11 +372,12 @@ fn a_virtio_blk_vf_moves_to_another_host_mid_io() {
     // 2. The link cut mid-stream: the destination refuses what it got, the source resumes.
     let cut_memory = memfd();
     let target = destination.attach("blk0", &cut_memory);
-    let (address, served) = destination_vmm(&hosts, target.clone());
+    let (address, served) = destination_vmm(&hosts, &keys, target.clone());
     let mut source_device = device.clone();
+    let source_keys = Arc::clone(&keys);
     let error = on_source(&hosts, move || {
         let link = Cut {
-            inner: TcpStream::connect(&address).unwrap(),
+            inner: source_keys.connect(&address),
             left: 200,
         };
         migrate(
@@ -329,7 +407,7 @@ fn a_virtio_blk_vf_moves_to_another_host_mid_io() {
     std::thread::sleep(Duration::from_millis(200));
     let destination_memory = memfd();
     let target = destination.attach("blk0", &destination_memory);
-    let (address, served) = destination_vmm(&hosts, target.clone());
+    let (address, served) = destination_vmm(&hosts, &keys, target.clone());
     let mut vmm = SourceVmm {
         vcpu: Some(vcpu),
         driver: None,
@@ -337,8 +415,9 @@ fn a_virtio_blk_vf_moves_to_another_host_mid_io() {
         config: Vec::new(),
     };
     let mut source_device = device.clone();
+    let source_keys = Arc::clone(&keys);
     let (report, mut vmm) = on_source(&hosts, move || {
-        let link = TcpStream::connect(&address).unwrap();
+        let link = source_keys.connect(&address);
         let report = migrate(
             &mut source_device,
             &mut RemoteDestination::new(link, "blk0"),

@@ -1,5 +1,6 @@
 //! Arbitrary bytes from a migration source, read by the destination side of the link
-//! (`serve_destination`, what `vfio-variant migrate-agent` runs on its TCP port) into a device
+//! (`serve_destination`, what `vfio-variant migrate-agent` runs inside its TLS link once the
+//! source is authenticated; the TLS records themselves are rustls's) into a device
 //! that checks the calls it gets: never a panic, never a device call out of order (data only
 //! while resuming, resume only after HELLO), and the device put back unless the destination
 //! answered RESUMED.

@@ -5,17 +5,21 @@
 //!
 //! Their files live in [`files_dir`]: `$VFIO_VARIANT_VIRTIO_DIR` when set (kept on exit),
 //! else a fresh `vfio-variant-virtio-PID` directory under the temporary directory, removed
-//! when the backend is dropped. VF `n` of the blk PF is backed by `virtio-blk-vfN.img`
-//! ([`BLK_IMAGE_SIZE`] bytes, sparse); VF `n` of the net PF is bound to `virtio-net-vfN.sock`
-//! (a datagram socket: it transmits to whoever sent it the last datagram). An image that
-//! exists is reused (its data kept); a stale socket is replaced, so two servers must not share
-//! a directory.
+//! when the backend is dropped. A process that dies without dropping it (SIGKILL) cannot remove
+//! it, so each such directory holds a shared `flock` on its `.owner` file while in use, and
+//! [`files_dir`] removes those of processes that are gone. VF `n` of the blk PF is backed by
+//! `virtio-blk-vfN.img` ([`BLK_IMAGE_SIZE`] bytes, sparse); VF `n` of the net PF is bound to
+//! `virtio-net-vfN.sock` (a datagram socket: it transmits to whoever sent it the last
+//! datagram). An image that exists is reused (its data kept); a stale socket is replaced, so
+//! two servers must not share a directory.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustix::fs::{FlockOperation, flock};
 use vfio_variant::backend::{Backend, BackendError, CreateRequest, Function, ProfileInfo};
 
 use crate::admin::{ADMIN_MEMORY, AdminError, AdminQueue};
@@ -61,14 +65,100 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> BuiltinError + '_ {
 }
 
 /// Where the emulated devices keep their files, and whether that directory is removed on
-/// drop (it is unless it came from [`DIR_VARIABLE`]).
+/// drop (it is unless it came from [`DIR_VARIABLE`]). A temporary one is named after this
+/// process; those that processes now gone left in the temporary directory are removed first.
 pub fn files_dir() -> (PathBuf, bool) {
     match std::env::var_os(DIR_VARIABLE).filter(|v| !v.is_empty()) {
         Some(dir) => (PathBuf::from(dir), false),
-        None => (
-            std::env::temp_dir().join(format!("vfio-variant-virtio-{}", std::process::id())),
-            true,
-        ),
+        None => {
+            let parent = std::env::temp_dir();
+            remove_stale_dirs(&parent);
+            (
+                parent.join(format!("{TEMPORARY_PREFIX}{}", std::process::id())),
+                true,
+            )
+        }
+    }
+}
+
+/// Name of a temporary files directory, before the owner's pid.
+const TEMPORARY_PREFIX: &str = "vfio-variant-virtio-";
+/// The lock file a temporary files directory's users hold (shared) while they use it.
+const OWNER_LOCK: &str = ".owner";
+
+/// Removes this user's temporary files directories in `parent` whose owner is gone: nobody
+/// holds their lock, or (a directory without a lock file) their pid is no live process.
+fn remove_stale_dirs(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let me = std::process::id();
+    let uid = rustix::process::geteuid().as_raw();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TEMPORARY_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        if pid == me || !ours {
+            continue;
+        }
+        // Held while the directory is removed, so that a process claiming it waits.
+        let lock = match File::open(path.join(OWNER_LOCK)) {
+            Ok(lock) => {
+                if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+                    continue;
+                }
+                Some(lock)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Only "no such process" says it is gone (EPERM: someone else's, alive).
+                let alive = rustix::process::Pid::from_raw(pid as i32).is_none_or(|p| {
+                    rustix::process::test_kill_process(p) != Err(rustix::io::Errno::SRCH)
+                });
+                if alive {
+                    continue;
+                }
+                None
+            }
+            Err(_) => continue,
+        };
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!("removed {} (its process is gone)", path.display()),
+            Err(e) => tracing::warn!("{}: not removed: {e}", path.display()),
+        }
+        drop(lock);
+    }
+}
+
+/// Creates `dir` and takes a shared hold on its owner lock, so that no other process removes
+/// it while this one uses it.
+fn claim(dir: &Path) -> Result<File, BuiltinError> {
+    loop {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let path = dir.join(OWNER_LOCK);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        flock(&lock, FlockOperation::LockShared).map_err(|e| io_error(&path)(e.into()))?;
+        // Another process may have found the directory stale and removed it between the open
+        // and the lock: then start again.
+        let same = match (lock.metadata(), std::fs::symlink_metadata(&path)) {
+            (Ok(held), Ok(named)) => held.ino() == named.ino() && held.dev() == named.dev(),
+            _ => false,
+        };
+        if same {
+            return Ok(lock);
+        }
     }
 }
 
@@ -87,20 +177,24 @@ pub fn net_mac(member: u64) -> [u8; 6] {
     [0x52, 0x54, 0x00, 0x56, 0x00, member as u8]
 }
 
-/// The files of an emulated PF's VFs, removed on drop when their directory is temporary.
+/// The files of an emulated PF's VFs, removed on drop when their directory is temporary
+/// (whose owner lock it then holds).
 struct Files {
     paths: Vec<PathBuf>,
-    remove_dir: Option<PathBuf>,
+    remove_dir: Option<(PathBuf, File)>,
 }
 
 impl Drop for Files {
     fn drop(&mut self) {
-        if let Some(dir) = &self.remove_dir {
+        if let Some((dir, lock)) = &self.remove_dir {
             for path in &self.paths {
                 let _ = std::fs::remove_file(path);
             }
-            // Only when empty: the other PF may still use it.
-            let _ = std::fs::remove_dir(dir);
+            // The last user (no other hold on the lock) removes the lock and the directory.
+            if flock(lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
+                let _ = std::fs::remove_file(dir.join(OWNER_LOCK));
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
 }
@@ -125,7 +219,12 @@ impl EmulatedPf {
     }
 
     fn build(device_type: u16, dir: &Path, remove_dir: bool) -> Result<Self, BuiltinError> {
-        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let remove_dir = if remove_dir {
+            Some((dir.to_path_buf(), claim(dir)?))
+        } else {
+            std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+            None
+        };
         let name = if device_type == DEVICE_TYPE_BLK {
             "virtio-blk"
         } else {
@@ -133,7 +232,7 @@ impl EmulatedPf {
         };
         let mut files = Files {
             paths: Vec::new(),
-            remove_dir: remove_dir.then(|| dir.to_path_buf()),
+            remove_dir,
         };
         let mut pollers = Vec::new();
         let mut vfs = Vec::new();
@@ -226,5 +325,70 @@ impl Backend for EmulatedPf {
 
     fn create(&self, request: &CreateRequest) -> Result<Box<dyn Function>, BackendError> {
         self.backend.create(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("vfio-variant-stale-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A directory as a process with `pid` leaves it: images and all.
+    fn left(parent: &Path, pid: u32, with_lock: bool) -> PathBuf {
+        let dir = parent.join(format!("{TEMPORARY_PREFIX}{pid}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(blk_image(&dir, 1), b"image").unwrap();
+        if with_lock {
+            std::fs::write(dir.join(OWNER_LOCK), b"").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn directories_of_processes_that_are_gone_are_removed() {
+        let parent = scratch("dirs");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let killed = left(&parent, gone, true);
+        let old = left(&parent, gone + 1_000_000, false);
+        let ancient = left(&parent, gone + 2_000_000, true);
+        // In use: a process (here this one, under another pid's name) holds the lock.
+        let in_use = left(&parent, std::os::unix::process::parent_id(), true);
+        let _hold = claim(&in_use).unwrap();
+        // Without a lock file, but its pid lives (pid 1 always does).
+        let live_pid = left(&parent, 1, false);
+        let not_ours = parent.join(format!("{TEMPORARY_PREFIX}x"));
+        std::fs::create_dir_all(&not_ours).unwrap();
+        let mine = left(&parent, std::process::id(), false);
+        remove_stale_dirs(&parent);
+        for dir in [&killed, &old, &ancient] {
+            assert!(!dir.exists(), "{} removed", dir.display());
+        }
+        for dir in [&in_use, &live_pid, &not_ours, &mine] {
+            assert!(dir.exists(), "{} kept", dir.display());
+        }
+        let _ = std::fs::remove_dir_all(&parent);
+    }
+
+    #[test]
+    fn a_temporary_directory_goes_with_its_last_pf() {
+        let parent = scratch("drop");
+        let dir = parent.join(format!("{TEMPORARY_PREFIX}{}", std::process::id()));
+        let blk = EmulatedPf::blk(&dir, true).unwrap();
+        let net = EmulatedPf::net(&dir, true).unwrap();
+        assert!(dir.join(OWNER_LOCK).exists());
+        drop(blk);
+        assert!(dir.exists(), "the net PF still uses it");
+        drop(net);
+        assert!(!dir.exists());
+        let _ = std::fs::remove_dir_all(&parent);
     }
 }

@@ -13,8 +13,10 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci               everything CI checks: fmt, clippy -D warnings, tests, docs, fuzz build, e2e
-  e2e              boot QEMU guests on the vfio-user server and check the sample function
-                   from an unmodified kernel (needs root)
+  e2e [--kernel RELEASE]
+                   boot QEMU guests on the vfio-user server and check its functions from
+                   unmodified kernels: Debian sid's and Debian 12's, or the chroot's kernel
+                   RELEASE alone (needs root)
   bench [NAME...]  run the benchmarks (those whose name contains a NAME); prints
                    `BENCH name value unit [ratio=.. vs=..]` lines; `guest_blk` boots a QEMU
                    guest (needs root, like e2e)

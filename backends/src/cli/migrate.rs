@@ -3,11 +3,13 @@
 //!
 //! Both sides speak vfio-user to their function's socket, so the functions must not have a
 //! VMM attached (the server takes one client per function); a VMM that keeps its connection
-//! embeds `vfio_variant::migrate` instead. The agent performs no authentication: bind it to
-//! an address only the migration network reaches.
+//! embeds `vfio_variant::migrate` instead. Between hosts the link is TLS 1.3 with a
+//! certificate on each side (`vfio_variant::migrate::tls`); there is no plaintext mode.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use clap::Args;
@@ -15,7 +17,7 @@ use rustix::io::Errno;
 use serde_json::json;
 use vfio_variant::migrate::{
     LocalDestination, MigrateError, Observer, Options, Progress, RemoteDestination, Report, Served,
-    migrate, serve_destination,
+    migrate, serve_destination, tls,
 };
 use vfio_variant::migration::MigrationFlags;
 use vfio_variant::vfio_user::{Client, ClientError};
@@ -26,8 +28,13 @@ use crate::lifecycle::InstanceInfo;
 use crate::lifecycle::control::{self, Request};
 use crate::lifecycle::names::check_name;
 
-/// How long the agent waits on a silent source before it gives up and puts the function back.
+/// How long one side waits on a silent other before it gives up (the agent puts the function
+/// back; the source runs again).
 const AGENT_LINK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the agent gives a peer to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most handshakes the agent runs at once; a peer past that is turned away at once.
+const MAX_HANDSHAKES: usize = 16;
 
 /// Arguments of `migrate`.
 #[derive(Args)]
@@ -37,12 +44,29 @@ pub struct MigrateArgs {
     /// The destination function on this host: a name in the run directory, or a socket path.
     #[arg(long, value_name = "FUNCTION", required_unless_present = "agent")]
     to: Option<String>,
-    /// A `vfio-variant migrate-agent` on the destination host.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "to")]
+    /// A `vfio-variant migrate-agent` on the destination host (needs --cert, --key, --ca).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        conflicts_with = "to",
+        requires_all = ["cert", "key", "ca"]
+    )]
     agent: Option<String>,
     /// The destination function's name at the agent [default: the source's name].
     #[arg(long, value_name = "NAME", requires = "agent")]
     function: Option<String>,
+    /// This host's certificate (PEM), presented to the agent.
+    #[arg(long, value_name = "FILE", requires = "agent")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "agent")]
+    key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) the agent's certificate must be signed by.
+    #[arg(long, value_name = "FILE", requires = "agent")]
+    ca: Option<PathBuf>,
+    /// The name the agent's certificate must carry [default: the host part of --agent].
+    #[arg(long, value_name = "NAME", requires = "agent")]
+    agent_name: Option<String>,
     /// Stop the source at once instead of running pre-copy rounds first.
     #[arg(long)]
     no_precopy: bool,
@@ -64,9 +88,18 @@ impl MigrateArgs {
 /// Arguments of `migrate-agent`.
 #[derive(Args)]
 pub struct AgentArgs {
-    /// Address to accept migrations on.
+    /// Address to accept migrations on (the only one the agent binds).
     #[arg(long, value_name = "HOST:PORT")]
     listen: String,
+    /// This host's certificate (PEM), presented to sources.
+    #[arg(long, value_name = "FILE")]
+    cert: PathBuf,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// The CA certificate(s) (PEM) a source's certificate must be signed by.
+    #[arg(long, value_name = "FILE")]
+    client_ca: PathBuf,
     /// Serve one migration, then exit (with its outcome).
     #[arg(long)]
     once: bool,
@@ -193,10 +226,24 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     let mut source = connect(&args.source, dirs).map_err(CliError::failed)?;
     let mut printer = Printer { json: args.json };
     let report = if let Some(agent) = &args.agent {
-        let link =
-            TcpStream::connect(agent).map_err(|e| CliError::failed(format!("{agent}: {e}")))?;
-        link.set_nodelay(true)
-            .map_err(|e| CliError::failed(format!("{agent}: {e}")))?;
+        let (Some(cert), Some(key), Some(ca)) = (&args.cert, &args.key, &args.ca) else {
+            return Err(CliError::failed(
+                "--agent needs --cert, --key and --ca (see docs/migration.md)",
+            ));
+        };
+        let files = tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        };
+        let config = tls::source_config(&files).map_err(|e| CliError::failed(e.to_string()))?;
+        let link = tls::connect(
+            agent,
+            args.agent_name.as_deref(),
+            config,
+            Some(AGENT_LINK_TIMEOUT),
+        )
+        .map_err(|e| CliError::failed(format!("no migration, the source keeps running: {e}")))?;
         let name = match &args.function {
             Some(name) => name.clone(),
             None => name_of(&args.source),
@@ -226,29 +273,86 @@ fn name_of(function: &str) -> String {
     base.strip_suffix(".sock").unwrap_or(base).to_string()
 }
 
-/// `vfio-variant migrate-agent`.
-pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
-    let listener = TcpListener::bind(&args.listen)
-        .map_err(|e| CliError::failed(format!("{}: {e}", args.listen)))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| CliError::failed(format!("{}: {e}", args.listen)))?;
-    println!("vfio-variant: accepting migrations on {address}");
+/// Accepts peers on `listener` for ever, each handshake on a thread of its own (so a peer that
+/// stalls delays no other), and hands the authenticated links on to `links`. A peer that is
+/// not authenticated is refused before anything it sends is read as a message: no function is
+/// opened for it.
+fn authenticate(
+    listener: TcpListener,
+    config: Arc<tls::ServerConfig>,
+    links: mpsc::Sender<(tls::DestinationLink, SocketAddr)>,
+) {
+    let in_flight = Arc::new(AtomicUsize::new(0));
     loop {
-        let (mut link, peer) = match listener.accept() {
+        let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!("accept: {e}");
                 continue;
             }
         };
-        let configured = link
-            .set_read_timeout(Some(AGENT_LINK_TIMEOUT))
-            .and_then(|()| link.set_nodelay(true));
-        if let Err(e) = configured {
-            tracing::warn!("{peer}: {e}");
+        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            println!("{peer}: refused: {MAX_HANDSHAKES} handshakes already in progress");
             continue;
         }
+        let (config, links, counter) = (config.clone(), links.clone(), in_flight.clone());
+        let spawned = std::thread::Builder::new()
+            .name("handshake".into())
+            .spawn(move || {
+                let result = handshake(stream, config);
+                counter.fetch_sub(1, Ordering::AcqRel);
+                match result {
+                    // The receiver is gone only when the agent is exiting.
+                    Ok(link) => drop(links.send((link, peer))),
+                    Err(e) => println!("{peer}: refused: {e}"),
+                }
+            });
+        if let Err(e) = spawned {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!("{peer}: no thread for the handshake: {e}");
+        }
+    }
+}
+
+/// The agent's side of one peer's handshake, with the link's timeouts.
+fn handshake(
+    stream: TcpStream,
+    config: Arc<tls::ServerConfig>,
+) -> Result<tls::DestinationLink, String> {
+    stream
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(AGENT_LINK_TIMEOUT)))
+        .and_then(|()| stream.set_nodelay(true))
+        .map_err(|e| e.to_string())?;
+    let link = tls::accept(stream, config).map_err(|e| e.to_string())?;
+    link.sock
+        .set_read_timeout(Some(AGENT_LINK_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    Ok(link)
+}
+
+/// `vfio-variant migrate-agent`.
+pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
+    let config = tls::destination_config(&tls::TlsFiles {
+        cert: args.cert.clone(),
+        key: args.key.clone(),
+        ca: args.client_ca.clone(),
+    })
+    .map_err(|e| CliError::failed(e.to_string()))?;
+    let listener = TcpListener::bind(&args.listen)
+        .map_err(|e| CliError::failed(format!("{}: {e}", args.listen)))?;
+    let address = listener
+        .local_addr()
+        .map_err(|e| CliError::failed(format!("{}: {e}", args.listen)))?;
+    println!("vfio-variant: accepting migrations on {address}");
+    let (sender, links) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || authenticate(listener, config, sender))
+        .map_err(|e| CliError::failed(format!("accept thread: {e}")))?;
+    // One migration at a time, in the order the sources were authenticated.
+    for (mut link, peer) in links {
         let outcome = serve_destination(&mut link, |name| {
             check_name(name).and_then(|name| connect(&name, dirs))
         });
@@ -268,4 +372,5 @@ pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
             });
         }
     }
+    Err(CliError::failed("the accept thread stopped"))
 }

@@ -1,7 +1,6 @@
 //! `vfio-variant serve`: runs the device server until SIGINT or SIGTERM.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +12,7 @@ use vfio_variant::server::ServerConfig;
 use super::dirs::Dirs;
 use super::types::registry_with;
 use super::{CliError, ErrorKind, Outcome, read_text};
+use crate::lifecycle::run_dir::{RunDir, RunDirError};
 use vfio_variant::vpci::MAX_LAYOUT_FILE;
 
 /// Most bytes of a configuration file.
@@ -141,12 +141,32 @@ fn announce(info: &InstanceInfo) {
 
 /// Runs the server.
 pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
-    let registry = registry_with(&args.plugin)?;
     let config = match &args.config {
         Some(path) => read_config(path)?,
         None => ConfigFile::default(),
     };
     let socket_group = args.socket_group.or(config.server.socket_group);
+    // Before anything else: a second server on a live server's run directory stops here,
+    // having touched nothing.
+    let (run_dir, stale) = RunDir::claim(&dirs.run_dir(), socket_group.is_some()).map_err(|e| {
+        let kind = match &e {
+            RunDirError::Busy { .. } => ErrorKind::Conflict,
+            RunDirError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                ErrorKind::Permission
+            }
+            RunDirError::Io { .. } => ErrorKind::Io,
+        };
+        CliError::new(kind, e.to_string())
+    })?;
+    if !stale.is_empty() {
+        eprintln!(
+            "vfio-variant: removed {} socket(s) left by a server that did not stop cleanly",
+            stale.len()
+        );
+    }
+    let registry = registry_with(&args.plugin)?;
     let mut allowed_uids = args.allow_uid.clone();
     allowed_uids.extend(&config.server.allowed_uids);
     let server = ServerConfig {
@@ -155,14 +175,7 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         allowed_uids,
         ..ServerConfig::default()
     };
-    let run_dir = dirs.run_dir();
-    std::fs::create_dir_all(&run_dir)
-        .map_err(|e| CliError::failed(format!("{}: {e}", run_dir.display())))?;
-    if socket_group.is_none() {
-        // Nobody else needs to reach the sockets.
-        let _ = std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700));
-    }
-    let control_path = control::socket_path(&run_dir);
+    let control_path = control::socket_path(run_dir.path());
     let listener = control::bind(&control_path).map_err(|e| {
         let kind = match e.kind() {
             std::io::ErrorKind::AddrInUse => ErrorKind::Conflict,
@@ -173,7 +186,7 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     })?;
     let service = Arc::new(Service::new(
         registry,
-        run_dir.clone(),
+        run_dir.path().to_path_buf(),
         dirs.state_dir(),
         server,
     ));

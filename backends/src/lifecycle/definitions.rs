@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::atomic_file;
 use super::names::check_name;
 
 /// When a defined instance is started.
@@ -87,23 +88,21 @@ impl Definitions {
         }
     }
 
-    /// Stores a new definition (written to a temporary file and renamed, so a crash leaves
-    /// either the old state or the new one).
+    /// Stores a new definition. The file is never seen half-written, and two `define`s of
+    /// one name cannot both succeed ([`atomic_file::create_new`]).
     pub fn define(&self, definition: &Definition) -> Result<(), DefinitionError> {
         let path = self.path(&definition.name)?;
-        if path.exists() {
-            return Err(DefinitionError::Exists(definition.name.clone()));
-        }
         std::fs::create_dir_all(&self.dir).map_err(|e| Self::file_error(&self.dir, e))?;
         let text =
             serde_json::to_string_pretty(definition).map_err(|e| Self::file_error(&path, e))?;
-        let temporary = self.dir.join(format!(".{}.json.tmp", definition.name));
-        std::fs::write(&temporary, text + "\n").map_err(|e| Self::file_error(&temporary, e))?;
-        std::fs::rename(&temporary, &path).map_err(|e| Self::file_error(&path, e))
+        atomic_file::create_new(&path, (text + "\n").as_bytes()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => DefinitionError::Exists(definition.name.clone()),
+            _ => Self::file_error(&path, e),
+        })
     }
 
-    /// Replaces an existing definition (written to a temporary file and renamed over it,
-    /// so a crash leaves the old one or the new one).
+    /// Replaces an existing definition (`modify`): a crash leaves the old one or the new one
+    /// ([`atomic_file::replace`]).
     pub fn replace(&self, definition: &Definition) -> Result<(), DefinitionError> {
         let path = self.path(&definition.name)?;
         if !path.exists() {
@@ -111,15 +110,14 @@ impl Definitions {
         }
         let text =
             serde_json::to_string_pretty(definition).map_err(|e| Self::file_error(&path, e))?;
-        let temporary = self.dir.join(format!(".{}.json.tmp", definition.name));
-        std::fs::write(&temporary, text + "\n").map_err(|e| Self::file_error(&temporary, e))?;
-        std::fs::rename(&temporary, &path).map_err(|e| Self::file_error(&path, e))
+        atomic_file::replace(&path, (text + "\n").as_bytes())
+            .map_err(|e| Self::file_error(&path, e))
     }
 
     /// Removes a definition.
     pub fn undefine(&self, name: &str) -> Result<(), DefinitionError> {
         let path = self.path(name)?;
-        std::fs::remove_file(&path).map_err(|e| match e.kind() {
+        atomic_file::remove(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => DefinitionError::Missing(name.to_string()),
             _ => Self::file_error(&path, e),
         })
@@ -197,6 +195,8 @@ mod tests {
         assert_eq!(names, ["a", "b"]);
         assert_eq!(defs.get("a").unwrap(), definition("a"));
         std::fs::write(dir.join("broken.json"), "{").unwrap();
+        // What a define killed before its rename leaves: skipped.
+        std::fs::write(dir.join(".c.json.123.0.tmp"), "{\"name\":").unwrap();
         assert!(defs.list().unwrap().iter().any(|d| d.is_err()));
         let mut changed = definition("a");
         changed.start = Start::Manual;

@@ -2,11 +2,14 @@
 //! profile before its socket appears), destroy, list, and persistent definitions.
 //!
 //! Where to look: the running service in this file; instance names in [`names`]; stored
-//! definitions in [`definitions`]; the control socket and its JSON protocol in [`control`].
+//! definitions in [`definitions`]; the control socket and its JSON protocol in [`control`];
+//! the run directory's owner lock and stale sockets in [`run_dir`].
 
+pub mod atomic_file;
 pub mod control;
 pub mod definitions;
 pub mod names;
+pub mod run_dir;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

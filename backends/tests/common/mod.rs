@@ -1,3 +1,4 @@
 //! Support shared by the integration tests.
 
+pub mod pki;
 pub mod vmm;

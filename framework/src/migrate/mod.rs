@@ -8,17 +8,20 @@
 //! through a [`Destination`]: a device in the same process ([`LocalDestination`]) or a peer
 //! reached over a byte stream, typically TCP ([`RemoteDestination`]), whose other end runs
 //! [`serve_destination`] (the `vfio-variant migrate-agent`, or the destination VMM itself).
+//! Between hosts that stream is TLS 1.3 with certificates on both sides ([`tls`]).
 //!
 //! Any failure before the destination runs leaves the source RUNNING and the destination out
 //! of RESUMING: the destination checks the stream (layout fingerprint, backend, profile,
 //! checksums) before it changes the device, so a refused migration changes nothing.
 //!
 //! Where to look: the device calls in this file; the source's rounds in `source.rs`; the
-//! destination side in `destination.rs`; the messages between the two in `link.rs`.
+//! destination side in `destination.rs`; the messages between the two in `link.rs`; their
+//! authenticated transport between hosts in `tls.rs`.
 
 mod destination;
 pub mod link;
 mod source;
+pub mod tls;
 
 pub use destination::{
     Destination, LocalDestination, RemoteDestination, Served, serve_destination,

@@ -101,7 +101,7 @@ pub fn run() -> Result<Vec<Results>, String> {
     let root = chroot::ensure_chroot()?;
     let root = fs::canonicalize(&root)
         .map_err(|e| format!("cannot resolve the chroot {}: {e}", root.display()))?;
-    let kernel = chroot::kernel(&root)?;
+    let kernel = super::kernels::sid(&root)?;
     let binary = build_server(true)?;
     let blkbench = build_static_bin("xtask", "blkbench", true)?;
     let initrd = Initramfs::new(INIT)

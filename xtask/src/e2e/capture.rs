@@ -204,7 +204,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     };
     let started = Instant::now();
     let root = chroot::ensure_chroot()?;
-    let kernel = chroot::kernel(&root)?;
+    let kernel = super::kernels::sid(&root)?;
     let initrd = Initramfs::new(INIT)
         .file("/bin/dump-pci", Source::Bytes(DUMP_PCI.into()), 0o755)
         .module("igb")

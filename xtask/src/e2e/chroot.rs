@@ -91,13 +91,13 @@ pub fn ensure_chroot() -> Result<PathBuf, String> {
 /// Whether the chroot in `dir` was completed with the current recipe and still has its kernel.
 fn is_ready(dir: &Path) -> bool {
     fs::read_to_string(dir.join(STAMP)).is_ok_and(|stamp| stamp == RECIPE)
-        && kernel(dir).is_ok()
+        && super::kernels::sid(dir).is_ok()
         && busybox(dir).is_ok()
 }
 
 /// Checks a freshly made chroot: kernel, modules, busybox, and a QEMU with `vfio-user-pci`.
 fn check(dir: &Path) -> Result<(), String> {
-    let kernel = kernel(dir)?;
+    let kernel = super::kernels::sid(dir)?;
     busybox(dir)?;
     let _mounts = Mounts::new(dir)?;
     let qemu = qemu_version(dir)?;
@@ -219,32 +219,6 @@ fn looks_like_a_chroot(dir: &Path) -> bool {
         || ["debootstrap", "var/lib/dpkg", STAMP]
             .iter()
             .any(|marker| fs::symlink_metadata(dir.join(marker)).is_ok())
-}
-
-/// Finds the guest kernel in the chroot: `/boot/vmlinuz-<release>` with `/lib/modules/<release>`.
-pub fn kernel(dir: &Path) -> Result<Kernel, String> {
-    let boot = dir.join("boot");
-    let entries =
-        fs::read_dir(&boot).map_err(|e| format!("cannot list {}: {e}", boot.display()))?;
-    let mut releases: Vec<String> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("vmlinuz-").map(str::to_string)
-        })
-        .filter(|release| modules_dir(dir, release).join("modules.dep").is_file())
-        .collect();
-    releases.sort();
-    let release = releases.pop().ok_or_else(|| {
-        format!(
-            "no kernel in {} (a vmlinuz-<release> with lib/modules/<release>/modules.dep)",
-            boot.display()
-        )
-    })?;
-    Ok(Kernel {
-        image: format!("/boot/vmlinuz-{release}"),
-        release,
-    })
 }
 
 /// The host path of the chroot's `/lib/modules/<release>` (through `/usr/lib` on merged-/usr systems).

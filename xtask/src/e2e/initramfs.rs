@@ -7,7 +7,10 @@
 //!
 //! Modules come from the chroot's `/lib/modules/<release>`, decompressed on the host (`xz -d`), and
 //! go to `/lib/modules/<name>.ko` in the image; `/lib/modules/order` lists them dependencies first
-//! and `/bin/load-modules` (a script in the image) insmods them in that order.
+//! and `/bin/load-modules` (a script in the image) insmods them in that order, each with the
+//! `module.parameter=value` settings of the kernel command line (`/bin/module-params`), as
+//! modprobe would: so `virtio_pci.force_legacy=1` works whether `virtio_pci` is built in or a
+//! module.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -24,17 +27,38 @@ use super::output;
 const CACHE_DIR: &str = "/var/cache/vfio-variant/initramfs";
 
 /// Bump when the layout of the images changes, so that cached ones are not reused.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// Cached images not used for this long are removed when a new one is built.
 const KEEP_UNUSED: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
-/// The script that loads the image's modules in dependency order.
+/// The script that loads the image's modules in dependency order, each with the parameters the
+/// kernel command line gives it.
 const LOAD_MODULES: &str = r#"#!/bin/sh
-# Loads the modules this image was built with (/lib/modules/order), dependencies first.
+# Loads the modules this image was built with (/lib/modules/order), dependencies first, each with
+# its parameters from the kernel command line, as modprobe would.
 for m in $(cat /lib/modules/order); do
-    insmod "/lib/modules/$m.ko" || { echo "load-modules: insmod $m failed"; exit 1; }
+    insmod "/lib/modules/$m.ko" $(module-params "$m") || { echo "load-modules: insmod $m failed"; exit 1; }
 done
+"#;
+
+/// The script that prints the parameters the kernel command line gives module `$1`:
+/// `virtio_pci.force_legacy=1` gives `virtio_pci` the parameter `force_legacy=1`. A parameter
+/// of a built-in driver reaches it from the command line directly; a loadable module gets
+/// them only from whoever loads it, and busybox insmod does not look. `-` and `_` in module
+/// names are alike. `$CMDLINE` stands in for `/proc/cmdline` when set.
+const MODULE_PARAMS: &str = r#"#!/bin/sh
+want=$(echo "$1" | tr - _)
+for arg in ${CMDLINE-$(cat /proc/cmdline)}; do
+    case $arg in
+        *.*=*)
+            module=${arg%%.*}
+            case $module in *=*) continue ;; esac
+            [ "$(echo "$module" | tr - _)" = "$want" ] && echo "${arg#*.}"
+            ;;
+    esac
+done
+exit 0
 "#;
 
 /// Where the bytes of an extra file come from.
@@ -113,11 +137,16 @@ impl Initramfs {
             source: Source::Host(busybox.clone()),
             mode: 0o755,
         });
-        files.push(Extra {
-            path: "/bin/load-modules".into(),
-            source: Source::Bytes(LOAD_MODULES.into()),
-            mode: 0o755,
-        });
+        for (path, script) in [
+            ("/bin/load-modules", LOAD_MODULES),
+            ("/bin/module-params", MODULE_PARAMS),
+        ] {
+            files.push(Extra {
+                path: path.into(),
+                source: Source::Bytes(script.into()),
+                mode: 0o755,
+            });
+        }
         let order: String = modules
             .iter()
             .map(|(name, _)| format!("{name}\n"))
@@ -448,8 +477,30 @@ fn visit(
 
 #[cfg(test)]
 mod tests {
-    use super::{module_name, visit};
+    use super::{MODULE_PARAMS, module_name, visit};
     use std::collections::{HashMap, HashSet};
+    use std::process::Command;
+
+    /// What `/bin/module-params MODULE` prints for the kernel command line `cmdline`.
+    fn params(module: &str, cmdline: &str) -> String {
+        let out = Command::new("sh")
+            .args(["-c", MODULE_PARAMS, "module-params", module])
+            .env("CMDLINE", cmdline)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn modules_get_their_command_line_parameters() {
+        let cmdline = "console=ttyS0 virtio_pci.force_legacy=1 e2e.boot=1 \
+                       virtio-pci.other=a.b memmap=2M$0x1f000000 x=1.2=3 virtio_pcix.no=1";
+        assert_eq!(params("virtio_pci", cmdline), "force_legacy=1\nother=a.b\n");
+        assert_eq!(params("virtio-pci", cmdline), "force_legacy=1\nother=a.b\n");
+        assert_eq!(params("virtio_blk", cmdline), "");
+        assert_eq!(params("e2e", cmdline), "boot=1\n");
+    }
 
     #[test]
     fn module_names_are_normalized() {

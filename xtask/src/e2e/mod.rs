@@ -10,6 +10,7 @@ pub mod capture;
 pub mod chroot;
 pub mod guest;
 pub mod initramfs;
+pub mod kernels;
 pub mod server;
 pub mod vfio;
 pub mod virtio;

@@ -27,6 +27,11 @@
 //! what boot 1 wrote (it survives resets and reconnects). At the end the server is stopped with
 //! SIGTERM; it must exit 0 and remove its sockets.
 //!
+//! All of this (the sample function, [`super::vfio`] and [`super::virtio`]) runs once on each
+//! guest kernel of [`kernels::both`] (Debian sid's and Debian 12's), or on the one kernel that
+//! `--kernel RELEASE` names. The summary gives the checks passed per kernel and the time of
+//! every boot.
+//!
 //! Needs root (chroot, mounts). The server's log (`VFIO_VARIANT_LOG`, `debug` unless set) goes to
 //! `$TMPDIR/vfio-variant-e2e-server-<pid>.log` and is printed, with the guest console, on failure.
 
@@ -50,11 +55,12 @@ use self::json::Json;
 use super::chroot::{self, Kernel};
 use super::guest::{Console, Guest, GuestError};
 use super::initramfs::Initramfs;
+use super::kernels;
 use super::output;
 use crate::cmd::{cargo, run as run_step, target_dir, workspace_root};
 
 /// The usage line of this command.
-const USAGE: &str = "usage: cargo xtask e2e";
+const USAGE: &str = "usage: cargo xtask e2e [--kernel RELEASE]";
 
 /// The guest's `/init`.
 const INIT: &str = include_str!("server/init.sh");
@@ -92,62 +98,87 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the host checks whether the server has exited.
 const POLL: Duration = Duration::from_millis(50);
 
-/// Runs `cargo xtask e2e`.
+/// Runs `cargo xtask e2e [--kernel RELEASE]`: the guest checks on both guest kernels
+/// ([`kernels::both`]), or on the one kernel of the chroot named by `--kernel`.
 pub fn run(args: &[String]) -> Result<(), String> {
-    if !args.is_empty() {
-        return Err(USAGE.to_string());
-    }
+    let only = parse_args(args)?;
     require_root()?;
     let started = Instant::now();
     let root = chroot::ensure_chroot()?;
     let root = fs::canonicalize(&root)
         .map_err(|e| format!("cannot resolve the chroot {}: {e}", root.display()))?;
-    let kernel = chroot::kernel(&root)?;
+    let kernels = match only {
+        Some(release) => vec![("given".to_string(), kernels::by_release(&root, &release)?)],
+        None => kernels::both(&root)?,
+    };
     let binary = build_server(false)?;
     let layout = compile_layout(&binary)?;
-    let initrd = Initramfs::new(INIT)
-        .module("uio_pci_generic")
-        .build(&root, &kernel)?;
-    let mut timings = vec![("set-up".to_string(), started.elapsed())];
-
-    let step = Instant::now();
-    let (mut server, announced) = Server::start(&binary, &root)?;
-    timings.push(("server start".to_string(), step.elapsed()));
-    let outcome = qemu_device(&announced, &root)
-        .and_then(|device| exercise(&root, &kernel, &initrd, &layout, &device, &mut timings))
-        .and_then(|checks| {
-            let step = Instant::now();
-            let checks = checks + server.stop()?;
-            timings.push(("server stop".to_string(), step.elapsed()));
-            Ok(checks)
-        });
-    let checks = outcome.map_err(|e| format!("{e}\n{}", server.log_text()))?;
-    // The log is evidence for failures only.
-    let _ = fs::remove_file(&server.log);
-
-    let step = Instant::now();
     let static_binary = super::vfio::build_static()?;
-    let checks = checks + super::vfio::run(&root, &kernel, &static_binary)?;
-    timings.push(("kernel VFIO".to_string(), step.elapsed()));
-
-    let step = Instant::now();
-    let checks = checks + super::virtio::run(&root, &kernel, &binary)?;
-    timings.push(("virtio".to_string(), step.elapsed()));
-
-    let timings: Vec<String> = timings
+    let setup = started.elapsed();
+    let mut per_kernel = Vec::new();
+    for (label, kernel) in &kernels {
+        eprintln!("==> guest checks on the {label} kernel {}", kernel.release);
+        let step = Instant::now();
+        let passed = guest_checks(&root, kernel, label, &binary, &static_binary, &layout)
+            .map_err(|e| format!("on the {label} guest kernel {}: {e}", kernel.release))?;
+        per_kernel.push(format!(
+            "{label} kernel {}: {passed} checks passed in {:.1} s",
+            kernel.release,
+            step.elapsed().as_secs_f64()
+        ));
+    }
+    let boots: Vec<String> = super::guest::boot_times()
         .iter()
-        .map(|(what, took)| format!("{what} {:.1} s", took.as_secs_f64()))
+        .map(|(name, took)| format!("{name} {:.1} s", took.as_secs_f64()))
         .collect();
     eprintln!(
-        "e2e: {checks} checks passed ({})",
+        "e2e: {} ({})",
+        per_kernel.join("; "),
         chroot::qemu_version(&root)?
     );
     eprintln!(
-        "e2e: {}; total {:.1} s",
-        timings.join(", "),
+        "e2e: set-up {:.1} s; boots: {}; total {:.1} s",
+        setup.as_secs_f64(),
+        boots.join(", "),
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The release `--kernel RELEASE` names, if given.
+fn parse_args(args: &[String]) -> Result<Option<String>, String> {
+    match args {
+        [] => Ok(None),
+        [flag, release] if flag == "--kernel" && !release.starts_with('-') => {
+            Ok(Some(release.clone()))
+        }
+        _ => Err(USAGE.to_string()),
+    }
+}
+
+/// Runs every guest check on `kernel` (labelled `label` in log file names): the sample
+/// function (two boots against one server), kernel VFIO, and the virtio VFs.
+fn guest_checks(
+    root: &Path,
+    kernel: &Kernel,
+    label: &str,
+    binary: &Path,
+    static_binary: &Path,
+    layout: &Layout,
+) -> Result<usize, String> {
+    let initrd = Initramfs::new(INIT)
+        .module("uio_pci_generic")
+        .build(root, kernel)?;
+    let (mut server, announced) = Server::start(binary, root)?;
+    let outcome = qemu_device(&announced, root)
+        .and_then(|device| exercise(root, (kernel, label), &initrd, layout, &device))
+        .and_then(|checks| Ok(checks + server.stop()?));
+    let mut passed = outcome.map_err(|e| format!("{e}\n{}", server.log_text()))?;
+    // The log is evidence for failures only.
+    let _ = fs::remove_file(&server.log);
+    passed += super::vfio::run(root, kernel, label, static_binary)?;
+    passed += super::virtio::run(root, kernel, label, binary)?;
+    Ok(passed)
 }
 
 /// Fails unless this process runs as root (its effective uid, from `/proc/self/status`).
@@ -262,24 +293,21 @@ impl Plan {
 /// returns how many checks passed.
 fn exercise(
     root: &Path,
-    kernel: &Kernel,
+    (kernel, label): (&Kernel, &str),
     initrd: &str,
     layout: &Layout,
     device: &str,
-    timings: &mut Vec<(String, Duration)>,
 ) -> Result<usize, String> {
     let mut passed = 0;
     for boot in 1..=BOOTS {
         let plan = Plan::new(boot);
-        let mut guest = Guest::new(root, &format!("e2e-boot{boot}"), kernel, initrd)
+        let mut guest = Guest::new(root, &format!("e2e-{label}-boot{boot}"), kernel, initrd)
             .args(qemu_args(device))
             .timeout(BOOT_TIMEOUT);
         for parameter in plan.parameters() {
             guest = guest.append(&parameter);
         }
-        let step = Instant::now();
         let console = guest.run()?;
-        timings.push((format!("boot {boot}"), step.elapsed()));
         passed += check_boot(&console, layout, &plan)?;
     }
     Ok(passed)

@@ -74,7 +74,7 @@ fn status(console: &Console, section: &str) -> Result<(), GuestError> {
 }
 
 /// Boots the guest and checks; returns the number of checks passed.
-pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<usize, String> {
+pub fn run(root: &Path, kernel: &Kernel, label: &str, binary: &Path) -> Result<usize, String> {
     let initrd = Initramfs::new(INIT)
         .module("vfio-pci")
         .module("vfio_iommu_type1")
@@ -84,7 +84,7 @@ pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<usize, String>
             0o755,
         )
         .build(root, kernel)?;
-    let console = Guest::new(root, "e2e-vfio", kernel, &initrd)
+    let console = Guest::new(root, &format!("e2e-{label}-vfio"), kernel, &initrd)
         .append("intel_iommu=on")
         .args([
             "-device",

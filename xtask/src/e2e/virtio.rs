@@ -55,6 +55,9 @@ const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
 /// The MAC of the net VF (the backend's `net_mac(1)`).
 const GUEST_MAC: &str = "52:54:00:56:00:01";
 
+/// The longest the host's end of the net link waits to receive or send one frame.
+const LINK_WAIT: Duration = Duration::from_millis(100);
+
 /// Size of the image (the backend's `BLK_IMAGE_SIZE`).
 const IMAGE_SIZE: u64 = 64 << 20;
 
@@ -244,6 +247,26 @@ impl Plan {
     }
 }
 
+/// Fails with what the guest reported missing (its `error=` lines) in `section`, if anything.
+fn guest_errors(console: &Console, section: &str, lines: &[&str]) -> Result<(), GuestError> {
+    let errors: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("error="))
+        .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(console.error(format!(
+        "the guest's `{section}` step: {} (guest kernel {})",
+        errors.join("; "),
+        console
+            .section("info")
+            .ok()
+            .and_then(|info| value(&info, "kernel").map(str::to_string))
+            .unwrap_or_else(|| "unknown".into())
+    )))
+}
+
 /// `key=value` from a section.
 fn value<'a>(lines: &[&'a str], key: &str) -> Option<&'a str> {
     lines
@@ -289,9 +312,13 @@ impl Link {
         let _ = fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let vf = files.join(NET_SOCKET);
+        // Bounded both ways: a VF that takes no frames (no driver bound, so no receive
+        // buffers) fills the socket, and a blocked send would hang the link thread and the
+        // join in `drop` with it.
         socket
             .connect(&vf)
-            .and_then(|()| socket.set_read_timeout(Some(Duration::from_millis(100))))
+            .and_then(|()| socket.set_read_timeout(Some(LINK_WAIT)))
+            .and_then(|()| socket.set_write_timeout(Some(LINK_WAIT)))
             .map_err(|e| format!("{}: {e}", vf.display()))?;
         let stop = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(LinkCounts::default());
@@ -415,6 +442,7 @@ fn serve_link(socket: &UnixDatagram, stop: &AtomicBool, counts: &LinkCounts) {
 fn check_net(console: &Console, plan: &Plan, counts: &LinkCounts) -> Result<usize, GuestError> {
     let path = if plan.legacy { "legacy" } else { "modern" };
     let net = console.section("net")?;
+    guest_errors(console, "net", &net)?;
     let version_1 = value(&net, "features").and_then(|f| f.as_bytes().get(32).copied());
     let received = net
         .iter()
@@ -485,6 +513,7 @@ fn check_boot(
     let matched = compare_config(&config, layout).map_err(|e| console.error(e))?;
     eprintln!("    ok  boot {}: {matched} of {BLK_LAYOUT}", plan.boot);
     let function = console.section("function")?;
+    guest_errors(console, "function", &function)?;
     let show = || function.join("\n");
     if value(&function, "id") != Some("0x1af4:0x1001")
         || value(&function, "revision") != Some("0x00")
@@ -526,6 +555,7 @@ fn check_boot(
     );
 
     let write = console.section("write")?;
+    guest_errors(console, "write", &write)?;
     let readback = console.section("readback")?;
     let expected = sha256(&plan.guest_pattern()).map_err(|e| console.error(e))?;
     if value(&write, "status") != Some("0")
@@ -573,25 +603,33 @@ fn check_boot(
 
 /// Starts a server, boots the legacy and the modern guest on its virtio-blk VF, checks, stops
 /// the server; returns the number of checks passed.
-pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<usize, String> {
+pub fn run(root: &Path, kernel: &Kernel, label: &str, binary: &Path) -> Result<usize, String> {
+    // The PCI transport is a module in some kernels (Debian 12's) and built into others.
     let initrd = Initramfs::new(INIT)
+        .module("virtio_pci")
         .module("virtio_blk")
         .module("virtio_net")
         .build(root, kernel)?;
     let mut server = Server::start(binary, root, "debug")?;
     let layout = compile_layout_file(binary, BLK_LAYOUT)?;
     let mlx_layout = compile_layout_file(binary, MLX_LAYOUT)?;
-    let outcome =
-        boots(root, kernel, &initrd, &server, (&layout, &mlx_layout)).and_then(|checks| {
-            server.stop()?;
-            Ok(checks + 1)
-        });
+    let outcome = boots(
+        root,
+        (kernel, label),
+        &initrd,
+        &server,
+        (&layout, &mlx_layout),
+    )
+    .and_then(|checks| {
+        server.stop()?;
+        Ok(checks + 1)
+    });
     outcome.map_err(|e| format!("{e}\n{}", server.log_text()))
 }
 
 fn boots(
     root: &Path,
-    kernel: &Kernel,
+    (kernel, label): (&Kernel, &str),
     initrd: &str,
     server: &Server,
     (layout, mlx_layout): (&Layout, &Layout),
@@ -630,10 +668,15 @@ fn boots(
             .open(&image)
             .and_then(|f| f.write_all_at(&block, plan.host * BLOCK))
             .map_err(|e| format!("{}: {e}", image.display()))?;
-        let mut guest = Guest::new(root, &format!("e2e-virtio-{}", plan.boot), kernel, initrd)
-            .append(&format!("e2e.boot={}", plan.boot))
-            .append(&format!("e2e.write={}", plan.write))
-            .append(&format!("e2e.host={}", plan.host));
+        let mut guest = Guest::new(
+            root,
+            &format!("e2e-{label}-virtio-{}", plan.boot),
+            kernel,
+            initrd,
+        )
+        .append(&format!("e2e.boot={}", plan.boot))
+        .append(&format!("e2e.write={}", plan.write))
+        .append(&format!("e2e.host={}", plan.host));
         if plan.legacy {
             guest = guest.append("virtio_pci.force_legacy=1");
         }
@@ -670,6 +713,26 @@ fn boots(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_device_fails_with_the_guests_reason() {
+        // What a kernel whose virtio_pci module was not loaded prints: the function without a
+        // driver and no disk.
+        let console = Console::from_text(
+            "=== BEGIN info ===\nkernel=6.1.0-48-amd64\n=== END info ===\n\
+             === BEGIN function ===\nid=0x1af4:0x1001\ndriver=none\n\
+             error=no block device /dev/vda\n=== END function ===\n",
+        );
+        let function = console.section("function").unwrap();
+        let error = guest_errors(&console, "function", &function)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no block device /dev/vda"), "{error}");
+        assert!(error.contains("6.1.0-48-amd64"), "{error}");
+        let fine = Console::from_text("=== BEGIN net ===\ndriver=virtio-pci\n=== END net ===\n");
+        let net = fine.section("net").unwrap();
+        assert!(guest_errors(&fine, "net", &net).is_ok());
+    }
 
     #[test]
     fn arp_requests_for_the_host_are_answered() {
