@@ -138,6 +138,7 @@ impl Server {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .env("VFIO_VARIANT_VIRTIO_DIR", &files)
+            .env("VFIO_VARIANT_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .unwrap();

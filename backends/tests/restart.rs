@@ -226,7 +226,7 @@ fn a_killed_server_restarts_clean_and_a_second_one_is_refused() {
     assert!(killed_scratch.exists(), "left behind by SIGKILL");
     // Meanwhile `list` says there is no server, rather than what ran.
     let out = host.command(&["list"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3), "no_server");
     assert!(text(&out).contains("no server at"), "{}", text(&out));
 
     let mut second = host.serve("second.log");
@@ -266,7 +266,7 @@ fn a_killed_server_restarts_clean_and_a_second_one_is_refused() {
 
     // A second server on the live server's run directory is refused and touches nothing.
     let out = host.command(&["serve", "--no-autostart"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(7), "conflict: {}", text(&out));
     let said = text(&out);
     assert!(
         said.contains("in use by another running") && said.contains(&second.id().to_string()),

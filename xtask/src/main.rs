@@ -1,10 +1,11 @@
-//! `cargo xtask ci | e2e | bench | fuzz`: the project's automation, in Rust.
+//! `cargo xtask ci | e2e | bench | fuzz | install-extras`: the project's automation, in Rust.
 
 mod bench;
 mod ci;
 mod cmd;
 mod e2e;
 mod fuzz;
+mod install;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,9 @@ commands:
                    guest (needs root, like e2e)
   fuzz [TARGET] [SECONDS]
                    run one fuzz target (or each in turn) for SECONDS (default 60)
+  install-extras [PREFIX]
+                   build vfio-variant and install its shell completions (bash, zsh, fish)
+                   and man pages under PREFIX (default /usr/local)
   capture-configs [OUT_DIR]
                    boot a QEMU guest and save its emulated devices' PCI config spaces
                    (default OUT_DIR: framework/tests/data/pci)
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("e2e") => e2e::server::run(&args[1..]),
         Some("capture-configs") => e2e::capture::run(&args[1..]),
+        Some("install-extras") => install::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())

@@ -4,17 +4,18 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-/// The directories shared by `serve` and the commands that talk to it.
+/// The directories shared by `serve` and the commands that talk to it: options of the
+/// commands that use them, and of `vfio-variant` itself (`vfio-variant --run-dir DIR list`).
 #[derive(Args, Clone, Debug)]
 pub struct Dirs {
     /// Sockets: one per function and `control.sock` [default: $VFIO_VARIANT_RUN_DIR,
     /// /run/vfio-variant as root, else $XDG_RUNTIME_DIR/vfio-variant or
     /// /tmp/vfio-variant-UID].
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
     /// Persistent definitions [default: $VFIO_VARIANT_STATE_DIR, /var/lib/vfio-variant as
     /// root, else $XDG_STATE_HOME/vfio-variant or ~/.local/state/vfio-variant].
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
 

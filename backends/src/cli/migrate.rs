@@ -13,15 +13,19 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use clap::Args;
+use rustix::io::Errno;
 use serde_json::json;
 use vfio_variant::migrate::{
-    LocalDestination, Observer, Options, Progress, RemoteDestination, Report, Served, migrate,
-    serve_destination, tls,
+    LocalDestination, MigrateError, Observer, Options, Progress, RemoteDestination, Report, Served,
+    migrate, serve_destination, tls,
 };
+use vfio_variant::migration::MigrationFlags;
 use vfio_variant::vfio_user::{Client, ClientError};
 
 use super::dirs::Dirs;
-use super::{CliError, Outcome, print_json};
+use super::{CliError, ErrorKind, Outcome, print_json};
+use crate::lifecycle::InstanceInfo;
+use crate::lifecycle::control::{self, Request};
 use crate::lifecycle::names::check_name;
 
 /// How long one side waits on a silent other before it gives up (the agent puts the function
@@ -72,6 +76,13 @@ pub struct MigrateArgs {
     /// Machine-readable output (the report, at the end).
     #[arg(long)]
     json: bool,
+}
+
+impl MigrateArgs {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        self.json
+    }
 }
 
 /// Arguments of `migrate-agent`.
@@ -137,7 +148,9 @@ struct Printer {
 impl Observer for Printer {
     fn progress(&mut self, progress: &Progress) {
         let line = match progress {
-            Progress::Started { flags } => format!("destination resuming; source flags {flags:?}"),
+            Progress::Started { flags } => {
+                format!("destination resuming; source offers {}", flag_names(*flags))
+            }
             Progress::PrecopyRound { round, bytes } => {
                 format!("pre-copy round {round}: {bytes} bytes")
             }
@@ -150,6 +163,37 @@ impl Observer for Printer {
             println!("{line}");
         }
     }
+}
+
+/// Migration flags as operators read them: `stop-copy, p2p, pre-copy`.
+fn flag_names(flags: MigrationFlags) -> String {
+    let names: Vec<String> = flags
+        .iter_names()
+        .map(|(name, _)| name.to_lowercase().replace('_', "-"))
+        .collect();
+    if names.is_empty() {
+        "no migration".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// What to say when the source cannot migrate: its profile (from the server, when the
+/// source is a function name there) and where to look for one that can.
+fn not_migratable(source: &str, dirs: &Dirs) -> CliError {
+    let profile = control::request(&control::socket_path(&dirs.run_dir()), &Request::List)
+        .ok()
+        .and_then(|list| serde_json::from_value::<Vec<InstanceInfo>>(list).ok())
+        .and_then(|list| list.into_iter().find(|i| i.name == name_of(source)))
+        .map(|i| format!(" (profile `{}` of `{}`)", i.profile, i.backend))
+        .unwrap_or_default();
+    CliError::new(
+        ErrorKind::Backend,
+        format!(
+            "function `{source}` is not migratable{profile}; `vfio-variant types` marks the \
+             profiles that are"
+        ),
+    )
 }
 
 fn print_report(report: &Report, json: bool) -> Result<(), CliError> {
@@ -179,12 +223,12 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         max_precopy_rounds: args.max_rounds,
         ..Options::default()
     };
-    let mut source = connect(&args.source, dirs).map_err(CliError)?;
+    let mut source = connect(&args.source, dirs).map_err(CliError::failed)?;
     let mut printer = Printer { json: args.json };
     let report = if let Some(agent) = &args.agent {
         let (Some(cert), Some(key), Some(ca)) = (&args.cert, &args.key, &args.ca) else {
-            return Err(CliError(
-                "--agent needs --cert, --key and --ca (see docs/migration.md)".into(),
+            return Err(CliError::failed(
+                "--agent needs --cert, --key and --ca (see docs/migration.md)",
             ));
         };
         let files = tls::TlsFiles {
@@ -192,14 +236,14 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
             key: key.clone(),
             ca: ca.clone(),
         };
-        let config = tls::source_config(&files).map_err(|e| CliError(e.to_string()))?;
+        let config = tls::source_config(&files).map_err(|e| CliError::failed(e.to_string()))?;
         let link = tls::connect(
             agent,
             args.agent_name.as_deref(),
             config,
             Some(AGENT_LINK_TIMEOUT),
         )
-        .map_err(|e| CliError(format!("no migration, the source keeps running: {e}")))?;
+        .map_err(|e| CliError::failed(format!("no migration, the source keeps running: {e}")))?;
         let name = match &args.function {
             Some(name) => name.clone(),
             None => name_of(&args.source),
@@ -208,11 +252,17 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         migrate(&mut source, &mut destination, &options, &mut printer)
     } else {
         let to = args.to.as_deref().unwrap_or_default();
-        let mut target = connect(to, dirs).map_err(CliError)?;
+        let mut target = connect(to, dirs).map_err(CliError::failed)?;
         let mut destination = LocalDestination::new(&mut target);
         migrate(&mut source, &mut destination, &options, &mut printer)
     }
-    .map_err(|e| CliError(format!("migration failed, the source keeps running: {e}")))?;
+    .map_err(|e| match e {
+        MigrateError::Unsupported(_) => not_migratable(&args.source, dirs),
+        MigrateError::Source(e) if e.source.errno() == Errno::NOTTY.raw_os_error() => {
+            not_migratable(&args.source, dirs)
+        }
+        e => CliError::failed(format!("migration failed, the source keeps running: {e}")),
+    })?;
     print_report(&report, args.json)?;
     Ok(Outcome::Success)
 }
@@ -289,22 +339,22 @@ pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         key: args.key.clone(),
         ca: args.client_ca.clone(),
     })
-    .map_err(|e| CliError(e.to_string()))?;
-    let listener =
-        TcpListener::bind(&args.listen).map_err(|e| CliError(format!("{}: {e}", args.listen)))?;
+    .map_err(|e| CliError::failed(e.to_string()))?;
+    let listener = TcpListener::bind(&args.listen)
+        .map_err(|e| CliError::failed(format!("{}: {e}", args.listen)))?;
     let address = listener
         .local_addr()
-        .map_err(|e| CliError(format!("{}: {e}", args.listen)))?;
+        .map_err(|e| CliError::failed(format!("{}: {e}", args.listen)))?;
     println!("vfio-variant: accepting migrations on {address}");
     let (sender, links) = mpsc::channel();
     std::thread::Builder::new()
         .name("accept".into())
         .spawn(move || authenticate(listener, config, sender))
-        .map_err(|e| CliError(format!("accept thread: {e}")))?;
+        .map_err(|e| CliError::failed(format!("accept thread: {e}")))?;
     // One migration at a time, in the order the sources were authenticated.
     for (mut link, peer) in links {
         let outcome = serve_destination(&mut link, |name| {
-            check_name(name).and_then(|()| connect(name, dirs))
+            check_name(name).and_then(|name| connect(&name, dirs))
         });
         let resumed = matches!(outcome, Ok(Served::Resumed { .. }));
         match outcome {
@@ -322,5 +372,5 @@ pub fn agent(args: AgentArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
             });
         }
     }
-    Err(CliError("the accept thread stopped".into()))
+    Err(CliError::failed("the accept thread stopped"))
 }

@@ -11,8 +11,12 @@ use vfio_variant::server::ServerConfig;
 
 use super::dirs::Dirs;
 use super::types::registry_with;
-use super::{CliError, Outcome};
-use crate::lifecycle::run_dir::RunDir;
+use super::{CliError, ErrorKind, Outcome, read_text};
+use crate::lifecycle::run_dir::{RunDir, RunDirError};
+use vfio_variant::vpci::MAX_LAYOUT_FILE;
+
+/// Most bytes of a configuration file.
+const MAX_CONFIG_FILE: u64 = 1 << 20;
 use crate::lifecycle::{CreateSpec, InstanceInfo, Service, control};
 
 /// Arguments of `serve`.
@@ -72,10 +76,14 @@ struct Attribute {
     value: String,
 }
 
-fn read_config(path: &PathBuf) -> Result<ConfigFile, CliError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| CliError(format!("{}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| CliError(format!("{}: {e}", path.display())))
+fn read_config(path: &std::path::Path) -> Result<ConfigFile, CliError> {
+    let text = read_text(path, MAX_CONFIG_FILE)?;
+    toml::from_str(&text).map_err(|e| CliError {
+        line: e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+        ..CliError::file(path, e).with_kind(ErrorKind::Invalid)
+    })
 }
 
 fn specs_of(config: &ConfigFile, base: &std::path::Path) -> Result<Vec<CreateSpec>, CliError> {
@@ -86,18 +94,20 @@ fn specs_of(config: &ConfigFile, base: &std::path::Path) -> Result<Vec<CreateSpe
             let layout = match &f.layout {
                 Some(path) => {
                     let path = base.join(path);
-                    Some(
-                        std::fs::read_to_string(&path)
-                            .map_err(|e| CliError(format!("{}: {e}", path.display())))?,
-                    )
+                    Some((
+                        read_text(&path, MAX_LAYOUT_FILE)?,
+                        path.display().to_string(),
+                    ))
                 }
                 None => None,
             };
+            let (layout, layout_file) = layout.unzip();
             Ok(CreateSpec {
                 backend: f.backend.clone(),
                 profile: f.profile.clone(),
                 name: f.name.clone(),
                 layout,
+                layout_file,
                 attributes: f
                     .attributes
                     .iter()
@@ -126,7 +136,7 @@ fn embedded_default(service: &Service) -> Vec<CreateSpec> {
 }
 
 fn announce(info: &InstanceInfo) {
-    println!("{}  {}", info.name, info.qemu_device);
+    outln!("{}  {}", info.name, info.qemu_device);
 }
 
 /// Runs the server.
@@ -138,8 +148,18 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     let socket_group = args.socket_group.or(config.server.socket_group);
     // Before anything else: a second server on a live server's run directory stops here,
     // having touched nothing.
-    let (run_dir, stale) = RunDir::claim(&dirs.run_dir(), socket_group.is_some())
-        .map_err(|e| CliError(e.to_string()))?;
+    let (run_dir, stale) = RunDir::claim(&dirs.run_dir(), socket_group.is_some()).map_err(|e| {
+        let kind = match &e {
+            RunDirError::Busy { .. } => ErrorKind::Conflict,
+            RunDirError::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                ErrorKind::Permission
+            }
+            RunDirError::Io { .. } => ErrorKind::Io,
+        };
+        CliError::new(kind, e.to_string())
+    })?;
     if !stale.is_empty() {
         eprintln!(
             "vfio-variant: removed {} socket(s) left by a server that did not stop cleanly",
@@ -156,8 +176,14 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         ..ServerConfig::default()
     };
     let control_path = control::socket_path(run_dir.path());
-    let listener = control::bind(&control_path)
-        .map_err(|e| CliError(format!("{}: {e}", control_path.display())))?;
+    let listener = control::bind(&control_path).map_err(|e| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::AddrInUse => ErrorKind::Conflict,
+            std::io::ErrorKind::PermissionDenied => ErrorKind::Permission,
+            _ => ErrorKind::Io,
+        };
+        CliError::file(&control_path, e).with_kind(kind)
+    })?;
     let service = Arc::new(Service::new(
         registry,
         run_dir.path().to_path_buf(),
@@ -165,13 +191,14 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         server,
     ));
 
-    let (stop_reader, stop_writer) = UnixStream::pair().map_err(|e| CliError(e.to_string()))?;
+    let (stop_reader, stop_writer) =
+        UnixStream::pair().map_err(|e| CliError::failed(e.to_string()))?;
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let writer = stop_writer
             .try_clone()
-            .map_err(|e| CliError(e.to_string()))?;
+            .map_err(|e| CliError::failed(e.to_string()))?;
         signal_hook::low_level::pipe::register(signal, writer)
-            .map_err(|e| CliError(format!("signal handler: {e}")))?;
+            .map_err(|e| CliError::failed(format!("signal handler: {e}")))?;
     }
 
     let mut failures = Vec::new();
@@ -183,24 +210,50 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         None if service.list().is_empty() => embedded_default(&service),
         None => Vec::new(),
     };
-    for spec in &specs {
+    let mut refused = Vec::new();
+    for (index, spec) in specs.iter().enumerate() {
         if let Err(e) = service.create(spec) {
-            failures.push((spec.name.clone().unwrap_or_else(|| spec.backend.clone()), e));
+            let name = spec.name.clone().unwrap_or_else(|| spec.backend.clone());
+            refused.push(format!("function[{index}] ({name}): {e}"));
         }
     }
     for (name, error) in &failures {
-        eprintln!("vfio-variant: {name}: {error}");
+        eprintln!("vfio-variant: autostart of {name} failed: {error}");
+    }
+    if let (Some(path), false) = (&args.config, refused.is_empty()) {
+        // A configuration is all or nothing: a unit that starts half its functions looks
+        // healthy to its supervisor.
+        service.shutdown();
+        let _ = std::fs::remove_file(&control_path);
+        return Err(CliError {
+            file: Some(path.display().to_string()),
+            ..CliError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{}: {} of {} function(s) could not be created, so none is served:\n  {}",
+                    path.display(),
+                    refused.len(),
+                    specs.len(),
+                    refused.join("\n  ")
+                ),
+            )
+        });
     }
     let running = service.list();
-    println!(
-        "vfio-variant: serving {} function(s); control socket {}",
+    let failed = if failures.is_empty() {
+        String::new()
+    } else {
+        format!("; {} definition(s) failed to start", failures.len())
+    };
+    outln!(
+        "vfio-variant: serving {} function(s){failed}; control socket {}",
         running.len(),
         control_path.display()
     );
     for info in &running {
         announce(info);
     }
-    println!(
+    outln!(
         "Guest RAM shared with the server is fastest, e.g. -object memory-backend-memfd,id=mem0,size=1G,share=on -numa node,memdev=mem0; private RAM works, by DMA messages (slower)"
     );
     let _ = std::io::stdout().flush();

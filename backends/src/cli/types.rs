@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::dirs::Dirs;
-use super::{CliError, Outcome, print_json};
+use super::{CliError, ErrorKind, Outcome, print_json};
 use crate::builtin::register_builtin;
 use crate::lifecycle::BackendTypes;
 use crate::lifecycle::control::{self, Request};
@@ -20,31 +20,43 @@ pub struct TypesArgs {
     plugin: Vec<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// The built-in backends plus the plugins named on the command line.
 pub fn registry_with(plugins: &[PathBuf]) -> Result<Registry, CliError> {
     let mut registry = Registry::new();
-    register_builtin(&mut registry).map_err(|e| CliError(e.to_string()))?;
+    register_builtin(&mut registry).map_err(|e| CliError::failed(e.to_string()))?;
     for path in plugins {
-        register_plugin(&mut registry, path).map_err(|e| CliError(e.to_string()))?;
+        register_plugin(&mut registry, path).map_err(|e| CliError::failed(e.to_string()))?;
     }
     Ok(registry)
 }
 
 /// Lists backends and profiles with their available instances: the running server's when
-/// there is one (and no `--plugin` was given), else those this command registers itself.
+/// there is one (and no `--plugin` was given), else those this command registers itself,
+/// said so on stderr. A server that does not let this user in is an error.
 pub fn run(args: TypesArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     let socket = control::socket_path(&dirs.run_dir());
-    let from_server = args
-        .plugin
-        .is_empty()
-        .then(|| control::request(&socket, &Request::Types).ok())
-        .flatten();
+    let from_server = if args.plugin.is_empty() {
+        match control::request(&socket, &Request::Types) {
+            Ok(value) => Some(value),
+            Err(e) if e.kind == ErrorKind::NoServer => {
+                eprintln!(
+                    "vfio-variant: no server at {}: these are the built-in backends as a new \
+                     server would offer them",
+                    socket.display()
+                );
+                None
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
     let types: Vec<BackendTypes> = match from_server {
         Some(value) => serde_json::from_value(value)
-            .map_err(|e| CliError(format!("bad answer from the server: {e}")))?,
+            .map_err(|e| CliError::failed(format!("bad answer from the server: {e}")))?,
         None => {
             let registry = registry_with(&args.plugin)?;
             registry
@@ -62,16 +74,21 @@ pub fn run(args: TypesArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         return Ok(Outcome::Success);
     }
     for t in &types {
-        println!("{}: {}", t.backend, t.description);
-        for p in &t.profiles {
-            println!(
-                "  {:<16} available {:>5}{}  {}",
+        outln!("{}: {}", t.backend, t.description);
+        for (i, p) in t.profiles.iter().enumerate() {
+            // The first profile is the one create, define and --config use when none is given.
+            outln!(
+                "  {}{:<16} available {:>5}{}  {}",
+                if i == 0 { "*" } else { " " },
                 p.name,
                 p.available_instances,
                 if p.migratable { "  migratable" } else { "" },
                 p.description
             );
         }
+    }
+    if !types.is_empty() {
+        outln!("(* the profile used when --profile is left out)");
     }
     Ok(Outcome::Success)
 }

@@ -11,12 +11,12 @@ use vfio_variant::physical::captured::CapturedFunction;
 use vfio_variant::physical::sysfs::{describe_files, describe_sysfs_dir};
 use vfio_variant::physical::vfio::VfioPhysicalFunction;
 use vfio_variant::physical::{PhysicalBacking, PhysicalFunction};
-use vfio_variant::vpci::compat::{Difference, compare, fingerprint};
+use vfio_variant::vpci::compat::{Difference, compare, fingerprint, warnings};
 use vfio_variant::vpci::derive::{DEFAULT_QUIRKS, DeriveOptions, derive};
 use vfio_variant::vpci::layout::{BarBacking, BarKind, CapabilityBody, ExtCapabilityBody};
 use vfio_variant::vpci::{Layout, bind::bind, compile::compile, load_layout, render};
 
-use super::{CliError, Outcome, print_json};
+use super::{CliError, ErrorKind, Outcome, print_json};
 
 /// Layout tools.
 #[derive(Subcommand)]
@@ -27,6 +27,17 @@ pub enum VpciCommand {
     Check(CheckArgs),
     /// Can a function exposed with layout A be resumed with layout B? Lists every difference.
     Compat(CompatArgs),
+}
+
+impl VpciCommand {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        match self {
+            Self::Derive(_) => false,
+            Self::Check(a) => a.json,
+            Self::Compat(a) => a.json,
+        }
+    }
 }
 
 /// Where a physical function's description comes from.
@@ -46,9 +57,32 @@ pub struct PhysicalArgs {
     resource: Option<PathBuf>,
 }
 
+/// Refuses a `config` file shorter than a PCI config space: sysfs gives unprivileged
+/// readers its first 64 bytes only, and the capabilities past them would be lost.
+fn whole_config(path: &Path) -> Result<(), CliError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(256).read_to_end(&mut bytes))
+        .map_err(|e| CliError::file(path, e))?;
+    if bytes.len() < 256 {
+        return Err(CliError::new(
+            ErrorKind::Permission,
+            format!(
+                "{}: only {} bytes of config space could be read (sysfs gives the first 64 to \
+                 unprivileged users): run as root, or read the device through --vfio",
+                path.display(),
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl PhysicalArgs {
     fn describe(&self) -> Result<Option<(PhysicalDescription, String)>, CliError> {
         if let Some(dir) = &self.sysfs {
+            whole_config(&dir.join("config"))?;
             return Ok(Some((describe_sysfs_dir(dir)?, dir.display().to_string())));
         }
         if let Some(dir) = &self.vfio {
@@ -60,7 +94,7 @@ impl PhysicalArgs {
         }
         match (&self.config, &self.resource) {
             (Some(config), Some(resource)) => Ok(Some((
-                describe_files(config, resource)?,
+                whole_config(config).and_then(|()| Ok(describe_files(config, resource)?))?,
                 format!("{} and {}", config.display(), resource.display()),
             ))),
             _ => Ok(None),
@@ -123,14 +157,15 @@ pub fn run(command: VpciCommand) -> Result<Outcome, CliError> {
 
 fn derive_command(args: DeriveArgs) -> Result<Outcome, CliError> {
     let Some((description, source)) = args.physical.describe()? else {
-        return Err(CliError(
-            "vpci derive needs --sysfs DIR, or --config FILE --resource FILE".into(),
+        return Err(CliError::new(
+            ErrorKind::Invalid,
+            "vpci derive needs --sysfs DIR, or --config FILE --resource FILE",
         ));
     };
     for keep in &args.keep {
         if !DEFAULT_QUIRKS.iter().any(|q| q.name == keep) {
             let names: Vec<&str> = DEFAULT_QUIRKS.iter().map(|q| q.name).collect();
-            return Err(CliError(format!(
+            return Err(CliError::failed(format!(
                 "--keep {keep}: no such quirk (known: {})",
                 names.join(", ")
             )));
@@ -145,8 +180,8 @@ fn derive_command(args: DeriveArgs) -> Result<Outcome, CliError> {
     let text = derived.to_toml();
     match args.output {
         Some(path) => std::fs::write(&path, text)
-            .map_err(|e| CliError(format!("writing {}: {e}", path.display())))?,
-        None => print!("{text}"),
+            .map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?,
+        None => out!("{text}"),
     }
     Ok(Outcome::Success)
 }
@@ -167,10 +202,10 @@ fn read_config(
         None => space.read(0, &mut config, &NoBacking),
     };
     result.map_err(|e| match e {
-        ConfigError::NoPhysical(offset) => CliError(format!(
+        ConfigError::NoPhysical(offset) => CliError::failed(format!(
             "config byte {offset:#x} comes from the physical function; pass --sysfs DIR or --config/--resource to read it"
         )),
-        other => CliError(other.to_string()),
+        other => CliError::failed(other.to_string()),
     })?;
     Ok((template, config))
 }
@@ -184,7 +219,7 @@ fn check_command(args: CheckArgs) -> Result<Outcome, CliError> {
     let physical = physical.as_ref().map(|(d, _)| d);
     if args.hex {
         let (_, config) = read_config(&layout, physical)?;
-        print!("{}", render::hex_dump(&config));
+        out!("{}", render::hex_dump(&config));
         return Ok(Outcome::Success);
     }
     let needs_physical = compile(Arc::clone(&layout)).needs_backing() && physical.is_none();
@@ -204,9 +239,9 @@ fn check_command(args: CheckArgs) -> Result<Outcome, CliError> {
             needs_physical,
         ))?;
     } else {
-        print!("{}", render::describe(&template, &config));
+        out!("{}", render::describe(&template, &config));
         if needs_physical {
-            println!(
+            outln!(
                 "\t(bits from the physical function are shown as 0: pass --sysfs or --config/--resource)"
             );
         }
@@ -347,7 +382,10 @@ struct CompatReport<'a> {
     b: &'a Path,
     fingerprint_a: String,
     fingerprint_b: String,
+    /// Guest-visible: each blocks migration.
     differences: Vec<Difference>,
+    /// Not guest-visible: migration goes ahead.
+    warnings: Vec<Difference>,
 }
 
 fn compat_command(args: CompatArgs) -> Result<Outcome, CliError> {
@@ -360,6 +398,7 @@ fn compat_command(args: CompatArgs) -> Result<Outcome, CliError> {
         fingerprint_a: fingerprint(&a),
         fingerprint_b: fingerprint(&b),
         differences: compare(&a, &b),
+        warnings: warnings(&a, &b),
     };
     let report = CompatReport {
         compatible: report.differences.is_empty(),
@@ -368,20 +407,23 @@ fn compat_command(args: CompatArgs) -> Result<Outcome, CliError> {
     if args.json {
         print_json(&report)?;
     } else {
-        println!("{}: {}", args.a.display(), report.fingerprint_a);
-        println!("{}: {}", args.b.display(), report.fingerprint_b);
+        outln!("{}: {}", args.a.display(), report.fingerprint_a);
+        outln!("{}: {}", args.b.display(), report.fingerprint_b);
         if report.compatible {
-            println!(
+            outln!(
                 "compatible: a function exposed with the first layout can be resumed with the second"
             );
         } else {
-            println!(
+            outln!(
                 "incompatible: {} guest-visible difference(s)",
                 report.differences.len()
             );
             for d in &report.differences {
-                println!("  {}: {}", d.place, d.detail);
+                outln!("  blocks: {}", d.explanation);
             }
+        }
+        for w in &report.warnings {
+            outln!("  warning (does not block): {}", w.explanation);
         }
     }
     Ok(if report.compatible {

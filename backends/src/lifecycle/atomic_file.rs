@@ -13,6 +13,22 @@ use rustix::fs::{CWD, RenameFlags, renameat_with};
 /// Writes `contents` to `path`, which must not exist (`AlreadyExists` if it does, even when
 /// another process creates it at the same time).
 pub fn create_new(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_into_place(path, contents, rename_new)
+}
+
+/// Writes `contents` to `path`, replacing the file there: a reader sees the old file or the
+/// new one, whole.
+pub fn replace(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_into_place(path, contents, |from, to| std::fs::rename(from, to))
+}
+
+/// Writes `contents` to a synced temporary file beside `path`, `rename`s it to `path` and
+/// syncs the directory.
+fn write_into_place(
+    path: &Path,
+    contents: &[u8],
+    rename: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> io::Result<()> {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -24,7 +40,7 @@ pub fn create_new(path: &Path, contents: &[u8]) -> io::Result<()> {
         std::process::id(),
         SEQUENCE.fetch_add(1, Ordering::Relaxed)
     ));
-    let written = write_synced(&temporary, contents).and_then(|()| rename_new(&temporary, path));
+    let written = write_synced(&temporary, contents).and_then(|()| rename(&temporary, path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&temporary);
         return Err(e);
@@ -78,6 +94,8 @@ mod tests {
         let error = create_new(&path, b"second").unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&path).unwrap(), b"first");
+        replace(&path, b"third").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"third");
 
         // Many writers of one name at once: exactly one wins, whole.
         let path = dir.join("raced.json");

@@ -2,8 +2,8 @@
 //!
 //! Requests: `{"op":"types"}`, `{"op":"list"}`, `{"op":"create", ...CreateSpec}`,
 //! `{"op":"destroy","name":..,"force":..}`, `{"op":"start","name":..}`,
-//! `{"op":"stop","name":..,"force":..}`. Responses: `{"ok":true,"result":..}` or
-//! `{"ok":false,"error":".."}`.
+//! `{"op":"stop","name":..,"force":..}`, `{"op":"check", ...CreateSpec}`. Responses:
+//! `{"ok":true,"result":..}` or `{"ok":false,"error":"..","kind":".."}`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vfio_variant::vfio_user::socket::peer_credentials;
 
-use super::{CreateSpec, Service};
+use super::{Changes, CreateSpec, ErrorKind, Service, ServiceError};
 
 /// Longest request line accepted (a layout is a few KiB).
 const MAX_LINE: u64 = 1 << 20;
@@ -46,6 +46,17 @@ pub enum Request {
         /// Definition name.
         name: String,
     },
+    /// Check what a create request would make (backend, profile, layout, provisioning)
+    /// without exposing anything; the result is a [`super::Checked`].
+    Check(CreateSpec),
+    /// Change a running instance (made again with the changes; no VMM may be attached).
+    Modify {
+        /// Instance name.
+        name: String,
+        /// What changes.
+        #[serde(flatten)]
+        changes: Changes,
+    },
     /// Destroy a defined instance.
     Stop {
         /// Instance name.
@@ -56,6 +67,22 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The request's `op`, for the event log.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Self::Types => "types",
+            Self::List => "list",
+            Self::Create(_) => "create",
+            Self::Destroy { .. } => "destroy",
+            Self::Start { .. } => "start",
+            Self::Check(_) => "check",
+            Self::Modify { .. } => "modify",
+            Self::Stop { .. } => "stop",
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Response {
     ok: bool,
@@ -63,21 +90,54 @@ struct Response {
     result: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<ErrorKind>,
 }
 
-fn answer(service: &Service, request: Request) -> Result<Value, String> {
-    let json = |v: Result<Value, serde_json::Error>| v.map_err(|e| e.to_string());
+/// A request that failed: what kind of failure, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    /// The kind of failure.
+    pub kind: ErrorKind,
+    /// Why, in words.
+    pub message: String,
+}
+
+impl ControlError {
+    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ServiceError> for ControlError {
+    fn from(e: ServiceError) -> Self {
+        Self::new(e.kind(), e.to_string())
+    }
+}
+
+fn answer(service: &Service, request: Request) -> Result<Value, ControlError> {
+    let json = |v: Result<Value, serde_json::Error>| {
+        v.map_err(|e| ControlError::new(ErrorKind::Failed, e.to_string()))
+    };
     match request {
         Request::Types => json(serde_json::to_value(service.types())),
         Request::List => json(serde_json::to_value(service.list())),
-        Request::Create(spec) => json(serde_json::to_value(
-            service.create(&spec).map_err(|e| e.to_string())?,
-        )),
-        Request::Start { name } => json(serde_json::to_value(
-            service.start(&name).map_err(|e| e.to_string())?,
-        )),
-        Request::Destroy { name, force } | Request::Stop { name, force } => {
-            service.destroy(&name, force).map_err(|e| e.to_string())?;
+        Request::Create(spec) => json(serde_json::to_value(service.create(&spec)?)),
+        Request::Check(spec) => json(serde_json::to_value(service.check(&spec)?)),
+        Request::Start { name } => json(serde_json::to_value(service.start(&name)?)),
+        Request::Modify { name, changes } => {
+            json(serde_json::to_value(service.modify(&name, &changes)?))
+        }
+        Request::Destroy { name, force } => {
+            service.destroy(&name, force)?;
+            Ok(Value::Null)
+        }
+        Request::Stop { name, force } => {
+            service.stop(&name, force)?;
             Ok(Value::Null)
         }
     }
@@ -98,30 +158,47 @@ fn handle(service: &Service, stream: UnixStream) {
         if !line.ends_with('\n') && line.len() as u64 >= MAX_LINE {
             let _ = write_response(
                 &mut writer,
-                Err(format!("request longer than {MAX_LINE} bytes")),
+                Err(ControlError::new(
+                    ErrorKind::Invalid,
+                    format!("request longer than {MAX_LINE} bytes"),
+                )),
             );
             return;
         }
         let result = serde_json::from_str::<Request>(&line)
-            .map_err(|e| format!("bad request: {e}"))
-            .and_then(|request| answer(service, request));
+            .map_err(|e| ControlError::new(ErrorKind::Invalid, format!("bad request: {e}")))
+            .and_then(|request| {
+                let changes =
+                    !matches!(request, Request::Types | Request::List | Request::Check(_));
+                let op = request.op();
+                answer(service, request).inspect_err(|e| {
+                    if changes {
+                        tracing::info!(op, kind = ?e.kind, "refused: {e}");
+                    }
+                })
+            });
         if write_response(&mut writer, result).is_err() {
             return;
         }
     }
 }
 
-fn write_response(writer: &mut UnixStream, result: Result<Value, String>) -> std::io::Result<()> {
+fn write_response(
+    writer: &mut UnixStream,
+    result: Result<Value, ControlError>,
+) -> std::io::Result<()> {
     let response = match result {
         Ok(result) => Response {
             ok: true,
             result: Some(result),
             error: None,
+            kind: None,
         },
         Err(error) => Response {
             ok: false,
             result: None,
-            error: Some(error),
+            error: Some(error.message),
+            kind: Some(error.kind),
         },
     };
     let mut text = serde_json::to_string(&response).map_err(std::io::Error::other)?;
@@ -164,14 +241,27 @@ pub fn serve(service: Arc<Service>, listener: UnixListener, stop: &OwnedFd) {
         let Ok((stream, _)) = listener.accept() else {
             continue;
         };
-        match peer_credentials(&stream) {
-            Ok(peer) if peer.uid == me || peer.uid == 0 => {}
-            _ => continue,
-        }
+        let peer = match peer_credentials(&stream) {
+            Ok(peer) if peer.uid == me || peer.uid == 0 => peer,
+            Ok(peer) => {
+                tracing::warn!(pid = peer.pid, uid = peer.uid, "control: refused a peer");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("control: no peer credentials: {e}");
+                continue;
+            }
+        };
+        let (pid, uid) = (peer.pid, peer.uid);
         let service = Arc::clone(&service);
         let _ = std::thread::Builder::new()
             .name("control".into())
-            .spawn(move || handle(&service, stream));
+            .spawn(move || {
+                // Lifecycle events name the peer that asked for them.
+                let span = tracing::info_span!("control", pid, uid);
+                let _entered = span.enter();
+                handle(&service, stream);
+            });
     }
 }
 
@@ -180,35 +270,66 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join("control.sock")
 }
 
+/// Connects to the control socket; the error tells "no server" from "not allowed".
+pub fn connect(socket: &Path) -> Result<UnixStream, ControlError> {
+    UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => ControlError::new(
+            ErrorKind::Permission,
+            format!(
+                "permission denied on {}: run as the server's user or root",
+                socket.display()
+            ),
+        ),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ControlError::new(
+            ErrorKind::NoServer,
+            format!(
+                "no server at {} ({e}); start one with `vfio-variant serve`",
+                socket.display()
+            ),
+        ),
+        _ => ControlError::new(ErrorKind::Io, format!("{}: {e}", socket.display())),
+    })
+}
+
 /// Sends one request to a running server and returns its result.
-pub fn request(socket: &Path, request: &Request) -> Result<Value, String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "no server at {} ({e}); start one with `vfio-variant serve`",
-            socket.display()
-        )
-    })?;
+pub fn request(socket: &Path, request: &Request) -> Result<Value, ControlError> {
+    let io = |e: std::io::Error| ControlError::new(ErrorKind::Io, format!("control socket: {e}"));
+    let mut stream = connect(socket)?;
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    let mut text = serde_json::to_string(request).map_err(|e| e.to_string())?;
+        .map_err(io)?;
+    let mut text = serde_json::to_string(request)
+        .map_err(|e| ControlError::new(ErrorKind::Failed, e.to_string()))?;
     text.push('\n');
-    stream
-        .write_all(text.as_bytes())
-        .map_err(|e| format!("control socket: {e}"))?;
+    stream.write_all(text.as_bytes()).map_err(io)?;
     let mut line = String::new();
     BufReader::new(stream.take(64 << 20))
         .read_line(&mut line)
-        .map_err(|e| format!("control socket: {e}"))?;
-    let response: Response =
-        serde_json::from_str(&line).map_err(|e| format!("bad response from the server: {e}"))?;
+        .map_err(io)?;
+    if line.is_empty() {
+        // The server closes at once on a peer it does not serve.
+        return Err(ControlError::new(
+            ErrorKind::Permission,
+            format!(
+                "the server at {} hung up: this user is not allowed (same uid as the server, or root)",
+                socket.display()
+            ),
+        ));
+    }
+    let response: Response = serde_json::from_str(&line).map_err(|e| {
+        ControlError::new(
+            ErrorKind::Failed,
+            format!("bad response from the server: {e}"),
+        )
+    })?;
     match response {
         Response {
             ok: true, result, ..
         } => Ok(result.unwrap_or(Value::Null)),
-        Response { error, .. } => {
-            Err(error.unwrap_or_else(|| "the server refused without a reason".into()))
-        }
+        Response { error, kind, .. } => Err(ControlError::new(
+            kind.unwrap_or(ErrorKind::Failed),
+            error.unwrap_or_else(|| "the server refused without a reason".into()),
+        )),
     }
 }
 
@@ -264,7 +385,8 @@ mod tests {
             }),
         )
         .unwrap_err();
-        assert!(err.contains("no instance"), "{err}");
+        assert!(err.message.contains("no instance"), "{err}");
+        assert_eq!(err.kind, ErrorKind::Backend);
         assert_eq!(
             request(&path, &Request::List)
                 .unwrap()

@@ -77,7 +77,7 @@ impl Definitions {
     }
 
     fn path(&self, name: &str) -> Result<PathBuf, DefinitionError> {
-        check_name(name).map_err(DefinitionError::Name)?;
+        let name = check_name(name).map_err(DefinitionError::Name)?;
         Ok(self.dir.join(format!("{name}.json")))
     }
 
@@ -101,6 +101,19 @@ impl Definitions {
         })
     }
 
+    /// Replaces an existing definition (`modify`): a crash leaves the old one or the new one
+    /// ([`atomic_file::replace`]).
+    pub fn replace(&self, definition: &Definition) -> Result<(), DefinitionError> {
+        let path = self.path(&definition.name)?;
+        if !path.exists() {
+            return Err(DefinitionError::Missing(definition.name.clone()));
+        }
+        let text =
+            serde_json::to_string_pretty(definition).map_err(|e| Self::file_error(&path, e))?;
+        atomic_file::replace(&path, (text + "\n").as_bytes())
+            .map_err(|e| Self::file_error(&path, e))
+    }
+
     /// Removes a definition.
     pub fn undefine(&self, name: &str) -> Result<(), DefinitionError> {
         let path = self.path(name)?;
@@ -119,7 +132,7 @@ impl Definitions {
         })?;
         let definition: Definition =
             serde_json::from_str(&text).map_err(|e| Self::file_error(&path, e))?;
-        if definition.name != name {
+        if Some(&definition.name) != check_name(name).ok().as_ref() {
             return Err(Self::file_error(
                 &path,
                 format!("defines `{}`, not `{name}`", definition.name),
@@ -185,6 +198,14 @@ mod tests {
         // What a define killed before its rename leaves: skipped.
         std::fs::write(dir.join(".c.json.123.0.tmp"), "{\"name\":").unwrap();
         assert!(defs.list().unwrap().iter().any(|d| d.is_err()));
+        let mut changed = definition("a");
+        changed.start = Start::Manual;
+        defs.replace(&changed).unwrap();
+        assert_eq!(defs.get("a").unwrap(), changed);
+        assert!(matches!(
+            defs.replace(&definition("c")),
+            Err(DefinitionError::Missing(_))
+        ));
         defs.undefine("a").unwrap();
         assert!(matches!(
             defs.undefine("a"),

@@ -64,6 +64,20 @@ impl MigrationState {
             _ => return None,
         })
     }
+
+    /// The state's name for operators: `running`, `stop`, `stop-copy`, `pre-copy-p2p`...
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Stop => "stop",
+            Self::Running => "running",
+            Self::StopCopy => "stop-copy",
+            Self::Resuming => "resuming",
+            Self::RunningP2p => "running-p2p",
+            Self::PreCopy => "pre-copy",
+            Self::PreCopyP2p => "pre-copy-p2p",
+        }
+    }
 }
 
 /// Pre-copy progress (VFIO_MIG_GET_PRECOPY_INFO).

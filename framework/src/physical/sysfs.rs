@@ -18,11 +18,31 @@ const IORESOURCE_MEM_64: u64 = 0x0010_0000;
 /// Index of the expansion ROM line in `resource`.
 const ROM_RESOURCE: usize = 6;
 
-fn read(path: &Path) -> Result<Vec<u8>, PhysicalError> {
-    std::fs::read(path).map_err(|source| PhysicalError::Io {
+/// Most bytes read from a `config` file: a PCIe extended config space.
+const MAX_CONFIG_FILE: u64 = regs::EXTENDED_CONFIG_SPACE_SIZE as u64;
+/// Most bytes read from a `resource` file (sysfs writes a few hundred).
+const MAX_RESOURCE_FILE: u64 = 64 << 10;
+
+/// Reads at most `limit` bytes of `path`; a longer file (`/dev/zero`, a wrong path) is
+/// refused rather than read to its end.
+fn read(path: &Path, limit: u64) -> Result<Vec<u8>, PhysicalError> {
+    use std::io::Read;
+    let io = |source| PhysicalError::Io {
         what: format!("reading {}", path.display()),
         source,
-    })
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        .map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(PhysicalError::Invalid(format!(
+            "{}: longer than {limit} bytes, so not a sysfs `{}` file",
+            path.display(),
+            path.file_name().map_or("".into(), |n| n.to_string_lossy())
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Reads `DIR/config` and `DIR/resource`.
@@ -37,7 +57,7 @@ pub fn describe_files(
     config: &Path,
     resource: &Path,
 ) -> Result<PhysicalDescription, PhysicalError> {
-    let mut config_bytes = read(config)?;
+    let mut config_bytes = read(config, MAX_CONFIG_FILE)?;
     if config_bytes.get(..2) == Some(&[0xff, 0xff]) {
         let dir = config.parent().unwrap_or(Path::new("."));
         for (name, offset) in [("vendor", regs::VENDOR_ID), ("device", regs::DEVICE_ID)] {
@@ -51,7 +71,7 @@ pub fn describe_files(
             }
         }
     }
-    let resource_text = String::from_utf8(read(resource)?)
+    let resource_text = String::from_utf8(read(resource, MAX_RESOURCE_FILE)?)
         .map_err(|_| PhysicalError::Invalid(format!("{}: not a text file", resource.display())))?;
     describe_bytes(config_bytes, &resource_text).map_err(|e| {
         PhysicalError::Invalid(format!(

@@ -82,6 +82,20 @@ impl PortMigration {
         StreamIdentity::new(&function.template(), &self.backend, &self.profile)
     }
 
+    /// Where the function is in migration now: RUNNING until a client uses migration, and
+    /// after any reset since.
+    pub(super) fn current(&self, function: &VirtualFunction) -> MigrationState {
+        let Some(state) = self.state.lock().clone() else {
+            return MigrationState::Running;
+        };
+        let current = state.lock();
+        if current.resets == function.reset_count() {
+            current.driver.state()
+        } else {
+            MigrationState::Running
+        }
+    }
+
     /// The function's migration state, as of its last reset.
     fn get_or_create(&self, function: &VirtualFunction, flags: MigrationFlags) -> Shared {
         let resets = function.reset_count();
@@ -187,8 +201,15 @@ impl FunctionMigration {
         } else if !before.is_saving() {
             self.writer = Some(StreamWriter::new(identity()));
         }
+        if result.is_ok() && after != before {
+            tracing::info!(from = before.name(), to = after.name(), "migration state");
+        }
         result.map_err(|e| {
-            tracing::debug!("migration state change refused: {e}");
+            tracing::info!(
+                from = before.name(),
+                to = want.name(),
+                "migration state change refused: {e}"
+            );
             self.refusal = Some(e.to_string());
             e.errno()
         })

@@ -181,6 +181,12 @@ impl Port {
     pub fn function(&self) -> &Arc<VirtualFunction> {
         &self.function
     }
+
+    /// The function's migration state (RUNNING for a function that never migrated): a
+    /// source left in STOP after its state moved elsewhere shows here.
+    pub fn migration_state(&self) -> crate::migration::MigrationState {
+        self.migration.current(&self.function)
+    }
 }
 
 /// Serves one already connected client on the calling thread until it goes away: for a VMM
@@ -366,7 +372,11 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
             );
             continue;
         }
-        if connection.as_ref().is_some_and(|c| !c.is_finished()) && !previous_left(shared) {
+        // Busy while the last client's connection is served, unless that client has hung up:
+        // its thread may still be winding down (unmapping its DMA, closing its eventfds, its
+        // `detached` line), and is joined below before the one that reconnected is served.
+        let held = shared.client.lock().is_some();
+        if held && !previous_left(shared) {
             tracing::warn!(
                 "{}: refused a second client (pid {})",
                 shared.port.name,
@@ -380,13 +390,32 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
         if let Some(previous) = connection.take() {
             let _ = previous.join();
         }
-        *shared.client.lock() = stream.try_clone().ok();
+        // The handle `disconnect` shuts down; without one the client is not served.
+        let handle = match stream.try_clone() {
+            Ok(handle) => handle,
+            Err(e) => {
+                tracing::warn!("{}: cannot keep the client's socket: {e}", shared.port.name);
+                continue;
+            }
+        };
+        *shared.client.lock() = Some(handle);
         let served = Arc::clone(shared);
         let spawned = std::thread::Builder::new()
             .name(format!("client {}", shared.port.name))
             .spawn(move || {
+                // Every line the connection logs (migration steps too) names the function
+                // and the peer.
+                let span = tracing::info_span!(
+                    "client",
+                    function = %served.port.name,
+                    pid = peer.pid,
+                    uid = peer.uid
+                );
+                let _entered = span.enter();
+                tracing::info!("attached");
                 connection::serve(Arc::clone(&served.port), Arc::clone(&served.config), stream);
                 *served.client.lock() = None;
+                tracing::info!("detached");
             });
         match spawned {
             Ok(handle) => connection = Some(handle),

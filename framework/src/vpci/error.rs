@@ -32,14 +32,19 @@ impl Location {
 }
 
 impl fmt::Display for Location {
+    /// `file:line:column`; a location without a line (a check of the whole layout) is the
+    /// file alone.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+        if self.line == 0 {
+            write!(f, "{}", self.file)
+        } else {
+            write!(f, "{}:{}:{}", self.file, self.line, self.column)
+        }
     }
 }
 
 /// A layout refused by the parser, the validator or the physical-function check.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{location}: {field}: {message}")]
 pub struct LayoutError {
     /// Where the offending value (or the table missing a key) is.
     pub location: Location,
@@ -60,6 +65,16 @@ impl LayoutError {
     }
 }
 
+impl fmt::Display for LayoutError {
+    /// `file:line:column: field: message`, leaving out what the location does not have.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.location.file.is_empty() || self.location.line > 0 {
+            write!(f, "{}: ", self.location)?;
+        }
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +86,12 @@ mod tests {
         let at = text.find('2').unwrap();
         assert_eq!(Location::at("f", text, at).to_string(), "f:2:6");
         assert_eq!(Location::at("f", text, 1000).line, 3);
+        let whole = Location {
+            file: "f.toml".into(),
+            ..Location::default()
+        };
+        assert_eq!(whole.to_string(), "f.toml", "no made-up line and column");
+        let nowhere = LayoutError::new(Location::default(), "<physical function>", "gone");
+        assert_eq!(nowhere.to_string(), "<physical function>: gone");
     }
 }

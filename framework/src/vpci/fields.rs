@@ -87,10 +87,35 @@ impl<'a, 'i> Fields<'a, 'i> {
         self.source
     }
 
-    /// An error about `key` (at its value when present, else at the table).
+    /// An error about `key` (at its value when present, else at the table). When `key` is
+    /// absent and the table has an unread key spelt nearly like it, the error is at that key
+    /// and names it: `sise` for `size`.
     pub fn error(&self, key: &str, message: impl Into<String>) -> LayoutError {
-        let span = self.raw(key).map_or(self.span.clone(), |v| v.span());
-        self.source.error(&span, &self.field(key), message)
+        let message = message.into();
+        if let Some(value) = self.raw(key) {
+            return self.source.error(&value.span(), &self.field(key), message);
+        }
+        match self.misspelling_of(key) {
+            Some((found, span)) => self.source.error(
+                &span,
+                &self.field(key),
+                format!("{message}; found `{found}`: a misspelling of `{key}`?"),
+            ),
+            None => self.source.error(&self.span, &self.field(key), message),
+        }
+    }
+
+    /// An unread key of this table at most two edits away from `key`, and where its value is.
+    fn misspelling_of(&self, key: &str) -> Option<(String, Range<usize>)> {
+        let used = self.used.borrow();
+        self.table
+            .iter()
+            .map(|(k, v)| (k.get_ref().as_ref(), v))
+            .filter(|(k, _)| *k != key && !used.contains(*k))
+            .map(|(k, v)| (edit_distance(k, key), k, v))
+            .filter(|(d, _, _)| *d <= 2)
+            .min_by_key(|(d, _, _)| *d)
+            .map(|(_, k, v)| (k.to_string(), v.span()))
     }
 
     fn raw(&self, key: &str) -> Option<&'a Spanned<DeValue<'i>>> {
@@ -378,9 +403,41 @@ pub(crate) fn format_size(size: u64) -> String {
     size.to_string()
 }
 
+/// The Levenshtein distance between two short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_misspelt_required_key_is_named() {
+        let text = "[vpci]\nformat = 1\nname = \"x\"\n[identity]\nvendor_id = 0x1af4\ndevice_id = 1\nclass_code = 0\n[[bar]]\nindex = 0\nkind = \"mem32\"\nsise = 4096\n";
+        let e = crate::vpci::parse_layout("t.toml", text).unwrap_err();
+        assert_eq!(e.location.line, 11, "{e}");
+        assert!(
+            e.to_string().contains(
+                "bar[0].size: missing required field; found `sise`: a misspelling of `size`?"
+            ),
+            "{e}"
+        );
+        assert_eq!(edit_distance("sise", "size"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kind", "index"), 3);
+    }
 
     #[test]
     fn sizes_round_trip() {

@@ -24,10 +24,30 @@ pub use error::{LayoutError, Location};
 pub use layout::Layout;
 pub use parse::parse_layout;
 
-/// Reads and validates a layout file.
+/// Most bytes of a layout file (the catalog's are a few KiB).
+pub const MAX_LAYOUT_FILE: u64 = 1 << 20;
+
+/// Reads (at most [`MAX_LAYOUT_FILE`] bytes) and validates a layout file.
 pub fn load_layout(path: &std::path::Path) -> Result<Layout, LayoutError> {
+    use std::io::Read;
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| LayoutError::new(Location::at(&name, "", 0), "<file>", e.to_string()))?;
+    // The file as a whole: no line or column.
+    let error = |message: String| {
+        let location = Location {
+            file: name.clone(),
+            ..Location::default()
+        };
+        LayoutError::new(location, "<file>", message)
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_LAYOUT_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| error(e.to_string()))?;
+    if bytes.len() as u64 > MAX_LAYOUT_FILE {
+        return Err(error(format!(
+            "longer than {MAX_LAYOUT_FILE} bytes: not a layout file"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| error("not UTF-8 text".into()))?;
     parse_layout(&name, &text)
 }
