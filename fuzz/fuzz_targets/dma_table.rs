@@ -26,7 +26,9 @@ fn files() -> Vec<OwnedFd> {
             )
             .expect("memfd");
             rustix::fs::ftruncate(&fd, FILE_PAGES * PAGE).expect("size");
-            let pattern: Vec<u8> = (0..FILE_PAGES * PAGE).map(|b| (b as u8) ^ (i as u8)).collect();
+            let pattern: Vec<u8> = (0..FILE_PAGES * PAGE)
+                .map(|b| (b as u8) ^ (i as u8))
+                .collect();
             rustix::io::pwrite(&fd, &pattern, 0).expect("fill");
             if i == 0 {
                 rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW)
@@ -81,9 +83,9 @@ fuzz_target!(|data: &[u8]| {
             2 => {
                 let mut buf = vec![0u8; usize::from(op[3].max(1)) * 32];
                 if table.read(iova, &mut buf).is_ok()
-                    && let Some(m) = mapped.iter().find(|m| {
-                        m.iova <= iova && iova + buf.len() as u64 <= m.iova + m.size
-                    })
+                    && let Some(m) = mapped
+                        .iter()
+                        .find(|m| m.iova <= iova && iova + buf.len() as u64 <= m.iova + m.size)
                     && let Some(file) = m.file
                 {
                     assert!(m.readable);
