@@ -16,7 +16,7 @@
 //! Waiting for a worker ([`Worker::quiesce`]: a function stopped for migration, a queue
 //! drained) on a connection's thread must not stop that thread from reading the socket: the
 //! worker may be waiting for a DMA answer only it can hand over. The connection thread
-//! installs a [`Pump`] while it runs a command ([`with_pump`]); a wait on it then reads the
+//! installs a `Pump` while it runs a command (`with_pump`); a wait on it then reads the
 //! socket until the worker is idle, woken by the worker's eventfd.
 
 use std::cell::Cell;
