@@ -217,6 +217,11 @@ fn available(backend: &dyn Backend) -> u32 {
 }
 
 #[test]
+fn the_example_plugin_conforms_through_the_abi() {
+    vfio_variant::testing::assert_conformance(&*load());
+}
+
+#[test]
 fn registers_and_lists_profiles() {
     let mut registry = Registry::new();
     let backend = register_plugin(&mut registry, &plugins().good).expect("the example registers");
@@ -406,7 +411,7 @@ fn migration_crosses_the_abi() {
     hooks
         .transition(MigrationState::Stop, MigrationState::StopCopy)
         .expect("stop-copy");
-    assert_eq!(hooks.stop_copy_size().expect("size"), 12);
+    assert_eq!(hooks.stop_copy_size().expect("size"), 32);
     let mut state = Vec::new();
     loop {
         let mut chunk = [0; 5];
@@ -416,7 +421,7 @@ fn migration_crosses_the_abi() {
         }
         state.extend_from_slice(&chunk[..n]);
     }
-    assert_eq!(state.len(), 12);
+    assert_eq!(state.len(), 32);
     let error = hooks
         .transition(MigrationState::StopCopy, MigrationState::Running)
         .unwrap_err();

@@ -3,7 +3,8 @@
 //!
 //! One profile, `scratchpad`, with [`CAPACITY`] instances: creating a function takes one,
 //! dropping it gives it back. A function has an emulated BAR 0 of 32-bit registers
-//! (see [`regs`]), an MSI-X capability whose table lives in BAR 2 (handled by the framework),
+//! (see [`regs`]), an MSI-X capability whose table and PBA live in BAR 2 (served by the
+//! framework: no access to them reaches this backend),
 //! and stop-copy migration of its scratch and counter registers.
 //!
 //! Features build variants for the host's refusal tests: `wrong-abi`, `wrong-version`,
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use parking_lot::Mutex;
+use vfio_variant::backend::layout_check::LayoutRequirements;
 use vfio_variant::backend::{
     Backend, BackendError, CreateRequest, DmaError, Function, FunctionContext, FunctionError,
     Interrupt, ProfileInfo,
@@ -23,7 +25,6 @@ use vfio_variant::config::ConfigEvent;
 use vfio_variant::migration::{
     MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
 };
-use vfio_variant::vpci::layout::{BarBacking, BarKind, CapabilityBody};
 
 /// The backend's name.
 const NAME: &str = "example-scratchpad";
@@ -149,26 +150,11 @@ impl Backend for Scratchpad {
         if request.profile != PROFILE {
             return Err(BackendError::UnknownProfile(request.profile.clone()));
         }
-        match &request.layout.bars[0] {
-            Some(bar)
-                if bar.backing == BarBacking::Emulated
-                    && bar.kind != BarKind::Io
-                    && bar.size >= regs::END => {}
-            _ => {
-                return Err(BackendError::Refused(
-                    "BAR 0 must be an emulated memory BAR of at least 64 bytes".into(),
-                ));
-            }
-        }
-        let msix_vectors = request
-            .layout
-            .capabilities
-            .iter()
-            .find_map(|c| match &c.body {
-                CapabilityBody::Msix(msix) => Some(u32::from(msix.table_size)),
-                _ => None,
-            })
-            .unwrap_or(0);
+        // BAR 0 holds the registers; the MSI-X table (served by the framework) gives the vectors.
+        let facts = LayoutRequirements::new()
+            .emulated_memory_bar(0, regs::END)
+            .check(&request.layout)?;
+        let msix_vectors = facts.msix_vectors;
         let mut initial_scratch = 0;
         for (key, value) in &request.attributes {
             match key.as_str() {
@@ -259,8 +245,9 @@ struct Migration {
     loading: Vec<u8>,
 }
 
-/// Saved state: `ID_VALUE`, scratch, counter, little-endian.
-const STATE_LEN: usize = 12;
+/// Saved state: `ID_VALUE`, scratch, counter, DMA source, destination and length,
+/// little-endian.
+const STATE_LEN: usize = 32;
 
 /// A provisioned scratchpad function.
 struct ScratchFunction {
@@ -320,7 +307,10 @@ impl ScratchFunction {
         let mut state = [0; STATE_LEN];
         state[..4].copy_from_slice(&regs::ID_VALUE.to_le_bytes());
         state[4..8].copy_from_slice(&r.scratch.to_le_bytes());
-        state[8..].copy_from_slice(&r.counter.to_le_bytes());
+        state[8..12].copy_from_slice(&r.counter.to_le_bytes());
+        state[12..20].copy_from_slice(&r.dma_src.to_le_bytes());
+        state[20..28].copy_from_slice(&r.dma_dst.to_le_bytes());
+        state[28..].copy_from_slice(&r.dma_len.to_le_bytes());
         state
     }
 }
@@ -441,9 +431,13 @@ impl MigrationHooks for ScratchFunction {
                         loading.len()
                     )));
                 }
+                let u32_at =
+                    |at: usize| u32::from_le_bytes(loading[at..at + 4].try_into().unwrap());
+                let u64_at =
+                    |at: usize| u64::from_le_bytes(loading[at..at + 8].try_into().unwrap());
                 let mut r = self.registers.lock();
-                r.scratch = u32::from_le_bytes([loading[4], loading[5], loading[6], loading[7]]);
-                r.counter = u32::from_le_bytes([loading[8], loading[9], loading[10], loading[11]]);
+                (r.scratch, r.counter) = (u32_at(4), u32_at(8));
+                (r.dma_src, r.dma_dst, r.dma_len) = (u64_at(12), u64_at(20), u32_at(28));
             }
             _ => return Err(MigrationError::Device(format!("no arc {from:?} -> {to:?}"))),
         }
@@ -535,6 +529,14 @@ mod mismatched {
     #[unsafe(no_mangle)]
     pub extern "C" fn vfio_variant_backend_entry() -> *const PluginDescriptor {
         &DESCRIPTOR
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conforms() {
+        vfio_variant::testing::assert_conformance(&super::Scratchpad::new(super::CAPACITY));
     }
 }
 
