@@ -48,7 +48,7 @@ impl Msix {
     /// The table and PBA of a layout's MSI-X capability, if it has one.
     pub(super) fn new(layout: &Layout) -> Option<Self> {
         let params = layout.capabilities.iter().find_map(|c| match &c.body {
-            CapabilityBody::Msix(p) => Some(p.clone()),
+            CapabilityBody::Msix(p) => Some(*p),
             _ => None,
         })?;
         let vectors = u64::from(params.table_size);

@@ -25,7 +25,7 @@ use crate::vpci::layout::{BarBacking, CapabilityBody};
 use crate::vpci::parse_layout;
 
 /// Bytes at the start of each BAR probed at every width and alignment (the last
-/// [`TAIL_BYTES`] are probed too).
+/// 16 bytes are probed too).
 pub const PROBE_BYTES: u64 = 256;
 /// Bytes at the end of each BAR probed at every width and alignment.
 const TAIL_BYTES: u64 = 16;
@@ -861,7 +861,7 @@ impl Kit<'_> {
             .capabilities
             .iter()
             .filter_map(|c| match &c.body {
-                CapabilityBody::Msix(p) => Some(p.clone()),
+                CapabilityBody::Msix(p) => Some(*p),
                 _ => None,
             })
             .flat_map(|p| {
@@ -1004,34 +1004,34 @@ impl Kit<'_> {
         }
         self.drop_probe(check, target);
 
-        if device.len() >= 2 {
-            if let Some(truncated) = self.create(check) {
-                let half = &device[..device.len() / 2];
-                let accepted = self.walk(
-                    &truncated,
-                    flags,
-                    MigrationState::Running,
-                    MigrationState::Resuming,
-                ) && guard(|| hooks(&truncated).expect("checked above").load(half))
-                    .is_ok_and(|r| r.is_ok())
-                    && guard(|| {
-                        hooks(&truncated)
-                            .expect("checked above")
-                            .transition(MigrationState::Resuming, MigrationState::Stop)
-                    })
-                    .is_ok_and(|r| r.is_ok());
-                if accepted {
-                    self.fail(
-                        check,
-                        format!(
-                            "{} of {} bytes of saved state were accepted as a whole state",
-                            half.len(),
-                            device.len()
-                        ),
-                    );
-                }
-                self.drop_probe(check, truncated);
+        if device.len() >= 2
+            && let Some(truncated) = self.create(check)
+        {
+            let half = &device[..device.len() / 2];
+            let accepted = self.walk(
+                &truncated,
+                flags,
+                MigrationState::Running,
+                MigrationState::Resuming,
+            ) && guard(|| hooks(&truncated).expect("checked above").load(half))
+                .is_ok_and(|r| r.is_ok())
+                && guard(|| {
+                    hooks(&truncated)
+                        .expect("checked above")
+                        .transition(MigrationState::Resuming, MigrationState::Stop)
+                })
+                .is_ok_and(|r| r.is_ok());
+            if accepted {
+                self.fail(
+                    check,
+                    format!(
+                        "{} of {} bytes of saved state were accepted as a whole state",
+                        half.len(),
+                        device.len()
+                    ),
+                );
             }
+            self.drop_probe(check, truncated);
         }
         self.arcs(flags, &device);
     }

@@ -1,4 +1,4 @@
-//! The conformance kit: the standard checks any [`Backend`](crate::backend::Backend) can run,
+//! The conformance kit: the standard checks any [`Backend`] can run,
 //! in-process, without a server (cargo feature `testing`).
 //!
 //! A vendor adds one test line:
@@ -37,7 +37,7 @@
 //!   the call (a plugin's panics are also contained by the plugin boundary; see
 //!   [`crate::plugin`]).
 //!
-//! The kit drives the function as a guest would through [`VirtualFunction`](crate::device::VirtualFunction)
+//! The kit drives the function as a guest would through [`VirtualFunction`]
 //! (the router a server uses), so the backend sees exactly what it sees in production.
 
 mod checks;
@@ -51,6 +51,9 @@ pub use checks::{PROBE_BYTES, check_backend, check_backend_with};
 pub use report::{Check, Failure, Report};
 
 use std::ops::Range;
+
+#[cfg(doc)]
+use crate::device::VirtualFunction;
 
 use crate::backend::Backend;
 
