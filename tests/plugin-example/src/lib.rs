@@ -7,7 +7,8 @@
 //! framework: no access to them reaches this backend),
 //! and stop-copy migration of its scratch and counter registers.
 //!
-//! Features build variants for the host's refusal tests: `wrong-abi`, `wrong-version`,
+//! Features build variants for the host's tests: `other-release` (another framework release of
+//! the same ABI major, with a grown descriptor: accepted), `wrong-abi`,
 //! `wrong-magic`, `null-entry` (descriptors that claim another ABI or framework version, lack the
 //! magic number or miss an entry) and `no-entry` (no entry symbol at all).
 #![cfg_attr(feature = "no-entry", allow(dead_code))]
@@ -480,17 +481,17 @@ impl MigrationHooks for ScratchFunction {
 
 #[cfg(not(any(
     feature = "wrong-abi",
-    feature = "wrong-version",
+    feature = "other-release",
     feature = "wrong-magic",
     feature = "null-entry",
     feature = "no-entry"
 )))]
 vfio_variant::export_backend!(Scratchpad::new(CAPACITY));
 
-/// The refusal variants: a real backend behind a broken descriptor.
+/// The variants: a real backend behind another descriptor.
 #[cfg(any(
     feature = "wrong-abi",
-    feature = "wrong-version",
+    feature = "other-release",
     feature = "wrong-magic",
     feature = "null-entry"
 ))]
@@ -510,9 +511,10 @@ mod mismatched {
         {
             descriptor.abi_version = vfio_variant::plugin::ABI_VERSION + 1;
         }
-        #[cfg(feature = "wrong-version")]
+        #[cfg(feature = "other-release")]
         {
-            descriptor.framework_version = c"0.0.0-mismatch".as_ptr();
+            descriptor.framework_version = c"0.0.9".as_ptr();
+            descriptor.descriptor_size = size_of::<Grown>() as u32;
         }
         #[cfg(feature = "wrong-magic")]
         {
@@ -525,10 +527,22 @@ mod mismatched {
         descriptor
     };
 
-    /// The entry point, returning the broken descriptor.
+    /// A descriptor of a release that appended two entries after the major's fields.
+    #[repr(C)]
+    struct Grown {
+        descriptor: PluginDescriptor,
+        appended: [usize; 2],
+    }
+
+    static GROWN: Grown = Grown {
+        descriptor: DESCRIPTOR,
+        appended: [0; 2],
+    };
+
+    /// The entry point, returning the variant's descriptor.
     #[unsafe(no_mangle)]
     pub extern "C" fn vfio_variant_backend_entry() -> *const PluginDescriptor {
-        &DESCRIPTOR
+        &GROWN.descriptor
     }
 }
 
