@@ -8,6 +8,7 @@ use vfio_variant_backends::cli::lifecycle::{
     CreateArgs, DefineArgs, DestroyArgs, ListArgs, NameArgs,
 };
 use vfio_variant_backends::cli::migrate::{AgentArgs, MigrateArgs};
+use vfio_variant_backends::cli::plugin::PluginCommand;
 use vfio_variant_backends::cli::serve::ServeArgs;
 use vfio_variant_backends::cli::{self, types::TypesArgs, vpci::VpciCommand};
 
@@ -48,6 +49,9 @@ enum Command {
     /// vPCI layout tools: derive, check, compat.
     #[command(subcommand)]
     Vpci(VpciCommand),
+    /// Plugin tools: check a library without starting a server.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
 }
 
 fn main() -> ExitCode {
@@ -70,5 +74,6 @@ fn main() -> ExitCode {
         Command::Migrate(args) => cli::migrate::run(args, dirs),
         Command::MigrateAgent(args) => cli::migrate::agent(args, dirs),
         Command::Vpci(command) => cli::vpci::run(command),
+        Command::Plugin(command) => cli::plugin::run(command),
     })
 }

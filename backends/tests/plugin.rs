@@ -539,3 +539,92 @@ fn refuses_what_is_not_a_library() {
     let error = refuse(&plugins().dir.join("no-such-file.so"));
     assert!(matches!(error, PluginError::Open { .. }), "{error}");
 }
+
+const BIN: &str = env!("CARGO_BIN_EXE_vfio-variant");
+
+#[test]
+fn plugin_check_loads_lists_and_runs_the_kit() {
+    let output = Command::new(BIN)
+        .args(["plugin", "check"])
+        .arg(&plugins().good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("backend `example-scratchpad`"), "{stdout}");
+    assert!(stdout.contains("profile scratchpad"), "{stdout}");
+    assert!(stdout.contains("passed, 0 failures"), "{stdout}");
+
+    let output = Command::new(BIN)
+        .args(["plugin", "check"])
+        .arg(&plugins().wrong_abi)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("plugin ABI version"), "{stderr}");
+}
+
+/// A scratch directory for one test, with `plugins/` holding the example.
+fn plugin_home(name: &str) -> PathBuf {
+    let dir = plugins().dir.join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    std::fs::copy(&plugins().good, dir.join("plugins/scratchpad.so")).unwrap();
+    dir
+}
+
+#[test]
+fn types_loads_every_library_of_a_plugin_directory() {
+    let dir = plugin_home("types");
+    let output = Command::new(BIN)
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .args(["types", "--json", "--plugin-dir"])
+        .arg(dir.join("plugins"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("\"example-scratchpad\""), "{stdout}");
+}
+
+#[test]
+fn serve_loads_the_plugins_its_config_file_names() {
+    for (name, server) in [
+        ("library", "plugins = [\"plugins/scratchpad.so\"]"),
+        ("directory", "plugin_dirs = [\"plugins\"]"),
+    ] {
+        let dir = plugin_home(&format!("serve-{name}"));
+        std::fs::write(
+            dir.join("serve.toml"),
+            format!(
+                "[server]\n{server}\n[[function]]\nname = \"scr0\"\nbackend = \"example-scratchpad\"\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["serve", "--no-autostart", "--config"])
+            .arg(dir.join("serve.toml"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = dir.join("run/scr0.sock");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !socket.exists() && std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{name}: the server exited with {status}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let exists = socket.exists();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(exists, "{name}: no socket {}", socket.display());
+    }
+}

@@ -3,6 +3,7 @@
 pub mod dirs;
 pub mod lifecycle;
 pub mod migrate;
+pub mod plugin;
 pub mod serve;
 pub mod types;
 pub mod vpci;
