@@ -9,6 +9,7 @@ use vfio_variant_backends::cli::lifecycle::{
 };
 use vfio_variant_backends::cli::migrate::{AgentArgs, MigrateArgs};
 use vfio_variant_backends::cli::plugin::PluginCommand;
+use vfio_variant_backends::cli::scaffold::NewBackendArgs;
 use vfio_variant_backends::cli::serve::ServeArgs;
 use vfio_variant_backends::cli::{self, types::TypesArgs, vpci::VpciCommand};
 
@@ -49,6 +50,8 @@ enum Command {
     /// vPCI layout tools: derive, check, compat.
     #[command(subcommand)]
     Vpci(VpciCommand),
+    /// Create a minimal backend plugin crate that builds and passes the conformance kit.
+    NewBackend(NewBackendArgs),
     /// Plugin tools: check a library without starting a server.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -75,5 +78,6 @@ fn main() -> ExitCode {
         Command::MigrateAgent(args) => cli::migrate::agent(args, dirs),
         Command::Vpci(command) => cli::vpci::run(command),
         Command::Plugin(command) => cli::plugin::run(command),
+        Command::NewBackend(args) => cli::scaffold::run(args),
     })
 }

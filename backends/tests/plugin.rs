@@ -628,3 +628,63 @@ fn serve_loads_the_plugins_its_config_file_names() {
         assert!(exists, "{name}: no socket {}", socket.display());
     }
 }
+
+#[test]
+fn new_backend_makes_a_plugin_that_builds_loads_and_conforms() {
+    let dir = plugins()
+        .dir
+        .join(format!("scaffold-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let created = Command::new(BIN)
+        .args(["new-backend", "acme-counter", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    // The example's lock file: the same dependency versions, already built in this target.
+    std::fs::copy(
+        workspace().join("tests/plugin-example/Cargo.lock"),
+        dir.join("Cargo.lock"),
+    )
+    .unwrap();
+    let target = workspace().join("target/plugin-example");
+    let built = Command::new(env!("CARGO"))
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let checked = Command::new(BIN)
+        .args(["plugin", "check"])
+        .arg(target.join("debug/libacme_counter.so"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{stdout}");
+    assert!(stdout.contains("backend `acme-counter`"), "{stdout}");
+    assert!(
+        stdout.contains("2 profiles: basic, fast): passed"),
+        "{stdout}"
+    );
+    let again = Command::new(BIN)
+        .args(["new-backend", "acme-counter", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing directory is kept"
+    );
+}

@@ -4,6 +4,7 @@ pub mod dirs;
 pub mod lifecycle;
 pub mod migrate;
 pub mod plugin;
+pub mod scaffold;
 pub mod serve;
 pub mod types;
 pub mod vpci;
