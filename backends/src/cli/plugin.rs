@@ -16,7 +16,9 @@ use crate::plugin::load_plugin;
 #[derive(Subcommand)]
 pub enum PluginCommand {
     /// Load a plugin without starting a server: check its descriptor, list its profiles and
-    /// run the conformance kit (exit 0: loads and conforms, 1: loads and fails a check, 2: refused).
+    /// run the conformance kit (exit 0: loads and conforms, 1: loads and fails a check, 2:
+    /// refused). The kit creates functions and writes their registers: run it against
+    /// emulated hardware or spare devices, or pass --no-conformance.
     Check(CheckArgs),
 }
 

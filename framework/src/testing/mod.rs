@@ -37,6 +37,9 @@
 //!   the call (a plugin's panics are also contained by the plugin boundary; see
 //!   [`crate::plugin`]).
 //!
+//! The kit creates functions and writes to their registers (ones everywhere it probes): run
+//! it against emulated hardware or a spare device, never one in use.
+//!
 //! The kit drives the function as a guest would through [`VirtualFunction`]
 //! (the router a server uses), so the backend sees exactly what it sees in production.
 
