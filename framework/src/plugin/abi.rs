@@ -50,6 +50,10 @@ impl Status {
     pub const TOO_LONG: Self = Self(12);
 }
 
+/// How the message of an error that stands for a plugin's caught panic starts (the host keeps
+/// only a message for it: `FunctionError::Device`, `BackendError::Failed`, ...).
+pub const PANICKED_PREFIX: &str = "plugin panicked: ";
+
 /// A failed call as one side reports it to the other: a [`Status`] and a UTF-8 message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AbiError {
@@ -97,7 +101,7 @@ impl AbiError {
     fn describe(self) -> String {
         match self.status {
             Status::FAILED => self.message,
-            Status::PANICKED => format!("plugin panicked: {}", self.message),
+            Status::PANICKED => format!("{PANICKED_PREFIX}{}", self.message),
             Status::INVALID_ARGUMENT => {
                 format!("invalid call across the plugin ABI: {}", self.message)
             }

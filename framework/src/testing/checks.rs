@@ -11,7 +11,7 @@ use super::observed::{Interrupts, Log, Observed, Reached};
 use super::report::{Check, Report};
 use crate::backend::emulated::HostMemory;
 use crate::backend::{
-    Backend, BackendError, CreateRequest, FunctionContext, Interrupt, ProfileInfo,
+    Backend, BackendError, CreateRequest, FunctionContext, FunctionError, Interrupt, ProfileInfo,
 };
 use crate::config::ConfigTemplate;
 use crate::config::template::ByteSource;
@@ -19,7 +19,7 @@ use crate::device::{CONFIG_REGION, DeviceError, VirtualFunction};
 use crate::migration::stream::{StreamIdentity, StreamLimits, StreamLoader, StreamWriter};
 use crate::migration::{MigrationFlags, MigrationHooks, MigrationState, is_direct_arc, path};
 use crate::pci::{cap, regs};
-use crate::plugin::abi::AbiError;
+use crate::plugin::abi::{AbiError, PANICKED_PREFIX};
 use crate::vpci::compile::compile;
 use crate::vpci::layout::{BarBacking, CapabilityBody};
 use crate::vpci::parse_layout;
@@ -390,6 +390,15 @@ impl Kit<'_> {
         });
         match result {
             Ok(Ok(bytes)) => Outcome::Done(bytes),
+            Ok(Err(DeviceError::Function(FunctionError::Device(message))))
+                if message.starts_with(PANICKED_PREFIX) =>
+            {
+                // A plugin's panic, contained by the plugin boundary: still the backend's bug.
+                Outcome::Panicked(format!(
+                    "{} (contained by the plugin boundary)",
+                    &message[PANICKED_PREFIX.len()..]
+                ))
+            }
             Ok(Err(e)) => Outcome::Refused(e),
             Err(panic) => Outcome::Panicked(panic),
         }

@@ -14,6 +14,7 @@ use crate::backend::{
 use crate::migration::{
     MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
 };
+use crate::plugin::abi::PANICKED_PREFIX;
 
 const LAYOUT: &str = r#"
 [vpci]
@@ -48,6 +49,8 @@ enum Fault {
     LeaksOnRefusal,
     /// An unaligned read panics.
     PanicsUnaligned,
+    /// An unaligned read panics inside a plugin: the host sees the contained panic's error.
+    PanicsBehindAbi,
     /// Reset forgets the scratch register.
     ResetKeepsState,
     /// Writing the doorbell raises a vector the layout does not declare.
@@ -145,6 +148,11 @@ impl Function for FixtureFunction {
     fn bar_read(&self, _: u8, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
         if self.fault == Fault::PanicsUnaligned && offset % 2 == 1 {
             panic!("unaligned read at {offset:#x}");
+        }
+        if self.fault == Fault::PanicsBehindAbi && offset % 2 == 1 {
+            return Err(FunctionError::Device(format!(
+                "{PANICKED_PREFIX}unaligned read at {offset:#x}"
+            )));
         }
         match (offset, data.len()) {
             (0, 4) => data.copy_from_slice(&self.scratch.load(Ordering::SeqCst).to_le_bytes()),
@@ -278,6 +286,22 @@ fn a_panic_on_an_unaligned_access_fails_bar_access_and_names_it() {
         .expect("bar-access fails");
     assert!(
         failure.message.contains("panicked: unaligned read at 0x1"),
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_panic_contained_by_the_plugin_boundary_still_fails_bar_access() {
+    let report = check_backend(&Fixture::new(Fault::PanicsBehindAbi));
+    let failure = report
+        .failures
+        .iter()
+        .find(|f| f.check == Check::BarAccess)
+        .expect("bar-access fails");
+    assert!(
+        failure
+            .message
+            .contains("panicked: unaligned read at 0x1 (contained by the plugin boundary)"),
         "{failure}"
     );
 }

@@ -34,8 +34,10 @@
 //!   STOP_COPY; every direct arc the flags allow is taken; a save goes through a checked stream
 //!   into a second function, which then reads as the first did; a truncated state is refused;
 //! - **panic**: a panic in any call is caught and reported as a failure of the check that made
-//!   the call (a plugin's panics are also contained by the plugin boundary; see
-//!   [`crate::plugin`]).
+//!   the call; so is a plugin's panic that the plugin boundary contained (an error whose message
+//!   starts with [`PANICKED_PREFIX`](crate::plugin::abi::PANICKED_PREFIX)): run through
+//!   `vfio-variant plugin check`, the kit shows the panic stays contained and still fails the
+//!   backend for it.
 //!
 //! The kit creates functions and writes to their registers (ones everywhere it probes): run
 //! it against emulated hardware or a spare device, never one in use.
