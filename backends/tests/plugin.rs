@@ -1,5 +1,5 @@
-//! The plugin ABI end to end: builds the example plugin (`tests/plugin-example`) and its
-//! refusal variants with cargo, loads them through the C ABI, and drives the example backend
+//! The plugin ABI end to end: builds the example plugin (`tests/plugin-example`) and the
+//! loader's fixtures (`tests/plugin-variants`: other releases, refusals) with cargo, loads them through the C ABI, and drives the example backend
 //! through the same traits as a built-in one.
 
 use std::path::{Path, PathBuf};
@@ -76,9 +76,13 @@ fn plugins() -> &'static Plugins {
     })
 }
 
-/// Builds the example with `feature` and copies the library to `dir`; returns the copy.
+/// Builds the example (`feature` `None`) or a variant of the loader's fixture crate
+/// (`tests/plugin-variants`) and copies the library to `dir`; returns the copy.
 fn build(target: &Path, dir: &Path, feature: Option<&str>) -> PathBuf {
-    let manifest = workspace().join("tests/plugin-example/Cargo.toml");
+    let manifest = workspace().join(match feature {
+        None => "tests/plugin-example/Cargo.toml",
+        Some(_) => "tests/plugin-variants/Cargo.toml",
+    });
     let mut cargo = Command::new(env!("CARGO"));
     cargo
         .arg("build")
@@ -489,6 +493,7 @@ fn accepts_another_release_of_the_same_abi_major_with_a_grown_descriptor() {
     let mut registry = Registry::new();
     let backend = register_plugin(&mut registry, &plugins().other_release).expect("accepted");
     assert_eq!(backend.framework_version(), "0.0.9");
+    assert_eq!(backend.name(), "plugin-variant");
     assert!(backend.descriptor_size() > vfio_variant::plugin::MIN_DESCRIPTOR_SIZE);
     vfio_variant::testing::assert_conformance(&*backend);
 }

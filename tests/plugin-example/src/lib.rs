@@ -7,11 +7,7 @@
 //! framework: no access to them reaches this backend),
 //! and stop-copy migration of its scratch and counter registers.
 //!
-//! Features build variants for the host's tests: `other-release` (another framework release of
-//! the same ABI major, with a grown descriptor: accepted), `wrong-abi`,
-//! `wrong-magic`, `null-entry` (descriptors that claim another ABI or framework version, lack the
-//! magic number or miss an entry) and `no-entry` (no entry symbol at all).
-#![cfg_attr(feature = "no-entry", allow(dead_code))]
+//! The loader's compatibility and refusal fixtures are in `tests/plugin-variants/`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -479,72 +475,7 @@ impl MigrationHooks for ScratchFunction {
     }
 }
 
-#[cfg(not(any(
-    feature = "wrong-abi",
-    feature = "other-release",
-    feature = "wrong-magic",
-    feature = "null-entry",
-    feature = "no-entry"
-)))]
 vfio_variant::export_backend!(Scratchpad::new(CAPACITY));
-
-/// The variants: a real backend behind another descriptor.
-#[cfg(any(
-    feature = "wrong-abi",
-    feature = "other-release",
-    feature = "wrong-magic",
-    feature = "null-entry"
-))]
-mod mismatched {
-    use vfio_variant::plugin::{BackendHandle, PluginDescriptor, Sink, Status, new_backend};
-
-    unsafe extern "C" fn new(out: *mut *mut BackendHandle, error: *const Sink<'_>) -> Status {
-        // SAFETY: this is the descriptor's `new` entry; the host calls it as the ABI describes,
-        // which is what `new_backend` requires.
-        unsafe { new_backend(out, error, || super::Scratchpad::new(super::CAPACITY)) }
-    }
-
-    static DESCRIPTOR: PluginDescriptor = {
-        #[allow(unused_mut)]
-        let mut descriptor = PluginDescriptor::exported(new);
-        #[cfg(feature = "wrong-abi")]
-        {
-            descriptor.abi_version = vfio_variant::plugin::ABI_VERSION + 1;
-        }
-        #[cfg(feature = "other-release")]
-        {
-            descriptor.framework_version = c"0.0.9".as_ptr();
-            descriptor.descriptor_size = size_of::<Grown>() as u32;
-        }
-        #[cfg(feature = "wrong-magic")]
-        {
-            descriptor.magic = u64::from_le_bytes(*b"notvfio!");
-        }
-        #[cfg(feature = "null-entry")]
-        {
-            descriptor.function.reset = None;
-        }
-        descriptor
-    };
-
-    /// A descriptor of a release that appended two entries after the major's fields.
-    #[repr(C)]
-    struct Grown {
-        descriptor: PluginDescriptor,
-        appended: [usize; 2],
-    }
-
-    static GROWN: Grown = Grown {
-        descriptor: DESCRIPTOR,
-        appended: [0; 2],
-    };
-
-    /// The entry point, returning the variant's descriptor.
-    #[unsafe(no_mangle)]
-    pub extern "C" fn vfio_variant_backend_entry() -> *const PluginDescriptor {
-        &GROWN.descriptor
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -552,11 +483,4 @@ mod tests {
     fn conforms() {
         vfio_variant::testing::assert_conformance(&super::Scratchpad::new(super::CAPACITY));
     }
-}
-
-/// The `no-entry` variant exports only this: a shared library, but not a backend.
-#[cfg(feature = "no-entry")]
-#[unsafe(no_mangle)]
-pub extern "C" fn example_scratchpad_not_a_backend() -> u32 {
-    regs::ID_VALUE
 }
