@@ -9,6 +9,8 @@ use vfio_variant_backends::cli::lifecycle::{
     CreateArgs, DefineArgs, DestroyArgs, ListArgs, ModifyArgs, NameArgs,
 };
 use vfio_variant_backends::cli::migrate::{AgentArgs, MigrateArgs};
+use vfio_variant_backends::cli::plugin::PluginCommand;
+use vfio_variant_backends::cli::scaffold::NewBackendArgs;
 use vfio_variant_backends::cli::serve::ServeArgs;
 use vfio_variant_backends::cli::{self, types::TypesArgs, vpci::VpciCommand};
 
@@ -112,6 +114,11 @@ enum Command {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// Create a minimal backend plugin crate that builds and passes the conformance kit.
+    NewBackend(NewBackendArgs),
+    /// Plugin tools: check a library without starting a server.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
 }
 
 /// A command's arguments with the directories, which may also be given before the command.
@@ -220,6 +227,8 @@ fn main() -> ExitCode {
             Ok(cli::Outcome::Success)
         }
         Command::Man { dir } => write_man_pages(&dir),
+        Command::Plugin(command) => cli::plugin::run(command),
+        Command::NewBackend(args) => cli::scaffold::run(args),
     };
     cli::exit_code(result, json)
 }
@@ -262,7 +271,9 @@ fn wants_json(command: &Command) -> bool {
         Command::Serve(_)
         | Command::MigrateAgent(_)
         | Command::Completions { .. }
-        | Command::Man { .. } => false,
+        | Command::Man { .. }
+        | Command::NewBackend(_)
+        | Command::Plugin(_) => false,
         Command::Types(a) => a.args.json,
         Command::Create(a) => a.args.json,
         Command::Destroy(a) | Command::Stop(a) => a.args.json,

@@ -1,5 +1,5 @@
-//! The plugin ABI end to end: builds the example plugin (`tests/plugin-example`) and its
-//! refusal variants with cargo, loads them through the C ABI, and drives the example backend
+//! The plugin ABI end to end: builds the example plugin (`tests/plugin-example`) and the
+//! loader's fixtures (`tests/plugin-variants`: other releases, refusals) with cargo, loads them through the C ABI, and drives the example backend
 //! through the same traits as a built-in one.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use vfio_variant::backend::{
 };
 use vfio_variant::config::ConfigEvent;
 use vfio_variant::migration::{MigrationError, MigrationFlags, MigrationState};
-use vfio_variant::plugin::{ABI_VERSION, FRAMEWORK_VERSION};
+use vfio_variant::plugin::ABI_VERSION;
 use vfio_variant::vpci::parse_layout;
 use vfio_variant_backends::plugin::{PluginBackend, PluginError, load_plugin, register_plugin};
 use vfio_variant_backends::registry::Registry;
@@ -43,7 +43,7 @@ mod regs {
 struct Plugins {
     good: PathBuf,
     wrong_abi: PathBuf,
-    wrong_version: PathBuf,
+    other_release: PathBuf,
     wrong_magic: PathBuf,
     null_entry: PathBuf,
     no_entry: PathBuf,
@@ -67,7 +67,7 @@ fn plugins() -> &'static Plugins {
         Plugins {
             good: build(&target, &dir, None),
             wrong_abi: build(&target, &dir, Some("wrong-abi")),
-            wrong_version: build(&target, &dir, Some("wrong-version")),
+            other_release: build(&target, &dir, Some("other-release")),
             wrong_magic: build(&target, &dir, Some("wrong-magic")),
             null_entry: build(&target, &dir, Some("null-entry")),
             no_entry: build(&target, &dir, Some("no-entry")),
@@ -76,9 +76,13 @@ fn plugins() -> &'static Plugins {
     })
 }
 
-/// Builds the example with `feature` and copies the library to `dir`; returns the copy.
+/// Builds the example (`feature` `None`) or a variant of the loader's fixture crate
+/// (`tests/plugin-variants`) and copies the library to `dir`; returns the copy.
 fn build(target: &Path, dir: &Path, feature: Option<&str>) -> PathBuf {
-    let manifest = workspace().join("tests/plugin-example/Cargo.toml");
+    let manifest = workspace().join(match feature {
+        None => "tests/plugin-example/Cargo.toml",
+        Some(_) => "tests/plugin-variants/Cargo.toml",
+    });
     let mut cargo = Command::new(env!("CARGO"));
     cargo
         .arg("build")
@@ -214,6 +218,11 @@ fn available(backend: &dyn Backend) -> u32 {
     let profiles = backend.profiles();
     assert_eq!(profiles.len(), 1);
     profiles[0].available_instances
+}
+
+#[test]
+fn the_example_plugin_conforms_through_the_abi() {
+    vfio_variant::testing::assert_conformance(&*load());
 }
 
 #[test]
@@ -406,7 +415,7 @@ fn migration_crosses_the_abi() {
     hooks
         .transition(MigrationState::Stop, MigrationState::StopCopy)
         .expect("stop-copy");
-    assert_eq!(hooks.stop_copy_size().expect("size"), 12);
+    assert_eq!(hooks.stop_copy_size().expect("size"), 32);
     let mut state = Vec::new();
     loop {
         let mut chunk = [0; 5];
@@ -416,7 +425,7 @@ fn migration_crosses_the_abi() {
         }
         state.extend_from_slice(&chunk[..n]);
     }
-    assert_eq!(state.len(), 12);
+    assert_eq!(state.len(), 32);
     let error = hooks
         .transition(MigrationState::StopCopy, MigrationState::Running)
         .unwrap_err();
@@ -480,17 +489,13 @@ fn refuses_another_abi_version() {
 }
 
 #[test]
-fn refuses_another_framework_version() {
-    let error = refuse(&plugins().wrong_version);
-    let message = error.to_string();
-    assert!(
-        matches!(&error, PluginError::FrameworkVersion { plugin, host, .. } if plugin == "0.0.0-mismatch" && *host == FRAMEWORK_VERSION),
-        "{message}"
-    );
-    assert!(
-        message.contains("0.0.0-mismatch") && message.contains(FRAMEWORK_VERSION),
-        "{message}"
-    );
+fn accepts_another_release_of_the_same_abi_major_with_a_grown_descriptor() {
+    let mut registry = Registry::new();
+    let backend = register_plugin(&mut registry, &plugins().other_release).expect("accepted");
+    assert_eq!(backend.framework_version(), "0.0.9");
+    assert_eq!(backend.name(), "plugin-variant");
+    assert!(backend.descriptor_size() > vfio_variant::plugin::MIN_DESCRIPTOR_SIZE);
+    vfio_variant::testing::assert_conformance(&*backend);
 }
 
 #[test]
@@ -538,4 +543,153 @@ fn refuses_what_is_not_a_library() {
 
     let error = refuse(&plugins().dir.join("no-such-file.so"));
     assert!(matches!(error, PluginError::Open { .. }), "{error}");
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_vfio-variant");
+
+#[test]
+fn plugin_check_loads_lists_and_runs_the_kit() {
+    let output = Command::new(BIN)
+        .args(["plugin", "check"])
+        .arg(&plugins().good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("backend `example-scratchpad`"), "{stdout}");
+    assert!(stdout.contains("profile scratchpad"), "{stdout}");
+    assert!(stdout.contains("passed, 0 failures"), "{stdout}");
+
+    let output = Command::new(BIN)
+        .args(["plugin", "check"])
+        .arg(&plugins().wrong_abi)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("plugin ABI version"), "{stderr}");
+}
+
+/// A scratch directory for one test, with `plugins/` holding the example.
+fn plugin_home(name: &str) -> PathBuf {
+    let dir = plugins().dir.join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    std::fs::create_dir_all(dir.join("run")).unwrap();
+    std::fs::copy(&plugins().good, dir.join("plugins/scratchpad.so")).unwrap();
+    dir
+}
+
+#[test]
+fn types_loads_every_library_of_a_plugin_directory() {
+    let dir = plugin_home("types");
+    let output = Command::new(BIN)
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .args(["types", "--json", "--plugin-dir"])
+        .arg(dir.join("plugins"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("\"example-scratchpad\""), "{stdout}");
+}
+
+#[test]
+fn serve_loads_the_plugins_its_config_file_names() {
+    for (name, server) in [
+        ("library", "plugins = [\"plugins/scratchpad.so\"]"),
+        ("directory", "plugin_dirs = [\"plugins\"]"),
+    ] {
+        let dir = plugin_home(&format!("serve-{name}"));
+        std::fs::write(
+            dir.join("serve.toml"),
+            format!(
+                "[server]\n{server}\n[[function]]\nname = \"scr0\"\nbackend = \"example-scratchpad\"\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["serve", "--no-autostart", "--config"])
+            .arg(dir.join("serve.toml"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let socket = dir.join("run/scr0.sock");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !socket.exists() && std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("{name}: the server exited with {status}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let exists = socket.exists();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(exists, "{name}: no socket {}", socket.display());
+    }
+}
+
+#[test]
+fn new_backend_makes_a_plugin_that_builds_loads_and_conforms() {
+    let dir = plugins()
+        .dir
+        .join(format!("scaffold-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let created = Command::new(BIN)
+        .args(["new-backend", "acme-counter", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    // The example's lock file: the same dependency versions, already built in this target.
+    std::fs::copy(
+        workspace().join("tests/plugin-example/Cargo.lock"),
+        dir.join("Cargo.lock"),
+    )
+    .unwrap();
+    let target = workspace().join("target/plugin-example");
+    let built = Command::new(env!("CARGO"))
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let checked = Command::new(BIN)
+        .args(["plugin", "check"])
+        .arg(target.join("debug/libacme_counter.so"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{stdout}");
+    assert!(stdout.contains("backend `acme-counter`"), "{stdout}");
+    assert!(
+        stdout.contains("2 profiles: basic, fast): passed"),
+        "{stdout}"
+    );
+    let again = Command::new(BIN)
+        .args(["new-backend", "acme-counter", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(2),
+        "an existing directory is kept"
+    );
 }

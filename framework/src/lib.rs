@@ -17,5 +17,7 @@ pub mod pci;
 pub mod physical;
 pub mod plugin;
 pub mod server;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod vfio_user;
 pub mod vpci;

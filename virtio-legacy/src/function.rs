@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::Mutex;
 use vfio_variant::backend::{Function, FunctionContext, FunctionError};
 use vfio_variant::config::ConfigEvent;
 use vfio_variant::migration::MigrationHooks;
@@ -19,8 +18,9 @@ use crate::hw::pf::admin::{
 use crate::hw::transport::legacy;
 use crate::migration::VfMigration;
 
-/// The emulated MSI-X BAR of the layouts.
+/// BAR 1 holds the MSI-X table and PBA (served by the framework); the rest is reserved.
 const MSIX_BAR: u8 = 1;
+/// Its size.
 const MSIX_BAR_SIZE: usize = 4096;
 
 /// Where the guest's DMA and interrupts reach an emulated VF (for a real VF the IOMMU and
@@ -51,7 +51,6 @@ pub struct VirtioLegacyFunction {
     pub(crate) legacy: Option<LegacyIo>,
     pub(crate) attachment: Option<Attachment>,
     pub(crate) msix_enabled: AtomicBool,
-    pub(crate) msix_bar: Mutex<Vec<u8>>,
     pub(crate) migration: Option<VfMigration>,
     /// Returned to the backend's pool on drop.
     pub(crate) release: Box<dyn Fn() + Send + Sync>,
@@ -74,7 +73,6 @@ impl VirtioLegacyFunction {
             legacy,
             attachment,
             msix_enabled: AtomicBool::new(false),
-            msix_bar: Mutex::new(vec![0; MSIX_BAR_SIZE]),
             migration,
             release,
         }
@@ -172,9 +170,9 @@ impl Function for VirtioLegacyFunction {
         if bar != MSIX_BAR {
             return Err(FunctionError::BadAccess(format!("no emulated BAR {bar}")));
         }
-        let memory = self.msix_bar.lock();
-        let at = msix_range(offset, data.len())?;
-        data.copy_from_slice(&memory[at..at + data.len()]);
+        // The framework serves the MSI-X table and PBA; the rest of the BAR is reserved.
+        msix_range(offset, data.len())?;
+        data.fill(0);
         Ok(())
     }
 
@@ -182,9 +180,7 @@ impl Function for VirtioLegacyFunction {
         if bar != MSIX_BAR {
             return Err(FunctionError::BadAccess(format!("no emulated BAR {bar}")));
         }
-        let mut memory = self.msix_bar.lock();
-        let at = msix_range(offset, data.len())?;
-        memory[at..at + data.len()].copy_from_slice(data);
+        msix_range(offset, data.len())?;
         Ok(())
     }
 
@@ -255,7 +251,6 @@ impl Function for VirtioLegacyFunction {
         }
         self.vf.reset()?;
         self.msix_enabled.store(false, Ordering::SeqCst);
-        self.msix_bar.lock().fill(0);
         Ok(())
     }
 

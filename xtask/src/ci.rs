@@ -4,14 +4,19 @@ use std::path::Path;
 
 use crate::cmd::{cargo, run as run_step, workspace_root};
 
-/// Crates outside the workspace that CI checks too (fuzz targets, the example plugin).
+/// Crates outside the workspace that CI checks too (fuzz targets, the example plugin, the
+/// plugin loader's fixtures).
 fn side_manifests() -> Vec<String> {
     let root = workspace_root();
-    ["fuzz/Cargo.toml", "tests/plugin-example/Cargo.toml"]
-        .iter()
-        .filter(|m| root.join(m).is_file())
-        .map(|m| m.to_string())
-        .collect()
+    [
+        "fuzz/Cargo.toml",
+        "tests/plugin-example/Cargo.toml",
+        "tests/plugin-variants/Cargo.toml",
+    ]
+    .iter()
+    .filter(|m| root.join(m).is_file())
+    .map(|m| m.to_string())
+    .collect()
 }
 
 /// Runs every check.

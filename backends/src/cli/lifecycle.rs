@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::Value;
 
 use super::dirs::Dirs;
-use super::types::registry_with;
+use super::types::registry_with_dirs;
 use super::{CliError, ErrorKind, Outcome, print_json, read_text};
 use crate::lifecycle::control::{self, Request};
 use crate::lifecycle::definitions::{Definition, DefinitionError, Definitions, Start};
@@ -428,7 +428,7 @@ fn check_spec(spec: &CreateSpec, dirs: &Dirs) -> Result<String, CliError> {
             .map_err(|e| CliError::failed(format!("bad answer from the server: {e}")))?,
         Err(e) if e.kind == ErrorKind::NoServer => {
             let local = Service::new(
-                registry_with(&[])?,
+                registry_with_dirs(&[], &[])?,
                 dirs.run_dir(),
                 dirs.state_dir(),
                 Default::default(),

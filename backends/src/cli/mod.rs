@@ -18,6 +18,8 @@ macro_rules! outln {
 pub mod dirs;
 pub mod lifecycle;
 pub mod migrate;
+pub mod plugin;
+pub mod scaffold;
 pub mod serve;
 pub mod types;
 pub mod vpci;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use vfio_variant::server::ServerConfig;
 
 use super::dirs::Dirs;
-use super::types::registry_with;
+use super::types::registry_with_dirs;
 use super::{CliError, ErrorKind, Outcome, read_text};
 use crate::lifecycle::run_dir::{RunDir, RunDirError};
 use vfio_variant::vpci::MAX_LAYOUT_FILE;
@@ -28,6 +28,13 @@ pub struct ServeArgs {
     /// Also load a backend plugin (a shared library); may be repeated.
     #[arg(long, value_name = "LIBRARY")]
     plugin: Vec<PathBuf>,
+    /// Also load every `*.so` plugin in this directory; may be repeated (and
+    /// $VFIO_VARIANT_PLUGIN_DIR).
+    #[arg(long, value_name = "DIR")]
+    plugin_dir: Vec<PathBuf>,
+    /// Start no function of the embedded default (only definitions and the config file's).
+    #[arg(long)]
+    no_default_functions: bool,
     /// Give sockets to this group (mode 0660) so VMMs running in it can connect.
     #[arg(long, value_name = "GID")]
     socket_group: Option<u32>,
@@ -55,6 +62,12 @@ struct ServerSection {
     socket_group: Option<u32>,
     #[serde(default)]
     allowed_uids: Vec<u32>,
+    /// Plugin libraries, relative to the configuration file.
+    #[serde(default)]
+    plugins: Vec<PathBuf>,
+    /// Plugin directories (every `*.so`), relative to the configuration file.
+    #[serde(default)]
+    plugin_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,7 +179,16 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
             stale.len()
         );
     }
-    let registry = registry_with(&args.plugin)?;
+    let base = args
+        .config
+        .as_deref()
+        .and_then(std::path::Path::parent)
+        .unwrap_or(std::path::Path::new("."));
+    let mut plugins = args.plugin.clone();
+    plugins.extend(config.server.plugins.iter().map(|p| base.join(p)));
+    let mut plugin_dirs = args.plugin_dir.clone();
+    plugin_dirs.extend(config.server.plugin_dirs.iter().map(|p| base.join(p)));
+    let registry = registry_with_dirs(&plugins, &plugin_dirs)?;
     let mut allowed_uids = args.allow_uid.clone();
     allowed_uids.extend(&config.server.allowed_uids);
     let server = ServerConfig {
@@ -207,7 +229,9 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     }
     let specs = match &args.config {
         Some(path) => specs_of(&config, path.parent().unwrap_or(std::path::Path::new(".")))?,
-        None if service.list().is_empty() => embedded_default(&service),
+        None if service.list().is_empty() && !args.no_default_functions => {
+            embedded_default(&service)
+        }
         None => Vec::new(),
     };
     let mut refused = Vec::new();

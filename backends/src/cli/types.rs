@@ -10,6 +10,7 @@ use crate::builtin::register_builtin;
 use crate::lifecycle::BackendTypes;
 use crate::lifecycle::control::{self, Request};
 use crate::plugin::register_plugin;
+use crate::plugin::sources::{env_plugin_dir, plugin_paths};
 use crate::registry::Registry;
 
 /// Arguments of `types`.
@@ -18,16 +19,22 @@ pub struct TypesArgs {
     /// Also load a backend plugin (a shared library); may be repeated.
     #[arg(long, value_name = "LIBRARY")]
     plugin: Vec<PathBuf>,
+    /// Also load every `*.so` plugin in this directory; may be repeated.
+    #[arg(long, value_name = "DIR")]
+    plugin_dir: Vec<PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
 }
 
-/// The built-in backends plus the plugins named on the command line.
-pub fn registry_with(plugins: &[PathBuf]) -> Result<Registry, CliError> {
+/// The built-in backends, the `plugins` named, and every `*.so` of the plugin directories
+/// `dirs` and `$VFIO_VARIANT_PLUGIN_DIR` (see [`crate::plugin::sources`]).
+pub fn registry_with_dirs(plugins: &[PathBuf], dirs: &[PathBuf]) -> Result<Registry, CliError> {
     let mut registry = Registry::new();
     register_builtin(&mut registry).map_err(|e| CliError::failed(e.to_string()))?;
-    for path in plugins {
+    let mut dirs = dirs.to_vec();
+    dirs.extend(env_plugin_dir());
+    for path in plugin_paths(plugins, &dirs).map_err(|e| CliError::failed(e.to_string()))? {
         register_plugin(&mut registry, path).map_err(|e| CliError::failed(e.to_string()))?;
     }
     Ok(registry)
@@ -38,7 +45,7 @@ pub fn registry_with(plugins: &[PathBuf]) -> Result<Registry, CliError> {
 /// said so on stderr. A server that does not let this user in is an error.
 pub fn run(args: TypesArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     let socket = control::socket_path(&dirs.run_dir());
-    let from_server = if args.plugin.is_empty() {
+    let from_server = if args.plugin.is_empty() && args.plugin_dir.is_empty() {
         match control::request(&socket, &Request::Types) {
             Ok(value) => Some(value),
             Err(e) if e.kind == ErrorKind::NoServer => {
@@ -58,7 +65,7 @@ pub fn run(args: TypesArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         Some(value) => serde_json::from_value(value)
             .map_err(|e| CliError::failed(format!("bad answer from the server: {e}")))?,
         None => {
-            let registry = registry_with(&args.plugin)?;
+            let registry = registry_with_dirs(&args.plugin, &args.plugin_dir)?;
             registry
                 .iter()
                 .map(|b| BackendTypes {

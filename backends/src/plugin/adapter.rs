@@ -107,6 +107,16 @@ impl PluginBackend {
     pub fn path(&self) -> &Path {
         &self.library.path
     }
+
+    /// The framework version the plugin was built with (any release of the host's ABI major).
+    pub fn framework_version(&self) -> &str {
+        &self.library.framework_version
+    }
+
+    /// The size of the plugin's descriptor (at least the major's first size).
+    pub fn descriptor_size(&self) -> u32 {
+        self.library.descriptor_size
+    }
 }
 
 impl Drop for PluginBackend {

@@ -2,8 +2,8 @@
 //! [`Backend`](vfio_variant::backend::Backend) trait as the built-in ones.
 //!
 //! [`load_plugin`] opens a library, finds its entry symbol ([`ENTRY_SYMBOL`]), checks the
-//! descriptor it returns (magic number, ABI version, descriptor size, framework version, no null
-//! entries) before calling anything else, and wraps it in a [`PluginBackend`];
+//! descriptor it returns (magic number, ABI major, a descriptor of at least the major's size,
+//! no null entries) before calling anything else, and wraps it in a [`PluginBackend`];
 //! [`register_plugin`] also adds it to a [`Registry`]. The library stays loaded as long as the
 //! backend or any function it created exists. See [`vfio_variant::plugin`] for the ABI.
 //!
@@ -13,6 +13,7 @@
 
 mod adapter;
 mod host;
+pub mod sources;
 
 pub use adapter::PluginBackend;
 
@@ -24,7 +25,7 @@ use libloading::Library;
 use vfio_variant::backend::BackendError;
 use vfio_variant::plugin::abi::{BackendFns, FunctionFns};
 use vfio_variant::plugin::{
-    ABI_VERSION, ENTRY_SYMBOL, EntryFn, FRAMEWORK_VERSION, MAGIC, PluginDescriptor,
+    ABI_VERSION, ENTRY_SYMBOL, EntryFn, MAGIC, MIN_DESCRIPTOR_SIZE, PluginDescriptor,
 };
 
 use crate::registry::{Registry, RegistryError};
@@ -74,19 +75,6 @@ pub enum PluginError {
         /// The host's ([`ABI_VERSION`]).
         host: u32,
     },
-    /// The plugin was built against another version of the framework.
-    #[error(
-        "`{}` was built with vfio-variant {plugin}, this host is vfio-variant {host}",
-        path.display()
-    )]
-    FrameworkVersion {
-        /// The library.
-        path: PathBuf,
-        /// The plugin's framework version.
-        plugin: String,
-        /// The host's ([`FRAMEWORK_VERSION`]).
-        host: &'static str,
-    },
     /// An entry of the descriptor's vtables is null.
     #[error(
         "`{}` has no `{table}.{entry}` function (a null pointer in its descriptor)",
@@ -125,6 +113,10 @@ pub enum PluginError {
 /// [`Arc`], so the code they call stays mapped as long as they exist.
 struct PluginLibrary {
     path: PathBuf,
+    /// The framework version the plugin was built with (informational).
+    framework_version: String,
+    /// Its descriptor's size (larger than the host's: a newer release of the same major).
+    descriptor_size: u32,
     backend: BackendFns,
     function: FunctionFns,
     /// Never used after loading; kept so the library is unloaded only when the last holder goes.
@@ -155,11 +147,13 @@ pub fn load_plugin(path: impl AsRef<Path>) -> Result<Arc<PluginBackend>, PluginE
     // descriptor; the library is loaded.
     let descriptor = unsafe { entry() };
     // SAFETY: the pointer was returned by the entry point of `library`, which is still loaded.
-    let (backend, function) = unsafe { check_descriptor(path, descriptor) }?;
+    let checked = unsafe { check_descriptor(path, descriptor) }?;
     let library = Arc::new(PluginLibrary {
         path: path.to_owned(),
-        backend,
-        function,
+        framework_version: checked.framework_version,
+        descriptor_size: checked.size,
+        backend: checked.backend,
+        function: checked.function,
         _library: library,
     });
     PluginBackend::start(library).map(Arc::new)
@@ -183,6 +177,14 @@ fn symbol_name() -> &'static str {
         .unwrap_or("vfio_variant_backend_entry")
 }
 
+/// What a checked descriptor gives the host.
+struct Checked {
+    backend: BackendFns,
+    function: FunctionFns,
+    framework_version: String,
+    size: u32,
+}
+
 /// Checks what an entry point returned, field by field, before trusting it as a descriptor.
 ///
 /// # Safety
@@ -191,7 +193,7 @@ fn symbol_name() -> &'static str {
 unsafe fn check_descriptor(
     path: &Path,
     descriptor: *const PluginDescriptor,
-) -> Result<(BackendFns, FunctionFns), PluginError> {
+) -> Result<Checked, PluginError> {
     let invalid = |reason: &str| PluginError::Invalid {
         path: path.to_owned(),
         reason: reason.to_string(),
@@ -226,29 +228,22 @@ unsafe fn check_descriptor(
             host: ABI_VERSION,
         });
     }
-    if usize::try_from(size).ok() != Some(size_of::<PluginDescriptor>()) {
+    if size < MIN_DESCRIPTOR_SIZE {
         return Err(invalid(&format!(
-            "its descriptor is {size} bytes long, ABI version {ABI_VERSION} has {}",
-            size_of::<PluginDescriptor>()
+            "its descriptor is {size} bytes long, ABI version {ABI_VERSION} has at least {MIN_DESCRIPTOR_SIZE}"
         )));
     }
-    // SAFETY: magic, version and size say this is a descriptor of our ABI, in the library's
-    // static data; every field is plain data (integers, nullable pointers) valid for any bits.
-    let descriptor = unsafe { &*descriptor };
+    // SAFETY: magic and major say this is a descriptor of our ABI, `size` bytes long in the
+    // library's static data (at least the major's first descriptor).
+    let descriptor = unsafe { read_prefix(descriptor, size as usize) };
     if descriptor.framework_version.is_null() {
         return Err(invalid("its descriptor has no framework version"));
     }
     // SAFETY: non-null; the ABI makes it a NUL-terminated string in the library's static data.
-    let version = unsafe { CStr::from_ptr(descriptor.framework_version) }
+    let framework_version = unsafe { CStr::from_ptr(descriptor.framework_version) }
         .to_str()
-        .map_err(|_| invalid("its framework version is not UTF-8"))?;
-    if version != FRAMEWORK_VERSION {
-        return Err(PluginError::FrameworkVersion {
-            path: path.to_owned(),
-            plugin: version.to_string(),
-            host: FRAMEWORK_VERSION,
-        });
-    }
+        .map_err(|_| invalid("its framework version is not UTF-8"))?
+        .to_string();
     let null = |table| {
         move |entry| PluginError::NullEntry {
             path: path.to_owned(),
@@ -258,5 +253,118 @@ unsafe fn check_descriptor(
     };
     let backend = descriptor.backend.check().map_err(null("backend"))?;
     let function = descriptor.function.check().map_err(null("function"))?;
-    Ok((backend, function))
+    Ok(Checked {
+        backend,
+        function,
+        framework_version,
+        size,
+    })
+}
+
+/// The host's view of a descriptor the plugin says is `size` bytes long: the bytes the host
+/// knows are copied, and what the plugin's (older) descriptor lacks reads as zero (null
+/// entries: absent).
+///
+/// # Safety
+///
+/// `descriptor` is aligned and valid for reads of `size` bytes, and `T` is plain data for
+/// which all-zero bytes are a valid value (integers, nullable pointers, optional `extern "C"`
+/// functions).
+unsafe fn read_prefix<T: Copy>(descriptor: *const T, size: usize) -> T {
+    let mut host = std::mem::MaybeUninit::<T>::zeroed();
+    let known = size.min(size_of::<T>());
+    // SAFETY: the caller makes `descriptor` valid for `size >= known` bytes; `host` has room
+    // for `size_of::<T>() >= known` bytes and does not overlap the library's static data.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            descriptor.cast::<u8>(),
+            host.as_mut_ptr().cast::<u8>(),
+            known,
+        )
+    };
+    // SAFETY: the first `known` bytes come from a valid `T` prefix written by the plugin, the
+    // rest are zero, which the caller says is valid for every field of `T`.
+    unsafe { host.assume_init() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A descriptor of an imaginary later minor release: the major's fields, then one appended
+    /// entry.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Grown {
+        first: u64,
+        appended: Option<unsafe extern "C" fn() -> u32>,
+    }
+
+    unsafe extern "C" fn seven() -> u32 {
+        7
+    }
+
+    #[test]
+    fn an_older_descriptor_reads_what_it_lacks_as_absent() {
+        // An older plugin: only `first` (8 bytes); the host of the later release sees its
+        // appended entry as absent.
+        let older = Grown {
+            first: 42,
+            appended: Some(seven),
+        };
+        // SAFETY: `older` is valid for 8 bytes; `Grown` is plain data valid as zeros.
+        let seen = unsafe { read_prefix(&older, 8) };
+        assert_eq!(seen.first, 42);
+        assert!(seen.appended.is_none(), "past the plugin's size: absent");
+        // SAFETY: as above, for the whole struct.
+        let seen = unsafe { read_prefix(&older, size_of::<Grown>()) };
+        // SAFETY: `seven` takes nothing and returns a number.
+        assert_eq!(seen.appended.map(|f| unsafe { f() }), Some(7));
+    }
+
+    /// A descriptor of the previous minor framework release: the same major, another framework
+    /// version, the major's first size.
+    fn previous_release() -> PluginDescriptor {
+        unsafe extern "C" fn new(
+            _: *mut *mut vfio_variant::plugin::BackendHandle,
+            _: *const vfio_variant::plugin::Sink<'_>,
+        ) -> vfio_variant::plugin::Status {
+            vfio_variant::plugin::Status::FAILED
+        }
+        let mut descriptor = PluginDescriptor::exported(new);
+        descriptor.framework_version = c"0.0.9".as_ptr();
+        descriptor.descriptor_size = MIN_DESCRIPTOR_SIZE;
+        descriptor
+    }
+
+    #[test]
+    fn a_plugin_of_the_previous_release_of_the_same_major_is_accepted() {
+        let descriptor = previous_release();
+        // SAFETY: a valid descriptor in this process's memory, alive for the call.
+        let checked = unsafe { check_descriptor(Path::new("previous.so"), &descriptor) }
+            .map_err(|e| e.to_string())
+            .unwrap();
+        assert_eq!(
+            (checked.framework_version.as_str(), checked.size),
+            ("0.0.9", MIN_DESCRIPTOR_SIZE)
+        );
+    }
+
+    #[test]
+    fn a_shorter_descriptor_or_another_major_is_refused() {
+        let mut descriptor = previous_release();
+        descriptor.descriptor_size = MIN_DESCRIPTOR_SIZE - 8;
+        // SAFETY: as above.
+        let error = unsafe { check_descriptor(Path::new("short.so"), &descriptor) }
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("has at least"), "{error}");
+        let mut descriptor = previous_release();
+        descriptor.abi_version = ABI_VERSION + 1;
+        // SAFETY: as above.
+        let error = unsafe { check_descriptor(Path::new("next.so"), &descriptor) }
+            .err()
+            .unwrap();
+        assert!(matches!(error, PluginError::AbiVersion { .. }), "{error}");
+    }
 }

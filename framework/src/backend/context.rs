@@ -72,7 +72,11 @@ pub enum Interrupt {
 
 /// Where a function's interrupts go (the server maps them to the VMM's eventfds).
 pub trait InterruptSink: Send + Sync {
-    /// Raises (or for INTx, sets the level of) an interrupt.
+    /// Raises (or for INTx, sets the level of) an interrupt. Never blocks on the guest. What
+    /// the server does with it: a vector without a VMM eventfd (MSI-X or MSI off) is dropped;
+    /// a vector the VMM masked is kept pending (the MSI-X PBA shows it) and delivered when
+    /// unmasked; INTx follows COMMAND.INTX_DISABLE. A vector the layout does not declare is
+    /// dropped, and breaks the backend contract (the conformance kit reports it).
     fn raise(&self, interrupt: Interrupt);
 }
 

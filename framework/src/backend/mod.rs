@@ -9,9 +9,43 @@
 //!
 //! Everything declarative (config space, BAR sizing, passthrough BARs, the capability chain) is
 //! done by the framework from the layout; the backend never sees those accesses.
+//!
+//! # Contracts
+//!
+//! What the framework guarantees a backend, and what it expects; the conformance kit
+//! (`vfio_variant::testing`, cargo feature `testing`) checks them. See also
+//! `docs/backend-guide.md`.
+//!
+//! - **MSI-X table and PBA**: the framework serves the table and PBA of the layout's MSI-X
+//!   capability, whatever backs their BAR (emulated, passthrough). No access that touches them
+//!   reaches [`Function::bar_read`]/[`Function::bar_write`] or the physical function; an access
+//!   that straddles their edge is refused (`EINVAL`). The table migrates with config space.
+//! - **Accesses that reach a BAR hook**: only while the guest has the BAR's decoding (I/O or
+//!   memory) on in COMMAND; always inside the BAR (`offset + data.len() <= size`); of any
+//!   length the VMM sent (guests use 1, 2, 4 or 8 bytes) at any alignment. A hook answers what
+//!   its registers do not take with [`FunctionError::BadAccess`]; it must never panic on an
+//!   access (a plugin's panic is contained, a built-in's is not).
+//! - **errno**: the server answers a failed access with [`FunctionError::BadAccess`] → `EINVAL`,
+//!   [`FunctionError::Unsupported`] → `ENOTSUP`, [`FunctionError::Device`] and
+//!   [`FunctionError::Physical`] → `EIO`; out of range → `EINVAL`; decoding off → `EIO`;
+//!   read-only region → `EPERM` (see `DeviceError::errno`).
+//! - **Interrupts** ([`InterruptSink::raise`]): a function raises only vectors its layout
+//!   declares (MSI-X table size, MSI vectors, INTx only with an interrupt pin). Before
+//!   [`Function::attach`] there is no sink: keep an [`emulated::IrqSlot`], which drops what is
+//!   raised until bound. A vector the VMM has not set up (MSI-X off, no eventfd) is dropped; a
+//!   vector the VMM masked (VFIO SET_IRQS) is kept pending, shown in the PBA, and delivered on
+//!   unmask. A backend need not check MSI-X enable or masks itself.
+//! - **Available instances**: [`ProfileInfo::available_instances`] counts down by one per
+//!   created function and back when it is dropped; a refused `create` takes nothing. Use
+//!   [`pool::SlotPool`] for a pool of VFs.
+//! - **Layouts**: `create` checks the operator's layout with
+//!   [`layout_check::LayoutRequirements`] before provisioning anything.
+//! - **Reset**: [`Function::reset`] brings every register back to its state after create
+//!   (except non-volatile storage the device documents).
 
 mod context;
 pub mod emulated;
+pub mod layout_check;
 pub mod pool;
 pub mod worker;
 
@@ -129,12 +163,13 @@ pub trait Function: Send + Sync {
         let _ = context;
     }
     /// Reads an emulated BAR (one whose layout backing is `emulated`); a function without
-    /// emulated BARs keeps the default refusal.
+    /// emulated BARs keeps the default refusal. Only called while memory (or I/O) decoding is
+    /// on, inside the BAR, never for the MSI-X table or PBA (see the module's contracts).
     fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
         let _ = (offset, data);
         Err(FunctionError::Unsupported(format!("emulated BAR {bar}")))
     }
-    /// Writes an emulated BAR.
+    /// Writes an emulated BAR; called as [`Function::bar_read`] is.
     fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
         let _ = (offset, data);
         Err(FunctionError::Unsupported(format!("emulated BAR {bar}")))

@@ -31,6 +31,18 @@ pub enum DeviceError {
         /// `I/O` or `memory`.
         what: &'static str,
     },
+    /// The access runs partly over the MSI-X table or PBA.
+    #[error(
+        "access of {len} bytes at {offset:#x} of region {region} straddles the MSI-X table or PBA"
+    )]
+    MsixStraddle {
+        /// Region index.
+        region: u32,
+        /// Offset asked for.
+        offset: u64,
+        /// Length asked for.
+        len: usize,
+    },
     /// Config space refused the access.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -46,7 +58,9 @@ impl DeviceError {
     /// The errno a vfio-user error reply carries for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            Self::NoSuchRegion(_) | Self::OutOfRange { .. } => libc::EINVAL,
+            Self::NoSuchRegion(_) | Self::OutOfRange { .. } | Self::MsixStraddle { .. } => {
+                libc::EINVAL
+            }
             Self::ReadOnly(_) => libc::EPERM,
             Self::Config(ConfigError::OutOfRange { .. }) => libc::EINVAL,
             Self::Function(FunctionError::Unsupported(_)) => libc::ENOTSUP,

@@ -5,9 +5,11 @@
 //! (BAR0-5 = 0-5, ROM = 6, config = 7).
 
 mod error;
+mod msix;
 mod regions;
 
 pub use error::DeviceError;
+pub use msix::PendingFn;
 pub use regions::{CONFIG_REGION, ROM_REGION, RegionInfo};
 
 use std::sync::Arc;
@@ -27,6 +29,8 @@ use crate::vpci::layout::{BarBacking, BarKind, RomBacking};
 pub struct VirtualFunction {
     config: Mutex<ConfigSpace>,
     function: Box<dyn Function>,
+    /// The MSI-X table and PBA, served here whatever backs their BAR.
+    msix: Option<msix::Msix>,
     /// Resets so far (DEVICE_RESET, FLR): what else keeps per-function state (migration)
     /// compares it to know the function was reset.
     resets: AtomicU64,
@@ -130,6 +134,7 @@ impl VirtualFunction {
             None => {}
         }
         Ok(Self {
+            msix: msix::Msix::new(layout),
             config: Mutex::new(ConfigSpace::new(template)),
             function,
             resets: AtomicU64::new(0),
@@ -168,6 +173,14 @@ impl VirtualFunction {
                     BarTarget::Emulated(bar) => Ok(self.function.bar_read(bar, offset, data)?),
                     BarTarget::Physical(physical, bar) => Ok(physical.bar_read(bar, offset, data)?),
                     BarTarget::LegacyIo => Ok(self.function.legacy_io_read(offset, data)?),
+                    BarTarget::MsixTable(msix, at) => {
+                        msix.read_table(at, data);
+                        Ok(())
+                    }
+                    BarTarget::MsixPba(msix, at) => {
+                        msix.read_pba(at, data);
+                        Ok(())
+                    }
                 })
             }
             _ => Err(DeviceError::NoSuchRegion(region)),
@@ -186,6 +199,12 @@ impl VirtualFunction {
                         Ok(physical.bar_write(bar, offset, data)?)
                     }
                     BarTarget::LegacyIo => Ok(self.function.legacy_io_write(offset, data)?),
+                    BarTarget::MsixTable(msix, at) => {
+                        msix.write_table(at, data);
+                        Ok(())
+                    }
+                    // The PBA is read-only; writes are ignored (PCI spec).
+                    BarTarget::MsixPba(..) => Ok(()),
                 })
             }
             _ => Err(DeviceError::NoSuchRegion(region)),
@@ -211,16 +230,41 @@ impl VirtualFunction {
         self.resets.load(Ordering::SeqCst)
     }
 
-    /// The state a guest gave the config space, for a migration stream.
+    /// The state a guest gave the config space, for a migration stream, followed by the
+    /// MSI-X table the framework serves (when the layout has one).
     pub fn config_snapshot(&self) -> Vec<u8> {
-        self.config.lock().snapshot()
+        let mut snapshot = self.config.lock().snapshot();
+        if let Some(msix) = &self.msix {
+            snapshot.extend_from_slice(&msix.table_bytes());
+        }
+        snapshot
     }
 
     /// Takes a config-space state [`VirtualFunction::config_snapshot`] made on the source of
     /// a migration; the backend hears of the changes as of a guest's writes.
     pub fn config_restore(&self, saved: &[u8]) -> Result<(), DeviceError> {
         let mut events: Vec<ConfigEvent> = Vec::new();
-        self.config.lock().restore(saved, &mut |e| events.push(e))?;
+        let size = self.config.lock().size();
+        let (config, table) = saved.split_at(saved.len().min(size));
+        if let Some(msix) = &self.msix {
+            // A snapshot without the table (a source older than framework-served tables)
+            // leaves the entries at their reset values.
+            msix.check_table(table)?;
+        } else if !table.is_empty() {
+            return Err(ConfigError::Saved(format!(
+                "{} bytes after config space, and the layout has no MSI-X table",
+                table.len()
+            ))
+            .into());
+        }
+        self.config
+            .lock()
+            .restore(config, &mut |e| events.push(e))?;
+        if let Some(msix) = &self.msix
+            && !table.is_empty()
+        {
+            msix.set_table(table);
+        }
         for event in events {
             self.function.config_changed(event);
         }
@@ -232,6 +276,9 @@ impl VirtualFunction {
     pub fn reset(&self) -> Result<(), DeviceError> {
         self.resets.fetch_add(1, Ordering::SeqCst);
         self.config.lock().reset();
+        if let Some(msix) = &self.msix {
+            msix.reset();
+        }
         self.function.reset()?;
         Ok(())
     }
@@ -281,6 +328,20 @@ impl VirtualFunction {
                 what,
             });
         }
+        if let Some(msix) = &self.msix {
+            match msix.place(index, offset, len) {
+                msix::Place::Elsewhere => {}
+                msix::Place::Table(at) => return access(BarTarget::MsixTable(msix, at)),
+                msix::Place::Pba(at) => return access(BarTarget::MsixPba(msix, at)),
+                msix::Place::Straddles => {
+                    return Err(DeviceError::MsixStraddle {
+                        region: index.into(),
+                        offset,
+                        len,
+                    });
+                }
+            }
+        }
         match bar.backing {
             BarBacking::Emulated => access(BarTarget::Emulated(index)),
             BarBacking::LegacyIo => access(BarTarget::LegacyIo),
@@ -291,6 +352,14 @@ impl VirtualFunction {
                     .ok_or(DeviceError::NoSuchRegion(index.into()))?;
                 access(BarTarget::Physical(physical, physical_bar))
             }
+        }
+    }
+
+    /// Where the MSI-X PBA reads its pending bits from: the server's interrupt table (VFIO
+    /// SET_IRQS masking). Without it the PBA reads zero.
+    pub fn set_msix_pending(&self, pending: Option<Arc<PendingFn>>) {
+        if let Some(msix) = &self.msix {
+            msix.set_pending(pending);
         }
     }
 
@@ -317,6 +386,10 @@ enum BarTarget<'a> {
     Emulated(u8),
     Physical(&'a dyn PhysicalFunction, u8),
     LegacyIo,
+    /// The MSI-X table, at this offset in it.
+    MsixTable(&'a msix::Msix, usize),
+    /// The MSI-X PBA, at this offset in it.
+    MsixPba(&'a msix::Msix, u64),
 }
 
 fn check(region: u32, offset: u64, len: usize, size: u64) -> Result<(), DeviceError> {
@@ -481,6 +554,78 @@ offset = 0x40
             vf.region_write(ROM_REGION, 0, &data).unwrap_err().errno(),
             libc::EPERM
         );
+    }
+
+    const MSIX_LAYOUT: &str = r#"
+[vpci]
+format = 1
+name = "m"
+[identity]
+vendor_id = 0x1af4
+device_id = 0x1041
+class_code = 0x020000
+[[bar]]
+index = 1
+kind = "mem32"
+size = "4K"
+backing = "emulated"
+[[capability]]
+kind = "msix"
+offset = 0x40
+table_size = 3
+table_bar = 1
+table_offset = 0x100
+pba_bar = 1
+pba_offset = 0x200
+"#;
+
+    #[test]
+    fn the_msix_table_and_pba_are_served_here_and_never_reach_the_backend() {
+        let physical = CapturedFunction::new(
+            "phys",
+            PhysicalDescription {
+                config: vec![0; 256],
+                bars: [None; 6],
+                rom_size: None,
+            },
+        );
+        let scratch = Scratch {
+            physical,
+            registers: Mutex::new([0xaa; 4096]),
+            resets: Arc::default(),
+        };
+        let template = Arc::new(compile(Arc::new(parse_layout("m", MSIX_LAYOUT).unwrap())));
+        let vf = VirtualFunction::new(template, Box::new(scratch)).unwrap();
+        vf.region_write(CONFIG_REGION, 4, &[0x02, 0x00]).unwrap();
+        let mut entry = [0u8; 16];
+        vf.region_read(1, 0x110, &mut entry).unwrap();
+        assert_eq!(entry[12], 1, "entries reset masked");
+        assert_eq!(entry[..12], [0; 12]);
+        vf.region_write(1, 0x110, &[1, 2, 3, 4, 5, 6, 7, 8])
+            .unwrap();
+        vf.region_read(1, 0x110, &mut entry[..8]).unwrap();
+        assert_eq!(entry[..8], [1, 2, 3, 4, 5, 6, 7, 8]);
+        let mut pba = [0xffu8; 8];
+        vf.region_read(1, 0x200, &mut pba).unwrap();
+        assert_eq!(pba, [0; 8], "no pending source: nothing pending");
+        vf.set_msix_pending(Some(Arc::new(|vector| vector == 2)));
+        vf.region_write(1, 0x200, &[0xff; 8]).unwrap();
+        vf.region_read(1, 0x200, &mut pba).unwrap();
+        assert_eq!(
+            pba,
+            [0b100, 0, 0, 0, 0, 0, 0, 0],
+            "pending bits; writes ignored"
+        );
+        // The backend's registers (all 0xaa) never answered for the table or PBA.
+        let mut around = [0u8; 4];
+        vf.region_read(1, 0xfc, &mut around).unwrap();
+        assert_eq!(around, [0xaa; 4], "just before the table: the backend's");
+        let straddle = vf.region_read(1, 0xfc, &mut [0u8; 8]).unwrap_err();
+        assert_eq!(straddle.errno(), libc::EINVAL);
+        vf.reset().unwrap();
+        vf.region_write(CONFIG_REGION, 4, &[0x02, 0x00]).unwrap();
+        vf.region_read(1, 0x110, &mut entry).unwrap();
+        assert_eq!((entry[0], entry[12]), (0, 1), "reset brings entries back");
     }
 
     #[test]

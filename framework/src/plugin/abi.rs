@@ -50,6 +50,10 @@ impl Status {
     pub const TOO_LONG: Self = Self(12);
 }
 
+/// How the message of an error that stands for a plugin's caught panic starts (the host keeps
+/// only a message for it: `FunctionError::Device`, `BackendError::Failed`, ...).
+pub const PANICKED_PREFIX: &str = "plugin panicked: ";
+
 /// A failed call as one side reports it to the other: a [`Status`] and a UTF-8 message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AbiError {
@@ -97,7 +101,7 @@ impl AbiError {
     fn describe(self) -> String {
         match self.status {
             Status::FAILED => self.message,
-            Status::PANICKED => format!("plugin panicked: {}", self.message),
+            Status::PANICKED => format!("{PANICKED_PREFIX}{}", self.message),
             Status::INVALID_ARGUMENT => {
                 format!("invalid call across the plugin ABI: {}", self.message)
             }
@@ -808,9 +812,10 @@ vtable! {
 /// What a plugin's [`ENTRY_SYMBOL`](super::ENTRY_SYMBOL) returns: who it is and its calls.
 ///
 /// The host reads `magic`, then `abi_version`, then `descriptor_size` before anything else;
-/// those three fields keep their place in every ABI version. The rest is only read when they
-/// match the host's [`MAGIC`](super::MAGIC), [`ABI_VERSION`](super::ABI_VERSION) and
-/// `size_of::<PluginDescriptor>()`.
+/// those three fields keep their place in every ABI version. The rest is only read when the
+/// magic and the major ([`ABI_VERSION`](super::ABI_VERSION)) match and the size is at least
+/// [`MIN_DESCRIPTOR_SIZE`](super::MIN_DESCRIPTOR_SIZE); see [`ABI_VERSION`](super::ABI_VERSION)
+/// for how a descriptor grows within a major.
 ///
 /// Rust compiler versions do not matter: only C-layout data crosses. What the ABI leaves out:
 /// device-side dirty tracking
@@ -843,6 +848,14 @@ unsafe impl Sync for PluginDescriptor {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_descriptor_of_the_major_keeps_its_size() {
+        // Growing the descriptor is allowed (by appending); shrinking or reshaping what major 1
+        // had is not.
+        assert!(size_of::<PluginDescriptor>() >= super::super::MIN_DESCRIPTOR_SIZE as usize);
+        assert_eq!(std::mem::offset_of!(PluginDescriptor, function), 80);
+    }
 
     #[test]
     fn collector_limits_and_marks_truncation() {

@@ -43,13 +43,25 @@ use std::ffi::CStr;
 /// The number at the start of every [`PluginDescriptor`] (`"vfvarbe1"` in little-endian bytes).
 pub const MAGIC: u64 = u64::from_le_bytes(*b"vfvarbe1");
 
-/// The version of the C ABI in this module. Raised on any change to a descriptor, a vtable, a
-/// signature or the meaning of a status; host and plugin must agree exactly.
+/// The major version of the C ABI in this module: a host loads only plugins of its own major.
+///
+/// Compatibility policy: within one major, a framework release may only *append* to the
+/// descriptor (new entries, new vtables after the last one); it never moves, removes or
+/// changes the meaning of what is there. So a host reads a plugin's `descriptor_size` as "at
+/// least [`MIN_DESCRIPTOR_SIZE`]": from a newer plugin it uses the prefix it knows, and for an
+/// older plugin it treats the entries past the plugin's size as absent (the trait's default
+/// behaviour). Plugins built against any framework release of the same major load; the
+/// major is raised for any other change (a signature, a status's meaning, a moved field).
 pub const ABI_VERSION: u32 = 1;
 
-/// The version of the framework crate (`CARGO_PKG_VERSION`). Host and plugin must agree
-/// exactly, because the meaning of the data behind the ABI (layout text, profile JSON) follows
-/// the framework.
+/// The size of the first descriptor of ABI major [`ABI_VERSION`]: a plugin's descriptor is at
+/// least this long. Frozen for the major; later releases append after it.
+pub const MIN_DESCRIPTOR_SIZE: u32 = 216;
+
+/// The version of the framework crate (`CARGO_PKG_VERSION`). A plugin's is informational
+/// (reported by `vfio-variant plugin check`): the ABI major decides compatibility, and the data
+/// behind the ABI (layout text, profile JSON) is versioned on its own (`format = 1`, serde
+/// fields that only grow).
 pub const FRAMEWORK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// [`FRAMEWORK_VERSION`] as the NUL-terminated string a descriptor points at.

@@ -253,6 +253,17 @@ impl IrqTable {
         }
     }
 
+    /// Whether vector `vector` of `index` was raised while masked and waits for its unmask
+    /// (what the MSI-X PBA shows).
+    pub fn pending(&self, index: u32, vector: u32) -> bool {
+        self.state
+            .lock()
+            .vectors
+            .get(index as usize)
+            .and_then(|v| v.get(vector as usize))
+            .is_some_and(|v| v.pending)
+    }
+
     /// Raises vector `vector` of an edge-triggered index (MSI, MSI-X, ERR, REQ).
     pub fn raise(&self, index: u32, vector: u32) {
         let mut state = self.state.lock();

@@ -149,6 +149,12 @@ impl Port {
         }
         let irqs = Arc::new(IrqTable::new([intx, msi, msix, 1, 1]));
         let dma = Arc::new(DmaTable::new());
+        let pending = Arc::downgrade(&irqs);
+        function.set_msix_pending(Some(Arc::new(move |vector| {
+            pending
+                .upgrade()
+                .is_some_and(|irqs| irqs.pending(IRQ_INDEX_MSIX, vector))
+        })));
         function.function().attach(FunctionContext {
             dma: Arc::clone(&dma) as _,
             interrupts: Arc::new(PortInterrupts {

@@ -20,8 +20,6 @@ use crate::hw::{DsaDevice, PortalError};
 
 /// Size of the virtual BAR0 and BAR2.
 const BAR_SIZE: u64 = 0x2000;
-/// MSI-X table and PBA (BAR0 0x600-0x800), served as plain memory.
-const MSIX_RANGE: std::ops::Range<u64> = 0x600..0x800;
 /// MSI-X permission table (BAR0 0x300, one 8-byte entry per vector), plain memory.
 const MSIX_PERM_RANGE: std::ops::Range<u64> = MSIX_PERM..MSIX_PERM + 16;
 /// MSI-X vector of command completions and errors.
@@ -102,7 +100,6 @@ struct State {
     swerr: u64,
     wqcfg2: u32,
     bus_master: bool,
-    msix: Vec<u8>,
     msix_perm: Vec<u8>,
 }
 
@@ -118,7 +115,6 @@ impl State {
             swerr: 0,
             wqcfg2: mode_bit(mode) | (1 << WQCFG_PRIORITY_SHIFT),
             bus_master: false,
-            msix: vec![0; (MSIX_RANGE.end - MSIX_RANGE.start) as usize],
             msix_perm: vec![0; (MSIX_PERM_RANGE.end - MSIX_PERM_RANGE.start) as usize],
         }
     }
@@ -267,7 +263,6 @@ impl IdxdFunction {
             cmd::DISABLE_DEVICE if !s.enabled => (cmdsts::ERR_DEV_NOTEN, 0),
             cmd::DISABLE_DEVICE | cmd::RESET_DEVICE => {
                 let error = self.forward(cmd::DRAIN_WQ);
-                let msix = std::mem::take(&mut s.msix);
                 let msix_perm = std::mem::take(&mut s.msix_perm);
                 let bus_master = s.bus_master;
                 if code == cmd::RESET_DEVICE {
@@ -276,7 +271,7 @@ impl IdxdFunction {
                     s.enabled = false;
                     s.wq_enabled = false;
                 }
-                (s.msix, s.msix_perm, s.bus_master) = (msix, msix_perm, bus_master);
+                (s.msix_perm, s.bus_master) = (msix_perm, bus_master);
                 (error, 0)
             }
             cmd::DRAIN_ALL | cmd::DRAIN_PASID => (self.forward(cmd::DRAIN_WQ), 0),
@@ -402,9 +397,6 @@ impl Function for IdxdFunction {
 
     fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
         match bar {
-            0 if MSIX_RANGE.contains(&offset) => {
-                plain_read(&self.state.lock().msix, offset - MSIX_RANGE.start, data)
-            }
             0 if MSIX_PERM_RANGE.contains(&offset) => plain_read(
                 &self.state.lock().msix_perm,
                 offset - MSIX_PERM_RANGE.start,
@@ -439,9 +431,6 @@ impl Function for IdxdFunction {
 
     fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
         match bar {
-            0 if MSIX_RANGE.contains(&offset) => {
-                plain_write(&mut self.state.lock().msix, offset - MSIX_RANGE.start, data)
-            }
             0 if MSIX_PERM_RANGE.contains(&offset) => plain_write(
                 &mut self.state.lock().msix_perm,
                 offset - MSIX_PERM_RANGE.start,

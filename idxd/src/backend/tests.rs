@@ -203,10 +203,12 @@ fn virtual_registers_show_one_wq_and_one_group() {
     assert_eq!(read32(f, WQCFG + 24) >> WQCFG_STATE_SHIFT, 1);
     write32(f, WQCFG + 8, 5 << WQCFG_PRIORITY_SHIFT);
     assert_eq!(read32(f, WQCFG + 8) >> WQCFG_PRIORITY_SHIFT & 0xf, 3);
-    // The MSI-X table and permissions are plain memory.
-    f.bar_write(0, 0x610, &[1, 2, 3, 4]).unwrap();
+    // The MSI-X permissions are plain memory (the table and PBA are the framework's).
+    f.bar_write(0, crate::hw::registers::MSIX_PERM + 8, &[1, 2, 3, 4])
+        .unwrap();
     let mut back = [0u8; 4];
-    f.bar_read(0, 0x610, &mut back).unwrap();
+    f.bar_read(0, crate::hw::registers::MSIX_PERM + 8, &mut back)
+        .unwrap();
     assert_eq!(back, [1, 2, 3, 4]);
     assert!(f.bar_read(0, 0x11, &mut [0u8; 4]).is_err());
     let shared = b.create(&request("1swq")).unwrap();

@@ -3,18 +3,17 @@
 //!
 //! One profile, `scratchpad`, with [`CAPACITY`] instances: creating a function takes one,
 //! dropping it gives it back. A function has an emulated BAR 0 of 32-bit registers
-//! (see [`regs`]), an MSI-X capability whose table lives in BAR 2 (handled by the framework),
+//! (see [`regs`]), an MSI-X capability whose table and PBA live in BAR 2 (served by the
+//! framework: no access to them reaches this backend),
 //! and stop-copy migration of its scratch and counter registers.
 //!
-//! Features build variants for the host's refusal tests: `wrong-abi`, `wrong-version`,
-//! `wrong-magic`, `null-entry` (descriptors that claim another ABI or framework version, lack the
-//! magic number or miss an entry) and `no-entry` (no entry symbol at all).
-#![cfg_attr(feature = "no-entry", allow(dead_code))]
+//! The loader's compatibility and refusal fixtures are in `tests/plugin-variants/`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use parking_lot::Mutex;
+use vfio_variant::backend::layout_check::LayoutRequirements;
 use vfio_variant::backend::{
     Backend, BackendError, CreateRequest, DmaError, Function, FunctionContext, FunctionError,
     Interrupt, ProfileInfo,
@@ -23,7 +22,6 @@ use vfio_variant::config::ConfigEvent;
 use vfio_variant::migration::{
     MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
 };
-use vfio_variant::vpci::layout::{BarBacking, BarKind, CapabilityBody};
 
 /// The backend's name.
 const NAME: &str = "example-scratchpad";
@@ -149,26 +147,11 @@ impl Backend for Scratchpad {
         if request.profile != PROFILE {
             return Err(BackendError::UnknownProfile(request.profile.clone()));
         }
-        match &request.layout.bars[0] {
-            Some(bar)
-                if bar.backing == BarBacking::Emulated
-                    && bar.kind != BarKind::Io
-                    && bar.size >= regs::END => {}
-            _ => {
-                return Err(BackendError::Refused(
-                    "BAR 0 must be an emulated memory BAR of at least 64 bytes".into(),
-                ));
-            }
-        }
-        let msix_vectors = request
-            .layout
-            .capabilities
-            .iter()
-            .find_map(|c| match &c.body {
-                CapabilityBody::Msix(msix) => Some(u32::from(msix.table_size)),
-                _ => None,
-            })
-            .unwrap_or(0);
+        // BAR 0 holds the registers; the MSI-X table (served by the framework) gives the vectors.
+        let facts = LayoutRequirements::new()
+            .emulated_memory_bar(0, regs::END)
+            .check(&request.layout)?;
+        let msix_vectors = facts.msix_vectors;
         let mut initial_scratch = 0;
         for (key, value) in &request.attributes {
             match key.as_str() {
@@ -259,8 +242,9 @@ struct Migration {
     loading: Vec<u8>,
 }
 
-/// Saved state: `ID_VALUE`, scratch, counter, little-endian.
-const STATE_LEN: usize = 12;
+/// Saved state: `ID_VALUE`, scratch, counter, DMA source, destination and length,
+/// little-endian.
+const STATE_LEN: usize = 32;
 
 /// A provisioned scratchpad function.
 struct ScratchFunction {
@@ -320,7 +304,10 @@ impl ScratchFunction {
         let mut state = [0; STATE_LEN];
         state[..4].copy_from_slice(&regs::ID_VALUE.to_le_bytes());
         state[4..8].copy_from_slice(&r.scratch.to_le_bytes());
-        state[8..].copy_from_slice(&r.counter.to_le_bytes());
+        state[8..12].copy_from_slice(&r.counter.to_le_bytes());
+        state[12..20].copy_from_slice(&r.dma_src.to_le_bytes());
+        state[20..28].copy_from_slice(&r.dma_dst.to_le_bytes());
+        state[28..].copy_from_slice(&r.dma_len.to_le_bytes());
         state
     }
 }
@@ -441,9 +428,13 @@ impl MigrationHooks for ScratchFunction {
                         loading.len()
                     )));
                 }
+                let u32_at =
+                    |at: usize| u32::from_le_bytes(loading[at..at + 4].try_into().unwrap());
+                let u64_at =
+                    |at: usize| u64::from_le_bytes(loading[at..at + 8].try_into().unwrap());
                 let mut r = self.registers.lock();
-                r.scratch = u32::from_le_bytes([loading[4], loading[5], loading[6], loading[7]]);
-                r.counter = u32::from_le_bytes([loading[8], loading[9], loading[10], loading[11]]);
+                (r.scratch, r.counter) = (u32_at(4), u32_at(8));
+                (r.dma_src, r.dma_dst, r.dma_len) = (u64_at(12), u64_at(20), u32_at(28));
             }
             _ => return Err(MigrationError::Device(format!("no arc {from:?} -> {to:?}"))),
         }
@@ -484,63 +475,12 @@ impl MigrationHooks for ScratchFunction {
     }
 }
 
-#[cfg(not(any(
-    feature = "wrong-abi",
-    feature = "wrong-version",
-    feature = "wrong-magic",
-    feature = "null-entry",
-    feature = "no-entry"
-)))]
 vfio_variant::export_backend!(Scratchpad::new(CAPACITY));
 
-/// The refusal variants: a real backend behind a broken descriptor.
-#[cfg(any(
-    feature = "wrong-abi",
-    feature = "wrong-version",
-    feature = "wrong-magic",
-    feature = "null-entry"
-))]
-mod mismatched {
-    use vfio_variant::plugin::{BackendHandle, PluginDescriptor, Sink, Status, new_backend};
-
-    unsafe extern "C" fn new(out: *mut *mut BackendHandle, error: *const Sink<'_>) -> Status {
-        // SAFETY: this is the descriptor's `new` entry; the host calls it as the ABI describes,
-        // which is what `new_backend` requires.
-        unsafe { new_backend(out, error, || super::Scratchpad::new(super::CAPACITY)) }
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn conforms() {
+        vfio_variant::testing::assert_conformance(&super::Scratchpad::new(super::CAPACITY));
     }
-
-    static DESCRIPTOR: PluginDescriptor = {
-        #[allow(unused_mut)]
-        let mut descriptor = PluginDescriptor::exported(new);
-        #[cfg(feature = "wrong-abi")]
-        {
-            descriptor.abi_version = vfio_variant::plugin::ABI_VERSION + 1;
-        }
-        #[cfg(feature = "wrong-version")]
-        {
-            descriptor.framework_version = c"0.0.0-mismatch".as_ptr();
-        }
-        #[cfg(feature = "wrong-magic")]
-        {
-            descriptor.magic = u64::from_le_bytes(*b"notvfio!");
-        }
-        #[cfg(feature = "null-entry")]
-        {
-            descriptor.function.reset = None;
-        }
-        descriptor
-    };
-
-    /// The entry point, returning the broken descriptor.
-    #[unsafe(no_mangle)]
-    pub extern "C" fn vfio_variant_backend_entry() -> *const PluginDescriptor {
-        &DESCRIPTOR
-    }
-}
-
-/// The `no-entry` variant exports only this: a shared library, but not a backend.
-#[cfg(feature = "no-entry")]
-#[unsafe(no_mangle)]
-pub extern "C" fn example_scratchpad_not_a_backend() -> u32 {
-    regs::ID_VALUE
 }

@@ -296,10 +296,11 @@ impl SampleInner {
                 state.int_status &= !value;
                 self.update_intx(state);
             }
-            RAISE => {
+            RAISE if value < VECTORS => {
                 state.int_status |= INT_RAISED;
                 self.raise(state, value);
             }
+            RAISE => {}
             DMA_SRC_LO => state.src = (state.src & !0xffff_ffff) | u64::from(value),
             DMA_SRC_HI => state.src = (state.src & 0xffff_ffff) | (u64::from(value) << 32),
             DMA_DST_LO => state.dst = (state.dst & !0xffff_ffff) | u64::from(value),

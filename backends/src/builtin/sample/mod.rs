@@ -92,6 +92,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use vfio_variant::testing::{Options, assert_conformance_with};
     use vfio_variant::vpci::parse_layout;
 
     fn request(profile: &str) -> CreateRequest {
@@ -101,6 +102,13 @@ mod tests {
             layout: Arc::new(parse_layout("sample", LAYOUT).unwrap()),
             attributes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_sample_backend_conforms() {
+        // NVRAM survives resets by design.
+        let options = Options::default().survives_reset(0, registers::NVRAM..registers::NVRAM + 4);
+        assert_conformance_with(&SampleBackend::new(2), &options);
     }
 
     #[test]

@@ -13,8 +13,11 @@ pub const INT_STATUS: u64 = 0x08;
 pub const INT_DMA_DONE: u32 = 1 << 0;
 /// Interrupt status bit: software raised an interrupt through [`RAISE`].
 pub const INT_RAISED: u32 = 1 << 1;
-/// Writing N raises MSI-X vector N (MSI-X on), else MSI (on), else INTx.
+/// Writing N raises MSI-X vector N (MSI-X on), else MSI (on), else INTx; N of [`VECTORS`] or
+/// more raises nothing.
 pub const RAISE: u64 = 0x0c;
+/// Vectors [`RAISE`] takes: the MSI-X table size of the sample's layout.
+pub const VECTORS: u32 = 4;
 /// DMA source address, low 32 bits.
 pub const DMA_SRC_LO: u64 = 0x10;
 /// DMA source address, high 32 bits.
