@@ -266,6 +266,19 @@ fn dma_regions_are_bounded_per_function(s: &Server) {
     }
 }
 
+/// Polls `probe` until it gives `Some`: device work started by a register write runs on the
+/// function's worker after the write is answered. A bound, not a timing check: 10 s.
+fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Guest memory in an unsealed memfd the client shrinks after mapping it.
 struct Shrinking {
     client: Client,
@@ -297,7 +310,9 @@ fn sample_dma(c: &mut Client, src: u64, dst: u64) -> u32 {
     write32(c, 0, sample::DMA_DST_HI, (dst >> 32) as u32);
     write32(c, 0, sample::DMA_LEN, 16);
     write32(c, 0, sample::DMA_CMD, sample::DMA_CMD_START);
-    read32(c, 0, sample::DMA_STATUS)
+    eventually("the sample DMA engine finishes", || {
+        Some(read32(c, 0, sample::DMA_STATUS)).filter(|&s| s != sample::DMA_STATUS_BUSY)
+    })
 }
 
 /// The sample engine: a read from gone memory is status 2, a write to it status 3.
@@ -348,10 +363,12 @@ fn virtio_queue_in_shrunk_memory_needs_reset(s: &Server, name: &str, queue: u16)
     assert_eq!(status[0] & STATUS_NEEDS_RESET, 0, "{name}: healthy before");
     g.shrink();
     io(&mut g.client, legacy::QUEUE_NOTIFY, &queue.to_le_bytes());
-    g.client
-        .region_read(0, legacy::STATUS.into(), &mut status)
-        .unwrap();
-    assert_ne!(status[0] & STATUS_NEEDS_RESET, 0, "{name}: NEEDS_RESET");
+    eventually(&format!("{name}: NEEDS_RESET"), || {
+        g.client
+            .region_read(0, legacy::STATUS.into(), &mut status)
+            .unwrap();
+        (status[0] & STATUS_NEEDS_RESET != 0).then_some(())
+    });
     drop(g);
     s.wait_detached(name);
 }
@@ -376,14 +393,15 @@ fn mlx_ring_in_shrunk_memory_sets_its_error(s: &Server) {
     write32(c, 0, reg(mlx::ENABLE), 1);
     g.put(GUEST, &7u64.to_le_bytes());
     write32(&mut g.client, 0, reg(mlx::PRODUCER), 1);
-    assert_eq!(read32(&mut g.client, 0, reg(mlx::CONSUMER)), 1);
+    eventually("mlx0 consumes the first entry", || {
+        (read32(&mut g.client, 0, reg(mlx::CONSUMER)) == 1).then_some(())
+    });
     assert_eq!(read32(&mut g.client, 0, reg(mlx::ERROR)), 0);
     g.shrink();
     write32(&mut g.client, 0, reg(mlx::PRODUCER), 2);
-    assert_eq!(
-        read32(&mut g.client, 0, reg(mlx::ERROR)) & mlx::ERROR_DMA,
-        mlx::ERROR_DMA
-    );
+    eventually("mlx0 sets ERROR_DMA", || {
+        (read32(&mut g.client, 0, reg(mlx::ERROR)) & mlx::ERROR_DMA == mlx::ERROR_DMA).then_some(())
+    });
     assert_eq!(read32(&mut g.client, 0, reg(mlx::CONSUMER)), 1);
     write32(&mut g.client, 0, reg(mlx::ENABLE), 0);
     drop(g);
@@ -414,9 +432,11 @@ fn dsa_memmove_from_shrunk_memory_completes_with_a_fault(s: &Server) {
     let submit = |c: &mut Client| {
         rustix::io::pwrite(&records, &[0u8; 32], 0).unwrap();
         c.region_write(2, 0, &memmove.encode()).unwrap();
-        let mut b = [0u8; 32];
-        rustix::io::pread(&records, &mut b, 0).unwrap();
-        Completion::decode(&b)
+        eventually("the DSA writes its completion record", || {
+            let mut b = [0u8; 32];
+            rustix::io::pread(&records, &mut b, 0).unwrap();
+            Some(Completion::decode(&b)).filter(|record| record.status != 0)
+        })
     };
     assert_eq!(submit(&mut g.client).status, status::SUCCESS);
     g.shrink();
