@@ -8,20 +8,21 @@ mod error;
 mod regions;
 
 pub use error::DeviceError;
-pub use regions::{CONFIG_REGION, ROM_REGION, RegionInfo};
+pub use regions::{CONFIG_REGION, ROM_REGION, RegionInfo, passthrough_areas};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::backend::{Backend, BackendError, CreateRequest, Function};
+use crate::backend::{Backend, BackendError, CreateRequest, DirectPath, Function, MmapFile};
 use crate::config::{ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate};
 use crate::pci::regs;
 use crate::physical::PhysicalFunction;
 use crate::vpci::LayoutError;
 use crate::vpci::bind::bind;
-use crate::vpci::layout::{BarBacking, BarKind, RomBacking};
+use crate::vpci::checks::MMAP_PAGE_SIZE;
+use crate::vpci::layout::{BarBacking, BarKind, CapabilityBody, MmapArea, RomBacking};
 
 /// A virtual PCI function.
 pub struct VirtualFunction {
@@ -310,6 +311,44 @@ impl VirtualFunction {
     /// What each region is: size, access, mmappable areas.
     pub fn regions(&self) -> Vec<RegionInfo> {
         regions::describe(self.template().layout())
+    }
+
+    /// The direct path to the function's device, when it runs on kernel VFIO.
+    pub fn direct(&self) -> Option<&dyn DirectPath> {
+        self.function.direct()
+    }
+
+    /// The file a VMM may mmap for BAR `index` and the areas of the BAR it may map: an
+    /// emulated BAR's file from the backend with the layout's areas; a passthrough BAR's
+    /// device file from the direct path, with the layout's areas cut to what the device
+    /// allows and with the MSI-X table and PBA pages left out. `None`: every access is a
+    /// message.
+    pub fn region_mmap(&self, index: u8) -> Option<(MmapFile, Vec<MmapArea>)> {
+        let template = self.template();
+        let layout = template.layout();
+        let bar = layout.bar(index)?;
+        if bar.mmap.is_empty() {
+            return None;
+        }
+        let (file, areas) = match bar.backing {
+            BarBacking::Emulated => (self.function.bar_mmap(index)?, bar.mmap.clone()),
+            BarBacking::LegacyIo => return None,
+            BarBacking::Passthrough { physical_bar } => {
+                let direct = self.function.direct()?.bar_file(physical_bar)?;
+                let trapped: Vec<(u64, u64)> = layout
+                    .capabilities
+                    .iter()
+                    .filter_map(|c| match &c.body {
+                        CapabilityBody::Msix(m) => Some(m.trapped_pages(index, MMAP_PAGE_SIZE)),
+                        _ => None,
+                    })
+                    .flatten()
+                    .collect();
+                let areas = passthrough_areas(&bar.mmap, &direct.mappable, &trapped, bar.size);
+                (direct.file, areas)
+            }
+        };
+        (!areas.is_empty()).then_some((file, areas))
     }
 }
 
