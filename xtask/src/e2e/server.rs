@@ -54,7 +54,7 @@ use super::output;
 use crate::cmd::{cargo, run as run_step, target_dir, workspace_root};
 
 /// The usage line of this command.
-const USAGE: &str = "usage: cargo xtask e2e";
+const USAGE: &str = "usage: cargo xtask e2e [nested]";
 
 /// The guest's `/init`.
 const INIT: &str = include_str!("server/init.sh");
@@ -94,8 +94,10 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Runs `cargo xtask e2e`.
 pub fn run(args: &[String]) -> Result<(), String> {
-    if !args.is_empty() {
-        return Err(USAGE.to_string());
+    match args {
+        [] => {}
+        [only] if only == "nested" => return run_nested(),
+        _ => return Err(USAGE.to_string()),
     }
     require_root()?;
     let started = Instant::now();
@@ -131,6 +133,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
     timings.push(("kernel VFIO".to_string(), step.elapsed()));
 
     let step = Instant::now();
+    let checks = checks + super::nested::run(&root, &kernel, &static_binary)?;
+    timings.push(("nested passthrough".to_string(), step.elapsed()));
+
+    let step = Instant::now();
     let checks = checks + super::virtio::run(&root, &kernel, &binary)?;
     timings.push(("virtio".to_string(), step.elapsed()));
 
@@ -145,6 +151,23 @@ pub fn run(args: &[String]) -> Result<(), String> {
     eprintln!(
         "e2e: {}; total {:.1} s",
         timings.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `cargo xtask e2e nested`: only the nested part ([`super::nested`]), for working on it.
+fn run_nested() -> Result<(), String> {
+    require_root()?;
+    let started = Instant::now();
+    let root = chroot::ensure_chroot()?;
+    let root = fs::canonicalize(&root)
+        .map_err(|e| format!("cannot resolve the chroot {}: {e}", root.display()))?;
+    let kernel = chroot::kernel(&root)?;
+    let static_binary = super::vfio::build_static()?;
+    let checks = super::nested::run(&root, &kernel, &static_binary)?;
+    eprintln!(
+        "e2e nested: {checks} checks passed; total {:.1} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())

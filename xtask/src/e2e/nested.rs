@@ -1,0 +1,280 @@
+//! The nested part of `cargo xtask e2e`: a real function through kernel VFIO, one VM level down.
+//!
+//! L1 boots under TCG with QEMU's emulated Intel IOMMU and an nvme (a disk image on this host)
+//! behind a root port; `-cpu max` gives it SVM, so L1 runs its own guests (L2) under KVM with the
+//! chroot's QEMU, shared read-only over 9p. In one L1 boot (`nested/init.sh`):
+//!
+//! - the nvme is bound to vfio-pci, and a layout is derived from it (`vpci derive --sysfs`);
+//! - baseline: L2 through QEMU's own `-device vfio-pci,host=...`;
+//! - `vfio-variant serve` (a static build) exposes the nvme with the passthrough backend under
+//!   that layout, and L2 boots twice with `vfio-user-pci` to it (guest RAM in a shared memfd);
+//!   during the second boot, `destroy` of the attached function must be refused.
+//!
+//! Each L2 (`nested/l2.sh`) runs the unmodified nvme driver: it reads the disk's first MiB and
+//! writes a MiB of random data at its own slot, both with O_DIRECT, and reads it back. The host
+//! then checks, per L2 boot: the first MiB's md5 equals the image's; the slot in the image on this
+//! host holds what L2 wrote; the nvme's interrupt counts rose. Through vfio-user also: the config
+//! space L2 read equals the layout in every read-only bit.
+//!
+//! L1 takes about 30-40 s of its own time per L2 boot under TCG (a few minutes wall on 2 cores).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::chroot::Kernel;
+use super::guest::{Console, Guest, GuestError};
+use super::initramfs::{Initramfs, Source};
+use super::output;
+use super::server::checks::{Fields, Layout, compare_config, decode_hex};
+
+/// L1's `/init`.
+const INIT: &str = include_str!("nested/init.sh");
+/// L2's `/init`.
+const L2_INIT: &str = include_str!("nested/l2.sh");
+
+/// The disk image: its size, and the first MiB filled with a known pattern.
+const IMAGE_MIB: u64 = 16;
+const MIB: usize = 1 << 20;
+
+/// L1's RAM: its own, and L2's 256 MiB.
+const L1_MEMORY_MIB: u32 = 1536;
+/// How long L1 may run (three L2 boots under TCG).
+const L1_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The L2 boots: section name, the disk slot (MiB) it writes, whether it goes through the server.
+const BOOTS: [(&str, u64, bool); 3] = [
+    ("baseline", 1, false),
+    ("user1", 2, true),
+    ("user2", 3, true),
+];
+
+/// The first MiB of the image: a fixed pseudo-random pattern.
+fn pattern() -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..MIB)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// The md5 of `bytes`, by `md5sum`.
+fn md5(bytes: &[u8], scratch: &Path) -> Result<String, String> {
+    fs::write(scratch, bytes).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let out = output("md5sum", Command::new("md5sum").arg(scratch))?;
+    let _ = fs::remove_file(scratch);
+    out.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| "md5sum printed nothing".into())
+}
+
+/// The disk image inside the chroot: (host path, path as QEMU in the chroot sees it).
+fn make_image(root: &Path) -> Result<(PathBuf, String), String> {
+    let inside = format!("/tmp/vfio-variant-nested-{}.img", std::process::id());
+    let host = root.join(inside.trim_start_matches('/'));
+    let mut file = fs::File::create(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+    file.write_all(&pattern())
+        .and_then(|()| file.set_len(IMAGE_MIB * MIB as u64))
+        .map_err(|e| format!("{}: {e}", host.display()))?;
+    Ok((host, inside))
+}
+
+fn read_slot(image: &Path, slot: u64) -> Result<Vec<u8>, String> {
+    let mut file = fs::File::open(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    let mut data = vec![0u8; MIB];
+    file.seek(SeekFrom::Start(slot * MIB as u64))
+        .and_then(|_| file.read_exact(&mut data))
+        .map_err(|e| format!("{}: {e}", image.display()))?;
+    Ok(data)
+}
+
+/// Removes the image however the run ends.
+struct ImageFile(PathBuf);
+
+impl Drop for ImageFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Checks one L2 boot; returns the checks passed.
+fn check_boot(
+    console: &Console,
+    name: &'static str,
+    slot: u64,
+    layout: Option<&Layout>,
+    image: &Path,
+    first_md5: &str,
+) -> Result<usize, GuestError> {
+    let lines = console.section(name)?;
+    let fields = Fields::new(name, &lines);
+    let fail = |what: String| console.error(format!("{name}: {what}"));
+    let field = |key: &str| fields.text(key).map(str::to_string).map_err(&fail);
+    if field("l2_done")? != "1" {
+        return Err(fail("L2 did not finish".into()));
+    }
+    let driver = field("driver")?;
+    if driver != "nvme" {
+        return Err(fail(format!(
+            "the function is bound to `{driver}` in L2, not nvme"
+        )));
+    }
+    let read = field("read_md5")?;
+    if read != first_md5 {
+        return Err(fail(format!(
+            "L2 read {read} from the first MiB, the image on L0 holds {first_md5}"
+        )));
+    }
+    eprintln!(
+        "    ok  {name}: unmodified nvme driver reads the image's first MiB (O_DIRECT, md5 {read})"
+    );
+    let written = field("written_md5")?;
+    let back = field("readback_md5")?;
+    let scratch = image.with_extension(format!("{name}.slot"));
+    let on_disk = read_slot(image, slot)
+        .and_then(|d| md5(&d, &scratch))
+        .map_err(&fail)?;
+    if written != back || written != on_disk {
+        return Err(fail(format!(
+            "L2 wrote {written} at MiB {slot}, read back {back}; the image on L0 holds {on_disk}"
+        )));
+    }
+    eprintln!("    ok  {name}: what L2 wrote at MiB {slot} (O_DIRECT) is in the image on L0");
+    let (before, after) = (
+        fields.number("irq_before").map_err(&fail)?,
+        fields.number("irq_after").map_err(&fail)?,
+    );
+    if after <= before {
+        return Err(fail(format!(
+            "nvme interrupts did not rise: {before} -> {after}"
+        )));
+    }
+    eprintln!("    ok  {name}: nvme interrupts {before} -> {after}");
+    let mut passed = 3;
+    if let Some(layout) = layout {
+        let config = decode_hex(&field("config")?).map_err(&fail)?;
+        let what = compare_config(&config, layout).map_err(&fail)?;
+        eprintln!("    ok  {name}: {what}");
+        passed += 1;
+    }
+    Ok(passed)
+}
+
+fn check_bind(console: &Console) -> Result<(), GuestError> {
+    let bind = console.section("bind")?;
+    if !bind.contains(&"driver=vfio-pci") || !bind.contains(&"kvm=/dev/kvm") {
+        return Err(console.error(format!(
+            "L1 did not bind the nvme to vfio-pci or has no KVM:\n{}",
+            bind.join("\n")
+        )));
+    }
+    eprintln!("    ok  L1: nvme bound to vfio-pci behind the IOMMU, KVM for L2");
+    Ok(())
+}
+
+fn check_server(console: &Console) -> Result<usize, GuestError> {
+    let user2 = console.section("user2")?;
+    let refused = Fields::new("user2", &user2)
+        .number("destroy_attached_status")
+        .map_err(|e| console.error(e))?;
+    if refused == 0 {
+        return Err(console.error("destroy of the attached passthrough function was not refused"));
+    }
+    eprintln!("    ok  destroy while L2 is attached is refused");
+    let teardown = console.section("teardown")?;
+    let fields = Fields::new("teardown", &teardown);
+    let status = |key: &str| fields.number(key).map_err(|e| console.error(e));
+    if status("destroy_status")? != 0 || status("server_status")? != 0 {
+        let log = console.section("serverlog")?.join("\n");
+        return Err(console.error(format!(
+            "destroy or the server's exit failed:\n{}\n--- server log\n{log}",
+            teardown.join("\n")
+        )));
+    }
+    let types = console.section("types")?;
+    if !types.iter().any(|l| l.contains("passthrough")) {
+        return Err(console.error(format!(
+            "`types` lists no passthrough backend:\n{}",
+            types.join("\n")
+        )));
+    }
+    eprintln!("    ok  destroy after L2 left, and the server exits 0");
+    Ok(2)
+}
+
+/// Boots L1 and checks everything; returns the number of checks passed.
+pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<usize, String> {
+    let (image, image_inside) = make_image(root)?;
+    let _image = ImageFile(image.clone());
+    let first_md5 = md5(&pattern(), &image.with_extension("first"))?;
+    let l2_initrd = Initramfs::new(L2_INIT).module("nvme").build(root, kernel)?;
+    let initrd = Initramfs::new(INIT)
+        .module("vfio-pci")
+        .module("vfio_iommu_type1")
+        .module("kvm-amd")
+        .module("9p")
+        .module("9pnet_virtio")
+        .file(
+            "/bin/vfio-variant",
+            Source::Host(binary.to_path_buf()),
+            0o755,
+        )
+        .build(root, kernel)?;
+    let console = Guest::new(root, "e2e-nested", kernel, &initrd)
+        .memory(L1_MEMORY_MIB)
+        .append("intel_iommu=on")
+        .append(&format!("e2e.kernel={}", kernel.image))
+        .append(&format!("e2e.l2initrd={l2_initrd}"))
+        .args([
+            "-cpu",
+            "max",
+            "-device",
+            "intel-iommu",
+            "-device",
+            "pcie-root-port,id=rp1,bus=pcie.0,chassis=1",
+            "-drive",
+            &format!("file={image_inside},if=none,id=d0,format=raw,cache=none"),
+            "-device",
+            "nvme,drive=d0,serial=vv-nested,bus=rp1",
+            "-virtfs",
+            "local,path=/,mount_tag=root,security_model=none,readonly=on",
+        ])
+        .timeout(L1_TIMEOUT)
+        .run()
+        .map_err(String::from)?;
+    let check = || -> Result<usize, GuestError> {
+        check_bind(&console)?;
+        let layout_lines = console.section("layout")?;
+        if !layout_lines.contains(&"status=0") {
+            return Err(console.error(format!("vpci derive failed:\n{}", layout_lines.join("\n"))));
+        }
+        let json = console.section("layout-json")?.join("\n");
+        let layout = Layout::from_check_json(&json)
+            .map_err(|e| console.error(format!("vpci check --json: {e}\n{json}")))?;
+        let mut passed = 1;
+        let mut summary = String::new();
+        for (name, slot, through_server) in BOOTS {
+            passed += check_boot(
+                &console,
+                name,
+                slot,
+                through_server.then_some(&layout),
+                &image,
+                &first_md5,
+            )?;
+            let _ = write!(summary, " {name}");
+        }
+        passed += check_server(&console)?;
+        eprintln!("    ok  nested L2 boots:{summary}");
+        Ok(passed)
+    };
+    check().map_err(String::from)
+}

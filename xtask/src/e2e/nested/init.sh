@@ -1,0 +1,127 @@
+#!/bin/sh
+# L1's /init for the nested part of `cargo xtask e2e` (xtask/src/e2e/nested.rs). L1 runs under
+# TCG with an emulated Intel IOMMU and an nvme behind a root port. It binds the nvme to vfio-pci,
+# then runs L2 guests under KVM with the chroot's QEMU (shared read-only over 9p): first through
+# QEMU's own vfio-pci (the baseline), then twice through `vfio-user-pci` to `vfio-variant serve`
+# and its passthrough function. L2's /init (l2.sh) prints `key=value` lines; this script wraps each
+# L2 run in `=== BEGIN name ===` / `=== END name ===` markers. The host decides what passed.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+dmesg -n 1
+/bin/load-modules
+
+begin() { echo "=== BEGIN $1 ==="; }
+end() { echo "=== END $1 ==="; }
+param() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^e2e\.$1=//p"; }
+
+kernel=$(param kernel)
+l2initrd=$(param l2initrd)
+
+dev=
+for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat "$d/vendor")" = 0x1b36 ] && [ "$(cat "$d/device")" = 0x0010 ]; then
+        dev=$d
+    fi
+done
+addr=$(basename "$dev")
+begin bind
+if [ -n "$dev" ]; then
+    echo vfio-pci > "$dev/driver_override"
+    echo "$addr" > /sys/bus/pci/drivers_probe
+    echo "device=$addr"
+    echo "driver=$(basename "$(readlink "$dev/driver")")"
+    echo "group=$(basename "$(readlink "$dev/iommu_group")")"
+fi
+echo "kvm=$(ls /dev/kvm 2>/dev/null)"
+end bind
+
+# The chroot, read-only, with a writable /tmp for sockets, and the devices L2 needs.
+mkdir -p /mnt
+mount -t 9p -o trans=virtio,version=9p2000.L,ro root /mnt
+mount -t tmpfs tmpfs /mnt/tmp
+mount --bind /dev /mnt/dev
+mount --bind /proc /mnt/proc
+mount --bind /sys /mnt/sys
+
+begin layout
+vfio-variant vpci derive --sysfs "$dev" --name nvme -o /tmp/nvme.toml 2>&1
+echo "status=$?"
+end layout
+begin layout-json
+vfio-variant vpci check --json /tmp/nvme.toml 2>&1
+end layout-json
+
+# One L2 boot: $1 names it, $2 is the disk slot (MiB) it writes, the rest are QEMU arguments.
+l2() {
+    name=$1 slot=$2
+    shift 2
+    chroot /mnt qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256 \
+        -nographic -nodefaults -serial stdio -no-reboot \
+        -kernel "$kernel" -initrd "$l2initrd" \
+        -append "console=ttyS0 panic=-1 quiet e2e.slot=$slot" \
+        -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 "$@" 2>&1
+    echo "qemu_status=$?"
+}
+
+begin baseline
+l2 baseline 1 -device vfio-pci,host="$addr",bus=rp1
+end baseline
+
+cat > /tmp/serve.toml <<CONFIG
+[[function]]
+name = "nvme0"
+backend = "passthrough"
+profile = "$addr"
+layout = "/tmp/nvme.toml"
+CONFIG
+export VFIO_VARIANT_RUN_DIR=/mnt/tmp/vv VFIO_VARIANT_STATE_DIR=/tmp/state
+export VFIO_VARIANT_LOG=info
+mkdir -p /mnt/tmp/vv /tmp/state
+vfio-variant serve --config /tmp/serve.toml > /tmp/serve.log 2>&1 &
+server=$!
+i=0
+while [ ! -S /mnt/tmp/vv/nvme0.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+
+begin types
+vfio-variant types 2>&1
+end types
+
+user=/tmp/vv/nvme0.sock
+userdev="{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$user\",\"type\":\"unix\"},\"bus\":\"rp1\"}"
+memory="memory-backend-memfd,id=mem0,size=256M,share=on"
+
+begin user1
+l2 user1 2 -object "$memory" -numa node,memdev=mem0 -device "$userdev"
+end user1
+
+# The second boot, and a destroy while it is attached (refused).
+begin user2
+l2 user2 3 -object "$memory" -numa node,memdev=mem0 -device "$userdev" > /tmp/user2.out &
+qemu=$!
+i=0
+while ! grep -q attached /tmp/list.out 2>/dev/null && [ $i -lt 100 ]; do
+    vfio-variant list > /tmp/list.out 2>&1
+    sleep 0.1
+    i=$((i + 1))
+done
+vfio-variant destroy nvme0 > /tmp/destroy.out 2>&1
+echo "destroy_attached_status=$?"
+sed 's/^/destroy: /' /tmp/destroy.out
+wait $qemu
+cat /tmp/user2.out
+end user2
+
+begin teardown
+vfio-variant destroy nvme0 2>&1
+echo "destroy_status=$?"
+kill -TERM $server
+wait $server
+echo "server_status=$?"
+end teardown
+begin serverlog
+cat /tmp/serve.log
+end serverlog
+
+sync
+poweroff -f

@@ -1,0 +1,35 @@
+#!/bin/sh
+# L2's /init for the nested part of `cargo xtask e2e`: the unmodified nvme driver on the function
+# L1 passes through (QEMU's vfio-pci or vfio-user-pci). Reads the disk's first MiB and writes one
+# MiB at slot `e2e.slot` (in MiB), both with O_DIRECT, and prints `key=value` lines.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+dmesg -n 1
+/bin/load-modules
+
+slot=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^e2e\.slot=//p')
+irqs() { grep nvme /proc/interrupts | awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) s += $i } END { print s + 0 }'; }
+
+dev=
+for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat "$d/vendor")" = 0x1b36 ] && [ "$(cat "$d/device")" = 0x0010 ]; then
+        dev=$d
+    fi
+done
+echo "l2_device=$(basename "$dev")"
+echo "config=$(hexdump -v -e '1/1 "%02x"' "$dev/config")"
+i=0
+while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+echo "driver=$(basename "$(readlink "$dev/driver")")"
+echo "irq_before=$(irqs)"
+echo "read_md5=$(dd if=/dev/nvme0n1 iflag=direct bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
+dd if=/dev/urandom of=/tmp/w bs=1M count=1 2>/dev/null
+echo "written_md5=$(md5sum < /tmp/w | cut -d' ' -f1)"
+dd if=/tmp/w of=/dev/nvme0n1 oflag=direct bs=1M seek="$slot" count=1 2>/dev/null
+echo "write_status=$?"
+echo "readback_md5=$(dd if=/dev/nvme0n1 iflag=direct bs=1M skip="$slot" count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
+echo "irq_after=$(irqs)"
+grep nvme /proc/interrupts | sed 's/^/interrupts: /'
+echo "l2_done=1"
+poweroff -f
