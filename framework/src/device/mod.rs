@@ -21,8 +21,7 @@ use crate::pci::regs;
 use crate::physical::PhysicalFunction;
 use crate::vpci::LayoutError;
 use crate::vpci::bind::bind;
-use crate::vpci::checks::MMAP_PAGE_SIZE;
-use crate::vpci::layout::{BarBacking, BarKind, CapabilityBody, MmapArea, RomBacking};
+use crate::vpci::layout::{BarBacking, BarKind, MmapArea, RomBacking};
 
 /// A virtual PCI function.
 pub struct VirtualFunction {
@@ -321,8 +320,7 @@ impl VirtualFunction {
     /// The file a VMM may mmap for BAR `index` and the areas of the BAR it may map: an
     /// emulated BAR's file from the backend with the layout's areas; a passthrough BAR's
     /// device file from the direct path, with the layout's areas cut to what the device
-    /// allows and with the MSI-X table and PBA pages left out. `None`: every access is a
-    /// message.
+    /// allows. `None`: every access is a message.
     pub fn region_mmap(&self, index: u8) -> Option<(MmapFile, Vec<MmapArea>)> {
         let template = self.template();
         let layout = template.layout();
@@ -335,16 +333,9 @@ impl VirtualFunction {
             BarBacking::LegacyIo => return None,
             BarBacking::Passthrough { physical_bar } => {
                 let direct = self.function.direct()?.bar_file(physical_bar)?;
-                let trapped: Vec<(u64, u64)> = layout
-                    .capabilities
-                    .iter()
-                    .filter_map(|c| match &c.body {
-                        CapabilityBody::Msix(m) => Some(m.trapped_pages(index, MMAP_PAGE_SIZE)),
-                        _ => None,
-                    })
-                    .flatten()
-                    .collect();
-                let areas = passthrough_areas(&bar.mmap, &direct.mappable, &trapped, bar.size);
+                // The layout's areas already leave out the MSI-X table and PBA pages (the
+                // layout checks refuse an area over them).
+                let areas = passthrough_areas(&bar.mmap, &direct.mappable, bar.size);
                 (direct.file, areas)
             }
         };

@@ -29,6 +29,9 @@ use vfio_variant::vpci::layout::{BarBacking, CapabilityBody, Layout};
 
 use host::Host;
 
+/// The backend's name.
+pub const NAME: &str = "passthrough";
+
 /// The passthrough backend.
 pub struct PassthroughBackend {
     host: Host,
@@ -86,7 +89,7 @@ pub fn check_fit(layout: &Layout, msix_vectors: u32) -> Result<(), LayoutError> 
 
 impl Backend for PassthroughBackend {
     fn name(&self) -> &str {
-        "passthrough"
+        NAME
     }
 
     fn description(&self) -> &str {

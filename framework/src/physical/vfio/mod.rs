@@ -58,9 +58,10 @@ impl Iommu for Container {
 /// A PCI function bound to vfio-pci, opened through its IOMMU group.
 pub struct VfioPhysicalFunction {
     sysfs: PathBuf,
-    device: VfioDevice,
-    /// The device fd again, for VMMs to mmap BARs from.
+    /// The device fd again, for VMMs to mmap BARs from. Declared before `device`: it must be
+    /// closed first, or the group cannot leave its container when `device` is dropped.
     device_file: Arc<OwnedFd>,
+    device: VfioDevice,
     /// Client memory in the container's IOMMU; the container (and group) stay open with it.
     dma: IommuMappings<Container>,
     config_size: u16,
@@ -99,8 +100,8 @@ impl VfioPhysicalFunction {
             })?;
         Ok(Self {
             sysfs: sysfs.to_path_buf(),
-            device,
             device_file: Arc::new(device_file),
+            device,
             dma: IommuMappings::new(Container(container)),
             config_size,
         })

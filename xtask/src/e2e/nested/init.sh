@@ -88,7 +88,9 @@ vfio-variant types 2>&1
 end types
 
 user=/tmp/vv/nvme0.sock
-userdev="{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$user\",\"type\":\"unix\"},\"bus\":\"rp1\"}"
+# Pinning L2's RAM for the IOMMU (the first DMA_MAP) takes longer than QEMU's default 5 s
+# message timeout here, with L1 under TCG and its IOMMU emulated.
+userdev="{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$user\",\"type\":\"unix\"},\"bus\":\"rp1\",\"x-msg-timeout\":60000}"
 memory="memory-backend-memfd,id=mem0,size=256M,share=on"
 
 begin user1
@@ -100,9 +102,9 @@ begin user2
 l2 user2 3 -object "$memory" -numa node,memdev=mem0 -device "$userdev" > /tmp/user2.out &
 qemu=$!
 i=0
-while ! grep -q attached /tmp/list.out 2>/dev/null && [ $i -lt 100 ]; do
+while ! grep -q attached /tmp/list.out 2>/dev/null && [ $i -lt 60 ]; do
     vfio-variant list > /tmp/list.out 2>&1
-    sleep 0.1
+    sleep 0.5
     i=$((i + 1))
 done
 vfio-variant destroy nvme0 > /tmp/destroy.out 2>&1
