@@ -189,6 +189,15 @@ fn check_server(console: &Console) -> Result<usize, GuestError> {
         return Err(console.error("destroy of the attached passthrough function was not refused"));
     }
     eprintln!("    ok  destroy while L2 is attached is refused");
+    let maps = Fields::new("user2", &user2)
+        .number("bar_mmaps")
+        .map_err(|e| console.error(e))?;
+    if maps == 0 {
+        return Err(console.error(
+            "L2's QEMU has no mapping of the VFIO device: BAR accesses go through the server",
+        ));
+    }
+    eprintln!("    ok  L2's QEMU maps {maps} range(s) of the VFIO device fd the server gave it");
     let teardown = console.section("teardown")?;
     let fields = Fields::new("teardown", &teardown);
     let status = |key: &str| fields.number(key).map_err(|e| console.error(e));
@@ -207,7 +216,7 @@ fn check_server(console: &Console) -> Result<usize, GuestError> {
         )));
     }
     eprintln!("    ok  destroy after L2 left, and the server exits 0");
-    Ok(2)
+    Ok(3)
 }
 
 /// Boots L1 and checks everything; returns the number of checks passed.

@@ -52,16 +52,22 @@ begin layout-json
 vfio-variant vpci check --json /tmp/nvme.toml 2>&1
 end layout-json
 
+# CPU time of the server so far, in clock ticks (USER_HZ: 100 a second).
+server_ticks() { if [ -n "$server" ]; then awk '{ print $14 + $15 }' "/proc/$server/stat"; else echo 0; fi; }
+
 # One L2 boot: $1 names it, $2 is the disk slot (MiB) it writes, the rest are QEMU arguments.
 l2() {
     name=$1 slot=$2
     shift 2
-    chroot /mnt qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256 \
+    before=$(server_ticks)
+    time -f "qemu_seconds=%e qemu_cpu_seconds=%U+%S" \
+        chroot /mnt qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256 \
         -nographic -nodefaults -serial stdio -no-reboot \
         -kernel "$kernel" -initrd "$l2initrd" \
         -append "console=ttyS0 panic=-1 quiet e2e.slot=$slot" \
         -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 "$@" 2>&1
     echo "qemu_status=$?"
+    echo "server_ticks=$(($(server_ticks) - before))"
 }
 
 begin baseline
@@ -107,6 +113,8 @@ while ! grep -q attached /tmp/list.out 2>/dev/null && [ $i -lt 60 ]; do
     sleep 0.5
     i=$((i + 1))
 done
+# The VMM maps the device's BAR pages from the fd the server gave it: doorbells bypass the server.
+echo "bar_mmaps=$(grep -c 'vfio-device' "/proc/$(pidof qemu-system-x86_64)/maps")"
 vfio-variant destroy nvme0 > /tmp/destroy.out 2>&1
 echo "destroy_attached_status=$?"
 sed 's/^/destroy: /' /tmp/destroy.out
@@ -115,6 +123,9 @@ cat /tmp/user2.out
 end user2
 
 begin teardown
+# The server notices the VMM left once it has unwired the device (unmapping L2's RAM).
+i=0
+while vfio-variant list 2>&1 | grep -q attached && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
 vfio-variant destroy nvme0 2>&1
 echo "destroy_status=$?"
 kill -TERM $server

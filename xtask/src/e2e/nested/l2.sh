@@ -23,6 +23,7 @@ i=0
 while [ ! -b /dev/nvme0n1 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 echo "driver=$(basename "$(readlink "$dev/driver")")"
 echo "irq_before=$(irqs)"
+echo "uptime_io_start=$(cut -d' ' -f1 /proc/uptime)"
 echo "read_md5=$(dd if=/dev/nvme0n1 iflag=direct bs=1M count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
 dd if=/dev/urandom of=/tmp/w bs=1M count=1 2>/dev/null
 echo "written_md5=$(md5sum < /tmp/w | cut -d' ' -f1)"
@@ -30,6 +31,7 @@ dd if=/tmp/w of=/dev/nvme0n1 oflag=direct bs=1M seek="$slot" count=1 2>/dev/null
 echo "write_status=$?"
 echo "readback_md5=$(dd if=/dev/nvme0n1 iflag=direct bs=1M skip="$slot" count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
 echo "irq_after=$(irqs)"
+echo "uptime_io_end=$(cut -d' ' -f1 /proc/uptime)"
 grep nvme /proc/interrupts | sed 's/^/interrupts: /'
 echo "l2_done=1"
 poweroff -f
