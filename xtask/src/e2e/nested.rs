@@ -16,7 +16,12 @@
 //! host holds what L2 wrote; the nvme's interrupt counts rose. Through vfio-user also: the config
 //! space L2 read equals the layout in every read-only bit.
 //!
-//! L1 takes about 30-40 s of its own time per L2 boot under TCG (a few minutes wall on 2 cores).
+//! Also: L2's QEMU maps the VFIO device fd the server handed out (BAR pages bypass the
+//! server); `destroy` works once L2 has left, and the server exits 0.
+//!
+//! The whole L1 boot took about 130 s wall on an idle 2-core host, and up to 10 minutes with
+//! other builds running. `cargo xtask bench` boots it once more with release builds and
+//! `blkbench` in each L2 ([`bench`]).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -25,11 +30,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::chroot::Kernel;
+use super::blkbench::{Figures, field};
+use super::chroot::{self, Kernel};
 use super::guest::{Console, Guest, GuestError};
 use super::initramfs::{Initramfs, Source};
 use super::output;
 use super::server::checks::{Fields, Layout, compare_config, decode_hex};
+use super::server::require_root;
+use super::vfio::build_static_bin;
 
 /// L1's `/init`.
 const INIT: &str = include_str!("nested/init.sh");
@@ -219,12 +227,28 @@ fn check_server(console: &Console) -> Result<usize, GuestError> {
     Ok(3)
 }
 
-/// Boots L1 and checks everything; returns the number of checks passed.
-pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<usize, String> {
+/// L1's console after its boot, with the image it used and the md5 of the image's first MiB.
+struct L1Run {
+    console: Console,
+    image: ImageFile,
+    first_md5: String,
+}
+
+/// Boots L1 with the static `binary`; with `blkbench`, each L2 also runs it.
+fn boot(
+    root: &Path,
+    kernel: &Kernel,
+    binary: &Path,
+    blkbench: Option<&Path>,
+) -> Result<L1Run, String> {
     let (image, image_inside) = make_image(root)?;
-    let _image = ImageFile(image.clone());
-    let first_md5 = md5(&pattern(), &image.with_extension("first"))?;
-    let l2_initrd = Initramfs::new(L2_INIT).module("nvme").build(root, kernel)?;
+    let image = ImageFile(image);
+    let first_md5 = md5(&pattern(), &image.0.with_extension("first"))?;
+    let mut l2 = Initramfs::new(L2_INIT).module("nvme");
+    if let Some(blkbench) = blkbench {
+        l2 = l2.file("/bin/blkbench", Source::Host(blkbench.to_path_buf()), 0o755);
+    }
+    let l2_initrd = l2.build(root, kernel)?;
     let initrd = Initramfs::new(INIT)
         .module("vfio-pci")
         .module("vfio_iommu_type1")
@@ -242,6 +266,7 @@ pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<usize, String>
         .append("intel_iommu=on")
         .append(&format!("e2e.kernel={}", kernel.image))
         .append(&format!("e2e.l2initrd={l2_initrd}"))
+        .append(&format!("e2e.bench={}", u8::from(blkbench.is_some())))
         .args([
             "-cpu",
             "max",
@@ -259,31 +284,108 @@ pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<usize, String>
         .timeout(L1_TIMEOUT)
         .run()
         .map_err(String::from)?;
-    let check = || -> Result<usize, GuestError> {
-        check_bind(&console)?;
-        let layout_lines = console.section("layout")?;
-        if !layout_lines.contains(&"status=0") {
-            return Err(console.error(format!("vpci derive failed:\n{}", layout_lines.join("\n"))));
-        }
-        let json = console.section("layout-json")?.join("\n");
-        let layout = Layout::from_check_json(&json)
-            .map_err(|e| console.error(format!("vpci check --json: {e}\n{json}")))?;
-        let mut passed = 1;
-        let mut summary = String::new();
-        for (name, slot, through_server) in BOOTS {
-            passed += check_boot(
-                &console,
-                name,
-                slot,
-                through_server.then_some(&layout),
-                &image,
-                &first_md5,
-            )?;
-            let _ = write!(summary, " {name}");
-        }
-        passed += check_server(&console)?;
-        eprintln!("    ok  nested L2 boots:{summary}");
-        Ok(passed)
+    Ok(L1Run {
+        console,
+        image,
+        first_md5,
+    })
+}
+
+/// Checks everything L1 printed; returns the number of checks passed.
+fn check(run: &L1Run) -> Result<usize, GuestError> {
+    let console = &run.console;
+    check_bind(console)?;
+    let layout_lines = console.section("layout")?;
+    if !layout_lines.contains(&"status=0") {
+        return Err(console.error(format!("vpci derive failed:\n{}", layout_lines.join("\n"))));
+    }
+    let json = console.section("layout-json")?.join("\n");
+    let layout = Layout::from_check_json(&json)
+        .map_err(|e| console.error(format!("vpci check --json: {e}\n{json}")))?;
+    let mut passed = 1;
+    let mut summary = String::new();
+    for (name, slot, through_server) in BOOTS {
+        passed += check_boot(
+            console,
+            name,
+            slot,
+            through_server.then_some(&layout),
+            &run.image.0,
+            &run.first_md5,
+        )?;
+        let _ = write!(summary, " {name}");
+    }
+    passed += check_server(console)?;
+    eprintln!("    ok  nested L2 boots:{summary}");
+    Ok(passed)
+}
+
+/// Boots L1 and checks everything; returns the number of checks passed.
+pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<usize, String> {
+    let run = boot(root, kernel, binary, None)?;
+    check(&run).map_err(String::from)
+}
+
+/// The figures of `cargo xtask bench` from the nested setup.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchResults {
+    /// L2 through `vfio-user-pci` and the passthrough function (the first vfio-user boot).
+    pub user: Figures,
+    /// L2 through QEMU's own vfio-pci, in the same L1 boot.
+    pub baseline: Figures,
+    /// CPU seconds the server used during that vfio-user L2 boot.
+    pub server_cpu: f64,
+    /// CPU seconds L2's QEMU used in it.
+    pub qemu_cpu: f64,
+}
+
+/// The blkbench figures an L2 boot printed.
+fn figures(console: &Console, name: &'static str) -> Result<Figures, GuestError> {
+    let lines = console.section(name)?;
+    let line = lines.iter().find(|l| l.starts_with("BLKBENCH "));
+    line.and_then(|l| {
+        Some(Figures {
+            randread_iops: field(l, "randread_iops")?.parse().ok()?,
+            seq_mbps: field(l, "seq_mbps")?.parse().ok()?,
+        })
+    })
+    .ok_or_else(|| console.error(format!("`{name}`: no figures from blkbench")))
+}
+
+/// Boots L1 with release builds and blkbench in every L2, checks it as the e2e does, and
+/// returns the figures (needs root).
+pub fn bench() -> Result<BenchResults, String> {
+    require_root()?;
+    let root = chroot::ensure_chroot()?;
+    let root = fs::canonicalize(&root)
+        .map_err(|e| format!("cannot resolve the chroot {}: {e}", root.display()))?;
+    let kernel = chroot::kernel(&root)?;
+    let binary = build_static_bin("vfio-variant-backends", "vfio-variant", true)?;
+    let blkbench = build_static_bin("xtask", "blkbench", true)?;
+    let run = boot(&root, &kernel, &binary, Some(&blkbench))?;
+    let results = || -> Result<BenchResults, GuestError> {
+        check(&run)?;
+        let console = &run.console;
+        let user1 = console.section("user1")?;
+        let fields = Fields::new("user1", &user1);
+        let ticks = fields
+            .number("server_ticks")
+            .map_err(|e| console.error(e))?;
+        let qemu = fields
+            .text("qemu_cpu_seconds")
+            .map_err(|e| console.error(e))?;
+        let qemu_cpu = qemu
+            .split('+')
+            .map(|t| t.parse::<f64>().ok())
+            .sum::<Option<f64>>()
+            .ok_or_else(|| console.error(format!("qemu_cpu_seconds={qemu}")))?;
+        Ok(BenchResults {
+            user: figures(console, "user1")?,
+            baseline: figures(console, "baseline")?,
+            // /proc/PID/stat counts in USER_HZ, 100 a second.
+            server_cpu: ticks as f64 / 100.0,
+            qemu_cpu,
+        })
     };
-    check().map_err(String::from)
+    results().map_err(String::from)
 }

@@ -17,6 +17,7 @@ param() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^e2e\.$1=//p"; }
 
 kernel=$(param kernel)
 l2initrd=$(param l2initrd)
+bench=$(param bench)
 
 dev=
 for d in /sys/bus/pci/devices/*; do
@@ -64,7 +65,7 @@ l2() {
         chroot /mnt qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256 \
         -nographic -nodefaults -serial stdio -no-reboot \
         -kernel "$kernel" -initrd "$l2initrd" \
-        -append "console=ttyS0 panic=-1 quiet e2e.slot=$slot" \
+        -append "console=ttyS0 panic=-1 quiet e2e.slot=$slot e2e.bench=$bench" \
         -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 "$@" 2>&1
     echo "qemu_status=$?"
     echo "server_ticks=$(($(server_ticks) - before))"

@@ -1,14 +1,16 @@
 #!/bin/sh
 # L2's /init for the nested part of `cargo xtask e2e`: the unmodified nvme driver on the function
 # L1 passes through (QEMU's vfio-pci or vfio-user-pci). Reads the disk's first MiB and writes one
-# MiB at slot `e2e.slot` (in MiB), both with O_DIRECT, and prints `key=value` lines.
+# MiB at slot `e2e.slot` (in MiB), both with O_DIRECT, and prints `key=value` lines. With
+# `e2e.bench=1` it then runs /bin/blkbench (`cargo xtask bench`) on the disk.
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 dmesg -n 1
 /bin/load-modules
 
-slot=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^e2e\.slot=//p')
+param() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^e2e\.$1=//p"; }
+slot=$(param slot)
 irqs() { grep nvme /proc/interrupts | awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) s += $i } END { print s + 0 }'; }
 
 dev=
@@ -33,5 +35,8 @@ echo "readback_md5=$(dd if=/dev/nvme0n1 iflag=direct bs=1M skip="$slot" count=1 
 echo "irq_after=$(irqs)"
 echo "uptime_io_end=$(cut -d' ' -f1 /proc/uptime)"
 grep nvme /proc/interrupts | sed 's/^/interrupts: /'
+if [ "$(param bench)" = 1 ]; then
+    blkbench --rand-seconds 3 --seq-seconds 2 /dev/nvme0n1
+fi
 echo "l2_done=1"
 poweroff -f
