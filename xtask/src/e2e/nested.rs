@@ -197,6 +197,15 @@ fn check_server(console: &Console) -> Result<usize, GuestError> {
         return Err(console.error("destroy of the attached passthrough function was not refused"));
     }
     eprintln!("    ok  destroy while L2 is attached is refused");
+    let busy = Fields::new("user2", &user2)
+        .number("busy_status")
+        .map_err(|e| console.error(e))?;
+    if busy == 0 || !user2.iter().any(|l| l.contains("is busy")) {
+        return Err(
+            console.error("a second open of the served device was not refused as a busy group")
+        );
+    }
+    eprintln!("    ok  the device's group is busy for another process while served");
     let maps = Fields::new("user2", &user2)
         .number("bar_mmaps")
         .map_err(|e| console.error(e))?;
@@ -216,6 +225,25 @@ fn check_server(console: &Console) -> Result<usize, GuestError> {
             teardown.join("\n")
         )));
     }
+    let unfit = fields
+        .number("unfit_status")
+        .map_err(|e| console.error(e))?;
+    let named = teardown
+        .iter()
+        .any(|l| l.starts_with("unfit: ") && l.contains("bar[0].size"));
+    let left = fields
+        .number("after_unfit_instances")
+        .map_err(|e| console.error(e))?;
+    let free = teardown
+        .iter()
+        .any(|l| l.starts_with("after_unfit_type: ") && l.contains("available     1"));
+    if unfit == 0 || !named || left != 0 || !free {
+        return Err(console.error(format!(
+            "a layout with a BAR larger than the device's was not refused cleanly:\n{}",
+            teardown.join("\n")
+        )));
+    }
+    eprintln!("    ok  a layout that does not fit is refused naming bar[0].size; nothing is left");
     let types = console.section("types")?;
     if !types.iter().any(|l| l.contains("passthrough")) {
         return Err(console.error(format!(
@@ -224,7 +252,7 @@ fn check_server(console: &Console) -> Result<usize, GuestError> {
         )));
     }
     eprintln!("    ok  destroy after L2 left, and the server exits 0");
-    Ok(3)
+    Ok(5)
 }
 
 /// L1's console after its boot, with the image it used and the md5 of the image's first MiB.

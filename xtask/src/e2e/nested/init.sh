@@ -114,6 +114,10 @@ while ! grep -q attached /tmp/list.out 2>/dev/null && [ $i -lt 60 ]; do
     sleep 0.5
     i=$((i + 1))
 done
+# Another process cannot take the device while the server has it.
+vfio-variant vpci check /tmp/nvme.toml --vfio "$dev" > /tmp/busy.out 2>&1
+echo "busy_status=$?"
+sed 's/^/busy: /' /tmp/busy.out
 # The VMM maps the device's BAR pages from the fd the server gave it: doorbells bypass the server.
 echo "bar_mmaps=$(grep -c 'vfio-device' "/proc/$(pidof qemu-system-x86_64)/maps")"
 vfio-variant destroy nvme0 > /tmp/destroy.out 2>&1
@@ -129,6 +133,15 @@ i=0
 while vfio-variant list 2>&1 | grep -q attached && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
 vfio-variant destroy nvme0 2>&1
 echo "destroy_status=$?"
+# A layout that does not fit (BAR 0 larger than the device's) is refused and leaves nothing behind.
+awk '/^\[\[bar\]\]/ { bar++ } bar == 1 && /^size = / && !done { print "size = \"1G\""; done = 1; next } { print }' \
+    /tmp/nvme.toml > /tmp/nvme-big.toml
+vfio-variant create --backend passthrough --profile "$addr" --layout /tmp/nvme-big.toml \
+    --name big > /tmp/big.out 2>&1
+echo "unfit_status=$?"
+sed 's/^/unfit: /' /tmp/big.out
+echo "after_unfit_instances=$(vfio-variant list 2>&1 | grep -c passthrough)"
+vfio-variant types 2>&1 | grep "$addr" | sed 's/^/after_unfit_type: /'
 kill -TERM $server
 wait $server
 echo "server_status=$?"
