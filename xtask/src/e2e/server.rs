@@ -133,7 +133,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     timings.push(("kernel VFIO".to_string(), step.elapsed()));
 
     let step = Instant::now();
-    let checks = checks + super::nested::run(&root, &kernel, &static_binary)?;
+    let checks = checks + super::nested::run(&root, &kernel)?;
     timings.push(("nested passthrough".to_string(), step.elapsed()));
 
     let step = Instant::now();
@@ -164,8 +164,7 @@ fn run_nested() -> Result<(), String> {
     let root = fs::canonicalize(&root)
         .map_err(|e| format!("cannot resolve the chroot {}: {e}", root.display()))?;
     let kernel = chroot::kernel(&root)?;
-    let static_binary = super::vfio::build_static()?;
-    let checks = super::nested::run(&root, &kernel, &static_binary)?;
+    let checks = super::nested::run(&root, &kernel)?;
     eprintln!(
         "e2e nested: {checks} checks passed; total {:.1} s",
         started.elapsed().as_secs_f64()

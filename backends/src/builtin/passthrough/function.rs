@@ -9,29 +9,36 @@ use vfio_variant::pci::regs;
 use vfio_variant::physical::PhysicalFunction;
 use vfio_variant::physical::vfio::VfioPhysicalFunction;
 
+use super::Provisioned;
+
 /// COMMAND bits the guest's virtual COMMAND register gives the device: decoding, bus
 /// mastering and the INTx disable (which vfio-pci virtualizes in turn).
 const COMMAND_TO_DEVICE: u16 =
     regs::COMMAND_IO | regs::COMMAND_MEMORY | regs::COMMAND_BUS_MASTER | regs::COMMAND_INTX_DISABLE;
 
 /// A function of the passthrough backend. Dropping it closes the device (the kernel resets
-/// it and unmaps its IOMMU) and gives the address back to the backend.
+/// it and unmaps its IOMMU), puts back the VF settings create made, and gives the address
+/// back to the backend.
 pub struct PassthroughFunction {
     device: VfioPhysicalFunction,
     address: String,
+    provisioned: Option<Provisioned>,
     in_use: Arc<Mutex<Vec<String>>>,
 }
 
 impl PassthroughFunction {
-    /// Wraps an opened device; `in_use` loses `address` when the function is dropped.
+    /// Wraps an opened device; when the function is dropped, what `provisioned` set on the
+    /// VF is put back and `in_use` loses `address`.
     pub fn new(
         device: VfioPhysicalFunction,
         address: String,
+        provisioned: Option<Provisioned>,
         in_use: Arc<Mutex<Vec<String>>>,
     ) -> Self {
         Self {
             device,
             address,
+            provisioned,
             in_use,
         }
     }
@@ -40,6 +47,9 @@ impl PassthroughFunction {
 impl Drop for PassthroughFunction {
     fn drop(&mut self) {
         self.device.release();
+        if let Some(provisioned) = &self.provisioned {
+            provisioned.restore();
+        }
         self.in_use.lock().retain(|a| *a != self.address);
     }
 }

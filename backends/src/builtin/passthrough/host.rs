@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::vf::VfLocation;
+
 /// The driver a function must be bound to.
 pub const VFIO_PCI: &str = "vfio-pci";
 
@@ -46,6 +48,17 @@ pub enum HostError {
         member: String,
         /// Its driver.
         driver: String,
+    },
+    /// A VF profile was asked for a function that is not an SR-IOV VF.
+    #[error("{0} is not an SR-IOV VF: mac, vlan, spoofchk and trust are set on VFs only")]
+    NotAVf(String),
+    /// The VF's PF has no network interface to set VF settings on.
+    #[error("the PF {pf} of {address} has no network interface (is its driver loaded?)")]
+    NoNetdev {
+        /// The VF.
+        address: String,
+        /// Its PF.
+        pf: String,
     },
     /// The function has no IOMMU group (no IOMMU, or it is off).
     #[error("{0} has no IOMMU group: is the IOMMU on (intel_iommu=on)?")]
@@ -113,6 +126,43 @@ impl Host {
     /// The IOMMU group of a function.
     pub fn group(&self, address: &str) -> Option<String> {
         link_name(&self.device_dir(address).join("iommu_group"))
+    }
+
+    /// Where VF `address` is managed: its PF's netdev (the first under `net/`) and its number
+    /// there (the PF's `virtfnN` link that points at it).
+    pub fn vf_location(&self, address: &str) -> Result<VfLocation, HostError> {
+        let dir = self.device_dir(address);
+        let pf = link_name(&dir.join("physfn")).ok_or_else(|| HostError::NotAVf(address.into()))?;
+        let pf_dir = self.device_dir(&pf);
+        let no_netdev = || HostError::NoNetdev {
+            address: address.to_string(),
+            pf: pf.clone(),
+        };
+        let mut netdevs: Vec<String> = std::fs::read_dir(pf_dir.join("net"))
+            .map_err(|_| no_netdev())?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        netdevs.sort();
+        let netdev = netdevs.into_iter().next().ok_or_else(no_netdev)?;
+        let ifindex = std::fs::read_to_string(pf_dir.join("net").join(&netdev).join("ifindex"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .ok_or_else(no_netdev)?;
+        let vf = std::fs::read_dir(&pf_dir)
+            .map_err(|_| HostError::NotAVf(address.into()))?
+            .flatten()
+            .find_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let n = name.strip_prefix("virtfn")?.parse::<u32>().ok()?;
+                (link_name(&e.path()).as_deref() == Some(address)).then_some(n)
+            })
+            .ok_or_else(|| HostError::NotAVf(address.into()))?;
+        Ok(VfLocation {
+            netdev,
+            ifindex,
+            vf,
+        })
     }
 
     /// Checks that `address` is bound to vfio-pci and that no other member of its IOMMU
@@ -200,6 +250,42 @@ pub(crate) mod tests {
             symlink(&group_dir, dir.join("iommu_group")).unwrap();
             symlink(&dir, group_dir.join("devices").join(address)).unwrap();
         }
+    }
+
+    impl FakeSysfs {
+        /// Makes `vf` VF number `n` of `pf`, whose netdev is `netdev` with index `ifindex`.
+        pub fn add_vf(&self, pf: &str, vf: &str, n: u32, netdev: &str, ifindex: u32) {
+            let pf_dir = self.root.join("devices").join(pf);
+            let vf_dir = self.root.join("devices").join(vf);
+            symlink(&pf_dir, vf_dir.join("physfn")).unwrap();
+            symlink(&vf_dir, pf_dir.join(format!("virtfn{n}"))).unwrap();
+            let net = pf_dir.join("net").join(netdev);
+            std::fs::create_dir_all(&net).unwrap();
+            std::fs::write(net.join("ifindex"), format!("{ifindex}\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_vf_is_found_on_its_pf_netdev() {
+        let sysfs = FakeSysfs::new();
+        sysfs.add("0000:01:00.0", Some("igb"), "1");
+        sysfs.add("0000:01:10.0", Some("vfio-pci"), "2");
+        sysfs.add("0000:01:10.2", Some("vfio-pci"), "3");
+        sysfs.add_vf("0000:01:00.0", "0000:01:10.0", 0, "enp1s0", 4);
+        sysfs.add_vf("0000:01:00.0", "0000:01:10.2", 1, "enp1s0", 4);
+        let host = Host::new(&sysfs.root);
+        assert_eq!(
+            host.vf_location("0000:01:10.2"),
+            Ok(VfLocation {
+                netdev: "enp1s0".into(),
+                ifindex: 4,
+                vf: 1
+            })
+        );
+        assert_eq!(
+            host.vf_location("0000:01:00.0"),
+            Err(HostError::NotAVf("0000:01:00.0".into()))
+        );
     }
 
     impl Drop for FakeSysfs {

@@ -4,12 +4,15 @@
 //! mmapped by the VMM. The server only sees config space and the trapped BAR pages.
 //!
 //! Its profiles are the functions bound to vfio-pci, by PCI address: `types` lists them, and
-//! `create --backend passthrough --profile 0000:01:00.0` exposes one. Create changes nothing
-//! on the host (the function must already be bound to vfio-pci), so destroy has nothing to
-//! restore beyond closing the device, which the kernel resets.
+//! `create --backend passthrough --profile 0000:01:00.0` exposes one. The binding is the
+//! operator's (create refuses a function not bound to vfio-pci). An SR-IOV VF may be given a
+//! profile (attributes `mac`, `vlan`, `spoofchk`, `trust`), set on its PF's netdev over
+//! rtnetlink before it is exposed ([`vf`]); destroy puts those back and closes the device,
+//! which the kernel resets.
 
 mod function;
 pub mod host;
+pub mod vf;
 
 pub use function::PassthroughFunction;
 
@@ -28,6 +31,7 @@ use vfio_variant::vpci::derive::{DeriveOptions, derive};
 use vfio_variant::vpci::layout::{BarBacking, CapabilityBody, Layout};
 
 use host::Host;
+use vf::{VfLocation, VfProfile};
 
 /// The backend's name.
 pub const NAME: &str = "passthrough";
@@ -128,14 +132,20 @@ impl Backend for PassthroughBackend {
 
     fn create(&self, request: &CreateRequest) -> Result<Box<dyn Function>, BackendError> {
         let address = request.profile.clone();
-        if let Some((key, _)) = request.attributes.first() {
-            return Err(BackendError::Refused(format!(
-                "the passthrough backend has no attribute `{key}`"
-            )));
-        }
+        let profile =
+            VfProfile::from_attributes(&request.attributes).map_err(BackendError::Refused)?;
         self.host
             .check(&address)
             .map_err(|e| BackendError::Refused(e.to_string()))?;
+        let location = if profile.is_empty() {
+            None
+        } else {
+            Some(
+                self.host
+                    .vf_location(&address)
+                    .map_err(|e| BackendError::Refused(e.to_string()))?,
+            )
+        };
         {
             let mut in_use = self.in_use.lock();
             if in_use.contains(&address) {
@@ -144,23 +154,72 @@ impl Backend for PassthroughBackend {
             in_use.push(address.clone());
         }
         let release = || self.in_use.lock().retain(|a| *a != address);
+        // The VF is provisioned through its PF before it is exposed.
+        let provisioned = match location {
+            None => None,
+            Some(location) => {
+                let applied = vf::current(&location)
+                    .map_err(|source| vf::VfError {
+                        netdev: location.netdev.clone(),
+                        vf: location.vf,
+                        what: "reading the settings".into(),
+                        source,
+                    })
+                    .and_then(|previous| {
+                        vf::apply(&location, &profile, &previous).map(|()| previous)
+                    });
+                match applied {
+                    Ok(previous) => Some(Provisioned {
+                        location,
+                        profile,
+                        previous,
+                    }),
+                    Err(e) => {
+                        release();
+                        return Err(BackendError::Refused(e.to_string()));
+                    }
+                }
+            }
+        };
+        let undo = |provisioned: &Option<Provisioned>| {
+            if let Some(p) = provisioned {
+                p.restore();
+            }
+            release();
+        };
         let device = match VfioPhysicalFunction::open(&self.host.device_dir(&address)) {
             Ok(d) => d,
             Err(e) => {
-                release();
+                undo(&provisioned);
                 return Err(e.into());
             }
         };
         if let Err(e) = check_fit(&request.layout, device.irq_count(IRQ_INDEX_MSIX)) {
-            release();
+            drop(device);
+            undo(&provisioned);
             return Err(e.into());
         }
         tracing::info!(address, "passthrough function opened");
         Ok(Box::new(PassthroughFunction::new(
             device,
             address,
+            provisioned,
             Arc::clone(&self.in_use),
         )))
+    }
+}
+
+/// What create set on a VF through its PF, and what was there before.
+pub struct Provisioned {
+    location: VfLocation,
+    profile: VfProfile,
+    previous: VfProfile,
+}
+
+impl Provisioned {
+    /// Puts back what create changed.
+    pub fn restore(&self) {
+        vf::restore(&self.location, &self.profile, &self.previous);
     }
 }
 
@@ -235,7 +294,12 @@ pba_offset = 0x3000
         assert!(e.to_string().contains("not a PCI address"), "{e}");
         let mut with_attr = request("0000:01:00.0");
         with_attr.attributes.push(("mac".into(), "x".into()));
-        assert!(backend.create(&with_attr).is_err());
+        let e = backend.create(&with_attr).err().unwrap();
+        assert!(e.to_string().contains("not a MAC address"), "{e}");
+        // A VF setting for a function that is not a VF.
+        with_attr.attributes = vec![("mac".into(), "52:54:00:00:00:01".into())];
+        let e = backend.create(&with_attr).err().unwrap();
+        assert!(e.to_string().contains("not an SR-IOV VF"), "{e}");
         // No /dev/vfio here (or no such group): opening fails, and the address is free again.
         assert!(backend.create(&request("0000:01:00.0")).is_err());
         assert_eq!(backend.profiles()[0].available_instances, 1);

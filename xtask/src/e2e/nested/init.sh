@@ -57,6 +57,7 @@ end layout-json
 server_ticks() { if [ -n "$server" ]; then awk '{ print $14 + $15 }' "/proc/$server/stat"; else echo 0; fi; }
 
 # One L2 boot: $1 names it, $2 is the disk slot (MiB) it writes, the rest are QEMU arguments.
+# While it runs, the most mappings of a VFIO device fd its QEMU had (BAR pages it mmapped).
 l2() {
     name=$1 slot=$2
     shift 2
@@ -66,9 +67,28 @@ l2() {
         -nographic -nodefaults -serial stdio -no-reboot \
         -kernel "$kernel" -initrd "$l2initrd" \
         -append "console=ttyS0 panic=-1 quiet e2e.slot=$slot e2e.bench=$bench" \
-        -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 "$@" 2>&1
-    echo "qemu_status=$?"
+        -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 "$@" > "/tmp/$name.out" 2>&1 &
+    runner=$!
+    maps=0
+    while kill -0 $runner 2>/dev/null; do
+        pid=$(pidof qemu-system-x86_64)
+        n=0
+        [ -n "$pid" ] && n=$(grep -c vfio-device "/proc/$pid/maps" 2>/dev/null)
+        [ "${n:-0}" -gt "$maps" ] && maps=$n
+        sleep 1
+    done
+    wait $runner
+    status=$?
+    cat "/tmp/$name.out"
+    echo "qemu_status=$status"
+    echo "bar_mmaps=$maps"
     echo "server_ticks=$(($(server_ticks) - before))"
+}
+
+# Waits until the server has seen the last VMM go (it unwires the device, unmapping its RAM).
+detached() {
+    i=0
+    while vfio-variant list 2>&1 | grep -q attached && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
 }
 
 begin baseline
@@ -105,32 +125,25 @@ l2 user1 2 -object "$memory" -numa node,memdev=mem0 -device "$userdev"
 end user1
 
 # The second boot, and a destroy while it is attached (refused).
+detached
 begin user2
-l2 user2 3 -object "$memory" -numa node,memdev=mem0 -device "$userdev" > /tmp/user2.out &
-qemu=$!
+l2 user2 3 -object "$memory" -numa node,memdev=mem0 -device "$userdev" > /tmp/user2.section &
+boot=$!
 i=0
-while ! grep -q attached /tmp/list.out 2>/dev/null && [ $i -lt 60 ]; do
-    vfio-variant list > /tmp/list.out 2>&1
-    sleep 0.5
-    i=$((i + 1))
-done
+while ! vfio-variant list 2>&1 | grep -q attached && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
+vfio-variant destroy nvme0 > /tmp/destroy.out 2>&1
+echo "destroy_attached_status=$?"
+sed 's/^/destroy: /' /tmp/destroy.out
 # Another process cannot take the device while the server has it.
 vfio-variant vpci check /tmp/nvme.toml --vfio "$dev" > /tmp/busy.out 2>&1
 echo "busy_status=$?"
 sed 's/^/busy: /' /tmp/busy.out
-# The VMM maps the device's BAR pages from the fd the server gave it: doorbells bypass the server.
-echo "bar_mmaps=$(grep -c 'vfio-device' "/proc/$(pidof qemu-system-x86_64)/maps")"
-vfio-variant destroy nvme0 > /tmp/destroy.out 2>&1
-echo "destroy_attached_status=$?"
-sed 's/^/destroy: /' /tmp/destroy.out
-wait $qemu
-cat /tmp/user2.out
+wait $boot
+cat /tmp/user2.section
 end user2
 
 begin teardown
-# The server notices the VMM left once it has unwired the device (unmapping L2's RAM).
-i=0
-while vfio-variant list 2>&1 | grep -q attached && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
+detached
 vfio-variant destroy nvme0 2>&1
 echo "destroy_status=$?"
 # A layout that does not fit (BAR 0 larger than the device's) is refused and leaves nothing behind.
