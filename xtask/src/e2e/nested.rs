@@ -17,7 +17,10 @@
 //! space L2 read equals the layout in every read-only bit.
 //!
 //! Also: L2's QEMU maps the VFIO device fd the server handed out (BAR pages bypass the
-//! server); `destroy` works once L2 has left, and the server exits 0.
+//! server); `destroy` works once L2 has left, and the server exits 0. L0 also has an igb with
+//! SR-IOV: L1 makes a VF, binds it to vfio-pci and creates it with a MAC and a VLAN (set on the
+//! PF over rtnetlink); the second vfio-user L2 also gets the VF, and its unmodified igbvf driver
+//! must report that MAC.
 //!
 //! The whole L1 boot took about 130 s wall on an idle 2-core host, and up to 10 minutes with
 //! other builds running. `cargo xtask bench` boots it once more with release builds and
@@ -52,6 +55,9 @@ const MIB: usize = 1 << 20;
 const L1_MEMORY_MIB: u32 = 1536;
 /// How long L1 may run (three L2 boots under TCG).
 const L1_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The MAC the igb VF gets through its PF before it is exposed.
+const VF_MAC: &str = "52:54:00:12:34:56";
 
 /// The L2 boots: section name, the disk slot (MiB) it writes, whether it goes through the server.
 const BOOTS: [(&str, u64, bool); 3] = [
@@ -242,6 +248,36 @@ fn check_server(console: &Console) -> Result<usize, GuestError> {
         )));
     }
     eprintln!("    ok  a layout that does not fit is refused naming bar[0].size; nothing is left");
+    let vf = console.section("vf")?;
+    let created = console.section("vf-create")?;
+    if !vf.contains(&"vf_driver=vfio-pci") || !created.contains(&"vf_create_status=0") {
+        return Err(console.error(format!(
+            "the igb VF was not bound to vfio-pci or not created with a profile:\n{}\n{}",
+            vf.join("\n"),
+            created.join("\n")
+        )));
+    }
+    let mac = Fields::new("user2", &user2)
+        .text("vf_mac")
+        .map_err(|e| console.error(e))?;
+    if mac != VF_MAC {
+        return Err(console.error(format!(
+            "L2's igbvf reports MAC `{mac}`, not {VF_MAC} set on the PF before exposure"
+        )));
+    }
+    eprintln!(
+        "    ok  igb VF with MAC {VF_MAC} and VLAN 5 set through its PF: L2's igbvf reports {mac}"
+    );
+    if fields
+        .number("vf_destroy_status")
+        .map_err(|e| console.error(e))?
+        != 0
+    {
+        return Err(console.error(format!(
+            "destroy of the VF failed:\n{}",
+            teardown.join("\n")
+        )));
+    }
     let types = console.section("types")?;
     if !types.iter().any(|l| l.contains("passthrough")) {
         return Err(console.error(format!(
@@ -250,7 +286,7 @@ fn check_server(console: &Console) -> Result<usize, GuestError> {
         )));
     }
     eprintln!("    ok  destroy after L2 left, and the server exits 0");
-    Ok(4)
+    Ok(5)
 }
 
 /// L1's console after its boot, with the image it used and the md5 of the image's first MiB.
@@ -270,7 +306,7 @@ fn boot(
     let (image, image_inside) = make_image(root)?;
     let image = ImageFile(image);
     let first_md5 = md5(&pattern(), &image.0.with_extension("first"))?;
-    let mut l2 = Initramfs::new(L2_INIT).module("nvme");
+    let mut l2 = Initramfs::new(L2_INIT).module("nvme").module("igbvf");
     if let Some(blkbench) = blkbench {
         l2 = l2.file("/bin/blkbench", Source::Host(blkbench.to_path_buf()), 0o755);
     }
@@ -304,6 +340,12 @@ fn boot(
             &format!("file={image_inside},if=none,id=d0,format=raw,cache=none"),
             "-device",
             "nvme,drive=d0,serial=vv-nested,bus=rp1",
+            "-device",
+            "pcie-root-port,id=rp2,bus=pcie.0,chassis=2",
+            "-netdev",
+            "user,id=n0",
+            "-device",
+            "igb,netdev=n0,bus=rp2",
             "-virtfs",
             "local,path=/,mount_tag=root,security_model=none,readonly=on",
         ])

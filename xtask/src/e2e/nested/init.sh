@@ -37,6 +37,28 @@ fi
 echo "kvm=$(ls /dev/kvm 2>/dev/null)"
 end bind
 
+# An igb PF with one VF for vfio-pci, given a profile through the PF when it is created.
+pf=
+for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat "$d/vendor")" = 0x8086 ] && [ "$(cat "$d/device")" = 0x10c9 ]; then
+        pf=$d
+    fi
+done
+begin vf
+if [ -n "$pf" ]; then
+    pfnet=$(ls "$pf/net" | head -1)
+    ip link set "$pfnet" up
+    echo 1 > "$pf/sriov_numvfs"
+    vfdev=$(readlink -f "$pf/virtfn0")
+    vf=$(basename "$vfdev")
+    echo vfio-pci > "$vfdev/driver_override"
+    echo "$vf" > /sys/bus/pci/drivers_probe
+    echo "pf_netdev=$pfnet"
+    echo "vf=$vf"
+    echo "vf_driver=$(basename "$(readlink "$vfdev/driver")")"
+fi
+end vf
+
 # The chroot, read-only, with a writable /tmp for sockets, and the devices L2 needs.
 mkdir -p /mnt
 mount -t 9p -o trans=virtio,version=9p2000.L,ro root /mnt
@@ -114,6 +136,13 @@ begin types
 vfio-variant types 2>&1
 end types
 
+begin vf-create
+vfio-variant create --backend passthrough --profile "$vf" --name igbvf0 \
+    --attr mac=52:54:00:12:34:56 --attr vlan=5 2>&1
+echo "vf_create_status=$?"
+end vf-create
+vfdev_json="{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"/tmp/vv/igbvf0.sock\",\"type\":\"unix\"},\"bus\":\"rp2\",\"x-msg-timeout\":60000}"
+
 user=/tmp/vv/nvme0.sock
 # Pinning L2's RAM for the IOMMU (the first DMA_MAP) takes longer than QEMU's default 5 s
 # message timeout here, with L1 under TCG and its IOMMU emulated.
@@ -127,7 +156,8 @@ end user1
 # The second boot, and a destroy while it is attached (refused).
 detached
 begin user2
-l2 user2 3 -object "$memory" -numa node,memdev=mem0 -device "$userdev" > /tmp/user2.section &
+l2 user2 3 -object "$memory" -numa node,memdev=mem0 -device "$userdev" \
+    -device pcie-root-port,id=rp2,bus=pcie.0,chassis=2 -device "$vfdev_json" > /tmp/user2.section &
 boot=$!
 i=0
 while ! vfio-variant list 2>&1 | grep -q attached && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
@@ -146,6 +176,8 @@ begin teardown
 detached
 vfio-variant destroy nvme0 2>&1
 echo "destroy_status=$?"
+vfio-variant destroy igbvf0 2>&1
+echo "vf_destroy_status=$?"
 # A layout that does not fit (BAR 0 larger than the device's) is refused and leaves nothing behind.
 awk '/^\[\[bar\]\]/ { bar++ } bar == 1 && /^size = / && !done { print "size = \"1G\""; done = 1; next } { print }' \
     /tmp/nvme.toml > /tmp/nvme-big.toml

@@ -35,6 +35,21 @@ echo "readback_md5=$(dd if=/dev/nvme0n1 iflag=direct bs=1M skip="$slot" count=1 
 echo "irq_after=$(irqs)"
 echo "uptime_io_end=$(cut -d' ' -f1 /proc/uptime)"
 grep nvme /proc/interrupts | sed 's/^/interrupts: /'
+# An igb VF (8086:10ca), when this L2 has one: the MAC its unmodified igbvf driver reports.
+if grep -q 0x10ca /sys/bus/pci/devices/*/device 2>/dev/null; then
+    i=0
+    mac=
+    while [ -z "$mac" ] && [ $i -lt 100 ]; do
+        for n in /sys/class/net/*; do
+            if [ "$(basename "$(readlink "$n/device/driver" 2>/dev/null)")" = igbvf ]; then
+                mac=$(cat "$n/address")
+            fi
+        done
+        [ -z "$mac" ] && sleep 0.1
+        i=$((i + 1))
+    done
+    echo "vf_mac=$mac"
+fi
 if [ "$(param bench)" = 1 ]; then
     blkbench --rand-seconds 3 --seq-seconds 2 /dev/nvme0n1
 fi
