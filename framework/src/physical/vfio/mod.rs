@@ -358,3 +358,50 @@ impl DirectPath for VfioPhysicalFunction {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eventfd() -> OwnedFd {
+        rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap()
+    }
+
+    #[test]
+    fn irq_data_is_what_the_kernel_takes() {
+        let trigger = SetIrqsFlags::DATA_EVENTFD | SetIrqsFlags::ACTION_TRIGGER;
+        let set = SetIrqs::new(trigger, 2, 0, 2);
+        let fds = [eventfd(), eventfd()];
+        let data = VfioPhysicalFunction::irq_data(&set, &fds).unwrap();
+        let numbers: Vec<i32> = data
+            .chunks(4)
+            .map(|c| i32::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(numbers, vec![fds[0].as_raw_fd(), fds[1].as_raw_fd()]);
+        // No fds: every vector is unwired.
+        let data = VfioPhysicalFunction::irq_data(&set, &[]).unwrap();
+        assert_eq!(
+            data,
+            [(-1i32).to_ne_bytes(), (-1i32).to_ne_bytes()].concat()
+        );
+        // One fd for two vectors is refused.
+        assert!(VfioPhysicalFunction::irq_data(&set, &fds[..1]).is_err());
+        // Bools as bytes, one per vector.
+        let mut mask = SetIrqs::new(SetIrqsFlags::DATA_BOOL | SetIrqsFlags::ACTION_MASK, 0, 0, 1);
+        mask.data = vec![true];
+        assert_eq!(VfioPhysicalFunction::irq_data(&mask, &[]).unwrap(), [1]);
+        mask.data = vec![];
+        assert!(VfioPhysicalFunction::irq_data(&mask, &[]).is_err());
+        let none = SetIrqs::new(
+            SetIrqsFlags::DATA_NONE | SetIrqsFlags::ACTION_UNMASK,
+            0,
+            0,
+            1,
+        );
+        assert!(
+            VfioPhysicalFunction::irq_data(&none, &[])
+                .unwrap()
+                .is_empty()
+        );
+    }
+}
