@@ -46,6 +46,9 @@ for d in /sys/bus/pci/devices/*; do
 done
 begin vf
 if [ -n "$pf" ]; then
+    i=0
+    while [ ! -d "$pf/net" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    dmesg | grep -i -e igb -e "$(basename "$pf")" | tail -5
     pfnet=$(ls "$pf/net" | head -1)
     ip link set "$pfnet" up
     echo 1 > "$pf/sriov_numvfs"
@@ -113,8 +116,11 @@ detached() {
     while vfio-variant list 2>&1 | grep -q attached && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
 }
 
+memory="memory-backend-memfd,id=mem0,size=256M,share=on"
+
+# Guest RAM as for vfio-user (a shared memfd), so both map the same kind of pages.
 begin baseline
-l2 baseline 1 -device vfio-pci,host="$addr",bus=rp1
+l2 baseline 1 -object "$memory" -numa node,memdev=mem0 -device vfio-pci,host="$addr",bus=rp1
 end baseline
 
 cat > /tmp/serve.toml <<CONFIG
@@ -147,7 +153,6 @@ user=/tmp/vv/nvme0.sock
 # Pinning L2's RAM for the IOMMU (the first DMA_MAP) takes longer than QEMU's default 5 s
 # message timeout here, with L1 under TCG and its IOMMU emulated.
 userdev="{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$user\",\"type\":\"unix\"},\"bus\":\"rp1\",\"x-msg-timeout\":60000}"
-memory="memory-backend-memfd,id=mem0,size=256M,share=on"
 
 begin user1
 l2 user1 2 -object "$memory" -numa node,memdev=mem0 -device "$userdev"
