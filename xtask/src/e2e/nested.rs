@@ -317,6 +317,7 @@ fn boot(
         .module("kvm-amd")
         .module("9p")
         .module("9pnet_virtio")
+        .module("igb")
         .file(
             "/bin/vfio-variant",
             Source::Host(binary.to_path_buf()),
