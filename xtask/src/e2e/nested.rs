@@ -57,7 +57,7 @@ const L1_MEMORY_MIB: u32 = 1536;
 const L1_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The MAC the igb VF gets through its PF before it is exposed.
-const VF_MAC: &str = "52:54:00:12:34:56";
+const VF_MAC: &str = "52:54:00:ab:cd:01";
 
 /// The L2 boots: section name, the disk slot (MiB) it writes, whether it goes through the server.
 const BOOTS: [(&str, u64, bool); 3] = [
@@ -442,9 +442,11 @@ pub fn bench() -> Result<BenchResults, String> {
         let ticks = fields
             .number("server_ticks")
             .map_err(|e| console.error(e))?;
-        let qemu = fields
-            .text("qemu_cpu_seconds")
-            .map_err(|e| console.error(e))?;
+        // `time` prints `qemu_seconds=.. qemu_cpu_seconds=USER+SYS` on one line.
+        let qemu = user1
+            .iter()
+            .find_map(|l| field(l, "qemu_cpu_seconds"))
+            .ok_or_else(|| console.error("user1: no qemu_cpu_seconds"))?;
         let qemu_cpu = qemu
             .split('+')
             .map(|t| t.parse::<f64>().ok())

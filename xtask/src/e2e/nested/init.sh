@@ -144,7 +144,7 @@ end types
 
 begin vf-create
 vfio-variant create --backend passthrough --profile "$vf" --name igbvf0 \
-    --attr mac=52:54:00:12:34:56 --attr vlan=5 2>&1
+    --attr mac=52:54:00:ab:cd:01 --attr vlan=5 2>&1
 echo "vf_create_status=$?"
 end vf-create
 vfdev_json="{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"/tmp/vv/igbvf0.sock\",\"type\":\"unix\"},\"bus\":\"rp2\",\"x-msg-timeout\":60000}"
