@@ -404,10 +404,14 @@ pub struct BenchResults {
     pub user: Figures,
     /// L2 through QEMU's own vfio-pci, in the same L1 boot.
     pub baseline: Figures,
-    /// CPU seconds the server used during that vfio-user L2 boot.
+    /// CPU seconds the server used while that L2 ran blkbench (sampled each second by L1).
     pub server_cpu: f64,
-    /// CPU seconds L2's QEMU used in it.
+    /// CPU seconds L2's QEMU used in the same window.
     pub qemu_cpu: f64,
+    /// CPU seconds the server used during that whole L2 boot (mapping its RAM included).
+    pub server_cpu_boot: f64,
+    /// CPU seconds L2's QEMU used in it.
+    pub qemu_cpu_boot: f64,
 }
 
 /// The blkbench figures an L2 boot printed.
@@ -452,12 +456,15 @@ pub fn bench() -> Result<BenchResults, String> {
             .map(|t| t.parse::<f64>().ok())
             .sum::<Option<f64>>()
             .ok_or_else(|| console.error(format!("qemu_cpu_seconds={qemu}")))?;
+        let number = |key: &str| fields.number(key).map_err(|e| console.error(e));
+        // /proc/PID/stat counts in USER_HZ, 100 a second.
         Ok(BenchResults {
             user: figures(console, "user1")?,
             baseline: figures(console, "baseline")?,
-            // /proc/PID/stat counts in USER_HZ, 100 a second.
-            server_cpu: ticks as f64 / 100.0,
-            qemu_cpu,
+            server_cpu: number("bench_server_ticks")? as f64 / 100.0,
+            qemu_cpu: number("bench_qemu_ticks")? as f64 / 100.0,
+            server_cpu_boot: ticks as f64 / 100.0,
+            qemu_cpu_boot: qemu_cpu,
         })
     };
     results().map_err(String::from)

@@ -79,7 +79,8 @@ vfio-variant vpci check --json /tmp/nvme.toml 2>&1
 end layout-json
 
 # CPU time of the server so far, in clock ticks (USER_HZ: 100 a second).
-server_ticks() { if [ -n "$server" ]; then awk '{ print $14 + $15 }' "/proc/$server/stat"; else echo 0; fi; }
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+server_ticks() { if [ -n "$server" ]; then ticks "$server"; else echo 0; fi; }
 
 # One L2 boot: $1 names it, $2 is the disk slot (MiB) it writes, the rest are QEMU arguments.
 # While it runs, the most mappings of a VFIO device fd its QEMU had (BAR pages it mmapped).
@@ -94,12 +95,19 @@ l2() {
         -append "console=ttyS0 panic=-1 quiet e2e.slot=$slot e2e.bench=$bench" \
         -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 "$@" > "/tmp/$name.out" 2>&1 &
     runner=$!
-    maps=0
+    maps=0 s0= s1= q0= q1=
     while kill -0 $runner 2>/dev/null; do
         pid=$(pidof qemu-system-x86_64)
         n=0
         [ -n "$pid" ] && n=$(grep -c vfio-device "/proc/$pid/maps" 2>/dev/null)
         [ "${n:-0}" -gt "$maps" ] && maps=$n
+        # CPU time of the server and of L2's QEMU while L2 runs blkbench (sampled each second).
+        if [ -n "$pid" ] && [ -z "$s0" ] && grep -q '^bench_start' "/tmp/$name.out"; then
+            s0=$(server_ticks) q0=$(ticks "$pid")
+        fi
+        if [ -n "$pid" ] && [ -n "$s0" ] && [ -z "$s1" ] && grep -q '^BLKBENCH ' "/tmp/$name.out"; then
+            s1=$(server_ticks) q1=$(ticks "$pid")
+        fi
         sleep 1
     done
     wait $runner
@@ -108,6 +116,10 @@ l2() {
     echo "qemu_status=$status"
     echo "bar_mmaps=$maps"
     echo "server_ticks=$(($(server_ticks) - before))"
+    if [ -n "$s1" ]; then
+        echo "bench_server_ticks=$((s1 - s0))"
+        echo "bench_qemu_ticks=$((q1 - q0))"
+    fi
 }
 
 # Waits until the server has seen the last VMM go (it unwires the device, unmapping its RAM).

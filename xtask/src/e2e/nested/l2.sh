@@ -51,6 +51,8 @@ if grep -q 0x10ca /sys/bus/pci/devices/*/device 2>/dev/null; then
     echo "vf_mac=$mac"
 fi
 if [ "$(param bench)" = 1 ]; then
+    echo "bench_start"
+    sleep 2
     blkbench --rand-seconds 3 --seq-seconds 2 /dev/nvme0n1
 fi
 echo "l2_done=1"
