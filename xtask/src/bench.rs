@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: runs the benchmark binaries (harness = false) and passes their
 //! `BENCH name value unit [ratio=.. vs=..]` lines through, then the guest block benchmark
-//! ([`crate::e2e::blkbench`], needs root: it boots QEMU guests).
+//! ([`crate::e2e::blkbench`]) and the nested nvme benchmark ([`crate::e2e::nested`]); both need
+//! root: they boot QEMU guests.
 
 use crate::cmd::{cargo, run as run_step};
-use crate::e2e::blkbench;
+use crate::e2e::{blkbench, nested};
 
 /// Benchmarks: (package, bench target).
 const BENCHES: &[(&str, &str)] = &[
@@ -20,6 +21,8 @@ const BENCHES: &[(&str, &str)] = &[
 
 /// The name the guest block benchmark is selected by.
 const GUEST_BLK: &str = "guest_blk";
+/// The name the nested nvme benchmark (a real function through kernel VFIO) is selected by.
+const NESTED_NVME: &str = "nested_nvme";
 
 /// Whether the benchmark `name` is selected by `args` (all are when there are none).
 fn selected(args: &[String], name: &str) -> bool {
@@ -45,6 +48,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
         print_private_ram(&all);
     }
+    if selected(args, NESTED_NVME) {
+        eprintln!("==> bench {NESTED_NVME} (L1 under TCG, three L2 boots under KVM in it)");
+        print_nested(&nested::bench()?);
+    }
     Ok(())
 }
 
@@ -62,6 +69,39 @@ fn print_private_ram(all: &[blkbench::Results]) {
             private.vf.randread_iops / shared.vf.randread_iops
         );
     }
+}
+
+/// The `BENCH` lines of the nested nvme: L2 through the passthrough function against L2
+/// through QEMU's own vfio-pci, and the server's CPU time against L2's QEMU's, while L2 runs
+/// blkbench and over the whole L2 boot.
+fn print_nested(results: &nested::BenchResults) {
+    let (user, baseline) = (results.user, results.baseline);
+    let vs = "qemu_vfio_pci";
+    println!(
+        "BENCH {NESTED_NVME}_randread_4k {:.2} IOPS ratio={:.2} vs={vs}",
+        user.randread_iops,
+        user.randread_iops / baseline.randread_iops
+    );
+    println!(
+        "BENCH {NESTED_NVME}_seq_read {:.2} MB/s ratio={:.2} vs={vs}",
+        user.seq_mbps,
+        user.seq_mbps / baseline.seq_mbps
+    );
+    println!(
+        "BENCH {vs}_nested_randread_4k {:.2} IOPS",
+        baseline.randread_iops
+    );
+    println!("BENCH {vs}_nested_seq_read {:.2} MB/s", baseline.seq_mbps);
+    println!(
+        "BENCH {NESTED_NVME}_server_cpu {:.2} s ratio={:.4} vs=l2_qemu_cpu",
+        results.server_cpu,
+        results.server_cpu / results.qemu_cpu
+    );
+    println!(
+        "BENCH {NESTED_NVME}_server_cpu_boot {:.2} s ratio={:.4} vs=l2_qemu_cpu_boot",
+        results.server_cpu_boot,
+        results.server_cpu_boot / results.qemu_cpu_boot
+    );
 }
 
 /// The `BENCH` lines of one boot of the guest block benchmark: the VF's figures against QEMU's

@@ -13,13 +13,14 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci               everything CI checks: fmt, clippy -D warnings, tests, docs, fuzz build, e2e
-  e2e [--kernel RELEASE]
+  e2e [--kernel RELEASE | nested]
                    boot QEMU guests on the vfio-user server and check its functions from
-                   unmodified kernels: Debian sid's and Debian 12's, or the chroot's kernel
-                   RELEASE alone (needs root)
+                   unmodified kernels (Debian sid's and Debian 12's, or the chroot's kernel
+                   RELEASE alone), and a real nvme and igb VF through kernel VFIO one VM
+                   level down (`nested`: only that part) (needs root)
   bench [NAME...]  run the benchmarks (those whose name contains a NAME); prints
-                   `BENCH name value unit [ratio=.. vs=..]` lines; `guest_blk` boots a QEMU
-                   guest (needs root, like e2e)
+                   `BENCH name value unit [ratio=.. vs=..]` lines; `guest_blk` and
+                   `nested_nvme` boot QEMU guests (need root, like e2e)
   fuzz [TARGET] [SECONDS]
                    run one fuzz target (or each in turn) for SECONDS (default 60)
   install-extras [PREFIX]

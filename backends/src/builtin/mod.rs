@@ -1,6 +1,7 @@
 //! Backends built into the `vfio-variant` command, registered statically through the same
 //! trait as plugins.
 
+pub mod passthrough;
 pub mod sample;
 
 use std::sync::Arc;
@@ -10,6 +11,8 @@ use crate::registry::{Registry, RegistryError};
 /// Registers every built-in backend.
 pub fn register_builtin(registry: &mut Registry) -> Result<(), RegistryError> {
     registry.register(Arc::new(sample::SampleBackend::new(1024)))?;
+    // Functions bound to vfio-pci, through kernel VFIO (none listed on a host without any).
+    registry.register(Arc::new(passthrough::PassthroughBackend::new()))?;
     // An emulated DSA PF: 8 WQs, 4 dedicated and 2 shared reserved for sub-devices.
     match vfio_variant_idxd::IdxdBackend::new(vfio_variant_idxd::IdxdConfig::default()) {
         Ok(idxd) => registry.register(Arc::new(idxd))?,

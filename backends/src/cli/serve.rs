@@ -131,11 +131,13 @@ fn specs_of(config: &ConfigFile, base: &std::path::Path) -> Result<Vec<CreateSpe
         .collect()
 }
 
-/// One emulated function of each backend, with its first profile.
+/// One emulated function of each backend, with its first profile. Real devices (the
+/// passthrough backend) are only ever taken when asked for.
 fn embedded_default(service: &Service) -> Vec<CreateSpec> {
     service
         .types()
         .into_iter()
+        .filter(|t| t.backend != crate::builtin::passthrough::NAME)
         .filter_map(|t| {
             let profile = t.profiles.iter().find(|p| p.available_instances > 0)?;
             Some(CreateSpec {

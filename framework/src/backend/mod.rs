@@ -44,12 +44,14 @@
 //!   (except non-volatile storage the device documents).
 
 mod context;
+pub mod direct;
 pub mod emulated;
 pub mod layout_check;
 pub mod pool;
 pub mod worker;
 
 pub use context::{DmaAccess, DmaError, FunctionContext, Interrupt, InterruptSink};
+pub use direct::{DirectBar, DirectError, DirectPath};
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -216,6 +218,12 @@ pub trait Function: Send + Sync {
     }
     /// The physical function, for passthrough BARs and config bits.
     fn physical(&self) -> Option<&dyn PhysicalFunction> {
+        None
+    }
+    /// The direct path to a real device (IOMMU, interrupts, BAR mmaps), for a function on
+    /// kernel VFIO. With one, the server maps DMA, wires interrupts and hands out passthrough
+    /// BAR mmaps through it rather than serving them itself.
+    fn direct(&self) -> Option<&dyn DirectPath> {
         None
     }
     /// Resets the function (FLR, or a VMM's device reset).

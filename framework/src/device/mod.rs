@@ -10,20 +10,20 @@ mod regions;
 
 pub use error::DeviceError;
 pub use msix::PendingFn;
-pub use regions::{CONFIG_REGION, ROM_REGION, RegionInfo};
+pub use regions::{CONFIG_REGION, ROM_REGION, RegionInfo, passthrough_areas};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::backend::{Backend, BackendError, CreateRequest, Function};
+use crate::backend::{Backend, BackendError, CreateRequest, DirectPath, Function, MmapFile};
 use crate::config::{ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate};
 use crate::pci::regs;
 use crate::physical::PhysicalFunction;
 use crate::vpci::LayoutError;
 use crate::vpci::bind::bind;
-use crate::vpci::layout::{BarBacking, BarKind, RomBacking};
+use crate::vpci::layout::{BarBacking, BarKind, MmapArea, RomBacking};
 
 /// A virtual PCI function.
 pub struct VirtualFunction {
@@ -379,6 +379,36 @@ impl VirtualFunction {
     /// What each region is: size, access, mmappable areas.
     pub fn regions(&self) -> Vec<RegionInfo> {
         regions::describe(self.template().layout())
+    }
+
+    /// The direct path to the function's device, when it runs on kernel VFIO.
+    pub fn direct(&self) -> Option<&dyn DirectPath> {
+        self.function.direct()
+    }
+
+    /// The file a VMM may mmap for BAR `index` and the areas of the BAR it may map: an
+    /// emulated BAR's file from the backend with the layout's areas; a passthrough BAR's
+    /// device file from the direct path, with the layout's areas cut to what the device
+    /// allows. `None`: every access is a message.
+    pub fn region_mmap(&self, index: u8) -> Option<(MmapFile, Vec<MmapArea>)> {
+        let template = self.template();
+        let layout = template.layout();
+        let bar = layout.bar(index)?;
+        if bar.mmap.is_empty() {
+            return None;
+        }
+        let (file, areas) = match bar.backing {
+            BarBacking::Emulated => (self.function.bar_mmap(index)?, bar.mmap.clone()),
+            BarBacking::LegacyIo => return None,
+            BarBacking::Passthrough { physical_bar } => {
+                let direct = self.function.direct()?.bar_file(physical_bar)?;
+                // The layout's areas already leave out the MSI-X table and PBA pages (the
+                // layout checks refuse an area over them).
+                let areas = passthrough_areas(&bar.mmap, &direct.mappable, bar.size);
+                (direct.file, areas)
+            }
+        };
+        (!areas.is_empty()).then_some((file, areas))
     }
 }
 

@@ -47,3 +47,81 @@ pub fn describe(layout: &Layout) -> Vec<RegionInfo> {
         })
         .collect()
 }
+
+/// The areas of a passthrough BAR a VMM may mmap: inside the layout's `wanted` areas (which
+/// leave out the MSI-X table and PBA pages) and inside what the device lets be mapped
+/// (`mappable`), clipped to the BAR's `size`. Sorted, without overlaps.
+pub fn passthrough_areas(wanted: &[MmapArea], mappable: &[MmapArea], size: u64) -> Vec<MmapArea> {
+    let ranges = |areas: &[MmapArea]| -> Vec<(u64, u64)> {
+        let mut r: Vec<(u64, u64)> = areas
+            .iter()
+            .map(|a| (a.offset, a.offset.saturating_add(a.size).min(size)))
+            .filter(|(s, e)| s < e)
+            .collect();
+        r.sort_unstable();
+        r
+    };
+    let (wanted, mappable) = (ranges(wanted), ranges(mappable));
+    let mut merged: Vec<MmapArea> = Vec::new();
+    let mut pieces: Vec<(u64, u64)> = wanted
+        .iter()
+        .flat_map(|&(ws, we)| {
+            mappable
+                .iter()
+                .map(move |&(ms, me)| (ws.max(ms), we.min(me)))
+                .filter(|(s, e)| s < e)
+        })
+        .collect();
+    pieces.sort_unstable();
+    // Merge what touches or overlaps (overlapping `wanted` or `mappable` areas).
+    for (start, end) in pieces {
+        match merged.last_mut() {
+            Some(last) if last.offset + last.size >= start => {
+                last.size = (last.offset + last.size).max(end) - last.offset;
+            }
+            _ => merged.push(MmapArea {
+                offset: start,
+                size: end - start,
+            }),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area(offset: u64, size: u64) -> MmapArea {
+        MmapArea { offset, size }
+    }
+
+    #[test]
+    fn the_device_and_the_layout_both_limit() {
+        // The kernel's sparse areas leave a hole at page 1; the layout wants pages 1-3 only.
+        let areas = passthrough_areas(
+            &[area(0x1000, 0x3000)],
+            &[area(0, 0x1000), area(0x2000, 0x2000)],
+            0x4000,
+        );
+        assert_eq!(areas, vec![area(0x2000, 0x2000)]);
+    }
+
+    #[test]
+    fn a_smaller_virtual_bar_clips_and_nothing_mappable_gives_nothing() {
+        let areas = passthrough_areas(&[area(0, 0x8000)], &[area(0, 0x8000)], 0x2000);
+        assert_eq!(areas, vec![area(0, 0x2000)]);
+        assert!(passthrough_areas(&[area(0, 0x2000)], &[], 0x2000).is_empty());
+        assert!(passthrough_areas(&[], &[area(0, 0x2000)], 0x2000).is_empty());
+    }
+
+    #[test]
+    fn overlapping_and_adjacent_pieces_merge_and_holes_stay() {
+        let areas = passthrough_areas(
+            &[area(0, 0x2000), area(0x1000, 0x1000), area(0x3000, 0x1000)],
+            &[area(0, 0x4000)],
+            0x4000,
+        );
+        assert_eq!(areas, vec![area(0, 0x2000), area(0x3000, 0x1000)]);
+    }
+}

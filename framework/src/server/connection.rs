@@ -376,6 +376,10 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
     port.dma.set_remote(None);
     port.dma.clear();
     port.irqs.clear();
+    // On a real device: the client's memory leaves the IOMMU and its eventfds are unwired.
+    if let Some(direct) = port.function.direct() {
+        direct.release();
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use crate::vfio_user::feature::{
     FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP, words_as_bytes,
 };
 use crate::vfio_user::irq::{
-    IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IrqInfo, IrqInfoFlags, PCI_NUM_IRQS,
+    IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_INDEX_REQ, IrqInfo, IrqInfoFlags,
+    PCI_NUM_IRQS, SetIrqs,
 };
 use crate::vfio_user::message::Request;
 use crate::vfio_user::region::{
@@ -158,7 +159,14 @@ impl<'a> Session<'a> {
             Request::Version(_) => Answer::Error(libc::EINVAL),
             Request::DmaMap(map) => self.dma_map(&map, fds),
             Request::DmaUnmap(unmap) => {
-                if unmap.is_all() {
+                if let Some(direct) = vf.direct() {
+                    if unmap.is_all() {
+                        direct.dma_unmap_all();
+                    } else if let Err(e) = direct.dma_unmap(unmap.address, unmap.size) {
+                        tracing::warn!("{}: DMA_UNMAP refused: {e}", self.port.name());
+                        return Answer::Error(e.errno());
+                    }
+                } else if unmap.is_all() {
                     self.port.dma.clear();
                 } else if let Err(e) = self.port.dma.unmap(unmap.address, unmap.size) {
                     return Answer::Error(e.errno());
@@ -189,11 +197,17 @@ impl<'a> Session<'a> {
                 if info.index >= PCI_NUM_IRQS {
                     return Answer::Error(libc::EINVAL);
                 }
+                let direct = vf.direct();
                 let flags = match info.index {
                     IRQ_INDEX_INTX => {
                         IrqInfoFlags::EVENTFD | IrqInfoFlags::MASKABLE | IrqInfoFlags::AUTOMASKED
                     }
                     IRQ_INDEX_MSI => IrqInfoFlags::EVENTFD | IrqInfoFlags::NORESIZE,
+                    // The kernel cannot mask an MSI-X vector of a real device, and adding
+                    // vectors means re-enabling the index (vfio-pci without dynamic MSI-X).
+                    IRQ_INDEX_MSIX if direct.is_some() => {
+                        IrqInfoFlags::EVENTFD | IrqInfoFlags::NORESIZE
+                    }
                     IRQ_INDEX_MSIX => IrqInfoFlags::EVENTFD | IrqInfoFlags::MASKABLE,
                     _ => IrqInfoFlags::EVENTFD,
                 };
@@ -201,13 +215,10 @@ impl<'a> Session<'a> {
                     argsz: info.argsz.max(16),
                     flags,
                     index: info.index,
-                    count: self.port.irqs.count(info.index),
+                    count: self.irq_count(info.index),
                 })
             }
-            Request::SetIrqs(set) => match self.port.irqs.set_irqs(&set, fds) {
-                Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
-                Err(e) => Answer::Error(e.errno()),
-            },
+            Request::SetIrqs(set) => self.set_irqs(&set, fds),
             Request::RegionRead(read) => {
                 let mut data = vec![0u8; read.count as usize];
                 match vf.region_read(read.region, read.offset, &mut data) {
@@ -298,9 +309,64 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Vectors at IRQ `index`: the layout's, and on a real device no more than it has.
+    fn irq_count(&self, index: u32) -> u32 {
+        let count = self.port.irqs.count(index);
+        match self.port.function.direct() {
+            Some(direct) => count.min(direct.irq_count(index)),
+            None => count,
+        }
+    }
+
+    fn set_irqs(&self, set: &SetIrqs, fds: Vec<OwnedFd>) -> Answer {
+        let Some(direct) = self.port.function.direct() else {
+            return match self.port.irqs.set_irqs(set, fds) {
+                Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
+                Err(e) => Answer::Error(e.errno()),
+            };
+        };
+        // On a real device the kernel checks the range against the device; the layout may
+        // offer fewer vectors than the device has, and those are all the guest may use.
+        let available = self.irq_count(set.index);
+        if set.index >= PCI_NUM_IRQS
+            || set
+                .start
+                .checked_add(set.count)
+                .is_none_or(|end| end > available)
+        {
+            return Answer::Error(libc::EINVAL);
+        }
+        // The server raises REQ itself too (destroy --force): keep the client's REQ eventfd.
+        if set.index == IRQ_INDEX_REQ {
+            let copies: Result<Vec<OwnedFd>, _> = fds.iter().map(|f| f.try_clone()).collect();
+            if let Ok(copies) = copies
+                && let Err(e) = self.port.irqs.set_irqs(set, copies)
+            {
+                return Answer::Error(e.errno());
+            }
+        }
+        match direct.set_irqs(set, &fds) {
+            Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
+            Err(e) => {
+                tracing::warn!("{}: SET_IRQS refused: {e}", self.port.name());
+                Answer::Error(e.errno())
+            }
+        }
+    }
+
     fn dma_map(&self, map: &DmaMap, mut fds: Vec<OwnedFd>) -> Answer {
         if fds.len() > 1 {
             return Answer::Error(libc::EINVAL);
+        }
+        if let Some(direct) = self.port.function.direct() {
+            let writable = map.flags.contains(DmaMapFlags::WRITE);
+            return match direct.dma_map(map.address, map.size, map.offset, fds.pop(), writable) {
+                Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
+                Err(e) => {
+                    tracing::warn!("{}: DMA_MAP refused: {e}", self.port.name());
+                    Answer::Error(e.errno())
+                }
+            };
         }
         let max = self
             .negotiated
@@ -351,17 +417,16 @@ impl<'a> Session<'a> {
         let mut caps = Vec::new();
         let mut fds = Vec::new();
         let mut offset = 0;
-        let file = (region.index < 6 && !region.mmap.is_empty())
-            .then(|| self.port.function.function().bar_mmap(region.index as u8))
+        let mmap = (region.index < 6)
+            .then(|| self.port.function.region_mmap(region.index as u8))
             .flatten();
-        if let Some(file) = file {
+        if let Some((file, areas)) = mmap {
             // One fd per region: QEMU takes one fd with a region-info reply and maps each
             // sparse area at its offset in it.
             flags |= RegionFlags::MMAP;
             offset = file.offset;
             caps.push(RegionCap::SparseMmap(
-                region
-                    .mmap
+                areas
                     .iter()
                     .map(|a| SparseMmapArea {
                         offset: a.offset,

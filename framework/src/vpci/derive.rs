@@ -162,26 +162,9 @@ fn derive_bars(physical: &PhysicalDescription, msix: Option<&MsixParams>) -> [Op
         // Memory BARs are mmappable, except the pages holding the MSI-X table and PBA.
         let mut mmap = Vec::new();
         if p.kind != BarKind::Io && p.size >= MMAP_PAGE_SIZE {
-            let mut trapped: Vec<(u64, u64)> = Vec::new();
-            if let Some(m) = msix {
-                let page = |o: u32| u64::from(o) / MMAP_PAGE_SIZE * MMAP_PAGE_SIZE;
-                if usize::from(m.table_bar) == index {
-                    let end =
-                        u64::from(m.table_offset) + u64::from(m.table_size) * cap::MSIX_ENTRY_SIZE;
-                    trapped.push((
-                        page(m.table_offset),
-                        end.div_ceil(MMAP_PAGE_SIZE) * MMAP_PAGE_SIZE,
-                    ));
-                }
-                if usize::from(m.pba_bar) == index {
-                    let end = u64::from(m.pba_offset) + u64::from(m.table_size).div_ceil(64) * 8;
-                    trapped.push((
-                        page(m.pba_offset),
-                        end.div_ceil(MMAP_PAGE_SIZE) * MMAP_PAGE_SIZE,
-                    ));
-                }
-            }
-            trapped.sort_unstable();
+            let trapped = msix
+                .map(|m| m.trapped_pages(index as u8, MMAP_PAGE_SIZE))
+                .unwrap_or_default();
             let mut at = 0;
             for (start, end) in trapped {
                 if start > at {

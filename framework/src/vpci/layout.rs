@@ -279,6 +279,26 @@ pub struct MsixParams {
     pub pba_offset: u32,
 }
 
+impl MsixParams {
+    /// The page-aligned ranges (`start..end` in BAR offsets) of BAR `bar` that hold the
+    /// MSI-X table or the PBA: a VMM must trap them, never mmap them.
+    pub fn trapped_pages(&self, bar: u8, page: u64) -> Vec<(u64, u64)> {
+        let round_down = |o: u32| u64::from(o) / page * page;
+        let mut trapped = Vec::new();
+        if self.table_bar == bar {
+            let end = u64::from(self.table_offset)
+                + u64::from(self.table_size) * crate::pci::cap::MSIX_ENTRY_SIZE;
+            trapped.push((round_down(self.table_offset), end.div_ceil(page) * page));
+        }
+        if self.pba_bar == bar {
+            let end = u64::from(self.pba_offset) + u64::from(self.table_size).div_ceil(64) * 8;
+            trapped.push((round_down(self.pba_offset), end.div_ceil(page) * page));
+        }
+        trapped.sort_unstable();
+        trapped
+    }
+}
+
 /// PCI Express device/port type (capabilities register bits 7:4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PcieDeviceType {

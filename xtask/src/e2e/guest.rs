@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use super::chroot::{Kernel, Mounts};
 
-/// Guest RAM in MiB (a memory backend given with the caller's arguments must be this big).
+/// Guest RAM in MiB unless [`Guest::memory`] says otherwise (a memory backend given with the
+/// caller's arguments must be this big).
 const MEMORY_MIB: u32 = 512;
 
 /// What the kernel prints when it gives up; with `panic=-1` and `-no-reboot` QEMU then exits 0.
@@ -62,6 +63,8 @@ pub struct Guest {
     args: Vec<String>,
     /// How long QEMU may run before it is killed.
     timeout: Duration,
+    /// Guest RAM in MiB.
+    memory_mib: u32,
 }
 
 impl Guest {
@@ -77,6 +80,7 @@ impl Guest {
             append: Vec::new(),
             args: Vec::new(),
             timeout: Duration::from_secs(300),
+            memory_mib: MEMORY_MIB,
         }
     }
 
@@ -93,6 +97,12 @@ impl Guest {
         S: Into<String>,
     {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets the guest's RAM in MiB.
+    pub fn memory(mut self, mib: u32) -> Self {
+        self.memory_mib = mib;
         self
     }
 
@@ -119,7 +129,7 @@ impl Guest {
             "-machine",
             "q35",
             "-m",
-            &MEMORY_MIB.to_string(),
+            &self.memory_mib.to_string(),
             "-nographic",
             "-nodefaults",
             "-serial",

@@ -2,8 +2,9 @@
 //! vfio-user client) and a guest kernel ([`chroot`]), initramfs images built from busybox and the
 //! kernel's modules ([`initramfs`]), guests booted under TCG whose serial console is parsed for
 //! marker-delimited sections ([`guest`]), and their users: `cargo xtask capture-configs`
-//! ([`capture`]), `cargo xtask e2e` ([`server`], [`vfio`] for kernel VFIO, [`virtio`] for the
-//! virtio VFs) and the guest block benchmark of `cargo xtask bench` ([`blkbench`]).
+//! ([`capture`]), `cargo xtask e2e` ([`server`], [`vfio`] for kernel VFIO, [`nested`] for a real
+//! function through kernel VFIO one VM level down, [`virtio`] for the virtio VFs) and the guest
+//! block benchmark of `cargo xtask bench` ([`blkbench`]).
 
 pub mod blkbench;
 pub mod capture;
@@ -11,6 +12,7 @@ pub mod chroot;
 pub mod guest;
 pub mod initramfs;
 pub mod kernels;
+pub mod nested;
 pub mod server;
 pub mod vfio;
 pub mod virtio;

@@ -161,7 +161,7 @@ pub struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     /// The `key=value` lines of `lines`; others are ignored.
-    fn new(section: &'static str, lines: &[&'a str]) -> Self {
+    pub fn new(section: &'static str, lines: &[&'a str]) -> Self {
         Fields {
             section,
             pairs: lines

@@ -1,0 +1,90 @@
+//! A passthrough function: a real device on kernel VFIO behind its layout.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use vfio_variant::backend::{DirectPath, Function, FunctionError};
+use vfio_variant::config::ConfigEvent;
+use vfio_variant::pci::regs;
+use vfio_variant::physical::PhysicalFunction;
+use vfio_variant::physical::vfio::VfioPhysicalFunction;
+
+use super::Provisioned;
+
+/// COMMAND bits the guest's virtual COMMAND register gives the device: decoding, bus
+/// mastering and the INTx disable (which vfio-pci virtualizes in turn).
+const COMMAND_TO_DEVICE: u16 =
+    regs::COMMAND_IO | regs::COMMAND_MEMORY | regs::COMMAND_BUS_MASTER | regs::COMMAND_INTX_DISABLE;
+
+/// A function of the passthrough backend. Dropping it closes the device (the kernel resets
+/// it and unmaps its IOMMU), puts back the VF settings create made, and gives the address
+/// back to the backend.
+pub struct PassthroughFunction {
+    device: VfioPhysicalFunction,
+    address: String,
+    provisioned: Option<Provisioned>,
+    in_use: Arc<Mutex<Vec<String>>>,
+}
+
+impl PassthroughFunction {
+    /// Wraps an opened device; when the function is dropped, what `provisioned` set on the
+    /// VF is put back and `in_use` loses `address`.
+    pub fn new(
+        device: VfioPhysicalFunction,
+        address: String,
+        provisioned: Option<Provisioned>,
+        in_use: Arc<Mutex<Vec<String>>>,
+    ) -> Self {
+        Self {
+            device,
+            address,
+            provisioned,
+            in_use,
+        }
+    }
+}
+
+impl Drop for PassthroughFunction {
+    fn drop(&mut self) {
+        self.device.release();
+        if let Some(provisioned) = &self.provisioned {
+            provisioned.restore();
+        }
+        self.in_use.lock().retain(|a| *a != self.address);
+    }
+}
+
+impl Function for PassthroughFunction {
+    fn physical(&self) -> Option<&dyn PhysicalFunction> {
+        Some(&self.device)
+    }
+
+    fn direct(&self) -> Option<&dyn DirectPath> {
+        Some(&self.device)
+    }
+
+    fn config_changed(&self, event: ConfigEvent) {
+        let ConfigEvent::Command { old, new } = event else {
+            return;
+        };
+        if (old ^ new) & COMMAND_TO_DEVICE == 0 {
+            return;
+        }
+        let mut command = [0u8; 2];
+        if let Err(e) = self.device.config_read(regs::COMMAND, &mut command) {
+            tracing::warn!("{}: reading COMMAND: {e}", self.address);
+            return;
+        }
+        let value = (u16::from_le_bytes(command) & !COMMAND_TO_DEVICE) | (new & COMMAND_TO_DEVICE);
+        if let Err(e) = self
+            .device
+            .config_write(regs::COMMAND, &value.to_le_bytes())
+        {
+            tracing::warn!("{}: writing COMMAND: {e}", self.address);
+        }
+    }
+
+    fn reset(&self) -> Result<(), FunctionError> {
+        Ok(self.device.reset()?)
+    }
+}

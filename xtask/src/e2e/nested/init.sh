@@ -1,0 +1,216 @@
+#!/bin/sh
+# L1's /init for the nested part of `cargo xtask e2e` (xtask/src/e2e/nested.rs). L1 runs under
+# TCG with an emulated Intel IOMMU and an nvme behind a root port. It binds the nvme to vfio-pci,
+# then runs L2 guests under KVM with the chroot's QEMU (shared read-only over 9p): first through
+# QEMU's own vfio-pci (the baseline), then twice through `vfio-user-pci` to `vfio-variant serve`
+# and its passthrough function. L2's /init (l2.sh) prints `key=value` lines; this script wraps each
+# L2 run in `=== BEGIN name ===` / `=== END name ===` markers. The host decides what passed.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+dmesg -n 1
+/bin/load-modules
+
+begin() { echo "=== BEGIN $1 ==="; }
+end() { echo "=== END $1 ==="; }
+param() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^e2e\.$1=//p"; }
+
+kernel=$(param kernel)
+l2initrd=$(param l2initrd)
+bench=$(param bench)
+
+dev=
+for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat "$d/vendor")" = 0x1b36 ] && [ "$(cat "$d/device")" = 0x0010 ]; then
+        dev=$d
+    fi
+done
+addr=$(basename "$dev")
+begin bind
+if [ -n "$dev" ]; then
+    echo vfio-pci > "$dev/driver_override"
+    echo "$addr" > /sys/bus/pci/drivers_probe
+    echo "device=$addr"
+    echo "driver=$(basename "$(readlink "$dev/driver")")"
+    echo "group=$(basename "$(readlink "$dev/iommu_group")")"
+fi
+echo "kvm=$(ls /dev/kvm 2>/dev/null)"
+end bind
+
+# An igb PF with one VF for vfio-pci, given a profile through the PF when it is created.
+pf=
+for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat "$d/vendor")" = 0x8086 ] && [ "$(cat "$d/device")" = 0x10c9 ]; then
+        pf=$d
+    fi
+done
+begin vf
+if [ -n "$pf" ]; then
+    i=0
+    while [ ! -d "$pf/net" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    dmesg | grep -i -e igb -e "$(basename "$pf")" | tail -5
+    pfnet=$(ls "$pf/net" | head -1)
+    ip link set "$pfnet" up
+    echo 1 > "$pf/sriov_numvfs"
+    vfdev=$(readlink -f "$pf/virtfn0")
+    vf=$(basename "$vfdev")
+    echo vfio-pci > "$vfdev/driver_override"
+    echo "$vf" > /sys/bus/pci/drivers_probe
+    echo "pf_netdev=$pfnet"
+    echo "vf=$vf"
+    echo "vf_driver=$(basename "$(readlink "$vfdev/driver")")"
+fi
+end vf
+
+# The chroot, read-only, with a writable /tmp for sockets, and the devices L2 needs.
+mkdir -p /mnt
+mount -t 9p -o trans=virtio,version=9p2000.L,ro root /mnt
+mount -t tmpfs tmpfs /mnt/tmp
+mount --bind /dev /mnt/dev
+mount --bind /proc /mnt/proc
+mount --bind /sys /mnt/sys
+
+begin layout
+vfio-variant vpci derive --sysfs "$dev" --name nvme -o /tmp/nvme.toml 2>&1
+echo "status=$?"
+end layout
+begin layout-json
+vfio-variant vpci check --json /tmp/nvme.toml 2>&1
+end layout-json
+
+# CPU time of the server so far, in clock ticks (USER_HZ: 100 a second).
+ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+server_ticks() { if [ -n "$server" ]; then ticks "$server"; else echo 0; fi; }
+
+# One L2 boot: $1 names it, $2 is the disk slot (MiB) it writes, the rest are QEMU arguments.
+# While it runs, the most mappings of a VFIO device fd its QEMU had (BAR pages it mmapped).
+l2() {
+    name=$1 slot=$2
+    shift 2
+    before=$(server_ticks)
+    time -f "qemu_seconds=%e qemu_cpu_seconds=%U+%S" \
+        chroot /mnt qemu-system-x86_64 -accel kvm -cpu host -machine q35 -m 256 \
+        -nographic -nodefaults -serial stdio -no-reboot \
+        -kernel "$kernel" -initrd "$l2initrd" \
+        -append "console=ttyS0 panic=-1 quiet e2e.slot=$slot e2e.bench=$bench" \
+        -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1 "$@" > "/tmp/$name.out" 2>&1 &
+    runner=$!
+    maps=0 s0= s1= q0= q1=
+    while kill -0 $runner 2>/dev/null; do
+        pid=$(pidof qemu-system-x86_64)
+        n=0
+        [ -n "$pid" ] && n=$(grep -c vfio-device "/proc/$pid/maps" 2>/dev/null)
+        [ "${n:-0}" -gt "$maps" ] && maps=$n
+        # CPU time of the server and of L2's QEMU while L2 runs blkbench (sampled each second).
+        if [ -n "$pid" ] && [ -z "$s0" ] && grep -q '^bench_start' "/tmp/$name.out"; then
+            s0=$(server_ticks) q0=$(ticks "$pid")
+        fi
+        if [ -n "$pid" ] && [ -n "$s0" ] && [ -z "$s1" ] && grep -q '^BLKBENCH ' "/tmp/$name.out"; then
+            s1=$(server_ticks) q1=$(ticks "$pid")
+        fi
+        sleep 1
+    done
+    wait $runner
+    status=$?
+    cat "/tmp/$name.out"
+    echo "qemu_status=$status"
+    echo "bar_mmaps=$maps"
+    echo "server_ticks=$(($(server_ticks) - before))"
+    if [ -n "$s1" ]; then
+        echo "bench_server_ticks=$((s1 - s0))"
+        echo "bench_qemu_ticks=$((q1 - q0))"
+    fi
+}
+
+# Waits until the server has seen the last VMM go (it unwires the device, unmapping its RAM).
+detached() {
+    i=0
+    while vfio-variant list 2>&1 | grep -q attached && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
+}
+
+memory="memory-backend-memfd,id=mem0,size=256M,share=on"
+
+# Guest RAM as for vfio-user (a shared memfd), so both map the same kind of pages.
+begin baseline
+l2 baseline 1 -object "$memory" -numa node,memdev=mem0 -device vfio-pci,host="$addr",bus=rp1
+end baseline
+
+cat > /tmp/serve.toml <<CONFIG
+[[function]]
+name = "nvme0"
+backend = "passthrough"
+profile = "$addr"
+layout = "/tmp/nvme.toml"
+CONFIG
+export VFIO_VARIANT_RUN_DIR=/mnt/tmp/vv VFIO_VARIANT_STATE_DIR=/tmp/state
+export VFIO_VARIANT_LOG=info
+mkdir -p /mnt/tmp/vv /tmp/state
+vfio-variant serve --config /tmp/serve.toml > /tmp/serve.log 2>&1 &
+server=$!
+i=0
+while [ ! -S /mnt/tmp/vv/nvme0.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+
+begin types
+vfio-variant types 2>&1
+end types
+
+begin vf-create
+vfio-variant create --backend passthrough --profile "$vf" --name igbvf0 \
+    --attr mac=52:54:00:ab:cd:01 --attr vlan=5 2>&1
+echo "vf_create_status=$?"
+end vf-create
+vfdev_json="{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"/tmp/vv/igbvf0.sock\",\"type\":\"unix\"},\"bus\":\"rp2\",\"x-msg-timeout\":60000}"
+
+user=/tmp/vv/nvme0.sock
+# Pinning L2's RAM for the IOMMU (the first DMA_MAP) takes longer than QEMU's default 5 s
+# message timeout here, with L1 under TCG and its IOMMU emulated.
+userdev="{\"driver\":\"vfio-user-pci\",\"socket\":{\"path\":\"$user\",\"type\":\"unix\"},\"bus\":\"rp1\",\"x-msg-timeout\":60000}"
+
+begin user1
+l2 user1 2 -object "$memory" -numa node,memdev=mem0 -device "$userdev"
+end user1
+
+# The second boot, and a destroy while it is attached (refused).
+detached
+begin user2
+l2 user2 3 -object "$memory" -numa node,memdev=mem0 -device "$userdev" \
+    -device pcie-root-port,id=rp2,bus=pcie.0,chassis=2 -device "$vfdev_json" > /tmp/user2.section &
+boot=$!
+i=0
+while ! vfio-variant list 2>&1 | grep -q attached && [ $i -lt 120 ]; do sleep 0.5; i=$((i + 1)); done
+vfio-variant destroy nvme0 > /tmp/destroy.out 2>&1
+echo "destroy_attached_status=$?"
+sed 's/^/destroy: /' /tmp/destroy.out
+# Another process cannot take the device while the server has it.
+vfio-variant vpci check /tmp/nvme.toml --vfio "$dev" > /tmp/busy.out 2>&1
+echo "busy_status=$?"
+sed 's/^/busy: /' /tmp/busy.out
+wait $boot
+cat /tmp/user2.section
+end user2
+
+begin teardown
+detached
+vfio-variant destroy nvme0 2>&1
+echo "destroy_status=$?"
+vfio-variant destroy igbvf0 2>&1
+echo "vf_destroy_status=$?"
+# A layout that does not fit (BAR 0 larger than the device's) is refused and leaves nothing behind.
+awk '/^\[\[bar\]\]/ { bar++ } bar == 1 && /^size = / && !done { print "size = \"1G\""; done = 1; next } { print }' \
+    /tmp/nvme.toml > /tmp/nvme-big.toml
+vfio-variant create --backend passthrough --profile "$addr" --layout /tmp/nvme-big.toml \
+    --name big > /tmp/big.out 2>&1
+echo "unfit_status=$?"
+sed 's/^/unfit: /' /tmp/big.out
+echo "after_unfit_instances=$(vfio-variant list 2>&1 | grep -c passthrough)"
+vfio-variant types 2>&1 | grep "$addr" | sed 's/^/after_unfit_type: /'
+kill -TERM $server
+wait $server
+echo "server_status=$?"
+end teardown
+begin serverlog
+cat /tmp/serve.log
+end serverlog
+
+sync
+poweroff -f
