@@ -358,16 +358,6 @@ impl<'a> Session<'a> {
         if fds.len() > 1 {
             return Answer::Error(libc::EINVAL);
         }
-        if let Some(direct) = self.port.function.direct() {
-            let writable = map.flags.contains(DmaMapFlags::WRITE);
-            return match direct.dma_map(map.address, map.size, map.offset, fds.pop(), writable) {
-                Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
-                Err(e) => {
-                    tracing::warn!("{}: DMA_MAP refused: {e}", self.port.name());
-                    Answer::Error(e.errno())
-                }
-            };
-        }
         let max = self
             .negotiated
             .as_ref()
@@ -388,6 +378,16 @@ impl<'a> Session<'a> {
                 map.size
             );
             return Answer::Error(libc::ENOTSUP);
+        }
+        if let Some(direct) = self.port.function.direct() {
+            let writable = map.flags.contains(DmaMapFlags::WRITE);
+            return match direct.dma_map(map.address, map.size, map.offset, fds.pop(), writable) {
+                Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
+                Err(e) => {
+                    tracing::warn!("{}: DMA_MAP refused: {e}", self.port.name());
+                    Answer::Error(e.errno())
+                }
+            };
         }
         let access = (
             map.flags.contains(DmaMapFlags::READ),

@@ -59,6 +59,11 @@ impl Function for PassthroughFunction {
         Some(&self.device)
     }
 
+    /// A real device DMAs into memory pinned in its IOMMU, never through messages.
+    fn needs_shared_memory(&self) -> bool {
+        true
+    }
+
     fn direct(&self) -> Option<&dyn DirectPath> {
         Some(&self.device)
     }
