@@ -140,8 +140,8 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if !given {
         let step = Instant::now();
         let sid = kernels::sid(&root)?;
-        let passed = super::nested::run(&root, &sid)
-            .map_err(|e| format!("nested passthrough: {e}"))?;
+        let passed =
+            super::nested::run(&root, &sid).map_err(|e| format!("nested passthrough: {e}"))?;
         per_kernel.push(format!(
             "nested passthrough (kernel {}): {passed} checks passed in {:.1} s",
             sid.release,
