@@ -24,7 +24,7 @@
 //!
 //! The whole L1 boot took about 130 s wall on an idle 2-core host, and up to 10 minutes with
 //! other builds running. `cargo xtask bench` boots it once more with release builds and
-//! `blkbench` in each L2 ([`bench`]).
+//! `blkbench` in each L2 ([`bench()`]).
 
 use std::fmt::Write as _;
 use std::fs;
