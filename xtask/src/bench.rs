@@ -1,9 +1,17 @@
 //! `cargo xtask bench`: runs the benchmark binaries (harness = false) and passes their
 //! `BENCH name value unit [ratio=.. vs=..]` lines through, then the guest block benchmark
-//! ([`crate::e2e::blkbench`], needs root: it boots QEMU guests).
+//! ([`crate::e2e::blkbench`], needs root: it boots QEMU guests). The `server` benchmark runs
+//! libvfio-user's gpio sample beside ours ([`crate::peers`]); when it cannot be built the
+//! benchmark says so and goes on without it.
 
 use crate::cmd::{cargo, run as run_step};
 use crate::e2e::blkbench;
+use crate::peers;
+
+/// The benchmark that measures libvfio-user beside the server.
+const PEER_BENCH: &str = "server";
+/// The variable that names libvfio-user's gpio sample to it.
+const PEER_ENV: &str = "VFIO_VARIANT_LIBVFIO_USER_GPIO";
 
 /// Benchmarks: (package, bench target).
 const BENCHES: &[(&str, &str)] = &[
@@ -32,10 +40,17 @@ pub fn run(args: &[String]) -> Result<(), String> {
         if !selected(args, bench) {
             continue;
         }
-        run_step(
-            &format!("bench {package}/{bench}"),
-            cargo().args(["bench", "--quiet", "-p", package, "--bench", bench]),
-        )?;
+        let mut command = cargo();
+        command.args(["bench", "--quiet", "-p", package, "--bench", bench]);
+        if *bench == PEER_BENCH {
+            match peers::libvfio_user_gpio() {
+                Ok(program) => {
+                    command.env(PEER_ENV, program);
+                }
+                Err(e) => eprintln!("==> libvfio-user left out of the bench: {e}"),
+            }
+        }
+        run_step(&format!("bench {package}/{bench}"), &mut command)?;
     }
     if selected(args, GUEST_BLK) {
         eprintln!("==> bench {GUEST_BLK} (two QEMU guests under TCG, about 40 s each)");

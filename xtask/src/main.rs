@@ -5,6 +5,7 @@ mod ci;
 mod cmd;
 mod e2e;
 mod fuzz;
+mod peers;
 
 use std::process::ExitCode;
 
@@ -18,7 +19,9 @@ commands:
                    RELEASE alone (needs root)
   bench [NAME...]  run the benchmarks (those whose name contains a NAME); prints
                    `BENCH name value unit [ratio=.. vs=..]` lines; `guest_blk` boots a QEMU
-                   guest (needs root, like e2e)
+                   guest (needs root, like e2e); `server` runs libvfio-user's gpio sample
+                   beside ours, built once from ../shared/peers (apt installs its build
+                   dependencies)
   fuzz [TARGET] [SECONDS]
                    run one fuzz target (or each in turn) for SECONDS (default 60)
   capture-configs [OUT_DIR]
