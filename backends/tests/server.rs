@@ -77,6 +77,19 @@ fn reg_write(c: &mut Client, offset: u64, value: u32) {
     c.region_write(0, offset, &value.to_le_bytes()).unwrap();
 }
 
+/// DMA_STATUS once the transfer started by the last START is over (the engine runs after
+/// the write is answered).
+fn dma_status(c: &mut Client) -> u32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = reg_read(c, DMA_STATUS);
+        if status != DMA_STATUS_BUSY || std::time::Instant::now() >= deadline {
+            return status;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
 fn enable_memory(c: &mut Client) {
     c.region_write(7, 4, &[0x06, 0x00]).unwrap();
 }
@@ -229,7 +242,7 @@ fn dma_through_an_fd_and_msix_interrupt() {
     reg_write(&mut c, DMA_DST_LO, 0x18_0000);
     reg_write(&mut c, DMA_LEN, 16);
     reg_write(&mut c, DMA_CMD, DMA_CMD_START | DMA_CMD_IRQ);
-    assert_eq!(reg_read(&mut c, DMA_STATUS), 0);
+    assert_eq!(dma_status(&mut c), 0);
     let mut copied = [0u8; 16];
     // SAFETY: reads 16 bytes at offset 0x80000 of the test's own mapping.
     unsafe { std::ptr::copy_nonoverlapping(map.as_ptr().add(0x8_0000), copied.as_mut_ptr(), 16) };
@@ -238,7 +251,7 @@ fn dma_through_an_fd_and_msix_interrupt() {
     // Unmapped: the device reports a fault, the server keeps going.
     c.dma_unmap_all().unwrap();
     reg_write(&mut c, DMA_CMD, DMA_CMD_START);
-    assert_eq!(reg_read(&mut c, DMA_STATUS), 2);
+    assert_eq!(dma_status(&mut c), 2);
 }
 
 struct VecMemory(Arc<Mutex<Vec<u8>>>);
@@ -277,7 +290,7 @@ fn dma_without_an_fd_goes_through_dma_read_and_write_messages() {
     reg_write(&mut c, DMA_DST_LO, 0x3000);
     reg_write(&mut c, DMA_LEN, 8);
     reg_write(&mut c, DMA_CMD, DMA_CMD_START);
-    assert_eq!(reg_read(&mut c, DMA_STATUS), 0);
+    assert_eq!(dma_status(&mut c), 0);
     assert_eq!(&memory.lock()[0x3000..0x3008], b"no fd!!!");
 }
 
@@ -366,7 +379,7 @@ fn reconnect_keeps_device_state_and_drops_client_resources() {
     reg_write(&mut c, DMA_LEN, 8);
     reg_write(&mut c, DMA_CMD, DMA_CMD_START);
     assert_eq!(
-        reg_read(&mut c, DMA_STATUS),
+        dma_status(&mut c),
         2,
         "the old client's DMA mappings are gone"
     );
@@ -392,11 +405,11 @@ fn the_sample_function_stops_for_migration() {
     c.set_mig_state(MigrationState::RunningP2p).unwrap();
     reg_write(&mut c, DMA_LEN, 8);
     reg_write(&mut c, DMA_CMD, DMA_CMD_START);
-    assert_eq!(reg_read(&mut c, DMA_STATUS), DMA_STATUS_STOPPED);
+    assert_eq!(dma_status(&mut c), DMA_STATUS_STOPPED);
     assert_eq!(reg_read(&mut c, DMA_COUNT), 0, "nothing ran while stopped");
     c.set_mig_state(MigrationState::Running).unwrap();
     reg_write(&mut c, DMA_CMD, DMA_CMD_START);
-    assert_ne!(reg_read(&mut c, DMA_STATUS), DMA_STATUS_STOPPED);
+    assert_ne!(dma_status(&mut c), DMA_STATUS_STOPPED);
     // A reset leaves any migration state: RUNNING again, and so does a guest's FLR
     // (PCIe DEVCTL at 0x58, Initiate FLR bit 15).
     c.set_mig_state(MigrationState::Stop).unwrap();
@@ -501,4 +514,143 @@ fn polling_mode_serves_the_same() {
     }
     assert_eq!(reg_read(&mut c, SCRATCH), 199);
     assert_eq!(reg_read(&mut c, ID), ID_VALUE);
+}
+
+/// A client that behaves as QEMU does: it answers the server's DMA requests only once the
+/// reply it waits for has come. A device that read guest memory before answering the write
+/// that started the transfer would never get its data; the calls would time out.
+#[test]
+fn dma_by_message_never_holds_up_the_reply_to_the_write_that_started_it() {
+    let f = fixture("deferring", ServerConfig::default());
+    let options = ClientOptions {
+        timeout: Some(Duration::from_secs(3)),
+        ..ClientOptions::default()
+    };
+    let mut c = Client::connect_with(f.endpoint.path(), options).unwrap();
+    enable_memory(&mut c);
+    let memory = Arc::new(Mutex::new(vec![0u8; 0x4000]));
+    memory.lock()[0x100..0x110].copy_from_slice(b"private guest ra");
+    c.set_dma_handler(Box::new(VecMemory(Arc::clone(&memory))));
+    c.set_deferred_dma(true);
+    c.dma_map(
+        &DmaMap::new(0, 0x4000, 0, DmaMapFlags::READ | DmaMapFlags::WRITE),
+        None,
+    )
+    .unwrap();
+    reg_write(&mut c, DMA_SRC_LO, 0x100);
+    reg_write(&mut c, DMA_DST_LO, 0x2000);
+    reg_write(&mut c, DMA_LEN, 16);
+    for round in 1..=3 {
+        memory.lock()[0x2000..0x2010].fill(0);
+        c.region_write(0, DMA_CMD, &DMA_CMD_START.to_le_bytes())
+            .expect("the START write is answered before the transfer reads memory");
+        assert_eq!(dma_status(&mut c), 0);
+        assert_eq!(reg_read(&mut c, DMA_COUNT), round);
+        assert_eq!(&memory.lock()[0x2000..0x2010], b"private guest ra");
+    }
+}
+
+/// The sample function, saying it cannot work without shared guest RAM (as a passthrough
+/// function over real VFIO will).
+struct NeedsShared(Box<dyn vfio_variant::backend::Function>);
+
+impl vfio_variant::backend::Function for NeedsShared {
+    fn reset(&self) -> Result<(), vfio_variant::backend::FunctionError> {
+        self.0.reset()
+    }
+    fn needs_shared_memory(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_function_that_needs_shared_memory_refuses_dma_map_without_an_fd() {
+    use vfio_variant::backend::{Backend, CreateRequest};
+    let dir =
+        std::env::temp_dir().join(format!("vfio-variant-server-shared-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let backend = SampleBackend::new(1);
+    let layout = Arc::new(parse_layout("sample", LAYOUT).unwrap());
+    let function = backend
+        .create(&CreateRequest {
+            profile: "default".into(),
+            instance: "shared".into(),
+            layout: Arc::clone(&layout),
+            attributes: vec![],
+        })
+        .unwrap();
+    let vf = Arc::new(
+        VirtualFunction::new(Arc::new(compile(layout)), Box::new(NeedsShared(function))).unwrap(),
+    );
+    let endpoint = Endpoint::bind(
+        Port::new("shared", vf),
+        &dir.join("shared.sock"),
+        Arc::new(ServerConfig::default()),
+    )
+    .unwrap();
+    let mut c = Client::connect_with(
+        endpoint.path(),
+        ClientOptions {
+            timeout: Some(Duration::from_secs(10)),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let rw = DmaMapFlags::READ | DmaMapFlags::WRITE;
+    // Guest RAM without an fd: refused, and the connection goes on.
+    assert!(matches!(
+        c.dma_map(&DmaMap::new(0, 0x4000, 0, rw), None),
+        Err(ClientError::Remote {
+            errno: libc::ENOTSUP,
+            ..
+        })
+    ));
+    // A read-only range (a ROM, which QEMU never has in a file) is taken.
+    c.dma_map(&DmaMap::new(0xc_0000, 0x1000, 0, DmaMapFlags::READ), None)
+        .unwrap();
+    // Shared RAM is taken.
+    let guest = memfd(0x4000);
+    c.dma_map(&DmaMap::new(0x10_0000, 0x4000, 0, rw), Some(guest.as_fd()))
+        .unwrap();
+    drop(c);
+    drop(endpoint);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Stopping the function for migration waits for its DMA engine; the transfer in flight
+/// reaches guest memory by messages whose answers the connection thread must hand over
+/// while it waits, or the stop would stall until the DMA timed out.
+#[test]
+fn stopping_waits_for_dma_by_message_without_stalling_the_connection() {
+    let config = ServerConfig {
+        dma_timeout: Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    let f = fixture("stop-dma", config);
+    let options = ClientOptions {
+        timeout: Some(Duration::from_secs(3)),
+        ..ClientOptions::default()
+    };
+    let mut c = Client::connect_with(f.endpoint.path(), options).unwrap();
+    enable_memory(&mut c);
+    let memory = Arc::new(Mutex::new(vec![0u8; 0x4000]));
+    memory.lock()[0x100..0x108].copy_from_slice(b"in fligh");
+    c.set_dma_handler(Box::new(VecMemory(Arc::clone(&memory))));
+    c.dma_map(
+        &DmaMap::new(0, 0x4000, 0, DmaMapFlags::READ | DmaMapFlags::WRITE),
+        None,
+    )
+    .unwrap();
+    reg_write(&mut c, DMA_SRC_LO, 0x100);
+    reg_write(&mut c, DMA_DST_LO, 0x2000);
+    reg_write(&mut c, DMA_LEN, 8);
+    // The client answers DMA only while it waits for a reply: after this one, the
+    // transfer still waits for at least its DMA_WRITE.
+    reg_write(&mut c, DMA_CMD, DMA_CMD_START);
+    c.set_mig_state(MigrationState::RunningP2p)
+        .expect("the stop returns once the transfer in flight is done");
+    assert_eq!(&memory.lock()[0x2000..0x2008], b"in fligh");
+    assert_eq!(reg_read(&mut c, DMA_STATUS), 0);
+    assert_eq!(reg_read(&mut c, DMA_COUNT), 1);
 }

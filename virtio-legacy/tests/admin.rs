@@ -268,7 +268,7 @@ fn legacy_common_registers() {
     );
     // The modern view shows the same state.
     let vf = Arc::clone(s.vf(1));
-    let modern = ModernDriver::new(&*vf);
+    let modern = ModernDriver::of(&vf);
     modern.write(cc::QUEUE_SELECT, 2, 1);
     assert_eq!(modern.read(cc::QUEUE_MSIX_VECTOR, 2), 2);
     assert_eq!(s.read_common(1, legacy::ISR, 1).result, [0]);
@@ -360,7 +360,7 @@ fn admin_queue_needs_the_feature() {
     driver.driver_ok();
     admin.add(&mem, &[ro(CMD, 24), wo(RESULT, 16)]);
     driver.notify(0);
-    assert_eq!(admin.take_used(&mem), None);
+    assert_eq!(admin.poll_used(&mem), None);
 }
 
 /// A legacy virtio-net driver runs VF 1 through admin commands only, notifying through the
@@ -412,6 +412,7 @@ fn legacy_driver_transmits_through_admin_commands() {
     s.vf(1)
         .bar_write(notify_bar, notify_offset, &1u16.to_le_bytes())
         .unwrap();
+    s.vf(1).quiesce();
     assert_eq!(tx.take_used(&s.mem), Some((u32::from(head), 0)));
     let mut buffer = [0u8; 256];
     let n = s.host.recv(&mut buffer).unwrap();
@@ -428,6 +429,7 @@ fn legacy_driver_transmits_through_admin_commands() {
     s.vf(1)
         .bar_write(notify_bar, notify_offset, &0u16.to_le_bytes())
         .unwrap();
+    s.vf(1).quiesce();
     assert_eq!(rx.take_used(&s.mem), Some((u32::from(head), 10 + 12)));
     assert_eq!(s.mem.get(0x70000 + 10, 12), b"to the guest");
     // The used buffers set ISR (INTx, no MSI-X); reading it through an admin command clears it.

@@ -61,7 +61,7 @@ fn setup() -> Setup {
     let vf = VirtioVf::new("vf1", Box::new(device), mem.clone(), irqs.clone());
     let queue = DriverQueue::new(16, 0x1000);
     {
-        let driver = ModernDriver::new(&vf);
+        let driver = ModernDriver::of(&vf);
         let offered = driver.device_features();
         assert_ne!(offered & VIRTIO_BLK_F_FLUSH, 0);
         let status = driver.negotiate(VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH);
@@ -100,7 +100,7 @@ fn request(s: &mut Setup, kind: u32, sector: u64, out: Option<&[u8]>, in_len: u3
     }
     bufs.push(wo(0x30000, 1));
     let head = s.queue.add(&s.mem, &bufs);
-    ModernDriver::new(&s.vf).notify(0);
+    ModernDriver::of(&s.vf).notify(0);
     let (id, len) = s.queue.take_used(&s.mem).expect("request completed");
     assert_eq!(id, u32::from(head));
     (s.mem.get(0x30000, 1)[0], len)
@@ -113,7 +113,7 @@ fn identity_and_config() {
     s.vf.config_read(0, &mut id).unwrap();
     assert_eq!(id, [0xf4, 0x1a, 0x42, 0x10]);
     assert!(s.vf.bar(1).is_none(), "no I/O BAR");
-    let driver = ModernDriver::new(&s.vf);
+    let driver = ModernDriver::of(&s.vf);
     assert_eq!(driver.read(0x2000, 8), SECTORS);
     assert_eq!(driver.read(0x2000 + 20, 4), SECTOR_SIZE);
     assert_eq!(driver.read(0x2000 + 12, 4), u64::from(SEG_MAX));
@@ -172,7 +172,7 @@ fn interrupts_follow_msix_and_isr() {
     // INTx (MSI-X off): the line rises, reading ISR clears it and lowers the line.
     request(&mut s, VIRTIO_BLK_T_FLUSH, 0, None, 0);
     assert_eq!(s.irqs.take(), vec![Interrupt::Intx(true)]);
-    let driver = ModernDriver::new(&s.vf);
+    let driver = ModernDriver::of(&s.vf);
     assert_eq!(driver.read(ISR_OFFSET, 1), 1);
     assert_eq!(s.irqs.take(), vec![Interrupt::Intx(false)]);
     assert_eq!(driver.read(ISR_OFFSET, 1), 0);
@@ -192,7 +192,7 @@ fn malformed_ring_sets_needs_reset() {
     let mut s = setup();
     s.vf.config_write(MSIX_CAP + 2, &MSIX_ENABLE.to_le_bytes())
         .unwrap();
-    let driver = ModernDriver::new(&s.vf);
+    let driver = ModernDriver::of(&s.vf);
     driver.write(0x10, 2, 1); // config_msix_vector
     // A two-descriptor loop.
     s.queue.write_desc(&s.mem, 0, 0x10000, 16, 1, 1);
@@ -201,7 +201,7 @@ fn malformed_ring_sets_needs_reset() {
     driver.notify(0);
     assert_ne!(driver.status() & STATUS_NEEDS_RESET, 0);
     assert_eq!(s.irqs.take(), vec![Interrupt::Msix(1)]);
-    assert_eq!(s.queue.take_used(&s.mem), None);
+    assert_eq!(s.queue.poll_used(&s.mem), None);
     // Nothing more is processed until reset; reset clears it.
     driver.notify(0);
     assert!(s.irqs.take().is_empty());
@@ -213,7 +213,7 @@ fn malformed_ring_sets_needs_reset() {
 #[test]
 fn flr_resets_the_function() {
     let s = setup();
-    let driver = ModernDriver::new(&s.vf);
+    let driver = ModernDriver::of(&s.vf);
     assert_ne!(driver.status(), 0);
     s.vf.config_write(PCIE_CAP + 8, &PCIE_FLR.to_le_bytes())
         .unwrap();

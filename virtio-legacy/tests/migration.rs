@@ -271,6 +271,7 @@ fn stop_and_save() -> Migrated {
 
     guest.publish(0, VIRTIO_BLK_T_OUT, 0, &pattern(1));
     driver.notify(0);
+    source.vf.quiesce();
     assert_eq!(guest.used_idx(), 1);
     assert_eq!(guest.status(0), VIRTIO_BLK_S_OK);
     assert_eq!(source.image.sector(0), pattern(1));
@@ -286,6 +287,7 @@ fn stop_and_save() -> Migrated {
     guest.publish(1, VIRTIO_BLK_T_OUT, 1, &pattern(2));
     guest.publish(2, VIRTIO_BLK_T_OUT, 2, &pattern(3));
     driver.notify(0);
+    source.vf.quiesce();
     assert_eq!(guest.used_idx(), 1, "a stopped VF processes nothing");
     assert!(irqs.take().is_empty(), "a stopped VF raises nothing");
     // Registers still answer.
@@ -336,6 +338,7 @@ fn in_flight_requests_complete_on_the_destination_exactly_once() {
         "nothing runs before the VF is resumed"
     );
     walk(&mut states, hooks, Running);
+    destination.vf.quiesce();
 
     // The two in-flight writes completed on the destination, once, in order.
     assert_eq!(m.guest.used_idx(), 3);
@@ -360,6 +363,7 @@ fn in_flight_requests_complete_on_the_destination_exactly_once() {
     assert_eq!(driver.read(cc::QUEUE_DESC, 8), QUEUE);
     m.guest.publish(3, VIRTIO_BLK_T_IN, 2, &[]);
     driver.notify(0);
+    destination.vf.quiesce();
     assert_eq!(m.guest.used_idx(), 4);
     assert_eq!(m.guest.status(3), VIRTIO_BLK_S_OK);
     assert_eq!(m.mem.get(DATA + 3 * SECTOR_SIZE, 512), pattern(3));
@@ -416,6 +420,7 @@ fn corrupt_or_foreign_parts_leave_the_destination_unchanged() {
     let mut states = MigrationDriver::new(hooks.flags());
     load(hooks, &mut states, &m.parts);
     walk(&mut states, hooks, Running);
+    destination.vf.quiesce();
     assert_eq!(m.guest.used_idx(), 3);
 }
 
@@ -651,6 +656,7 @@ fn a_net_vf_sends_its_queued_frame_from_the_destination_with_its_mac() {
     let mut states = MigrationDriver::new(hooks.flags());
     load(hooks, &mut states, &parts);
     walk(&mut states, hooks, Running);
+    vf_b.quiesce();
     let n = link_b.recv(&mut buffer).unwrap();
     assert_eq!(&buffer[..n], b"queued while stopped");
     assert_eq!(tx.take_used(&mem).map(|(id, _)| id), Some(0));

@@ -30,7 +30,7 @@ fn setup() -> Setup {
     let rx = DriverQueue::new(16, 0x1000);
     let tx = DriverQueue::new(16, 0x4000);
     {
-        let driver = ModernDriver::new(&vf);
+        let driver = ModernDriver::of(&vf);
         driver.negotiate(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC);
         driver.setup_queue(RX_QUEUE, &rx, 0);
         driver.setup_queue(TX_QUEUE, &tx, 1);
@@ -48,7 +48,7 @@ fn setup() -> Setup {
 #[test]
 fn config_has_the_mac_and_device_id() {
     let s = setup();
-    let driver = ModernDriver::new(&s.vf);
+    let driver = ModernDriver::of(&s.vf);
     let mac: Vec<u8> = (0..6).map(|i| driver.read(0x2000 + i, 1) as u8).collect();
     assert_eq!(mac, MAC);
     assert_eq!(driver.read(0x2000 + 6, 2), 1, "link up");
@@ -66,7 +66,7 @@ fn transmitted_frames_reach_the_host() {
     s.mem.put(0x11000, frame);
     let head =
         s.tx.add(&s.mem, &[ro(0x10000, 12), ro(0x11000, frame.len() as u32)]);
-    ModernDriver::new(&s.vf).notify(TX_QUEUE);
+    ModernDriver::of(&s.vf).notify(TX_QUEUE);
     assert_eq!(s.tx.take_used(&s.mem), Some((u32::from(head), 0)));
     let mut buffer = [0u8; 2048];
     let n = s.host.recv(&mut buffer).unwrap();
@@ -77,8 +77,8 @@ fn transmitted_frames_reach_the_host() {
 fn host_frames_are_received_with_a_header() {
     let mut s = setup();
     let head = s.rx.add(&s.mem, &[wo(0x20000, 2048)]);
-    ModernDriver::new(&s.vf).notify(RX_QUEUE);
-    assert_eq!(s.rx.take_used(&s.mem), None, "nothing arrived yet");
+    ModernDriver::of(&s.vf).notify(RX_QUEUE);
+    assert_eq!(s.rx.poll_used(&s.mem), None, "nothing arrived yet");
     s.host.send(b"frame from the host").unwrap();
     s.vf.poll();
     let (id, len) = s.rx.take_used(&s.mem).unwrap();
@@ -99,7 +99,7 @@ fn frames_wait_for_receive_buffers() {
     // No buffers yet: nothing is lost, the frames wait in order.
     let a = s.rx.add(&s.mem, &[wo(0x20000, 64)]);
     let b = s.rx.add(&s.mem, &[wo(0x21000, 64)]);
-    ModernDriver::new(&s.vf).notify(RX_QUEUE);
+    ModernDriver::of(&s.vf).notify(RX_QUEUE);
     assert_eq!(s.rx.take_used(&s.mem), Some((u32::from(a), 17)));
     assert_eq!(s.rx.take_used(&s.mem), Some((u32::from(b), 18)));
     assert_eq!(s.mem.get(0x20000 + 12, 5), b"first");
@@ -110,10 +110,11 @@ fn frames_wait_for_receive_buffers() {
 fn a_reset_device_moves_no_frames() {
     let mut s = setup();
     s.rx.add(&s.mem, &[wo(0x20000, 64)]);
-    ModernDriver::new(&s.vf).write(0x14, 1, 0);
+    ModernDriver::of(&s.vf).write(0x14, 1, 0);
     s.host.send(b"dropped?").unwrap();
     s.vf.poll();
-    assert_eq!(s.rx.take_used(&s.mem), None);
+    s.vf.quiesce();
+    assert_eq!(s.rx.poll_used(&s.mem), None);
 }
 
 #[test]
@@ -128,13 +129,13 @@ fn a_poller_delivers_frames_without_notifications() {
     ));
     let mut rx = DriverQueue::new(16, 0x1000);
     {
-        let driver = ModernDriver::new(&*vf);
+        let driver = ModernDriver::of(&vf);
         driver.negotiate(VIRTIO_F_VERSION_1);
         driver.setup_queue(RX_QUEUE, &rx, 0);
         driver.driver_ok();
     }
     rx.add(&mem, &[wo(0x20000, 2048)]);
-    ModernDriver::new(&*vf).notify(RX_QUEUE);
+    ModernDriver::of(&vf).notify(RX_QUEUE);
     let poller = vf.spawn_poller(Duration::from_millis(1)).unwrap();
     host.send(b"unsolicited").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -147,4 +148,42 @@ fn a_poller_delivers_frames_without_notifications() {
     };
     assert_eq!(used.1, 12 + 11);
     drop(poller);
+}
+
+/// Guest memory that counts the device's reads (each would be a DMA_READ message when the
+/// VMM does not share its RAM).
+struct Counting(Arc<Memory>, std::sync::atomic::AtomicUsize);
+
+impl vfio_variant::backend::DmaAccess for Counting {
+    fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), vfio_variant::backend::DmaError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.read(iova, data)
+    }
+    fn write(&self, iova: u64, data: &[u8]) -> Result<(), vfio_variant::backend::DmaError> {
+        self.0.write(iova, data)
+    }
+}
+
+#[test]
+fn polling_an_idle_receive_queue_reads_no_guest_memory() {
+    let (device, _host) = NetDevice::new(MAC).unwrap();
+    let mem = Memory::new(1 << 20);
+    let counting = Arc::new(Counting(mem.clone(), Default::default()));
+    let vf = VirtioVf::new("vf1", Box::new(device), counting.clone(), Irqs::new());
+    let mut rx = DriverQueue::new(16, 0x1000);
+    let driver = ModernDriver::of(&vf);
+    driver.negotiate(VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC);
+    driver.setup_queue(RX_QUEUE, &rx, 0);
+    driver.driver_ok();
+    rx.add(&mem, &[wo(0x20000, 2048)]);
+    let before = counting.1.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..10 {
+        vf.poll();
+        vf.quiesce();
+    }
+    assert_eq!(
+        counting.1.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "nothing arrived: nothing to read"
+    );
 }

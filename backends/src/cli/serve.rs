@@ -201,7 +201,7 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         announce(info);
     }
     println!(
-        "Guest RAM must be shared with the server, e.g. -object memory-backend-memfd,id=mem0,size=1G,share=on -numa node,memdev=mem0"
+        "Guest RAM shared with the server is fastest, e.g. -object memory-backend-memfd,id=mem0,size=1G,share=on -numa node,memdev=mem0; private RAM works, by DMA messages (slower)"
     );
     let _ = std::io::stdout().flush();
 

@@ -13,6 +13,7 @@
 mod context;
 pub mod emulated;
 pub mod pool;
+pub mod worker;
 
 pub use context::{DmaAccess, DmaError, FunctionContext, Interrupt, InterruptSink};
 
@@ -187,5 +188,14 @@ pub trait Function: Send + Sync {
     /// Migration support, when the profile offers it.
     fn migration(&self) -> Option<&dyn MigrationHooks> {
         None
+    }
+    /// Whether the function can only reach guest RAM the VMM shares with the server (a file
+    /// descriptor with every writable DMA mapping), as a passthrough function over real VFIO
+    /// must. A function that says so has a writable DMA_MAP without an fd refused (ENOTSUP,
+    /// logged with the function's name and the fix), and the VMM reports the error; the
+    /// others reach such memory with DMA_READ/DMA_WRITE messages, doing their DMA off the
+    /// register path ([`worker::Worker`]).
+    fn needs_shared_memory(&self) -> bool {
+        false
     }
 }

@@ -3,7 +3,8 @@
 //! sends DMA_READ/DMA_WRITE and keeps reading the socket until the answer comes, queueing
 //! commands that arrive meanwhile; so the answer is never stuck behind the command that
 //! asked for it. Device threads doing such DMA send their request and are handed the answer
-//! by the connection thread.
+//! by the connection thread, also while that thread waits for a device's worker to finish
+//! (it pumps the socket meanwhile: [`crate::backend::worker`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -22,6 +23,7 @@ use super::dma::RemoteMemory;
 use super::handler::Session;
 use super::{Port, ServerConfig};
 use crate::backend::DmaError;
+use crate::backend::worker::{Pump, with_pump};
 use crate::vfio_user::dma::{DmaLayout, DmaRead, DmaReadReply, DmaWrite};
 use crate::vfio_user::header::{Command, Header};
 use crate::vfio_user::socket::{
@@ -272,6 +274,42 @@ impl RemoteMemory for RemoteDma {
     }
 }
 
+/// What the connection thread does while a command waits for a device's worker: reads the
+/// socket, handing DMA answers to their waiters and queueing commands.
+struct ConnectionPump {
+    inbox: Arc<Inbox>,
+    outbox: Arc<Outbox>,
+    remote: Arc<RemoteDma>,
+}
+
+impl Pump for ConnectionPump {
+    fn pump(&self, wake: BorrowedFd<'_>) -> bool {
+        if self.inbox.queued.lock().len() >= MAX_QUEUED {
+            // No room to queue what comes: stop reading (the worker's DMA times out).
+            return false;
+        }
+        let mut fds = [
+            PollFd::new(&self.inbox.stream, PollFlags::IN),
+            PollFd::from_borrowed_fd(wake, PollFlags::IN),
+        ];
+        match poll(&mut fds, None) {
+            Ok(_) if !fds[1].revents().is_empty() => return true,
+            Ok(_) if !fds[0].revents().is_empty() => {}
+            Ok(_) | Err(rustix::io::Errno::INTR) => return true,
+            Err(_) => return false,
+        }
+        match self.inbox.read() {
+            Incoming::Reply(message) => self.remote.deliver(message),
+            Incoming::Command(message) => self.inbox.queued.lock().push_back(message),
+            Incoming::Refused(header, errno) => {
+                let _ = self.outbox.error(&header, errno);
+            }
+            Incoming::Closed => return false,
+        }
+        true
+    }
+}
+
 /// Serves one client on the calling thread until it disconnects (or breaks the protocol
 /// beyond recovery); then unmaps its DMA and closes its eventfds. The device state stays.
 pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStream) {
@@ -302,6 +340,11 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
     port.dma
         .set_remote(Some(Arc::clone(&remote) as Arc<dyn RemoteMemory>));
 
+    let pump = ConnectionPump {
+        inbox: Arc::clone(&inbox),
+        outbox: Arc::clone(&outbox),
+        remote: Arc::clone(&remote),
+    };
     let mut session = Session::new(&port, &config, &outbox, &limits);
     loop {
         let queued = inbox.queued.lock().pop_front();
@@ -311,7 +354,7 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
         };
         match incoming {
             Incoming::Command(message) => {
-                if !session.handle(message) {
+                if !with_pump(&pump, || session.handle(message)) {
                     // A fatal protocol error (e.g. an unsupported major version): close.
                     break;
                 }

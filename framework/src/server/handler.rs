@@ -306,6 +306,23 @@ impl<'a> Session<'a> {
             .negotiated
             .as_ref()
             .map_or(self.config.offer.max_dma_maps, |n| n.max_dma_maps);
+        // Guest RAM is mapped writable; read-only ranges (ROMs, which QEMU never has in a
+        // file) are taken, and only reached by message.
+        if fds.is_empty()
+            && map.flags.contains(DmaMapFlags::WRITE)
+            && self.port.function.function().needs_shared_memory()
+        {
+            tracing::warn!(
+                "{}: DMA_MAP of {:#x}+{:#x} without a file descriptor refused: this function \
+                 needs guest RAM shared with the server; start the VM with a shared memfd \
+                 memory backend (-object memory-backend-memfd,id=mem0,size=...,share=on \
+                 -numa node,memdev=mem0)",
+                self.port.name,
+                map.address,
+                map.size
+            );
+            return Answer::Error(libc::ENOTSUP);
+        }
         let access = (
             map.flags.contains(DmaMapFlags::READ),
             map.flags.contains(DmaMapFlags::WRITE),

@@ -50,7 +50,7 @@ pub struct ServerConfig {
     pub offer: ServerOffer,
     /// Bounds on every message before VERSION settles the transfer size.
     pub limits: Limits,
-    /// Layout of DMA_READ/DMA_WRITE messages (QEMU's by default).
+    /// Layout of DMA_READ/DMA_WRITE messages (the spec's by default, which QEMU 11 uses).
     pub dma_layout: DmaLayout,
     /// How long a DMA_READ/DMA_WRITE waits for the client.
     pub dma_timeout: Duration,
@@ -67,7 +67,7 @@ impl Default for ServerConfig {
             allowed_uids: Vec::new(),
             offer: ServerOffer::default(),
             limits: Limits::default(),
-            dma_layout: DmaLayout::Qemu,
+            dma_layout: DmaLayout::Spec,
             dma_timeout: Duration::from_secs(5),
             poll: None,
         }

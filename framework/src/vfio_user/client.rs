@@ -5,6 +5,7 @@
 //! then goes on waiting. Replies are matched by message id and command; a reply with another
 //! id (say, one that arrived after a timeout) is dropped.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -59,8 +60,8 @@ pub struct ClientOptions {
     pub limits: Limits,
     /// Read and write timeout of the socket (`None`: wait forever).
     pub timeout: Option<Duration>,
-    /// Layout of the server's DMA_WRITE requests and of DMA_READ replies: QEMU's by default,
-    /// as QEMU is the client servers are written for.
+    /// Layout of the server's DMA_WRITE requests and of DMA_READ replies: the spec's by
+    /// default, as QEMU 11's client uses it.
     pub dma_layout: DmaLayout,
 }
 
@@ -70,7 +71,7 @@ impl Default for ClientOptions {
             capabilities: Capabilities::qemu_proposal(),
             limits: Limits::default(),
             timeout: None,
-            dma_layout: DmaLayout::Qemu,
+            dma_layout: DmaLayout::Spec,
         }
     }
 }
@@ -153,7 +154,12 @@ pub struct Client {
     dma: Option<Box<dyn DmaHandler>>,
     dma_layout: DmaLayout,
     broken: bool,
+    /// Server requests read while waiting for a reply, answered once it came (when set).
+    deferred: Option<VecDeque<Message>>,
 }
+
+/// Server requests a deferring client holds while it waits for one reply.
+const MAX_DEFERRED: usize = 1024;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -229,6 +235,7 @@ impl Client {
             dma: None,
             dma_layout: options.dma_layout,
             broken: false,
+            deferred: None,
         })
     }
 
@@ -241,6 +248,14 @@ impl Client {
     /// are answered with EFAULT.
     pub fn set_dma_handler(&mut self, handler: Box<dyn DmaHandler>) {
         self.dma = Some(handler);
+    }
+
+    /// With `true`, the server's DMA requests that arrive while a call waits for its reply
+    /// are answered only once that reply came, as QEMU answers them (its vCPU waits for the
+    /// reply holding the lock its DMA handling needs). A server that waits for DMA before it
+    /// replies then never gets an answer: the call times out ([`Client::set_timeout`]).
+    pub fn set_deferred_dma(&mut self, deferred: bool) {
+        self.deferred = deferred.then(VecDeque::new);
     }
 
     /// Sets the socket's read and write timeout. A timed-out call leaves the connection
@@ -314,7 +329,15 @@ impl Client {
                 Err(e) => return Err(self.fail(e)),
             };
             if !msg.header.is_reply() {
-                self.serve(msg)?;
+                match self.deferred.as_mut() {
+                    Some(queue) if queue.len() < MAX_DEFERRED => queue.push_back(msg),
+                    Some(_) => {
+                        return Err(self.fail(io::Error::other(format!(
+                            "more than {MAX_DEFERRED} server requests while waiting"
+                        ))));
+                    }
+                    None => self.serve(msg)?,
+                }
                 continue;
             }
             if msg.header.msg_id != id {
@@ -324,6 +347,9 @@ impl Client {
                     "dropping a reply nobody waits for"
                 );
                 continue;
+            }
+            while let Some(request) = self.deferred.as_mut().and_then(VecDeque::pop_front) {
+                self.serve(request)?;
             }
             if let Err(e) = check_reply(&msg.header, command) {
                 if matches!(e, ClientError::Protocol(_)) {

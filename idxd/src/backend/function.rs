@@ -412,6 +412,11 @@ impl Function for IdxdFunction {
             ),
             0 => {
                 register_access(offset, data.len())?;
+                if (SWERR..SWERR + 8).contains(&offset) {
+                    // Descriptors run after the portal write: their errors are collected
+                    // when the guest looks.
+                    self.collect_pf_error();
+                }
                 for (i, part) in data.chunks_exact_mut(4).enumerate() {
                     part.copy_from_slice(&self.read32(offset + 4 * i as u64).to_le_bytes());
                 }

@@ -316,6 +316,7 @@ fn portal_submits_to_the_wq_and_completions_raise_vector_1() {
     a.irqs.0.lock().clear();
     enable(f);
     f.bar_write(2, 0x1000, &desc.encode()).unwrap();
+    b.device().quiesce();
     assert_eq!(a.memory.get(0x10_1000, 256), vec![0x5a; 256]);
     assert_eq!(record(&a.memory, 0x10_0000).status, status::SUCCESS);
     assert_eq!(*a.irqs.0.lock(), vec![Interrupt::Msix(1)]);
@@ -325,6 +326,7 @@ fn portal_submits_to_the_wq_and_completions_raise_vector_1() {
         ..Descriptor::default()
     };
     f.bar_write(2, 0x40, &bad.encode()).unwrap();
+    b.device().quiesce();
     assert_eq!(
         (read64(f, SWERR) >> SWERR_ERROR_SHIFT) as u8,
         status::BAD_OPCODE
@@ -357,6 +359,7 @@ fn sub_devices_are_isolated() {
     });
     let desc = fill(0x10_0000, 0x20_0000, 64);
     a.function.bar_write(2, 0, &desc.encode()).unwrap();
+    b.device().quiesce();
     let r = record(&a.memory, 0x10_0000);
     assert_eq!(
         (r.status, r.fault_addr),
@@ -367,6 +370,7 @@ fn sub_devices_are_isolated() {
     c.function
         .bar_write(2, 0, &fill(0x10_0000, 0x10_2000, 64).encode())
         .unwrap();
+    b.device().quiesce();
     assert_eq!(c.memory.get(0x10_2000, 64), vec![0x5a; 64]);
     assert_eq!(a.memory.get(0x10_2000, 64), vec![0; 64]);
 }

@@ -1,8 +1,17 @@
 //! The DSA physical function: BAR0 register file, command processing, portals.
+//!
+//! A portal write queues its descriptor on the WQ (at most the WQ's size; more are dropped
+//! with a software error) and returns; the device's worker thread runs the WQs' descriptors
+//! (`vfio_variant::backend::worker::Worker`), without a WQ's lock while it reaches memory,
+//! which may be guest memory reached by messages a VMM answers only after the portal write's
+//! reply. The drain, abort, disable and reset commands wait for the descriptors in flight;
+//! abort and reset drop the queued ones first.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use vfio_variant::backend::worker::Worker;
 use vfio_variant::backend::{DmaAccess, Interrupt, InterruptSink};
 
 use super::descriptor::{DESCRIPTOR_SIZE, Descriptor, op};
@@ -89,8 +98,23 @@ struct Registers {
     groups: Vec<Groups>,
 }
 
-/// An emulated DSA physical function.
+/// An emulated DSA physical function: its registers and WQs, and the worker running the
+/// descriptors submitted to them.
 pub struct DsaDevice {
+    core: Arc<DsaCore>,
+    worker: Worker,
+}
+
+impl Deref for DsaDevice {
+    type Target = DsaCore;
+
+    fn deref(&self) -> &DsaCore {
+        &self.core
+    }
+}
+
+/// The DSA's registers and WQs, shared with its worker.
+pub struct DsaCore {
     geometry: DsaGeometry,
     engine: Engine,
     registers: Mutex<Registers>,
@@ -114,6 +138,70 @@ pub(crate) fn check_access(offset: u64, len: usize, size: u64) -> Result<(), Reg
 impl DsaDevice {
     /// A device at reset with `geometry` (clamped to what the register layout holds).
     pub fn new(geometry: DsaGeometry) -> Self {
+        let core = Arc::new(DsaCore::new(geometry));
+        let weak = Arc::downgrade(&core);
+        let worker = Worker::new("dsa-engine", move |wqs| {
+            if let Some(core) = weak.upgrade() {
+                core.run(wqs);
+            }
+        });
+        Self { core, worker }
+    }
+
+    /// Writes BAR0 (4 or 8 naturally aligned bytes; an 8-byte write is low then high dword).
+    /// A drain, abort, disable or reset command returns once the descriptors in flight ran.
+    pub fn bar0_write(&self, offset: u64, data: &[u8]) -> Result<(), RegisterError> {
+        if self.core.bar0_write(offset, data)? {
+            self.worker.quiesce();
+        }
+        Ok(())
+    }
+
+    /// Waits until the descriptors submitted so far have run.
+    pub fn quiesce(&self) {
+        self.worker.quiesce();
+    }
+
+    /// A 64-byte write to WQ `wq`'s portals at `offset` (MOVDIR64B or ENQCMD): queues the
+    /// descriptor; the worker runs it against the WQ's address space and raises its
+    /// completion interrupts.
+    pub fn portal_write(
+        &self,
+        wq: usize,
+        offset: u64,
+        bytes: &[u8; DESCRIPTOR_SIZE],
+    ) -> Result<(), PortalError> {
+        let queue = self.wqs.get(wq).ok_or(PortalError::NoSuchWq(wq))?;
+        if offset >= PORTALS_PER_WQ || !offset.is_multiple_of(DESCRIPTOR_SIZE as u64) {
+            return Err(PortalError::BadOffset(offset));
+        }
+        let refused = {
+            let mut queue = queue.lock();
+            if !queue.enabled {
+                Some(SWERR_WQ_NOT_ENABLED)
+            } else if queue.pending.len() >= queue.size().max(1) as usize {
+                Some(SWERR_WQ_FULL)
+            } else {
+                queue.pending.push_back(Descriptor::decode(bytes));
+                None
+            }
+        };
+        match refused {
+            Some(error) => {
+                self.software_error(wq, error);
+                if error == SWERR_WQ_NOT_ENABLED {
+                    return Err(PortalError::NotEnabled(wq));
+                }
+            }
+            // At most 64 WQs (the geometry is clamped).
+            None => self.worker.kick(1 << wq),
+        }
+        Ok(())
+    }
+}
+
+impl DsaCore {
+    fn new(geometry: DsaGeometry) -> Self {
         let geometry = DsaGeometry {
             num_wqs: geometry.num_wqs.clamp(1, 64),
             total_wq_size: geometry.total_wq_size.max(1),
@@ -198,14 +286,44 @@ impl DsaDevice {
         Ok(())
     }
 
-    /// Writes BAR0 (4 or 8 naturally aligned bytes; an 8-byte write is low then high dword).
-    pub fn bar0_write(&self, offset: u64, data: &[u8]) -> Result<(), RegisterError> {
+    /// Writes BAR0; returns whether a command must wait for the descriptors in flight.
+    fn bar0_write(&self, offset: u64, data: &[u8]) -> Result<bool, RegisterError> {
         check_access(offset, data.len(), BAR0_SIZE)?;
+        let mut drain = false;
         for (i, part) in data.chunks_exact(4).enumerate() {
             let value = u32::from_le_bytes([part[0], part[1], part[2], part[3]]);
-            self.write32(offset + 4 * i as u64, value);
+            drain |= self.write32(offset + 4 * i as u64, value);
         }
-        Ok(())
+        Ok(drain)
+    }
+
+    /// On the worker: runs the descriptors queued on the WQs in `wqs`, each without the WQ's
+    /// lock while it reaches memory.
+    fn run(&self, wqs: u64) {
+        for (index, queue) in self.wqs.iter().enumerate() {
+            if wqs & (1 << index) == 0 {
+                continue;
+            }
+            loop {
+                let (desc, memory, sink) = {
+                    let mut queue = queue.lock();
+                    let Some(desc) = queue.pending.pop_front() else {
+                        break;
+                    };
+                    (desc, Arc::clone(&queue.memory), queue.interrupts.clone())
+                };
+                let mut events = Events::default();
+                self.engine.submit(&*memory, &desc, &mut events);
+                if let Some(sink) = sink {
+                    for handle in &events.interrupts {
+                        sink.raise(Interrupt::Msix(u32::from(*handle)));
+                    }
+                }
+                if let Some(&error) = events.software_errors.first() {
+                    self.software_error(index, error);
+                }
+            }
+        }
     }
 
     fn read32(&self, offset: u64) -> u32 {
@@ -267,7 +385,8 @@ impl DsaDevice {
         }
     }
 
-    fn write32(&self, offset: u64, value: u32) {
+    /// Writes a register; returns whether a command must wait for the descriptors in flight.
+    fn write32(&self, offset: u64, value: u32) -> bool {
         let g = self.geometry;
         let mut r = self.registers.lock();
         let set_half = |v: &mut u64| {
@@ -281,7 +400,7 @@ impl DsaDevice {
             GENCFG if !r.enabled => r.gencfg = value,
             GENCTRL => r.genctrl = value & 0x3,
             INTCAUSE => r.intcause &= !value,
-            CMD => self.command(&mut r, value),
+            CMD => return self.command(&mut r, value),
             SWERR => r.swerr[0] &= !(u64::from(value) & (SWERR_VALID | SWERR_OVERFLOW)),
             o if !r.enabled
                 && (GRPCFG..GRPCFG + GRPCFG_SIZE * u64::from(g.num_groups)).contains(&o) =>
@@ -305,6 +424,7 @@ impl DsaDevice {
             }
             _ => {}
         }
+        false
     }
 
     /// The WQs a DISABLE/DRAIN/ABORT/RESET_WQ operand names (bitmap of 16, set in bits 16-19).
@@ -316,7 +436,9 @@ impl DsaDevice {
             .collect()
     }
 
-    fn command(&self, r: &mut Registers, value: u32) {
+    /// Runs a command; returns whether it must wait for the descriptors in flight (after
+    /// the register lock is released: the worker records errors under it).
+    fn command(&self, r: &mut Registers, value: u32) -> bool {
         r.cmd = value;
         let code = (value >> CMD_SHIFT) & 0x1f;
         let operand = value & 0xf_ffff;
@@ -325,6 +447,19 @@ impl DsaDevice {
         if value & CMD_INT_REQ != 0 {
             r.intcause |= INTC_CMD;
         }
+        matches!(
+            code,
+            cmd::DISABLE_DEVICE
+                | cmd::RESET_DEVICE
+                | cmd::DRAIN_ALL
+                | cmd::ABORT_ALL
+                | cmd::DRAIN_PASID
+                | cmd::ABORT_PASID
+                | cmd::DISABLE_WQ
+                | cmd::DRAIN_WQ
+                | cmd::ABORT_WQ
+                | cmd::RESET_WQ
+        )
     }
 
     fn run_command(&self, r: &mut Registers, code: u32, operand: u32) -> (u8, u32) {
@@ -345,6 +480,7 @@ impl DsaDevice {
                     wq.enabled = false;
                     if code == cmd::RESET_DEVICE {
                         wq.config = [0; 8];
+                        wq.pending.clear();
                     }
                 }
                 r.enabled = false;
@@ -355,10 +491,12 @@ impl DsaDevice {
                 }
                 (cmdsts::SUCCESS, 0)
             }
-            // Descriptors run to completion under the WQ's lock: taking it drains the WQ.
-            cmd::DRAIN_ALL | cmd::ABORT_ALL | cmd::DRAIN_PASID | cmd::ABORT_PASID => {
+            // The wait for the descriptors in flight follows (`command`'s caller); an abort
+            // drops the queued ones first.
+            cmd::DRAIN_ALL | cmd::DRAIN_PASID => (cmdsts::SUCCESS, 0),
+            cmd::ABORT_ALL | cmd::ABORT_PASID => {
                 for wq in &self.wqs {
-                    drop(wq.lock());
+                    wq.lock().pending.clear();
                 }
                 (cmdsts::SUCCESS, 0)
             }
@@ -376,7 +514,9 @@ impl DsaDevice {
                         cmd::RESET_WQ => {
                             wq.enabled = false;
                             wq.config = [0; 8];
+                            wq.pending.clear();
                         }
+                        cmd::ABORT_WQ => wq.pending.clear(),
                         _ => {}
                     }
                 }
@@ -424,44 +564,6 @@ impl DsaDevice {
         }
         wq.enabled = true;
         cmdsts::SUCCESS
-    }
-
-    /// A 64-byte write to WQ `wq`'s portals at `offset` (MOVDIR64B or ENQCMD): runs the
-    /// descriptor against the WQ's address space, then raises its completion interrupts.
-    pub fn portal_write(
-        &self,
-        wq: usize,
-        offset: u64,
-        bytes: &[u8; DESCRIPTOR_SIZE],
-    ) -> Result<(), PortalError> {
-        let queue = self.wqs.get(wq).ok_or(PortalError::NoSuchWq(wq))?;
-        if offset >= PORTALS_PER_WQ || !offset.is_multiple_of(DESCRIPTOR_SIZE as u64) {
-            return Err(PortalError::BadOffset(offset));
-        }
-        let mut events = Events::default();
-        let sink = {
-            let queue = queue.lock();
-            if queue.enabled {
-                let desc = Descriptor::decode(bytes);
-                self.engine.submit(&*queue.memory, &desc, &mut events);
-                queue.interrupts.clone()
-            } else {
-                events.software_errors.push(SWERR_WQ_NOT_ENABLED);
-                None
-            }
-        };
-        if let Some(sink) = sink {
-            for handle in &events.interrupts {
-                sink.raise(Interrupt::Msix(u32::from(*handle)));
-            }
-        }
-        if let Some(&error) = events.software_errors.first() {
-            self.software_error(wq, error);
-        }
-        if events.software_errors.contains(&SWERR_WQ_NOT_ENABLED) {
-            return Err(PortalError::NotEnabled(wq));
-        }
-        Ok(())
     }
 
     fn software_error(&self, wq: usize, error: u8) {
@@ -678,6 +780,7 @@ mod tests {
         // Enabled but no address space bound: the record cannot be written (SWERR).
         assert_eq!(command(&d, cmd::ENABLE_WQ, 2), 0);
         d.portal_write(2, 0x1000, &desc.encode()).unwrap();
+        d.quiesce();
         assert_eq!(
             (read64(&d, SWERR) >> SWERR_ERROR_SHIFT) as u8,
             status::CRA_XLAT
@@ -686,6 +789,7 @@ mod tests {
         d.bind_address_space(2, memory.clone());
         d.bind_interrupts(2, irqs.clone());
         d.portal_write(2, 0x40, &desc.encode()).unwrap();
+        d.quiesce();
         assert_eq!(memory.get(0x11000, 100), vec![0x42; 100]);
         let mut record = [0u8; 32];
         record.copy_from_slice(&memory.get(0x10000, 32));
@@ -707,6 +811,81 @@ mod tests {
         d.unbind(2);
         memory.put(0x11000, &[0; 100]);
         d.portal_write(2, 0, &desc.encode()).unwrap();
+        d.quiesce();
         assert_eq!(memory.get(0x11000, 100), vec![0; 100]);
+    }
+
+    /// Memory whose first read waits until the test opens the gate, as guest memory reached
+    /// by messages waits for a VMM.
+    struct Gated {
+        memory: PagedMemory,
+        gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl DmaAccess for Gated {
+        fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), vfio_variant::backend::DmaError> {
+            if let Some(gate) = self.gate.lock().take() {
+                gate.recv().unwrap();
+            }
+            self.memory.read(iova, data)
+        }
+        fn write(&self, iova: u64, data: &[u8]) -> Result<(), vfio_variant::backend::DmaError> {
+            self.memory.write(iova, data)
+        }
+    }
+
+    #[test]
+    fn portal_writes_return_before_descriptors_run_and_a_full_wq_drops() {
+        let d = grouped_device();
+        command(&d, cmd::ENABLE_DEVICE, 0);
+        configure_wq(&d, 1, 2, 0, 1);
+        assert_eq!(command(&d, cmd::ENABLE_WQ, 1), 0);
+        let (open, gate) = std::sync::mpsc::channel();
+        let memory = Arc::new(Gated {
+            memory: PagedMemory::new(0x10000, 4),
+            gate: Mutex::new(Some(gate)),
+        });
+        memory.memory.put(0x11000, &[7; 64]);
+        d.bind_address_space(1, memory.clone());
+        let copy = |record: u64, dst: u64| Descriptor {
+            opcode: op::MEMMOVE,
+            flags: flag::CRAV | flag::RCR,
+            completion_addr: record,
+            src: 0x11000,
+            dst,
+            size: 64,
+            ..Descriptor::default()
+        };
+        // The first waits in the worker for its source; the writes do not wait for it.
+        d.portal_write(1, 0, &copy(0x10000, 0x12000).encode())
+            .unwrap();
+        let queued = |d: &DsaDevice| d.wqs[1].lock().pending.len();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while queued(&d) != 0 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        d.portal_write(1, 0, &copy(0x10020, 0x12100).encode())
+            .unwrap();
+        d.portal_write(1, 0, &copy(0x10040, 0x12200).encode())
+            .unwrap();
+        assert_eq!(read64(&d, SWERR) & SWERR_VALID, 0);
+        // A third waiting one does not fit the WQ (size 2): dropped, SWERR.
+        d.portal_write(1, 0, &copy(0x10060, 0x12300).encode())
+            .unwrap();
+        assert_eq!(
+            (read64(&d, SWERR) >> SWERR_ERROR_SHIFT) as u8,
+            SWERR_WQ_FULL
+        );
+        // Registers answer meanwhile.
+        assert_eq!(read32(&d, GENSTS), GENSTS_ENABLED);
+        open.send(()).unwrap();
+        d.quiesce();
+        for (record, dst) in [(0x10000, 0x12000), (0x10020, 0x12100), (0x10040, 0x12200)] {
+            let mut r = [0u8; 32];
+            r.copy_from_slice(&memory.memory.get(record, 32));
+            assert_eq!(Completion::decode(&r).status, status::SUCCESS);
+            assert_eq!(memory.memory.get(dst, 64), vec![7; 64]);
+        }
+        assert_eq!(memory.memory.get(0x12300, 64), vec![0; 64]);
     }
 }

@@ -87,6 +87,9 @@ pub const SWERR_ERROR_SHIFT: u32 = 8;
 pub const SWERR_WQ_IDX_SHIFT: u32 = 16;
 /// SWERR error code of this model: a descriptor was written to a disabled WQ's portal.
 pub const SWERR_WQ_NOT_ENABLED: u8 = 0x31;
+/// SWERR error code of this model: a descriptor was written to a full WQ (more than its size
+/// waiting to run) and dropped.
+pub const SWERR_WQ_FULL: u8 = 0x32;
 /// MSI-X permissions table offset (virtual device).
 pub const MSIX_PERM: u64 = 0x300;
 /// Group configuration table offset (64 bytes per group).

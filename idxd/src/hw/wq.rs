@@ -1,9 +1,11 @@
 //! Work queues: their configuration (WQCFG), state, bound address space and interrupts.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use vfio_variant::backend::{DmaAccess, DmaError, InterruptSink};
 
+use super::descriptor::Descriptor;
 use super::registers::{WQCFG_MODE_DEDICATED, WQCFG_PRIORITY_SHIFT, WQCFG_STATE_SHIFT};
 
 /// How software submits to a WQ.
@@ -44,6 +46,8 @@ pub struct WorkQueue {
     pub memory: Arc<dyn DmaAccess>,
     /// Where its completion interrupts go.
     pub interrupts: Option<Arc<dyn InterruptSink>>,
+    /// Descriptors submitted and not yet run (at most the WQ's size).
+    pub pending: VecDeque<Descriptor>,
 }
 
 impl Default for WorkQueue {
@@ -53,6 +57,7 @@ impl Default for WorkQueue {
             enabled: false,
             memory: Arc::new(Unbound),
             interrupts: None,
+            pending: VecDeque::new(),
         }
     }
 }

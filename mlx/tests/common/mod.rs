@@ -207,6 +207,8 @@ impl Driver {
             &self.produced.to_le_bytes(),
         )
         .unwrap();
+        // The VF serves its ring on its own thread, after the doorbell write returned.
+        vf.quiesce();
     }
 
     /// Checks every answered entry since the last check: each answered once, in order, with
@@ -234,6 +236,7 @@ impl Driver {
 
     /// Checks that `vf` served everything produced, nothing more.
     pub fn check_all(&mut self, vf: &MlxVf) {
+        vf.quiesce();
         self.check();
         assert_eq!(self.checked, self.produced, "entries left unanswered");
         assert_eq!(read_register(vf, CONSUMER), self.produced);

@@ -61,12 +61,9 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// Number of queues.
     fn num_queues(&self) -> u16;
-    /// The device-specific config area.
+    /// The device-specific config area (read-only to the driver; the transport keeps a copy,
+    /// taken when it is built and after [`VirtioDevice::restore_config`]).
     fn config(&self) -> Vec<u8>;
-    /// A driver write to the device config area (ignored by default: read-only).
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        let _ = (offset, data);
-    }
     /// Whether a device config saved from another device of this type can be restored here
     /// (by default only an identical one: the config describes the device, as a disk's
     /// capacity does).
@@ -79,7 +76,8 @@ pub trait VirtioDevice: Send {
         let _ = config;
     }
     /// Processes what is available on queue `index` after a notification; `features` are the
-    /// negotiated ones. Returns whether used buffers were added.
+    /// negotiated ones. Returns whether used buffers were added. Runs off the register path
+    /// (the transport's worker), and may wait for guest memory reached by messages.
     fn process(
         &mut self,
         index: u16,

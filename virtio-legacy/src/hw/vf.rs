@@ -71,11 +71,10 @@ impl VirtioFunction {
             subsystem_id: 0x1100,
             msix_vectors,
         });
-        Self::from_parts(
-            name.into(),
-            config,
-            Transport::new(device, 0, None, dma, interrupts),
-        )
+        let name = name.into();
+        let transport =
+            Transport::new(device, 0, None, dma, interrupts).with_worker(format!("{name}-queues"));
+        Self::from_parts(name, config, transport)
     }
 
     /// A function from its config space and transport (the PF builds its own).
@@ -91,6 +90,12 @@ impl VirtioFunction {
     /// The virtio transport (status, features) of the VF.
     pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// Waits until the notifications made so far are processed (queues are processed on
+    /// the VF's own thread, after the notifying write has returned).
+    pub fn quiesce(&self) {
+        self.transport.quiesce();
     }
 
     /// Lets the receive side make progress (frames the host sent to a net VF).

@@ -9,9 +9,23 @@ use parking_lot::Mutex;
 use vfio_variant::backend::{DmaAccess, DmaError, Interrupt, InterruptSink};
 use vfio_variant::physical::PhysicalFunction;
 use vfio_variant_virtio_legacy::hw::transport::{NOTIFY_MULTIPLIER, NOTIFY_OFFSET, common};
+use vfio_variant_virtio_legacy::hw::vf::VirtioFunction;
 use vfio_variant_virtio_legacy::hw::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
 };
+
+/// Waits until `done` holds, for 5 seconds at most; returns whether it does. Queues are
+/// processed on the device's own thread, after the notifying write has returned.
+pub fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !done() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    true
+}
 
 /// Guest memory: `size` bytes at IOVA 0.
 pub struct Memory(Mutex<Vec<u8>>);
@@ -198,8 +212,16 @@ impl DriverQueue {
         head
     }
 
-    /// The next used element (id, len), if any.
+    /// The next used element (id, len), waiting for the device (it processes a queue on its
+    /// own thread after the notification) for a few seconds at most.
     pub fn take_used(&mut self, mem: &Memory) -> Option<(u32, u32)> {
+        let last = self.last_used;
+        wait_until(|| mem.u16_at(self.used + 2) != last);
+        self.poll_used(mem)
+    }
+
+    /// The next used element (id, len), if there is one now.
+    pub fn poll_used(&mut self, mem: &Memory) -> Option<(u32, u32)> {
         let idx = mem.u16_at(self.used + 2);
         if idx == self.last_used {
             return None;
@@ -216,11 +238,24 @@ impl DriverQueue {
 /// A modern virtio driver of a function's BAR 0.
 pub struct ModernDriver<'a> {
     pub function: &'a dyn PhysicalFunction,
+    /// Waited for after a notification, when the driver knows the VF.
+    settle: Option<&'a VirtioFunction>,
 }
 
 impl<'a> ModernDriver<'a> {
     pub fn new(function: &'a dyn PhysicalFunction) -> Self {
-        Self { function }
+        Self {
+            function,
+            settle: None,
+        }
+    }
+
+    /// A driver of `vf` whose notifications return once the VF has processed them.
+    pub fn of(vf: &'a VirtioFunction) -> Self {
+        Self {
+            function: vf,
+            settle: Some(vf),
+        }
     }
 
     pub fn read(&self, offset: u64, len: usize) -> u64 {
@@ -301,5 +336,8 @@ impl<'a> ModernDriver<'a> {
             2,
             index.into(),
         );
+        if let Some(vf) = self.settle {
+            vf.quiesce();
+        }
     }
 }

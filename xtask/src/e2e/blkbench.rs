@@ -12,6 +12,9 @@
 //!   reads). Its cache mode is QEMU's default (`writeback`: host page cache), because the server
 //!   reads the file with plain `pread` through the page cache too.
 //!
+//! A third boot repeats the legacy path with QEMU's default private RAM (no memfd): the VF
+//! then reaches guest memory by DMA_READ/DMA_WRITE messages, the price of not sharing.
+//!
 //! The first boot ([`Path::Legacy`]) has `virtio_pci.force_legacy=1` and QEMU's disk with
 //! `disable-modern=on`: both disks are driven by the kernel's legacy virtio_pci path. The second
 //! ([`Path::Modern`]) has neither, and QEMU's disk with `disable-legacy=on`: both are modern
@@ -86,6 +89,9 @@ impl Path {
 pub struct Results {
     /// The virtio path of the boot.
     pub path: Path,
+    /// Guest RAM in a shared memfd; else QEMU's default private RAM (the VF reaches it by
+    /// DMA_READ/DMA_WRITE messages).
+    pub shared: bool,
     /// The transitional virtio-blk VF.
     pub vf: Figures,
     /// QEMU's built-in virtio-blk-pci.
@@ -111,10 +117,14 @@ pub fn run() -> Result<Vec<Results>, String> {
     let mut server = Server::start(&binary, &root, "warn")?;
     let outcome = fill(&server.image())
         .and_then(|()| {
-            [Path::Legacy, Path::Modern]
-                .into_iter()
-                .map(|path| boot(&root, &kernel, &initrd, &server, path))
-                .collect::<Result<Vec<_>, _>>()
+            [
+                (Path::Legacy, true),
+                (Path::Modern, true),
+                (Path::Legacy, false),
+            ]
+            .into_iter()
+            .map(|(path, shared)| boot(&root, &kernel, &initrd, &server, path, shared))
+            .collect::<Result<Vec<_>, _>>()
         })
         .and_then(|results| {
             server.stop()?;
@@ -153,6 +163,7 @@ fn boot(
     initrd: &str,
     server: &Server,
     path: Path,
+    shared: bool,
 ) -> Result<Results, String> {
     let socket = server.socket_in_chroot(root)?;
     let image = server.image_in_chroot(root)?;
@@ -175,11 +186,8 @@ fn boot(
         .append(&format!("blkbench.rand={RAND_SECONDS}"))
         .append(&format!("blkbench.seq={SEQ_SECONDS}"))
         .append("blkbench.disks=2")
+        .args(super::server::ram_args(shared))
         .args([
-            "-object",
-            "memory-backend-memfd,id=mem0,size=512M,share=on",
-            "-numa",
-            "node,memdev=mem0",
             "-device",
             "pcie-root-port,id=rp1,bus=pcie.0,chassis=1",
             "-device",
@@ -192,7 +200,7 @@ fn boot(
         .timeout(TIMEOUT)
         .run()
         .map_err(String::from)?;
-    results(&console, path).map_err(String::from)
+    results(&console, path, shared).map_err(String::from)
 }
 
 /// `key=value` among the whitespace-separated words of `line`.
@@ -207,7 +215,7 @@ fn median(mut samples: Vec<f64>) -> f64 {
 }
 
 /// The figures from the guest's `bench-<round>-<disk>` sections.
-fn results(console: &Console, path: Path) -> Result<Results, GuestError> {
+fn results(console: &Console, path: Path, shared: bool) -> Result<Results, GuestError> {
     let disks = console.section("disks")?;
     let on = |pci: &str| disks.iter().any(|l| field(l, "pci") == Some(pci));
     if disks.len() != 2 || !on(VF_PCI) || !on(BUILTIN_PCI) {
@@ -278,6 +286,7 @@ fn results(console: &Console, path: Path) -> Result<Results, GuestError> {
         .collect();
     Ok(Results {
         path,
+        shared,
         vf: summary(&vf),
         builtin: summary(&builtin),
         ratio: summary(&ratios),

@@ -3,7 +3,8 @@
 //! Starts `vfio-variant serve` (its embedded default: one `sample` function, `sample0`) with its
 //! sockets inside the cached chroot, and boots QEMU's `vfio-user-pci` on it twice, without
 //! restarting the server. QEMU runs under TCG on q35, the function behind a `pcie-root-port`, with
-//! guest RAM in a shared memfd (so the server can DMA into it) and a reserved 2 MiB window of RAM
+//! guest RAM private in boot 1 (QEMU's default: the server reaches it by DMA_READ/DMA_WRITE
+//! messages) and in a shared memfd in boot 2 (the server maps it), and a reserved 2 MiB window of RAM
 //! (`memmap=`) for the DMA buffers. The guest's `/init` (`server/init.sh`) uses only sysfs, busybox
 //! `devmem` and `uio_pci_generic`, and prints what it saw between markers; the host then checks,
 //! in each boot:
@@ -302,7 +303,7 @@ fn exercise(
     for boot in 1..=BOOTS {
         let plan = Plan::new(boot);
         let mut guest = Guest::new(root, &format!("e2e-{label}-boot{boot}"), kernel, initrd)
-            .args(qemu_args(device))
+            .args(qemu_args(device, boot != 1))
             .timeout(BOOT_TIMEOUT);
         for parameter in plan.parameters() {
             guest = guest.append(&parameter);
@@ -313,21 +314,40 @@ fn exercise(
     Ok(passed)
 }
 
-/// The QEMU arguments that attach the function: shared memfd RAM, a root port, the device.
-fn qemu_args(device: &str) -> Vec<String> {
-    [
-        "-object",
-        "memory-backend-memfd,id=mem0,size=512M,share=on",
-        "-numa",
-        "node,memdev=mem0",
-        "-device",
-        &format!("pcie-root-port,id=rp1,bus=pcie.0,addr={ROOT_PORT_SLOT:#x},chassis=1"),
-        "-device",
-        device,
-    ]
-    .iter()
-    .map(|arg| arg.to_string())
-    .collect()
+/// The QEMU arguments that attach the function: guest RAM (`shared`: in a shared memfd,
+/// else QEMU's default private RAM, reached by DMA_READ/DMA_WRITE messages), a root port,
+/// the device.
+fn qemu_args(device: &str, shared: bool) -> Vec<String> {
+    let mut args = ram_args(shared);
+    args.extend(
+        [
+            "-device",
+            &format!("pcie-root-port,id=rp1,bus=pcie.0,addr={ROOT_PORT_SLOT:#x},chassis=1"),
+            "-device",
+            device,
+        ]
+        .iter()
+        .map(|arg| arg.to_string()),
+    );
+    args
+}
+
+/// Guest RAM in a shared memfd the server maps (`shared`), or none: QEMU's default private
+/// RAM, which the server reaches by DMA_READ/DMA_WRITE messages.
+pub(super) fn ram_args(shared: bool) -> Vec<String> {
+    if shared {
+        [
+            "-object",
+            "memory-backend-memfd,id=mem0,size=512M,share=on",
+            "-numa",
+            "node,memdev=mem0",
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect()
+    } else {
+        Vec::new()
+    }
 }
 
 /// Checks what the guest of `plan` printed; returns how many checks passed.

@@ -3,9 +3,12 @@
 //!
 //! Starts its own server (files of the emulated virtio PFs in a directory given with
 //! `VFIO_VARIANT_VIRTIO_DIR`, log level `debug` unless `VFIO_VARIANT_LOG` says otherwise) and
-//! boots two guests on `virtio-blk0` behind a `pcie-root-port`: the first with
+//! boots three guests on `virtio-blk0` behind a `pcie-root-port`: the first with
 //! `virtio_pci.force_legacy=1` (the legacy path: the I/O BAR, whose registers the server turns
-//! into admin commands on the emulated PF), the second without (the modern path). In each
+//! into admin commands on the emulated PF) and QEMU's default private RAM (reached by
+//! DMA_READ/DMA_WRITE messages; QUEUE_NOTIFY is an I/O write the vCPU waits for), the second
+//! without (the modern path) and with RAM in a shared memfd, the third on the modern path with
+//! private RAM. In each
 //! boot the guest's `/init` (`virtio/init.sh`) writes a pattern to `/dev/vda` with `dd`, reads
 //! it back, and reads a block the host wrote into the image before the boot; the host checks:
 //!
@@ -218,6 +221,8 @@ fn in_chroot(path: &Path, root: &Path) -> Result<String, String> {
 struct Plan {
     boot: u32,
     legacy: bool,
+    /// Guest RAM in a shared memfd; else QEMU's default private RAM.
+    shared: bool,
     /// The 4 KiB block the guest writes (two blocks from there).
     write: u64,
     /// The 4 KiB block the host wrote before the boot.
@@ -651,14 +656,23 @@ fn boots(
         Plan {
             boot: 1,
             legacy: true,
+            shared: false,
             write: 16,
             host: 256,
         },
         Plan {
             boot: 2,
             legacy: false,
+            shared: true,
             write: 32,
             host: 512,
+        },
+        Plan {
+            boot: 3,
+            legacy: false,
+            shared: false,
+            write: 48,
+            host: 768,
         },
     ] {
         let (_, block) = plan.host_pattern();
@@ -682,11 +696,8 @@ fn boots(
         }
         let link = Link::start(&server.base.join("files"))?;
         let console = guest
+            .args(super::server::ram_args(plan.shared))
             .args([
-                "-object",
-                "memory-backend-memfd,id=mem0,size=512M,share=on",
-                "-numa",
-                "node,memdev=mem0",
                 "-device",
                 "pcie-root-port,id=rp1,bus=pcie.0,chassis=1",
                 "-device",

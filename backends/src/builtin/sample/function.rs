@@ -1,11 +1,18 @@
 //! The sample function's device model.
+//!
+//! Its DMA engine runs off the register path: writing DMA_CMD with START latches the transfer,
+//! sets DMA_STATUS to [`DMA_STATUS_BUSY`] and returns; the function's worker thread then copies
+//! (guest memory may be reached by messages the VMM answers only after the write's reply) and
+//! sets DMA_STATUS, DMA_COUNT and the interrupt. A START while busy is ignored.
 
+use std::ops::Deref;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
+use vfio_variant::backend::worker::Worker;
 use vfio_variant::backend::{Function, FunctionContext, FunctionError, Interrupt, MmapFile};
 use vfio_variant::config::ConfigEvent;
 use vfio_variant::migration::MigrationHooks;
@@ -28,6 +35,19 @@ pub(super) struct State {
     msi_enabled: bool,
     bus_master: bool,
     intx_asserted: bool,
+    /// The transfer latched by START, until the worker takes it.
+    job: Option<Job>,
+}
+
+/// A transfer the DMA engine runs.
+#[derive(Clone, Copy)]
+struct Job {
+    src: u64,
+    dst: u64,
+    len: u32,
+    command: u32,
+    /// [`SampleInner::resets`] when it started: a reset meanwhile drops its completion.
+    resets: u64,
 }
 
 /// The shared-memory BAR: a memfd the VMM may mmap, mapped here too. It is sealed at its
@@ -98,8 +118,22 @@ impl SharedMemory {
     }
 }
 
-/// One sample function.
+/// One sample function: its device state, and the worker running its DMA engine.
 pub struct SampleFunction {
+    inner: Arc<SampleInner>,
+    pub(super) worker: Worker,
+}
+
+impl Deref for SampleFunction {
+    type Target = SampleInner;
+
+    fn deref(&self) -> &SampleInner {
+        &self.inner
+    }
+}
+
+/// The sample function's state, shared with its DMA worker.
+pub struct SampleInner {
     pub(super) state: Mutex<State>,
     pub(super) msix_bar: Mutex<Vec<u8>>,
     pub(super) shared: SharedMemory,
@@ -109,12 +143,14 @@ pub struct SampleFunction {
     pub(super) migration: Mutex<SampleMigration>,
     context: OnceLock<FunctionContext>,
     in_use: Arc<AtomicU32>,
+    /// Function resets so far.
+    resets: AtomicU64,
 }
 
 impl SampleFunction {
     /// A function at reset; `in_use` is decremented when it is dropped.
     pub(super) fn new(in_use: Arc<AtomicU32>) -> std::io::Result<Self> {
-        Ok(Self {
+        let inner = Arc::new(SampleInner {
             state: Mutex::new(State::default()),
             msix_bar: Mutex::new(vec![0; 4096]),
             shared: SharedMemory::new()?,
@@ -122,9 +158,19 @@ impl SampleFunction {
             migration: Mutex::new(SampleMigration::default()),
             context: OnceLock::new(),
             in_use,
-        })
+            resets: AtomicU64::new(0),
+        });
+        let engine: Weak<SampleInner> = Arc::downgrade(&inner);
+        let worker = Worker::new("sample-dma", move |_| {
+            if let Some(inner) = engine.upgrade() {
+                inner.run_job();
+            }
+        });
+        Ok(Self { inner, worker })
     }
+}
 
+impl SampleInner {
     fn raise(&self, state: &mut State, vector: u32) {
         let Some(context) = self.context.get() else {
             return;
@@ -152,12 +198,40 @@ impl SampleFunction {
         }
     }
 
-    fn run_dma(&self, state: &mut State, command: u32) {
+    /// START: refuses at once what needs no memory, else latches the transfer for the
+    /// worker; returns whether the worker must run.
+    fn start_dma(&self, state: &mut State, command: u32) -> bool {
         if self.migration.lock().stopped {
             state.status = DMA_STATUS_STOPPED;
-            return;
+            return false;
         }
-        state.status = self.copy(state);
+        if state.status == DMA_STATUS_BUSY {
+            return false;
+        }
+        let refused = if state.len > DMA_MAX_LEN {
+            Some(1)
+        } else if !state.bus_master {
+            Some(4)
+        } else {
+            None
+        };
+        if let Some(status) = refused {
+            self.complete(state, status, command);
+            return false;
+        }
+        state.job = Some(Job {
+            src: state.src,
+            dst: state.dst,
+            len: state.len,
+            command,
+            resets: self.resets.load(Ordering::SeqCst),
+        });
+        state.status = DMA_STATUS_BUSY;
+        true
+    }
+
+    fn complete(&self, state: &mut State, status: u32, command: u32) {
+        state.status = status;
         state.count = state.count.wrapping_add(1);
         if command & DMA_CMD_IRQ != 0 {
             state.int_status |= INT_DMA_DONE;
@@ -165,21 +239,28 @@ impl SampleFunction {
         }
     }
 
-    fn copy(&self, state: &State) -> u32 {
-        if state.len > DMA_MAX_LEN {
-            return 1;
+    /// On the worker: copies the latched transfer, without the state lock while it reaches
+    /// guest memory, then completes it (unless the function was reset meanwhile).
+    fn run_job(&self) {
+        let Some(job) = self.state.lock().job.take() else {
+            return;
+        };
+        let status = self.copy(&job);
+        let mut state = self.state.lock();
+        if self.resets.load(Ordering::SeqCst) == job.resets {
+            self.complete(&mut state, status, job.command);
         }
-        if !state.bus_master {
-            return 4;
-        }
+    }
+
+    fn copy(&self, job: &Job) -> u32 {
         let Some(context) = self.context.get() else {
             return 2;
         };
-        let mut buffer = vec![0u8; state.len as usize];
-        if context.dma.read(state.src, &mut buffer).is_err() {
+        let mut buffer = vec![0u8; job.len as usize];
+        if context.dma.read(job.src, &mut buffer).is_err() {
             return 2;
         }
-        if context.dma.write(state.dst, &buffer).is_err() {
+        if context.dma.write(job.dst, &buffer).is_err() {
             return 3;
         }
         0
@@ -204,7 +285,8 @@ impl SampleFunction {
         }
     }
 
-    fn register_write(&self, offset: u64, value: u32) {
+    /// Writes a register; returns whether the DMA worker must run.
+    fn register_write(&self, offset: u64, value: u32) -> bool {
         let mut state = self.state.lock();
         let state = &mut *state;
         match offset {
@@ -223,9 +305,10 @@ impl SampleFunction {
             DMA_DST_LO => state.dst = (state.dst & !0xffff_ffff) | u64::from(value),
             DMA_DST_HI => state.dst = (state.dst & 0xffff_ffff) | (u64::from(value) << 32),
             DMA_LEN => state.len = value,
-            DMA_CMD if value & DMA_CMD_START != 0 => self.run_dma(state, value),
+            DMA_CMD if value & DMA_CMD_START != 0 => return self.start_dma(state, value),
             _ => {}
         }
+        false
     }
 }
 
@@ -273,7 +356,9 @@ impl Function for SampleFunction {
                 check_register_access(offset, data.len())?;
                 let mut value = [0u8; 4];
                 value.copy_from_slice(data);
-                self.register_write(offset, u32::from_le_bytes(value));
+                if self.register_write(offset, u32::from_le_bytes(value)) {
+                    self.worker.kick(1);
+                }
                 Ok(())
             }
             1 => {
@@ -313,6 +398,9 @@ impl Function for SampleFunction {
 
     fn reset(&self) -> Result<(), FunctionError> {
         *self.migration.lock() = SampleMigration::default();
+        // A transfer in flight is not waited for (its memory may be reached by messages the
+        // VMM answers only after the reset's reply); its completion is dropped.
+        self.resets.fetch_add(1, Ordering::SeqCst);
         let mut state = self.state.lock();
         state.int_status = 0;
         self.update_intx(&mut state);
@@ -378,8 +466,10 @@ mod tests {
         (f, memory, irqs)
     }
 
+    /// Writes a register and waits for the DMA work it started.
     fn write(f: &SampleFunction, offset: u64, value: u32) {
         f.bar_write(0, offset, &value.to_le_bytes()).unwrap();
+        f.worker.quiesce();
     }
 
     fn read(f: &SampleFunction, offset: u64) -> u32 {
@@ -407,6 +497,60 @@ mod tests {
         });
         write(&f, RAISE, 3);
         assert_eq!(irqs.0.lock().last(), Some(&Interrupt::Msix(3)));
+    }
+
+    /// Guest memory whose reads wait until the test opens the gate, as memory reached by
+    /// messages waits for a VMM.
+    struct Gated {
+        memory: Memory,
+        gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl DmaAccess for Gated {
+        fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), DmaError> {
+            if let Some(gate) = self.gate.lock().take() {
+                gate.recv().unwrap();
+            }
+            self.memory.read(iova, data)
+        }
+        fn write(&self, iova: u64, data: &[u8]) -> Result<(), DmaError> {
+            self.memory.write(iova, data)
+        }
+    }
+
+    #[test]
+    fn start_returns_before_the_copy_and_registers_answer_meanwhile() {
+        let f = SampleFunction::new(Arc::new(AtomicU32::new(1))).unwrap();
+        let (open, gate) = std::sync::mpsc::channel();
+        let memory = Arc::new(Gated {
+            memory: Memory(Mutex::new(vec![0; 0x10000])),
+            gate: Mutex::new(Some(gate)),
+        });
+        memory.memory.0.lock()[0x1000..0x1004].copy_from_slice(b"late");
+        f.attach(FunctionContext {
+            dma: memory.clone(),
+            interrupts: Arc::new(Recorder::default()),
+        });
+        f.config_changed(ConfigEvent::Command {
+            old: 0,
+            new: COMMAND_BUS_MASTER,
+        });
+        let start = |f: &SampleFunction| {
+            f.bar_write(0, DMA_CMD, &DMA_CMD_START.to_le_bytes())
+                .unwrap();
+        };
+        write(&f, DMA_SRC_LO, 0x1000);
+        write(&f, DMA_DST_LO, 0x2000);
+        write(&f, DMA_LEN, 4);
+        // Without the worker this write would wait for the gate, and so would the test.
+        start(&f);
+        assert_eq!(read(&f, DMA_STATUS), DMA_STATUS_BUSY);
+        assert_eq!(read(&f, DMA_COUNT), 0);
+        start(&f); // ignored while busy
+        open.send(()).unwrap();
+        f.worker.quiesce();
+        assert_eq!((read(&f, DMA_STATUS), read(&f, DMA_COUNT)), (0, 1));
+        assert_eq!(&memory.memory.0.lock()[0x2000..0x2004], b"late");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use vfio_variant::migration::{
 };
 
 use super::function::SampleFunction;
-use super::registers::SHM_SIZE;
+use super::registers::{DMA_STATUS_BUSY, SHM_SIZE};
 
 /// Version of the saved state.
 const VERSION: u32 = 1;
@@ -76,6 +76,11 @@ impl SampleFunction {
                 word(0)
             )));
         }
+        if word(36) == DMA_STATUS_BUSY {
+            return Err(MigrationError::InvalidData(
+                "sample state with a DMA transfer in flight".into(),
+            ));
+        }
         let mut state = self.state.lock();
         state.scratch = word(4);
         state.int_status = word(8);
@@ -104,7 +109,12 @@ impl MigrationHooks for SampleFunction {
         use MigrationState::*;
         let mut migration = self.migration.lock();
         match (from, to) {
-            (Running, RunningP2p) => migration.stopped = true,
+            (Running, RunningP2p) => {
+                migration.stopped = true;
+                drop(migration);
+                // No DMA once stopped: a transfer in flight ends first.
+                self.worker.quiesce();
+            }
             (RunningP2p, Running) => migration.stopped = false,
             (Stop, StopCopy) => {
                 drop(migration);

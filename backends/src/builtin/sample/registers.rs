@@ -34,8 +34,11 @@ pub const DMA_CMD_IRQ: u32 = 1 << 1;
 /// Completed DMA transfers (read-only).
 pub const DMA_COUNT: u64 = 0x28;
 /// Status of the last transfer (read-only): 0 ok, 1 length too large, 2 read fault, 3 write
-/// fault, 4 bus mastering disabled in COMMAND, [`DMA_STATUS_STOPPED`].
+/// fault, 4 bus mastering disabled in COMMAND, [`DMA_STATUS_STOPPED`], [`DMA_STATUS_BUSY`].
 pub const DMA_STATUS: u64 = 0x2c;
+/// [`DMA_STATUS`]: the transfer started and has not finished (a driver polls until
+/// [`DMA_COUNT`] goes up or the status changes; a START meanwhile is ignored).
+pub const DMA_STATUS_BUSY: u32 = 6;
 /// [`DMA_STATUS`]: the command came while the function was stopped for migration; nothing
 /// was copied.
 pub const DMA_STATUS_STOPPED: u32 = 5;

@@ -5,11 +5,19 @@
 //! (reading clears it), device config at [`DEVICE_OFFSET`], notify area at [`NOTIFY_OFFSET`]
 //! (queue `n` at `n * NOTIFY_MULTIPLIER`; the value written is the queue index).
 //!
-//! Notifications are processed synchronously, in the writer's thread, under the transport's
-//! lock. A malformed ring sets NEEDS_RESET and raises a config interrupt.
+//! A notification only kicks queue processing; the register write returns before the queue
+//! is read. A VF's transport processes its queues on its own thread
+//! ([`vfio_variant::backend::worker::Worker`], [`Transport::with_worker`]): guest memory may be
+//! reached by messages to a VMM that answers them only once the write that notified has its
+//! reply. Processing never holds the register lock while it reaches memory, so register
+//! accesses are answered while a queue is being processed. A transport without a worker (the
+//! PF's admin queue, in the backend's own memory) processes in the notifier's thread. A reset
+//! does not wait for a pass in flight: its results are dropped. A malformed ring sets
+//! NEEDS_RESET and raises a config interrupt.
 //!
-//! The PF can stop the function (DEV_MODE_SET): a stopped function still takes register
-//! accesses and notifications, but processes no queue and raises no interrupt; when it runs
+//! The PF can stop the function (DEV_MODE_SET): stopping waits for the pass in flight; a
+//! stopped function still takes register accesses and notifications, but processes no queue
+//! and raises no interrupt; when it runs
 //! again it processes what was made available meanwhile. Its state is read and restored as
 //! device parts ([`Transport::device_state`], [`Transport::restore_state`]).
 
@@ -20,6 +28,7 @@ pub use snapshot::RestoreError;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use vfio_variant::backend::worker::Worker;
 use vfio_variant::backend::{DmaAccess, Interrupt, InterruptSink};
 
 use super::virtqueue::Virtqueue;
@@ -144,10 +153,12 @@ struct Queue {
     device: u64,
     legacy_pfn: u32,
     ring: Option<Virtqueue>,
+    /// Changes whenever the ring is replaced: a pass in flight then drops its results.
+    epoch: u64,
 }
 
 impl Queue {
-    fn new() -> Self {
+    fn new(epoch: u64) -> Self {
         Self {
             size: QUEUE_MAX_SIZE,
             msix_vector: NO_VECTOR,
@@ -157,12 +168,18 @@ impl Queue {
             device: 0,
             legacy_pfn: 0,
             ring: None,
+            epoch,
         }
     }
 }
 
 struct State {
-    device: Box<dyn VirtioDevice>,
+    /// The device config area (the device's, kept here so registers never wait for a pass).
+    device_config: Vec<u8>,
+    /// The device is reset before the next pass.
+    device_reset: bool,
+    /// The next queue epoch.
+    epochs: u64,
     offered: u64,
     device_feature_select: u32,
     driver_feature_select: u32,
@@ -179,11 +196,42 @@ struct State {
     stopped: bool,
 }
 
-/// The modern virtio-pci transport of one function.
-pub struct Transport {
+impl State {
+    fn epoch(&mut self) -> u64 {
+        self.epochs += 1;
+        self.epochs
+    }
+
+    /// A new queue `index` (disabled), whose epoch drops any pass in flight on the old one.
+    fn fresh_queue(&mut self, index: usize) {
+        let epoch = self.epoch();
+        if let Some(q) = self.queues.get_mut(index) {
+            *q = Queue::new(epoch);
+        }
+    }
+}
+
+/// What register accesses and queue processing share.
+struct Inner {
     state: Mutex<State>,
+    /// The device, held by a pass; register accesses never take it.
+    device: Mutex<Box<dyn VirtioDevice>>,
+    /// Queues that progress without a notification.
+    polled: Vec<u16>,
     dma: Arc<dyn DmaAccess>,
     interrupts: Arc<dyn InterruptSink>,
+}
+
+/// The modern virtio-pci transport of one function.
+pub struct Transport {
+    inner: Arc<Inner>,
+    /// Processes the queues off the register path; without it the notifier does.
+    worker: Option<Worker>,
+}
+
+/// The bits of the queues to process.
+fn queue_bit(index: u16) -> u64 {
+    1u64.checked_shl(u32::from(index)).unwrap_or(0)
 }
 
 fn le(data: &[u8]) -> u64 {
@@ -215,99 +263,239 @@ impl Transport {
         let queues = device.num_queues() + admin_queues.map_or(0, |(_, n)| n);
         let offered =
             device.features() | VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | extra_features;
+        let state = State {
+            device_config: device.config(),
+            device_reset: false,
+            epochs: 0,
+            offered,
+            device_feature_select: 0,
+            driver_feature_select: 0,
+            driver_features: 0,
+            config_msix_vector: NO_VECTOR,
+            status: 0,
+            config_generation: 0,
+            queue_select: 0,
+            queues: vec![Queue::new(0); usize::from(queues)],
+            isr: 0,
+            intx_asserted: false,
+            msix_enabled: false,
+            admin_queues,
+            stopped: false,
+        };
+        let polled = device
+            .polled_queues()
+            .iter()
+            .copied()
+            .filter(|&q| q < queues)
+            .collect();
         Self {
-            state: Mutex::new(State {
-                device,
-                offered,
-                device_feature_select: 0,
-                driver_feature_select: 0,
-                driver_features: 0,
-                config_msix_vector: NO_VECTOR,
-                status: 0,
-                config_generation: 0,
-                queue_select: 0,
-                queues: vec![Queue::new(); usize::from(queues)],
-                isr: 0,
-                intx_asserted: false,
-                msix_enabled: false,
-                admin_queues,
-                stopped: false,
+            inner: Arc::new(Inner {
+                state: Mutex::new(state),
+                device: Mutex::new(device),
+                polled,
+                dma,
+                interrupts,
             }),
-            dma,
-            interrupts,
+            worker: None,
         }
+    }
+
+    /// Processes the queues on a thread of their own, named `name`, started on the first
+    /// notification and stopped when the transport is dropped.
+    pub fn with_worker(mut self, name: impl Into<String>) -> Self {
+        let inner = Arc::downgrade(&self.inner);
+        self.worker = Some(Worker::new(name, move |bits| {
+            if let Some(inner) = inner.upgrade() {
+                inner.run(bits);
+            }
+        }));
+        self
+    }
+
+    /// Waits until the notifications made so far are processed.
+    pub fn quiesce(&self) {
+        if let Some(worker) = &self.worker {
+            worker.quiesce();
+        }
+    }
+
+    /// Processes the queues in `bits`: kicks the worker, or runs them here.
+    fn kick(&self, bits: u64) {
+        if bits == 0 {
+            return;
+        }
+        match &self.worker {
+            Some(worker) => worker.kick(bits),
+            None => self.inner.run(bits),
+        }
+    }
+
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.inner.state.lock()
     }
 
     /// The device status byte.
     pub fn status(&self) -> u8 {
-        self.state.lock().status
+        self.lock().status
     }
 
     /// The negotiated (driver) features.
     pub fn driver_features(&self) -> u64 {
-        self.state.lock().driver_features
+        self.lock().driver_features
     }
 
     /// The features the device offers.
     pub fn offered_features(&self) -> u64 {
-        self.state.lock().offered
+        self.lock().offered
     }
 
     /// Tells the transport whether MSI-X is enabled in config space (interrupt routing).
     pub fn set_msix_enabled(&self, enabled: bool) {
-        self.state.lock().msix_enabled = enabled;
+        self.lock().msix_enabled = enabled;
     }
 
     /// Function reset (FLR): the device is reset and runs.
     pub fn reset(&self) {
-        let mut s = self.state.lock();
-        self.reset_locked(&mut s);
+        let mut s = self.lock();
+        self.inner.reset_locked(&mut s);
         s.stopped = false;
     }
 
     /// Whether the function is stopped (DEV_MODE_SET).
     pub fn stopped(&self) -> bool {
-        self.state.lock().stopped
+        self.lock().stopped
     }
 
     /// Stops the function, or lets it run again: it then processes what the driver made
     /// available while it was stopped, and asserts INTx for a pending ISR.
     pub fn set_stopped(&self, stopped: bool) {
-        let mut s = self.state.lock();
+        let mut s = self.lock();
         let was = s.stopped;
         s.stopped = stopped;
-        if was && !stopped {
-            let enabled: Vec<u16> = (0u16..)
+        if stopped {
+            drop(s);
+            // No DMA after this returns: the pass in flight ends first.
+            self.quiesce();
+        } else if was {
+            let enabled = (0u16..)
                 .zip(&s.queues)
                 .filter(|(_, q)| q.ring.is_some())
-                .map(|(index, _)| index)
-                .collect();
-            for index in enabled {
-                self.notify(&mut s, index);
-            }
-            self.signal(&mut s, NO_VECTOR);
+                .fold(0, |bits, (index, _)| bits | queue_bit(index));
+            self.inner.signal(&mut s, NO_VECTOR);
+            drop(s);
+            self.kick(enabled);
         }
     }
+}
 
+impl Inner {
     fn reset_locked(&self, s: &mut State) {
-        s.device.reset();
+        s.device_reset = true;
         s.device_feature_select = 0;
         s.driver_feature_select = 0;
         s.driver_features = 0;
         s.config_msix_vector = NO_VECTOR;
         s.status = 0;
         s.queue_select = 0;
-        for q in &mut s.queues {
-            *q = Queue::new();
+        for index in 0..s.queues.len() {
+            s.fresh_queue(index);
         }
         s.isr = 0;
         self.update_intx(s);
     }
 
+    /// One pass: the queues in `bits`, in order. Passes are serialized by the device lock.
+    fn run(&self, bits: u64) {
+        let mut device = self.device.lock();
+        if std::mem::take(&mut self.state.lock().device_reset) {
+            device.reset();
+        }
+        for index in 0..64u16 {
+            if bits & queue_bit(index) != 0 {
+                self.process(&mut **device, index);
+            }
+        }
+    }
+
+    /// Processes what is available on queue `index`, without the register lock while it
+    /// reaches guest memory.
+    fn process(&self, device: &mut dyn VirtioDevice, index: u16) {
+        let (mut ring, features, epoch) = {
+            let s = self.state.lock();
+            if s.stopped || s.status & STATUS_DRIVER_OK == 0 || s.status & STATUS_NEEDS_RESET != 0 {
+                return;
+            }
+            let Some(q) = s.queues.get(usize::from(index)) else {
+                return;
+            };
+            let Some(ring) = q.ring.clone() else {
+                return;
+            };
+            (ring, s.driver_features, q.epoch)
+        };
+        let result = device.process(index, &mut ring, &*self.dma, features);
+        // Only when buffers were used: with memory reached by messages, a pass that found
+        // nothing (a NIC's receive queue polled) costs no DMA.
+        let wants = matches!(result, Ok(true)) && ring.wants_interrupt(&*self.dma).unwrap_or(true);
+        let mut s = self.state.lock();
+        let Some(q) = s
+            .queues
+            .get_mut(usize::from(index))
+            .filter(|q| q.epoch == epoch && q.ring.is_some())
+        else {
+            // Reset or replaced meanwhile: what the pass did is dropped.
+            return;
+        };
+        q.ring = Some(ring);
+        let vector = q.msix_vector;
+        match result {
+            Ok(true) if wants => {
+                s.isr |= 1;
+                self.signal(&mut s, vector);
+            }
+            Ok(_) => {}
+            Err(_) => self.needs_reset(&mut s),
+        }
+    }
+
+    fn needs_reset(&self, s: &mut State) {
+        if s.status & STATUS_NEEDS_RESET != 0 {
+            return;
+        }
+        s.status |= STATUS_NEEDS_RESET;
+        s.config_generation = s.config_generation.wrapping_add(1);
+        s.isr |= 2;
+        let vector = s.config_msix_vector;
+        self.signal(s, vector);
+    }
+
+    fn signal(&self, s: &mut State, vector: u16) {
+        if s.stopped {
+            return;
+        }
+        if s.msix_enabled {
+            if vector != NO_VECTOR {
+                self.interrupts.raise(Interrupt::Msix(u32::from(vector)));
+            }
+        } else if !s.intx_asserted && s.isr != 0 {
+            s.intx_asserted = true;
+            self.interrupts.raise(Interrupt::Intx(true));
+        }
+    }
+
+    fn update_intx(&self, s: &mut State) {
+        if s.intx_asserted && s.isr == 0 {
+            s.intx_asserted = false;
+            self.interrupts.raise(Interrupt::Intx(false));
+        }
+    }
+}
+
+impl Transport {
     /// Reads the BAR. Reads of no register give zeros.
     pub fn bar_read(&self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        let mut s = self.state.lock();
+        let mut s = self.lock();
         let len = data.len() as u64;
         if let Some(at) = within(offset, len, COMMON_OFFSET, common::SIZE) {
             let image = Self::common_image(&s);
@@ -316,25 +504,22 @@ impl Transport {
         } else if offset == ISR_OFFSET && len == 1 {
             data[0] = s.isr;
             s.isr = 0;
-            self.update_intx(&mut s);
+            self.inner.update_intx(&mut s);
         } else if let Some(at) = within(offset, len, DEVICE_OFFSET, AREA_SIZE) {
-            let config = s.device.config();
-            copy_out(&config, at, data);
+            copy_out(&s.device_config, at, data);
         }
     }
 
-    /// Writes the BAR. Writes of no register are ignored.
+    /// Writes the BAR. Writes of no register, and of the device config (read-only in every
+    /// device here), are ignored. A notification returns before the queue is processed.
     pub fn bar_write(&self, offset: u64, data: &[u8]) {
-        let mut s = self.state.lock();
         let len = data.len() as u64;
         if let Some(at) = within(offset, len, COMMON_OFFSET, common::SIZE) {
-            self.common_write(&mut s, at, data);
-        } else if let Some(at) = within(offset, len, DEVICE_OFFSET, AREA_SIZE) {
-            s.device.write_config(at, data);
+            self.common_write(&mut self.lock(), at, data);
         } else if within(offset, len, NOTIFY_OFFSET, AREA_SIZE).is_some() && (len == 2 || len == 4)
         {
             // Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index.
-            self.notify(&mut s, le(&data[..2]) as u16);
+            self.kick(queue_bit(le(&data[..2]) as u16));
         }
     }
 
@@ -415,13 +600,15 @@ impl Transport {
                 }
             }
             (common::QUEUE_ENABLE, 2) if queue_writable && value == 1 => {
+                let epoch = s.epoch();
                 let q = &mut s.queues[select];
                 match Virtqueue::new(q.size, q.desc, q.driver, q.device) {
                     Ok(ring) => {
                         q.ring = Some(ring);
                         q.enabled = true;
+                        q.epoch = epoch;
                     }
-                    Err(_) => self.needs_reset(s),
+                    Err(_) => self.inner.needs_reset(s),
                 }
             }
             (common::QUEUE_DESC | common::QUEUE_DRIVER | common::QUEUE_DEVICE, 4 | 8)
@@ -441,18 +628,14 @@ impl Transport {
                     set_half(field, offset != base, value);
                 }
             }
-            (common::QUEUE_RESET, 2) if value == 1 => {
-                if let Some(q) = s.queues.get_mut(select) {
-                    *q = Queue::new();
-                }
-            }
+            (common::QUEUE_RESET, 2) if value == 1 => s.fresh_queue(select),
             _ => {}
         }
     }
 
     fn write_status(&self, s: &mut State, value: u8) {
         if value == 0 {
-            self.reset_locked(s);
+            self.inner.reset_locked(s);
             return;
         }
         let mut value = value;
@@ -466,75 +649,19 @@ impl Transport {
         s.status = value | (s.status & STATUS_NEEDS_RESET);
     }
 
-    fn needs_reset(&self, s: &mut State) {
-        if s.status & STATUS_NEEDS_RESET != 0 {
-            return;
-        }
-        s.status |= STATUS_NEEDS_RESET;
-        s.config_generation = s.config_generation.wrapping_add(1);
-        s.isr |= 2;
-        let vector = s.config_msix_vector;
-        self.signal(s, vector);
-    }
-
-    fn signal(&self, s: &mut State, vector: u16) {
-        if s.stopped {
-            return;
-        }
-        if s.msix_enabled {
-            if vector != NO_VECTOR {
-                self.interrupts.raise(Interrupt::Msix(u32::from(vector)));
-            }
-        } else if !s.intx_asserted && s.isr != 0 {
-            s.intx_asserted = true;
-            self.interrupts.raise(Interrupt::Intx(true));
-        }
-    }
-
-    fn update_intx(&self, s: &mut State) {
-        if s.intx_asserted && s.isr == 0 {
-            s.intx_asserted = false;
-            self.interrupts.raise(Interrupt::Intx(false));
-        }
-    }
-
-    fn notify(&self, s: &mut State, index: u16) {
-        if s.stopped || s.status & STATUS_DRIVER_OK == 0 || s.status & STATUS_NEEDS_RESET != 0 {
-            return;
-        }
-        let Some(queue) = s.queues.get_mut(usize::from(index)) else {
-            return;
-        };
-        let Some(mut ring) = queue.ring.take() else {
-            return;
-        };
-        let features = s.driver_features;
-        let result = s.device.process(index, &mut ring, &*self.dma, features);
-        let wants = ring.wants_interrupt(&*self.dma).unwrap_or(true);
-        s.queues[usize::from(index)].ring = Some(ring);
-        match result {
-            Ok(true) if wants => {
-                s.isr |= 1;
-                let vector = s.queues[usize::from(index)].msix_vector;
-                self.signal(s, vector);
-            }
-            Ok(_) => {}
-            Err(_) => self.needs_reset(s),
-        }
-    }
-
     /// Lets queues that progress on their own (a NIC's receive queue) process what arrived.
     pub fn poll(&self) {
-        let mut s = self.state.lock();
-        let polled = s.device.polled_queues().to_vec();
-        for index in polled {
-            self.notify(&mut s, index);
-        }
+        let bits = self
+            .inner
+            .polled
+            .iter()
+            .fold(0, |bits, &index| bits | queue_bit(index));
+        self.kick(bits);
     }
 
     /// Reads a legacy common register (offset relative to the legacy I/O BAR).
     pub fn legacy_common_read(&self, offset: u8, data: &mut [u8]) -> Result<(), LegacyError> {
-        let mut s = self.state.lock();
+        let mut s = self.lock();
         let select = usize::from(s.queue_select);
         let value: u64 = match (offset, data.len()) {
             (legacy::HOST_FEATURES, 4) => s.offered & 0xffff_ffff,
@@ -553,7 +680,7 @@ impl Transport {
             (legacy::ISR, 1) => {
                 let isr = s.isr;
                 s.isr = 0;
-                self.update_intx(&mut s);
+                self.inner.update_intx(&mut s);
                 isr.into()
             }
             (legacy::MSI_CONFIG_VECTOR, 2) => s.config_msix_vector.into(),
@@ -574,9 +701,14 @@ impl Transport {
     }
 
     /// Writes a legacy common register (offset relative to the legacy I/O BAR).
+    /// QUEUE_NOTIFY returns before the queue is processed.
     pub fn legacy_common_write(&self, offset: u8, data: &[u8]) -> Result<(), LegacyError> {
-        let mut s = self.state.lock();
         let value = le(data);
+        if (offset, data.len()) == (legacy::QUEUE_NOTIFY, 2) {
+            self.kick(queue_bit(value as u16));
+            return Ok(());
+        }
+        let mut s = self.lock();
         let select = usize::from(s.queue_select);
         match (offset, data.len()) {
             (legacy::GUEST_FEATURES, 4) => {
@@ -584,15 +716,15 @@ impl Transport {
                 s.driver_features = value & s.offered & 0xffff_ffff;
             }
             (legacy::QUEUE_PFN, 4) => {
-                if let Some(q) = s.queues.get_mut(select) {
-                    Self::set_legacy_pfn(q, value as u32);
+                if select < s.queues.len() {
+                    s.fresh_queue(select);
+                    Self::set_legacy_pfn(&mut s.queues[select], value as u32);
                 }
             }
             (legacy::QUEUE_SEL, 2) => s.queue_select = value as u16,
-            (legacy::QUEUE_NOTIFY, 2) => self.notify(&mut s, value as u16),
             (legacy::STATUS, 1) => {
                 if value == 0 {
-                    self.reset_locked(&mut s);
+                    self.inner.reset_locked(&mut s);
                 } else {
                     s.status = value as u8 | (s.status & STATUS_NEEDS_RESET);
                 }
@@ -613,9 +745,9 @@ impl Transport {
         Ok(())
     }
 
+    /// Points a fresh queue at the legacy ring at page `pfn` (0 leaves it disabled).
     fn set_legacy_pfn(q: &mut Queue, pfn: u32) {
         if pfn == 0 {
-            *q = Queue::new();
             return;
         }
         let size = QUEUE_MAX_SIZE;
@@ -634,7 +766,7 @@ impl Transport {
 
     /// Reads the device config area at `offset` (legacy device config commands).
     pub fn device_config_read(&self, offset: u64, data: &mut [u8]) -> Result<(), LegacyError> {
-        let config = self.state.lock().device.config();
+        let config = self.lock().device_config.clone();
         match offset.checked_add(data.len() as u64) {
             Some(end) if end <= config.len() as u64 => {
                 copy_out(&config, offset, data);
@@ -647,15 +779,12 @@ impl Transport {
         }
     }
 
-    /// Writes the device config area at `offset` (legacy device config commands).
+    /// Writes the device config area at `offset` (legacy device config commands): the
+    /// config of every device here is read-only, so a write inside it changes nothing.
     pub fn device_config_write(&self, offset: u64, data: &[u8]) -> Result<(), LegacyError> {
-        let mut s = self.state.lock();
-        let size = s.device.config().len() as u64;
+        let size = self.lock().device_config.len() as u64;
         match offset.checked_add(data.len() as u64) {
-            Some(end) if end <= size => {
-                s.device.write_config(offset, data);
-                Ok(())
-            }
+            Some(end) if end <= size => Ok(()),
             _ => Err(LegacyError::BadAccess {
                 offset,
                 len: data.len(),

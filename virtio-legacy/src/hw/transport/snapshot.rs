@@ -23,17 +23,25 @@ pub enum RestoreError {
 impl Transport {
     /// The function's state.
     pub fn device_state(&self) -> DeviceState {
-        snapshot(&self.state.lock())
+        snapshot(&self.inner.state.lock())
     }
 
     /// Restores a state saved from a function of the same kind; only while stopped. On error
     /// nothing changed.
     pub fn restore_state(&self, state: &DeviceState) -> Result<(), RestoreError> {
-        let mut s = self.state.lock();
+        // Stopped, so no pass holds the device.
+        let mut device = self.inner.device.lock();
+        let mut s = self.inner.state.lock();
         if !s.stopped {
             return Err(RestoreError::Running);
         }
-        let queues = check(&s, state)?;
+        let mut queues = check(&s, state)?;
+        if !device.accepts_config(&state.device_config) {
+            return Err(RestoreError::Mismatch("device config"));
+        }
+        for q in &mut queues {
+            q.epoch = s.epoch();
+        }
         s.driver_features = state.driver_features;
         s.device_feature_select = state.common.device_feature_select;
         s.driver_feature_select = state.common.driver_feature_select;
@@ -42,7 +50,8 @@ impl Transport {
         s.status = state.status;
         s.queues = queues;
         s.isr = state.isr;
-        s.device.restore_config(&state.device_config);
+        device.restore_config(&state.device_config);
+        s.device_config = device.config();
         Ok(())
     }
 }
@@ -78,7 +87,7 @@ fn snapshot(s: &State) -> DeviceState {
         },
         status: s.status,
         queues,
-        device_config: s.device.config(),
+        device_config: s.device_config.clone(),
         isr: s.isr,
     }
 }
@@ -97,9 +106,6 @@ fn check(s: &State, state: &DeviceState) -> Result<Vec<Queue>, RestoreError> {
         || state.queues.len() != s.queues.len()
     {
         return Err(RestoreError::Mismatch("number of queues"));
-    }
-    if !s.device.accepts_config(&state.device_config) {
-        return Err(RestoreError::Mismatch("device config"));
     }
     (0u16..)
         .zip(&state.queues)
@@ -136,5 +142,6 @@ fn queue(index: u16, q: &QueueState) -> Result<Queue, RestoreError> {
         device: q.device,
         legacy_pfn: q.legacy_pfn,
         ring,
+        epoch: 0,
     })
 }

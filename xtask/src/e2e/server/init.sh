@@ -124,6 +124,12 @@ reg $DMA_DST_LO $(hex $((dst & 0xffffffff)))
 reg $DMA_DST_HI $(hex $((dst >> 32)))
 reg $DMA_LEN $((4 * words))
 reg $DMA_CMD 3    # start, interrupt when done
+# The engine runs after the write is answered: wait (at most about 10 s) while it is busy (6).
+i=0
+while [ $(($(reg $DMA_STATUS))) -eq 6 ] && [ $i -lt 1000 ]; do
+    usleep 10000 2>/dev/null || sleep 1
+    i=$((i + 1))
+done
 show status $DMA_STATUS
 show count $DMA_COUNT
 show int_status $INT_STATUS
