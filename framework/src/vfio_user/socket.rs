@@ -25,6 +25,10 @@ pub const DRAIN_LIMIT: u64 = 64 << 20;
 /// actually received rather than the size a header claims.
 const READ_CHUNK: usize = 64 << 10;
 
+/// Payload capacity reserved up front (address space only: pages are touched as bytes
+/// arrive); a larger payload grows past it as it is received.
+const RESERVE_LIMIT: usize = 4 << 20;
+
 /// One message as received.
 #[derive(Debug)]
 pub struct Message {
@@ -155,7 +159,7 @@ impl<'a> Receiver<'a> {
 
     /// Reads `len` bytes, growing the buffer as they arrive.
     fn read_payload(&mut self, len: usize) -> Result<Vec<u8>, ReadError> {
-        let mut payload = Vec::with_capacity(len.min(READ_CHUNK));
+        let mut payload = Vec::with_capacity(len.min(RESERVE_LIMIT));
         while payload.len() < len {
             let start = payload.len();
             let chunk = (len - start).min(READ_CHUNK);
@@ -520,7 +524,7 @@ impl MessageReader {
                 resynced,
             });
         }
-        let mut payload = Vec::with_capacity(len.min(READ_CHUNK));
+        let mut payload = Vec::with_capacity(len.min(RESERVE_LIMIT));
         if len <= BUFFER_SIZE {
             self.fill_buffer(fd, len, start)?;
             payload.extend_from_slice(&self.buf[self.head..self.head + len]);
