@@ -22,6 +22,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("vfio-variant", "dirty_logging"),
     ("vfio-variant", "stop_copy"),
     ("vfio-variant-backends", "migration_downtime"),
+    ("vfio-variant-backends", "idle"),
     ("vfio-variant-mlx", "state_chunks"),
     ("vfio-variant-mlx", "dirty_report"),
 ];
