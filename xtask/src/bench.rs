@@ -2,9 +2,10 @@
 //! `BENCH name value unit [ratio=.. vs=..]` lines through, then the guest block benchmark
 //! ([`crate::e2e::blkbench`], needs root: it boots QEMU guests). The `server` benchmark runs
 //! libvfio-user's gpio sample beside ours ([`crate::peers`]); when it cannot be built the
-//! benchmark says so and goes on without it.
+//! benchmark says so and goes on without it. It draws its side-by-side figures as an SVG
+//! chart in `target/bench/server.svg`.
 
-use crate::cmd::{cargo, run as run_step};
+use crate::cmd::{cargo, run as run_step, target_dir};
 use crate::e2e::blkbench;
 use crate::peers;
 
@@ -12,6 +13,10 @@ use crate::peers;
 const PEER_BENCH: &str = "server";
 /// The variable that names libvfio-user's gpio sample to it.
 const PEER_ENV: &str = "VFIO_VARIANT_LIBVFIO_USER_GPIO";
+/// The variable that names the SVG chart it writes.
+const PLOT_ENV: &str = "VFIO_VARIANT_BENCH_PLOT";
+/// The chart, under the target directory.
+const PLOT: &str = "bench/server.svg";
 
 /// Benchmarks: (package, bench target).
 const BENCHES: &[(&str, &str)] = &[
@@ -44,6 +49,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let mut command = cargo();
         command.args(["bench", "--quiet", "-p", package, "--bench", bench]);
         if *bench == PEER_BENCH {
+            let plot = target_dir().join(PLOT);
+            if let Some(dir) = plot.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            command.env(PLOT_ENV, plot);
             match peers::libvfio_user_gpio() {
                 Ok(program) => {
                     command.env(PEER_ENV, program);

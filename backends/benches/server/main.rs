@@ -53,6 +53,10 @@ use vfio_variant_backends::builtin::sample::{LAYOUT, SampleBackend};
 use libvfio_user::{BAR as PEER_BAR, Peer};
 
 mod libvfio_user;
+mod plot;
+
+/// Where the SVG chart of the side-by-side figures goes (set by `cargo xtask bench`).
+const PLOT_ENV: &str = "VFIO_VARIANT_BENCH_PLOT";
 
 /// The peer's name in figures.
 const PEER: &str = "libvfio_user";
@@ -476,17 +480,28 @@ fn single_function(
     suffix: &str,
     posted_suffix: Option<&str>,
     peer: Option<&Path>,
-) -> RoundTrips {
+) -> (RoundTrips, Option<Posted>) {
     let functions = placement.serve(|| Functions::single(suffix, config));
     let mut client = functions.connect(0);
     let mut peer = start_peer(peer, placement, suffix);
     let peer_client = peer.as_mut().map(|(_, client)| client);
     let measured = rtt_figures(&mut client, placement, suffix, None, peer_client);
-    if let Some(posted) = posted_suffix {
+    let posted = posted_suffix.map(|posted| {
         let peer_client = peer.as_mut().map(|(_, client)| client);
-        posted_writes(&mut client, posted, peer_client);
-    }
-    measured
+        posted_writes(&mut client, posted, peer_client)
+    });
+    (measured, posted)
+}
+
+/// Median writes per second of one placement.
+#[derive(Debug, Clone, Copy)]
+struct Posted {
+    /// Posted REGION_WRITEs to the server.
+    ours: f64,
+    /// The same values as REGION_WRITE_MULTI entries.
+    multi: f64,
+    /// Posted writes to libvfio-user's sample, when it runs.
+    peer: Option<f64>,
 }
 
 /// Writes per second of one round: `write` of each of [`POSTED_WRITES`] values from `base`,
@@ -536,7 +551,7 @@ fn close_peer(client: &mut Client, _last: u32) {
 /// the same writes as REGION_WRITE_MULTI messages of [`MULTI_ENTRIES`]; and posted writes to
 /// the BAR of libvfio-user's sample (closed by a config read) when `peer` is its client;
 /// rounds interleaved.
-fn posted_writes(client: &mut Client, suffix: &str, mut peer: Option<&mut Client>) {
+fn posted_writes(client: &mut Client, suffix: &str, mut peer: Option<&mut Client>) -> Posted {
     // Memory decoding and bus mastering on: BAR 0 answers.
     client
         .region_write(CONFIG_REGION, 4, &[0x06, 0x00])
@@ -552,23 +567,63 @@ fn posted_writes(client: &mut Client, suffix: &str, mut peer: Option<&mut Client
     }
     let name = format!("posted_writes_per_second{suffix}");
     let multi_name = format!("write_multi_writes_per_second{suffix}");
-    let ours = median(rates);
+    let (ours, multi) = (median(rates), median(multi));
     if theirs.is_empty() {
         report(&name, ours, "writes/s", None);
-        report(&multi_name, median(multi), "writes/s", Some((&name, ours)));
-        return;
+        report(&multi_name, multi, "writes/s", Some((&name, ours)));
+        return Posted {
+            ours,
+            multi,
+            peer: None,
+        };
     }
     let peer_name = format!("{PEER}_posted_writes_per_second{suffix}");
     let theirs = median(theirs);
     report(&peer_name, theirs, "writes/s", None);
     report(&name, ours, "writes/s", Some((&peer_name, theirs)));
     // libvfio-user serves no REGION_WRITE_MULTI: its posted writes are its way to the same end.
-    report(
-        &multi_name,
-        median(multi),
-        "writes/s",
-        Some((&peer_name, theirs)),
-    );
+    report(&multi_name, multi, "writes/s", Some((&peer_name, theirs)));
+    Posted {
+        ours,
+        multi,
+        peer: Some(theirs),
+    }
+}
+
+/// Writes the chart of the round trips and posted writes, per placement, to `path`.
+fn draw_chart(
+    path: &Path,
+    rtts: [(&'static str, RoundTrips); 3],
+    posted: [(&'static str, Posted); 2],
+) {
+    let rtt = plot::Chart {
+        title: "4-byte config read round trip (lower is better)",
+        unit: "us",
+        series: &["socketpair floor", "vfio-variant", "libvfio-user"],
+        groups: rtts
+            .iter()
+            .map(|&(name, r)| plot::Group {
+                name,
+                values: vec![Some(r.pingpong), Some(r.rtt), r.peer],
+            })
+            .collect(),
+    };
+    let writes = plot::Chart {
+        title: "posted 4-byte BAR writes (higher is better)",
+        unit: "writes/s",
+        series: &["vfio-variant", "libvfio-user", "vfio-variant WRITE_MULTI"],
+        groups: posted
+            .iter()
+            .map(|&(name, p)| plot::Group {
+                name,
+                values: vec![Some(p.ours), p.peer, Some(p.multi)],
+            })
+            .collect(),
+    };
+    match plot::write(path, &[rtt, writes]) {
+        Ok(()) => eprintln!("chart written to {}", path.display()),
+        Err(e) => eprintln!("no chart ({}): {e}", path.display()),
+    }
 }
 
 /// Writes per second of one round of REGION_WRITE_MULTI messages carrying the values of a
@@ -638,15 +693,28 @@ fn main() {
     // On the server's CPU, where the 1024 functions' threads will be too.
     let one_cpu = Placement::one_cpu(split.server[0]);
 
-    let single = single_function(&split, &config, "", Some(""), peer);
-    let single_one_cpu = single_function(&one_cpu, &config, "_one_cpu", None, peer);
-    single_function(
+    let (single, pinned_posted) = single_function(&split, &config, "", Some(""), peer);
+    let (single_one_cpu, _) = single_function(&one_cpu, &config, "_one_cpu", None, peer);
+    let (unpinned, unpinned_posted) = single_function(
         &Placement::unpinned(&allowed),
         &config,
         "_unpinned",
         Some("_unpinned"),
         peer,
     );
+    if let (Some(path), Some(pinned_posted), Some(unpinned_posted)) =
+        (std::env::var_os(PLOT_ENV), pinned_posted, unpinned_posted)
+    {
+        draw_chart(
+            Path::new(&path),
+            [
+                ("pinned", single),
+                ("one CPU", single_one_cpu),
+                ("unpinned", unpinned),
+            ],
+            [("pinned", pinned_posted), ("unpinned", unpinned_posted)],
+        );
+    }
     // Polling mode (a server with a core of its own): the connection spins before sleeping.
     let polling = Arc::new(ServerConfig {
         poll: Some(Duration::from_micros(200)),
