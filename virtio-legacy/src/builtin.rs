@@ -38,8 +38,9 @@ pub const DIR_VARIABLE: &str = "VFIO_VARIANT_VIRTIO_DIR";
 pub const BLK_IMAGE_SIZE: u64 = 64 << 20;
 /// VFs of each emulated PF.
 pub const NUM_VFS: usize = 2;
-/// How often a net VF's receive queue looks for host frames.
-const POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// How often a net VF looks again for host frames its driver has given no buffers for yet
+/// (otherwise it waits for frames to arrive, and wakes for nothing else).
+const RX_BACKOFF: Duration = Duration::from_millis(1);
 
 /// Why an emulated PF could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +236,7 @@ impl EmulatedPf {
             remove_dir,
         };
         let mut pollers = Vec::new();
+        let mut wake_sources = Vec::new();
         let mut vfs = Vec::new();
         let mut entries = Vec::new();
         for member in 1..=NUM_VFS as u64 {
@@ -257,6 +259,7 @@ impl EmulatedPf {
                 let path = net_socket(dir, member);
                 let _ = std::fs::remove_file(&path);
                 let device = NetDevice::bind(net_mac(member), &path).map_err(io_error(&path))?;
+                wake_sources.push(device.wake_source().map_err(io_error(&path))?);
                 files.paths.push(path);
                 Box::new(device)
             };
@@ -270,8 +273,8 @@ impl EmulatedPf {
                 attachment.dma.clone(),
                 attachment.interrupts.clone(),
             ));
-            if device_type == DEVICE_TYPE_NET {
-                pollers.push(vf.spawn_poller(POLL_INTERVAL).map_err(io_error(dir))?);
+            if let Some(source) = wake_sources.pop() {
+                pollers.push(vf.spawn_poller(source, RX_BACKOFF).map_err(io_error(dir))?);
             }
             entries.push(Vf {
                 member,

@@ -1,10 +1,22 @@
 //! `cargo xtask bench`: runs the benchmark binaries (harness = false) and passes their
 //! `BENCH name value unit [ratio=.. vs=..]` lines through, then the guest block benchmark
 //! ([`crate::e2e::blkbench`]) and the nested nvme benchmark ([`crate::e2e::nested`]); both need
-//! root: they boot QEMU guests.
+//! root: they boot QEMU guests. The `server` benchmark runs libvfio-user's gpio sample beside
+//! ours ([`crate::peers`]); when it cannot be built the benchmark says so and goes on without
+//! it. It draws its side-by-side figures as an SVG chart in `target/bench/server.svg`.
 
-use crate::cmd::{cargo, run as run_step};
+use crate::cmd::{cargo, run as run_step, target_dir};
 use crate::e2e::{blkbench, nested};
+use crate::peers;
+
+/// The benchmark that measures libvfio-user beside the server.
+const PEER_BENCH: &str = "server";
+/// The variable that names libvfio-user's gpio sample to it.
+const PEER_ENV: &str = "VFIO_VARIANT_LIBVFIO_USER_GPIO";
+/// The variable that names the SVG chart it writes.
+const PLOT_ENV: &str = "VFIO_VARIANT_BENCH_PLOT";
+/// The chart, under the target directory.
+const PLOT: &str = "bench/server.svg";
 
 /// Benchmarks: (package, bench target).
 const BENCHES: &[(&str, &str)] = &[
@@ -15,6 +27,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("vfio-variant", "dirty_logging"),
     ("vfio-variant", "stop_copy"),
     ("vfio-variant-backends", "migration_downtime"),
+    ("vfio-variant-backends", "idle"),
     ("vfio-variant-mlx", "state_chunks"),
     ("vfio-variant-mlx", "dirty_report"),
 ];
@@ -35,10 +48,22 @@ pub fn run(args: &[String]) -> Result<(), String> {
         if !selected(args, bench) {
             continue;
         }
-        run_step(
-            &format!("bench {package}/{bench}"),
-            cargo().args(["bench", "--quiet", "-p", package, "--bench", bench]),
-        )?;
+        let mut command = cargo();
+        command.args(["bench", "--quiet", "-p", package, "--bench", bench]);
+        if *bench == PEER_BENCH {
+            let plot = target_dir().join(PLOT);
+            if let Some(dir) = plot.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            command.env(PLOT_ENV, plot);
+            match peers::libvfio_user_gpio() {
+                Ok(program) => {
+                    command.env(PEER_ENV, program);
+                }
+                Err(e) => eprintln!("==> libvfio-user left out of the bench: {e}"),
+            }
+        }
+        run_step(&format!("bench {package}/{bench}"), &mut command)?;
     }
     if selected(args, GUEST_BLK) {
         eprintln!("==> bench {GUEST_BLK} (three QEMU guests under TCG, about 40 s each)");

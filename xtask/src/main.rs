@@ -6,6 +6,7 @@ mod cmd;
 mod e2e;
 mod fuzz;
 mod install;
+mod peers;
 
 use std::process::ExitCode;
 
@@ -20,7 +21,9 @@ commands:
                    level down (`nested`: only that part) (needs root)
   bench [NAME...]  run the benchmarks (those whose name contains a NAME); prints
                    `BENCH name value unit [ratio=.. vs=..]` lines; `guest_blk` and
-                   `nested_nvme` boot QEMU guests (need root, like e2e)
+                   `nested_nvme` boot QEMU guests (need root, like e2e); `server` runs
+                   libvfio-user's gpio sample beside ours, built once from ../shared/peers
+                   (apt installs its build dependencies)
   fuzz [TARGET] [SECONDS]
                    run one fuzz target (or each in turn) for SECONDS (default 60)
   install-extras [PREFIX]

@@ -535,50 +535,87 @@ impl StreamLoader {
                 n => Err(StreamError::TrailingData(n)),
             };
         }
-        self.pending.extend_from_slice(bytes);
-        let mut used = 0;
-        while let Some(needed) = self.check_next(&self.pending[used..])? {
-            if self.pending.len() - used < needed {
-                break;
+        // The record in progress is completed with just the bytes it lacks; whole records
+        // are then taken straight from `bytes`, and only an incomplete last one is kept.
+        let mut input = bytes;
+        while !self.pending.is_empty() {
+            let needed = self
+                .check_next(&self.pending)?
+                .unwrap_or(RECORD_HEADER_SIZE);
+            let missing = needed.saturating_sub(self.pending.len()).min(input.len());
+            self.pending.extend_from_slice(&input[..missing]);
+            input = &input[missing..];
+            if self.pending.len() < needed {
+                return Ok(());
             }
-            let raw = &self.pending[used..used + needed];
-            let index = self.seen;
-            let (framing, rest) = raw.split_at(RECORD_HEADER_SIZE);
-            let (payload, sum) = rest.split_at(rest.len() - CHECKSUM_SIZE);
-            let tag = u32::from_le_bytes([framing[12], framing[13], framing[14], framing[15]]);
-            let found = u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]);
-            let computed = checksum(framing, payload);
-            if found != computed {
-                return Err(StreamError::Checksum {
-                    index,
-                    tag,
-                    found,
-                    computed,
-                });
-            }
-            used += needed;
-            if let (TAG_DATA, Some(hooks)) = (tag, sink) {
-                self.seen += 1;
-                hooks
-                    .load(payload)
-                    .map_err(|e| StreamError::Device(e.to_string()))?;
+            if self
+                .check_next(&self.pending)?
+                .is_none_or(|n| n > self.pending.len())
+            {
+                // The framing just completed: now the whole length is known.
                 continue;
             }
-            let record = Record {
-                tag,
-                optional: framing[8] & 1 != 0,
-                payload: payload.to_vec(),
-            };
-            self.accept(index, record)?;
-            if self.ended {
-                let trailing = self.pending.len() - used;
-                if trailing != 0 {
-                    return Err(StreamError::TrailingData(trailing));
-                }
-            }
+            let record = std::mem::take(&mut self.pending);
+            let kept = self.take_record(&record, sink);
+            // Keep the buffer (and its pages) for the next record that straddles a read.
+            self.pending = record;
+            self.pending.clear();
+            kept?;
+            self.check_trailing(input.len())?;
         }
-        self.pending.drain(..used);
+        while let Some(needed) = self.check_next(input)? {
+            if input.len() < needed {
+                break;
+            }
+            self.take_record(&input[..needed], sink)?;
+            input = &input[needed..];
+            self.check_trailing(input.len())?;
+        }
+        self.pending.extend_from_slice(input);
         Ok(())
+    }
+
+    /// After the end record, no byte may follow.
+    fn check_trailing(&self, left: usize) -> Result<(), StreamError> {
+        if self.ended && left != 0 {
+            return Err(StreamError::TrailingData(left));
+        }
+        Ok(())
+    }
+
+    /// Verifies one whole record (`raw`, framing to checksum) and takes it: device data to
+    /// `sink` when there is one, the others kept.
+    fn take_record(
+        &mut self,
+        raw: &[u8],
+        sink: Option<&dyn MigrationHooks>,
+    ) -> Result<(), StreamError> {
+        let index = self.seen;
+        let (framing, rest) = raw.split_at(RECORD_HEADER_SIZE);
+        let (payload, sum) = rest.split_at(rest.len() - CHECKSUM_SIZE);
+        let tag = u32::from_le_bytes([framing[12], framing[13], framing[14], framing[15]]);
+        let found = u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]);
+        let computed = checksum(framing, payload);
+        if found != computed {
+            return Err(StreamError::Checksum {
+                index,
+                tag,
+                found,
+                computed,
+            });
+        }
+        if let (TAG_DATA, Some(hooks)) = (tag, sink) {
+            self.seen += 1;
+            return hooks
+                .load(payload)
+                .map_err(|e| StreamError::Device(e.to_string()));
+        }
+        let record = Record {
+            tag,
+            optional: framing[8] & 1 != 0,
+            payload: payload.to_vec(),
+        };
+        self.accept(index, record)
     }
 
     /// Checks the framing at the start of `rest`: the record's whole length, or `None` until

@@ -27,7 +27,7 @@ use crate::backend::worker::{Pump, with_pump};
 use crate::vfio_user::dma::{DmaLayout, DmaRead, DmaReadReply, DmaWrite};
 use crate::vfio_user::header::{Command, Header};
 use crate::vfio_user::socket::{
-    Message, ReadError, read_message, write_error_reply, write_message,
+    Message, MessageReader, ReadError, write_error_reply, write_message,
 };
 use crate::vfio_user::{Limits, Payload};
 
@@ -83,6 +83,8 @@ pub(crate) struct Inbox {
     poll: Option<Duration>,
     /// Commands read while waiting for a DMA answer, run next.
     queued: Mutex<VecDeque<Message>>,
+    /// Reads many messages per system call when the client sends faster than they run.
+    reader: Mutex<MessageReader>,
 }
 
 /// What the connection thread got from the socket.
@@ -109,11 +111,14 @@ impl Inbox {
     }
 
     fn read(&self) -> Incoming {
-        if let Some(budget) = self.poll {
+        let mut reader = self.reader.lock();
+        if let Some(budget) = self.poll
+            && !reader.has_message()
+        {
             self.spin(budget);
         }
         let limits = self.limits.read().clone();
-        match read_message(self.stream.as_fd(), &limits) {
+        match reader.read(self.stream.as_fd(), &limits) {
             Ok(message) if message.header.is_reply() => Incoming::Reply(message),
             Ok(message) => Incoming::Command(message),
             Err(ReadError::Invalid {
@@ -327,6 +332,7 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
         limits: Arc::clone(&limits),
         poll: config.poll,
         queued: Mutex::new(VecDeque::new()),
+        reader: Mutex::new(MessageReader::new()),
     });
     let remote = Arc::new(RemoteDma {
         outbox: Arc::clone(&outbox),

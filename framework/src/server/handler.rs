@@ -35,6 +35,8 @@ enum Answer {
     Reply(Vec<u8>, Vec<Arc<OwnedFd>>),
     /// A reply payload built as words (a dirty bitmap), sent as their bytes.
     Words(Vec<u64>),
+    /// A MIG_DATA_READ reply payload, whose buffer goes back for the next one.
+    MigData(Vec<u8>),
     /// An error reply with this errno.
     Error(i32),
 }
@@ -117,6 +119,16 @@ impl<'a> Session<'a> {
                     self.outbox.send(&header.reply(payload.len()), payload, &[])
                 };
                 self.port.logging.recycle(words);
+                sent
+            }
+            Answer::MigData(payload) => {
+                let sent = if header.no_reply() {
+                    Ok(())
+                } else {
+                    self.outbox
+                        .send(&header.reply(payload.len()), &payload, &[])
+                };
+                self.port.migration.recycle(payload);
                 sent
             }
             Answer::Error(errno) => {
@@ -294,7 +306,7 @@ impl<'a> Session<'a> {
             },
             Request::MigDataRead(read) => {
                 match migration::data_read(&self.port.migration, &self.port.function, &read) {
-                    Ok(data) => reply(data),
+                    Ok(payload) => Answer::MigData(payload),
                     Err(errno) => Answer::Error(errno),
                 }
             }

@@ -62,6 +62,9 @@ type Shared = Arc<Mutex<FunctionMigration>>;
 /// port (so it outlives connections).
 pub(super) struct PortMigration {
     state: Mutex<Option<Shared>>,
+    /// The payload buffer of the last MIG_DATA_READ reply, sent and handed back
+    /// ([`PortMigration::recycle`]): the next read fills memory that is already mapped.
+    spare: Mutex<Vec<u8>>,
     /// Backend and profile names carried in (and checked against) stream headers.
     backend: String,
     profile: String,
@@ -72,6 +75,7 @@ impl PortMigration {
     pub(super) fn new(backend: String, profile: String) -> Self {
         Self {
             state: Mutex::new(None),
+            spare: Mutex::new(Vec::new()),
             backend,
             profile,
         }
@@ -93,6 +97,19 @@ impl PortMigration {
             current.driver.state()
         } else {
             MigrationState::Running
+        }
+    }
+
+    /// Takes back the payload of a sent MIG_DATA_READ reply, for the next one; kept only while
+    /// a stream is being saved.
+    pub(super) fn recycle(&self, payload: Vec<u8>) {
+        let saving = self
+            .state
+            .lock()
+            .as_ref()
+            .is_some_and(|state| state.lock().writer.is_some());
+        if saving {
+            *self.spare.lock() = payload;
         }
     }
 
@@ -324,12 +341,13 @@ pub(super) fn device_feature(
     Ok(request.reply_with(data).to_bytes())
 }
 
-/// MIG_DATA_READ: the next bytes of the stream while saving.
+/// MIG_DATA_READ: the next bytes of the stream while saving, as the reply's payload (encoded
+/// in place, in the buffer of the last reply when it was handed back).
 pub(super) fn data_read(
     migration: &PortMigration,
     function: &Arc<VirtualFunction>,
     request: &MigDataRead,
-) -> Result<MigDataReadReply, i32> {
+) -> Result<Vec<u8>, i32> {
     let hooks = function.function().migration().ok_or(libc::ENOTTY)?;
     let state = migration.get_or_create(function, hooks.flags());
     let mut state = state.lock();
@@ -339,8 +357,11 @@ pub(super) fn data_read(
         // The device is stopped: the guest's config state is final.
         writer.set_config(function.config_snapshot());
     }
-    let mut data = vec![0u8; request.size as usize];
-    let n = match writer.read(hooks, &mut data, last) {
+    let mut payload = std::mem::take(&mut *migration.spare.lock());
+    let prefix = MigDataReadReply::PREFIX;
+    // Only the bytes past the previous length are zeroed (and faulted in) again.
+    payload.resize(prefix + request.size as usize, 0);
+    let n = match writer.read(hooks, &mut payload[prefix..], last) {
         Ok(n) => n,
         Err(e) => {
             tracing::debug!("migration save: {e}");
@@ -348,8 +369,9 @@ pub(super) fn data_read(
             return Err(libc::EIO);
         }
     };
-    data.truncate(n);
-    Ok(MigDataReadReply::new(data))
+    payload.truncate(prefix + n);
+    MigDataReadReply::encode_prefix(&mut payload);
+    Ok(payload)
 }
 
 /// MIG_DATA_WRITE: the next bytes of the stream while resuming.
@@ -367,4 +389,17 @@ pub(super) fn data_write(
         state.refusal = Some(format!("stream refused: {e}"));
         e.errno()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_buffer_is_kept_only_while_a_stream_is_saved() {
+        let migration = PortMigration::new("b".into(), "p".into());
+        // No migration state: nothing is being saved, the buffer is freed.
+        migration.recycle(vec![0; 4096]);
+        assert!(migration.spare.lock().is_empty());
+    }
 }

@@ -796,24 +796,26 @@ impl Client {
             &MigDataRead::new(size).to_bytes(),
             &[],
         )?;
-        let reply = MigDataReadReply::parse(&msg.payload, &self.limits)?;
-        if reply.data.len() > size as usize {
+        let range = MigDataReadReply::data_range(&msg.payload, &self.limits)?;
+        if range.len() > size as usize {
             return Err(
                 ProtocolError::invalid("MIG_DATA_READ reply", "more data than asked").into(),
             );
         }
-        Ok(reply.data)
+        // The data moved to the front of the received payload: no second buffer.
+        let mut data = msg.payload;
+        data.truncate(range.end);
+        data.drain(..range.start);
+        Ok(data)
     }
 
     /// MIG_DATA_WRITE of `data`, split at the negotiated transfer size.
     pub fn mig_data_write(&mut self, data: &[u8]) -> Result<(), ClientError> {
         let chunk = self.xfer_chunk();
+        let mut payload = Vec::new();
         for part in data.chunks(chunk) {
-            self.call(
-                Command::MigDataWrite,
-                &MigDataWrite::new(part.to_vec()).to_bytes(),
-                &[],
-            )?;
+            MigDataWrite::encode_from(part, &mut payload);
+            self.call(Command::MigDataWrite, &payload, &[])?;
         }
         Ok(())
     }

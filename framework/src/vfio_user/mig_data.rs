@@ -66,6 +66,28 @@ pub struct MigDataReadReply {
 }
 
 impl MigDataReadReply {
+    /// Bytes before the data in the encoded reply (argsz, size).
+    pub const PREFIX: usize = MIG_DATA_SIZE as usize;
+
+    /// Writes argsz and size into the first [`MigDataReadReply::PREFIX`] bytes of `payload`,
+    /// whose data follows them: the reply encoded in place, without copying the data.
+    pub fn encode_prefix(payload: &mut [u8]) {
+        let data = payload.len() - Self::PREFIX;
+        let argsz = len_u32(payload.len());
+        payload[..4].copy_from_slice(&argsz.to_le_bytes());
+        payload[4..Self::PREFIX].copy_from_slice(&len_u32(data).to_le_bytes());
+    }
+
+    /// Checks an encoded reply as [`Payload::parse`] does and returns where its data is in
+    /// `payload`, without copying it.
+    pub fn data_range(
+        payload: &[u8],
+        limits: &Limits,
+    ) -> Result<std::ops::Range<usize>, ProtocolError> {
+        let (_, data) = parse_with_data("MIG_DATA_READ reply", payload, limits)?;
+        Ok(Self::PREFIX..Self::PREFIX + data.len())
+    }
+
     /// A reply carrying `data`.
     pub fn new(data: Vec<u8>) -> Self {
         Self {
@@ -117,6 +139,13 @@ pub struct MigDataWrite {
 }
 
 impl MigDataWrite {
+    /// Encodes the request writing `data` into `out` (cleared first), as
+    /// `MigDataWrite::new(data.to_vec()).to_bytes()` does, with one copy of the data.
+    pub fn encode_from(data: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        encode_with_data(out, MIG_DATA_SIZE, data);
+    }
+
     /// A request writing `data`.
     pub fn new(data: Vec<u8>) -> Self {
         Self {
@@ -163,6 +192,24 @@ mod tests {
         round_trip(&reply);
         round_trip(&MigDataReadReply::new(Vec::new()));
         round_trip(&MigDataWrite::new(vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn in_place_encodings_match_the_owned_ones() {
+        let data: Vec<u8> = (0..100).collect();
+        let mut payload = vec![0xff; MigDataReadReply::PREFIX];
+        payload.extend_from_slice(&data);
+        MigDataReadReply::encode_prefix(&mut payload);
+        assert_eq!(payload, MigDataReadReply::new(data.clone()).to_bytes());
+        let range = MigDataReadReply::data_range(&payload, &Limits::default()).unwrap();
+        assert_eq!(&payload[range], &data[..]);
+        let mut lying = payload.clone();
+        lying[4..8].copy_from_slice(&200u32.to_ne_bytes());
+        assert!(MigDataReadReply::data_range(&lying, &Limits::default()).is_err());
+
+        let mut out = vec![7; 3];
+        MigDataWrite::encode_from(&data, &mut out);
+        assert_eq!(out, MigDataWrite::new(data).to_bytes());
     }
 
     #[test]

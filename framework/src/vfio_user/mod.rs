@@ -39,8 +39,8 @@ pub use error::ProtocolError;
 pub use header::{Command, HEADER_SIZE, Header, HeaderFlags};
 pub use message::{Reply, Request};
 pub use socket::{
-    Message, PeerCredentials, ReadError, peer_credentials, read_message, write_error_reply,
-    write_message, write_reply,
+    Message, MessageReader, PeerCredentials, ReadError, peer_credentials, read_message,
+    write_error_reply, write_message, write_reply,
 };
 pub use version::{Capabilities, Negotiated, ServerOffer, Version, accept_reply, negotiate};
 

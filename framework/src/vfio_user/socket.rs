@@ -1,6 +1,7 @@
 //! Framing over a connected `AF_UNIX` stream socket: one message at a time, file descriptors
 //! as `SCM_RIGHTS`, reply helpers and the peer's credentials (`SO_PEERCRED`).
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -23,6 +24,10 @@ pub const DRAIN_LIMIT: u64 = 64 << 20;
 /// Payload is read (and its buffer grown) this much at a time, so memory follows the bytes
 /// actually received rather than the size a header claims.
 const READ_CHUNK: usize = 64 << 10;
+
+/// Payload capacity reserved up front (address space only: pages are touched as bytes
+/// arrive); a larger payload grows past it as it is received.
+const RESERVE_LIMIT: usize = 4 << 20;
 
 /// One message as received.
 #[derive(Debug)]
@@ -154,7 +159,7 @@ impl<'a> Receiver<'a> {
 
     /// Reads `len` bytes, growing the buffer as they arrive.
     fn read_payload(&mut self, len: usize) -> Result<Vec<u8>, ReadError> {
-        let mut payload = Vec::with_capacity(len.min(READ_CHUNK));
+        let mut payload = Vec::with_capacity(len.min(RESERVE_LIMIT));
         while payload.len() < len {
             let start = payload.len();
             let chunk = (len - start).min(READ_CHUNK);
@@ -231,6 +236,361 @@ pub fn read_message(socket: impl AsFd, limits: &Limits) -> Result<Message, ReadE
         payload,
         fds: rx.fds,
     })
+}
+
+/// Bytes a [`MessageReader`] asks for per `recvmsg`; messages larger than this are read past
+/// the buffer, straight into their payload.
+const BUFFER_SIZE: usize = 64 << 10;
+
+/// File descriptors received for the message that starts at `start` (a byte offset in the
+/// stream).
+#[derive(Debug)]
+struct FdsFor {
+    start: u64,
+    fds: Vec<OwnedFd>,
+    /// Descriptors beyond the limit (closed), or a truncated control message.
+    excess: usize,
+}
+
+/// Reads messages from a stream socket through a buffer, many per `recvmsg` when the peer
+/// sends faster than they are handled.
+///
+/// File descriptors are given to the right message. A message's fds arrive with its first
+/// byte (a sender attaches them to the first `sendmsg` of the message, as this module,
+/// QEMU and libvfio-user do), and Linux ends a `recvmsg` right after the bytes that came with
+/// fds: so fds returned by a `recvmsg` belong to the last message that starts in the bytes it
+/// returned, or to the message in progress when none starts there. Messages larger than the
+/// buffer are read in `recvmsg`s that stop at their end.
+///
+/// Everything read from the socket goes through one reader: bytes it has buffered are not in
+/// the socket any more ([`MessageReader::has_message`] says whether one is waiting here).
+#[derive(Debug)]
+pub struct MessageReader {
+    buf: Vec<u8>,
+    /// Unread bytes are `buf[head..tail]`.
+    head: usize,
+    tail: usize,
+    /// Stream offset of `buf[head]`.
+    offset: u64,
+    /// Stream offset of the first message start not yet walked past: every start before it
+    /// is known.
+    next_start: u64,
+    /// Fds received and the message each belongs to, oldest first.
+    fds: VecDeque<FdsFor>,
+    cmsg: Vec<MaybeUninit<u8>>,
+    max_fds: usize,
+}
+
+impl Default for MessageReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MessageReader {
+    /// An empty reader.
+    pub fn new() -> Self {
+        Self {
+            buf: vec![0; BUFFER_SIZE],
+            head: 0,
+            tail: 0,
+            offset: 0,
+            next_start: 0,
+            fds: VecDeque::new(),
+            cmsg: Vec::new(),
+            max_fds: 0,
+        }
+    }
+
+    /// Whether a whole message is buffered (reading it makes no system call).
+    pub fn has_message(&self) -> bool {
+        let available = self.tail - self.head;
+        available >= HEADER_SIZE && {
+            let header = Header::decode(
+                self.buf[self.head..self.head + HEADER_SIZE]
+                    .try_into()
+                    .expect("16 bytes"),
+            );
+            (header.size as usize) >= HEADER_SIZE && available >= header.size as usize
+        }
+    }
+
+    /// Stream offset just past the bytes received so far.
+    fn received(&self) -> u64 {
+        self.offset + (self.tail - self.head) as u64
+    }
+
+    /// The start of the last message that starts in `from..to` of the stream (the start of
+    /// the message in progress at `from` when none does), walking message starts forward with
+    /// the headers received so far.
+    fn owner_of(&mut self, from: u64, to: u64, in_progress: u64) -> u64 {
+        let mut owner = in_progress;
+        let mut start = self.next_start;
+        while start < to {
+            if start >= from {
+                owner = start;
+            }
+            // The size field (bytes 4..8 of the header) tells where the next message starts.
+            let Some(at) = start
+                .checked_sub(self.offset)
+                .map(|d| self.head + d as usize)
+            else {
+                break;
+            };
+            if at + 8 > self.tail {
+                break;
+            }
+            let size = u32::from_le_bytes(self.buf[at + 4..at + 8].try_into().expect("4 bytes"));
+            if (size as usize) < HEADER_SIZE {
+                // Out of step: the reader refuses this header and the stream ends.
+                break;
+            }
+            start += u64::from(size);
+            self.next_start = start;
+        }
+        owner
+    }
+
+    /// Gives fds received with the bytes `at..at + n` of the stream (`truncated`: some were
+    /// lost) to their message: see [`MessageReader::owner_of`].
+    fn received_fds(&mut self, received: Received, at: u64, in_progress: u64) {
+        if received.fds.is_empty() && !received.truncated {
+            return;
+        }
+        let owner = if received.bytes == 0 {
+            in_progress
+        } else {
+            self.owner_of(at, at + received.bytes as u64, in_progress)
+        };
+        self.give_fds(owner, received.fds, usize::from(received.truncated));
+    }
+
+    /// Adds `fds` to those of the message starting at `start`, closing those beyond the limit.
+    fn give_fds(&mut self, start: u64, fds: Vec<OwnedFd>, mut excess: usize) {
+        let entry = match self.fds.iter_mut().find(|e| e.start == start) {
+            Some(entry) => entry,
+            None => {
+                self.fds.push_back(FdsFor {
+                    start,
+                    fds: Vec::new(),
+                    excess: 0,
+                });
+                self.fds.back_mut().expect("just pushed")
+            }
+        };
+        for fd in fds {
+            if entry.fds.len() < self.max_fds {
+                entry.fds.push(fd);
+            } else {
+                // Dropping closes it.
+                excess += 1;
+            }
+        }
+        entry.excess += excess;
+    }
+
+    /// Takes the fds of the message starting at `start` (and drops any left for earlier
+    /// ones, which were given to no message).
+    fn take_fds(&mut self, start: u64) -> (Vec<OwnedFd>, usize) {
+        while self.fds.front().is_some_and(|e| e.start < start) {
+            self.fds.pop_front();
+        }
+        match self.fds.front() {
+            Some(e) if e.start == start => {
+                let e = self.fds.pop_front().expect("front exists");
+                (e.fds, e.excess)
+            }
+            _ => (Vec::new(), 0),
+        }
+    }
+
+    /// Makes at least `need` bytes available in the buffer (`need` <= [`BUFFER_SIZE`]),
+    /// moving unread bytes to its front first when the tail has no room.
+    fn fill_buffer(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        need: usize,
+        message_start: u64,
+    ) -> Result<(), ReadError> {
+        while self.tail - self.head < need {
+            if self.head + need > self.buf.len() || self.tail == self.buf.len() {
+                self.buf.copy_within(self.head..self.tail, 0);
+                self.tail -= self.head;
+                self.head = 0;
+            }
+            let at = self.received();
+            let received = recv(fd, &mut self.buf[self.tail..], &mut self.cmsg)?;
+            let n = received.bytes;
+            self.tail += n;
+            self.received_fds(received, at, message_start);
+            if n == 0 {
+                return Err(if self.tail == self.head && at == message_start {
+                    ReadError::Closed
+                } else {
+                    ReadError::Io(io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Consumes `len` buffered bytes.
+    fn consume(&mut self, len: usize) {
+        self.head += len;
+        self.offset += len as u64;
+        if self.head == self.tail {
+            self.head = 0;
+            self.tail = 0;
+        }
+    }
+
+    /// Reads `out.len()` bytes of the message that starts at `start`: the buffered ones, then
+    /// straight from the socket, never past the end of `out`.
+    fn read_exact(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        out: &mut [u8],
+        start: u64,
+    ) -> Result<(), ReadError> {
+        let buffered = (self.tail - self.head).min(out.len());
+        out[..buffered].copy_from_slice(&self.buf[self.head..self.head + buffered]);
+        self.consume(buffered);
+        let mut done = buffered;
+        while done < out.len() {
+            let at = self.offset;
+            let received = recv(fd, &mut out[done..], &mut self.cmsg)?;
+            let n = received.bytes;
+            self.received_fds(received, at, start);
+            if n == 0 {
+                return Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.offset += n as u64;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads and throws away `len` bytes of the message that starts at `start`.
+    fn drain(&mut self, fd: BorrowedFd<'_>, mut len: u64, start: u64) -> Result<(), ReadError> {
+        let mut scratch = vec![0u8; READ_CHUNK];
+        while len > 0 {
+            let chunk = usize::try_from(len).unwrap_or(READ_CHUNK).min(READ_CHUNK);
+            self.read_exact(fd, &mut scratch[..chunk], start)?;
+            len -= chunk as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads the next message, as [`read_message`] does (same checks, same errors), through
+    /// the buffer.
+    pub fn read(&mut self, socket: impl AsFd, limits: &Limits) -> Result<Message, ReadError> {
+        let fd = socket.as_fd();
+        self.max_fds = limits.max_msg_fds;
+        let space = rustix::cmsg_space!(ScmRights(limits.max_msg_fds.min(253)));
+        if self.cmsg.len() != space {
+            self.cmsg = vec![MaybeUninit::uninit(); space];
+        }
+        let start = self.offset;
+        self.fill_buffer(fd, HEADER_SIZE, start)?;
+        let header = Header::decode(
+            self.buf[self.head..self.head + HEADER_SIZE]
+                .try_into()
+                .expect("16 bytes"),
+        );
+        self.consume(HEADER_SIZE);
+        if (header.size as usize) < HEADER_SIZE {
+            return Err(ReadError::Invalid {
+                header,
+                error: ProtocolError::invalid(
+                    "header",
+                    format!("size {} is smaller than the header", header.size),
+                ),
+                resynced: false,
+            });
+        }
+        // This message's end is the next start, whatever the walk knew before.
+        self.next_start = self.next_start.max(start + u64::from(header.size));
+        let len = header.payload_len();
+        let max = limits.max_message_size();
+        if u64::from(header.size) > max {
+            let resynced = len as u64 <= DRAIN_LIMIT && self.drain(fd, len as u64, start).is_ok();
+            self.take_fds(start);
+            return Err(ReadError::Invalid {
+                header,
+                error: ProtocolError::MessageTooLarge {
+                    size: header.size.into(),
+                    max,
+                },
+                resynced,
+            });
+        }
+        let mut payload = Vec::with_capacity(len.min(RESERVE_LIMIT));
+        if len <= BUFFER_SIZE {
+            self.fill_buffer(fd, len, start)?;
+            payload.extend_from_slice(&self.buf[self.head..self.head + len]);
+            self.consume(len);
+        } else {
+            // Grown as bytes arrive, so memory follows what was actually received.
+            while payload.len() < len {
+                let from = payload.len();
+                payload.resize(from + (len - from).min(READ_CHUNK), 0);
+                self.read_exact(fd, &mut payload[from..], start)?;
+            }
+        }
+        let (fds, excess) = self.take_fds(start);
+        let refuse = |error| ReadError::Invalid {
+            header,
+            error,
+            resynced: true,
+        };
+        header.validate().map_err(refuse)?;
+        if excess > 0 {
+            return Err(refuse(ProtocolError::TooManyFds {
+                received: fds.len() + excess,
+                max: limits.max_msg_fds,
+            }));
+        }
+        Ok(Message {
+            header,
+            payload,
+            fds,
+        })
+    }
+}
+
+/// What one `recvmsg` brought.
+struct Received {
+    /// Bytes (0: end of stream).
+    bytes: usize,
+    /// File descriptors (close-on-exec).
+    fds: Vec<OwnedFd>,
+    /// Whether the control message was truncated (fds were lost).
+    truncated: bool,
+}
+
+/// One `recvmsg` into `buf`, with room for the fds `cmsg` has space for.
+fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], cmsg: &mut [MaybeUninit<u8>]) -> io::Result<Received> {
+    loop {
+        let mut control = RecvAncillaryBuffer::new(cmsg);
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for message in control.drain() {
+                    if let RecvAncillaryMessage::ScmRights(received) = message {
+                        fds.extend(received);
+                    }
+                }
+                return Ok(Received {
+                    bytes: msg.bytes,
+                    fds,
+                    truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+                });
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Writes one message: `header` with its `size` set from `payload`, the payload, and `fds`
@@ -603,5 +963,141 @@ mod tests {
         write_message(&a, &h, &[], &[]).unwrap();
         let msg = read_message(&b, &limits).unwrap();
         assert_eq!(msg.request(&limits).unwrap_err().errno(), 95);
+    }
+
+    /// The inode of an fd: the same open file received twice has the same one.
+    fn inode(fd: impl AsFd) -> u64 {
+        rustix::fs::fstat(fd).unwrap().st_ino
+    }
+
+    #[test]
+    fn buffered_reader_gives_fds_to_their_messages_among_plain_ones() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (_r1, w1) = io::pipe().unwrap();
+        let (_r2, w2) = io::pipe().unwrap();
+        let (_r3, w3) = io::pipe().unwrap();
+        // (msg_id, payload length, fds): all sent before the first read, so that recvmsgs
+        // gather several messages.
+        let plan: Vec<(u16, usize, Vec<BorrowedFd<'_>>)> = vec![
+            (1, 8, vec![]),
+            (2, 3, vec![w1.as_fd(), w2.as_fd()]),
+            (3, 0, vec![]),
+            (4, 40, vec![]),
+            (5, 1, vec![w3.as_fd()]),
+            (6, 2, vec![w1.as_fd()]),
+            (7, 0, vec![]),
+            (8, BUFFER_SIZE + 100, vec![w2.as_fd()]),
+            (9, 5, vec![]),
+            (10, 5, vec![w3.as_fd()]),
+        ];
+        let writer = {
+            let plan: Vec<(u16, usize, Vec<OwnedFd>)> = plan
+                .iter()
+                .map(|(id, len, fds)| {
+                    let owned = fds.iter().map(|fd| fd.try_clone_to_owned().unwrap());
+                    (*id, *len, owned.collect())
+                })
+                .collect();
+            std::thread::spawn(move || {
+                for (id, len, fds) in plan {
+                    let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+                    let payload = vec![id as u8; len];
+                    let header = Header::request(id, Command::DmaMap, len);
+                    write_message(&a, &header, &payload, &borrowed).unwrap();
+                }
+                a
+            })
+        };
+        // Let the small messages pile up in the socket.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut reader = MessageReader::new();
+        let limits = Limits::default();
+        for (id, len, fds) in &plan {
+            let msg = reader.read(&b, &limits).unwrap();
+            assert_eq!(msg.header.msg_id, *id);
+            assert_eq!(msg.payload, vec![*id as u8; *len], "message {id}");
+            let got: Vec<u64> = msg.fds.iter().map(inode).collect();
+            let sent: Vec<u64> = fds.iter().map(inode).collect();
+            assert_eq!(got, sent, "fds of message {id}");
+        }
+        drop(writer.join().unwrap());
+        assert!(matches!(reader.read(&b, &limits), Err(ReadError::Closed)));
+    }
+
+    #[test]
+    fn buffered_reader_reads_many_messages_per_recvmsg() {
+        let (a, b) = UnixStream::pair().unwrap();
+        for id in 1..=3 {
+            write_message(&a, &Header::request(id, Command::DeviceReset, 0), &[], &[]).unwrap();
+        }
+        let mut reader = MessageReader::new();
+        assert!(!reader.has_message());
+        let limits = Limits::default();
+        assert_eq!(reader.read(&b, &limits).unwrap().header.msg_id, 1);
+        // The other two came with the first recvmsg.
+        assert!(reader.has_message());
+        drop(a);
+        assert_eq!(reader.read(&b, &limits).unwrap().header.msg_id, 2);
+        assert_eq!(reader.read(&b, &limits).unwrap().header.msg_id, 3);
+        assert!(!reader.has_message());
+        assert!(matches!(reader.read(&b, &limits), Err(ReadError::Closed)));
+    }
+
+    #[test]
+    fn buffered_reader_refuses_as_read_message_does_and_stays_in_step() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let limits = small_limits();
+        let pipes: Vec<_> = (0..5).map(|_| io::pipe().unwrap()).collect();
+        let fds: Vec<_> = pipes.iter().map(|(_, w)| w.as_fd()).collect();
+        write_message(
+            &a,
+            &Header::request(1, Command::RegionWrite, 0),
+            &[0xee; 200],
+            &[],
+        )
+        .unwrap();
+        write_message(
+            &a,
+            &Header::request(2, Command::DeviceSetIrqs, 0),
+            &[],
+            &fds,
+        )
+        .unwrap();
+        let mut bad = Header::request(3, Command::RegionRead, 0);
+        bad.flags = HeaderFlags::from_bits_retain(3);
+        write_message(&a, &bad, &[0; 16], &[]).unwrap();
+        write_message(&a, &Header::request(4, Command::DmaMap, 1), b"z", &fds[..1]).unwrap();
+        (&a).write_all(&Header::request(5, Command::RegionWrite, 10).encode())
+            .unwrap();
+        (&a).write_all(&[1, 2, 3]).unwrap();
+        let mut reader = MessageReader::new();
+        match reader.read(&b, &limits) {
+            Err(ReadError::Invalid {
+                header,
+                error: ProtocolError::MessageTooLarge { .. },
+                resynced: true,
+            }) => {
+                assert_eq!(header.msg_id, 1)
+            }
+            other => panic!("{other:?}"),
+        }
+        match reader.read(&b, &limits) {
+            Err(ReadError::Invalid {
+                error: ProtocolError::TooManyFds { max: 2, .. },
+                resynced: true,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(reader.read(&b, &limits).unwrap_err().can_continue());
+        let msg = reader.read(&b, &limits).unwrap();
+        assert_eq!((msg.header.msg_id, msg.fds.len()), (4, 1));
+        assert_eq!(inode(&msg.fds[0]), inode(fds[0]));
+        // Message 5 claims 10 bytes and has 3: the stream ends inside it.
+        drop(a);
+        match reader.read(&b, &limits) {
+            Err(ReadError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            other => panic!("{other:?}"),
+        }
     }
 }

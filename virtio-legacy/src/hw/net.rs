@@ -59,6 +59,12 @@ impl NetDevice {
         ))
     }
 
+    /// A handle on the link that becomes readable when a frame arrives from the host (for
+    /// [`crate::hw::vf::VirtioFunction::spawn_poller`] to wait on).
+    pub fn wake_source(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        Ok(self.socket.try_clone()?.into())
+    }
+
     /// A device with `mac` whose link is a datagram socket bound at `path`: the host sends
     /// frames to it from a bound socket of its own, and transmitted frames go to the last
     /// sender (they are dropped until someone has sent).

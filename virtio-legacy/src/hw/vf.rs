@@ -5,12 +5,14 @@
 //! friends: the legacy register view of the same transport state, as the legacy interface
 //! defines it.
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
 use vfio_variant::backend::{DmaAccess, InterruptSink};
 use vfio_variant::physical::{PhysicalBar, PhysicalError, PhysicalFunction};
 use vfio_variant::vpci::layout::BarKind;
@@ -25,16 +27,46 @@ use super::{DEVICE_TYPE_BLK, DEVICE_TYPE_NET, VirtioDevice};
 /// A thread moving what arrives for a VF (host frames) into its queues; stops on drop.
 pub struct Poller {
     stop: Arc<AtomicBool>,
+    /// Times the thread has run the queues.
+    rounds: Arc<AtomicU64>,
+    /// Written on drop, to end the thread's wait.
+    wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl Poller {
+    /// How many times the thread has woken to run the queues (each for frames that arrived,
+    /// or to look again at frames waiting for buffers).
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Poller {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = rustix::io::write(&*self.wake, &1u64.to_ne_bytes());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
+}
+
+/// Waits until `source` is readable (when given), `wake` is written, or `timeout` passes.
+fn wait(source: Option<BorrowedFd<'_>>, wake: BorrowedFd<'_>, timeout: Option<Duration>) {
+    let mut fds = vec![PollFd::new(&wake, PollFlags::IN)];
+    if let Some(source) = &source {
+        fds.push(PollFd::new(source, PollFlags::IN));
+    }
+    let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
+    // EINTR and the like: the caller's loop looks again.
+    let _ = poll(&mut fds, timeout.as_ref());
+}
+
+/// Whether `fd` is readable now.
+fn readable(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    matches!(poll(&mut fds, Some(&Timespec::default())), Ok(n) if n > 0)
 }
 
 /// A modern-only virtio VF.
@@ -103,25 +135,46 @@ impl VirtioFunction {
         self.transport.poll();
     }
 
-    /// Starts a thread calling [`VirtioVf::poll`] every `interval` (a NIC receives while
-    /// the driver waits); it stops when the returned [`Poller`] is dropped or the VF is gone.
-    pub fn spawn_poller(self: &Arc<Self>, interval: Duration) -> std::io::Result<Poller> {
+    /// Starts a thread that calls [`VirtioVf::poll`] when `source` (the link, see
+    /// [`crate::hw::net::NetDevice::wake_source`]) becomes readable, and sleeps otherwise: an
+    /// idle VF wakes nobody. When frames are still waiting after the queues ran (the driver
+    /// has given no buffers for them; its next notify delivers them), it looks again every
+    /// `backoff` rather than spin on the readable link. The thread stops when the returned
+    /// [`Poller`] is dropped or the VF is gone.
+    pub fn spawn_poller(
+        self: &Arc<Self>,
+        source: OwnedFd,
+        backoff: Duration,
+    ) -> std::io::Result<Poller> {
         let vf = Arc::downgrade(self);
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let wake = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
+        let rounds = Arc::new(AtomicU64::new(0));
+        let (flag, woken, counter) = (Arc::clone(&stop), Arc::clone(&wake), Arc::clone(&rounds));
         let thread = std::thread::Builder::new()
             .name(format!("{}-poller", self.name))
             .spawn(move || {
+                let mut waiting = false;
                 while !flag.load(Ordering::SeqCst) {
-                    match vf.upgrade() {
-                        Some(vf) => vf.poll(),
-                        None => return,
+                    if waiting {
+                        wait(None, woken.as_fd(), Some(backoff));
+                    } else {
+                        wait(Some(source.as_fd()), woken.as_fd(), None);
                     }
-                    std::thread::sleep(interval);
+                    if flag.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Some(vf) = vf.upgrade() else { return };
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    vf.poll();
+                    vf.quiesce();
+                    waiting = readable(source.as_fd());
                 }
             })?;
         Ok(Poller {
             stop,
+            rounds,
+            wake,
             thread: Some(thread),
         })
     }

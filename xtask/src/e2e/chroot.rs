@@ -129,16 +129,21 @@ pub fn qemu_version(dir: &Path) -> Result<String, String> {
 
 /// Installs the host programs the set-up, the initramfs builder and the two-host migration
 /// test need, when some are missing.
-///
-/// Runs `apt-get update` first when the host has no package lists, or once after an install that
-/// failed (stale lists).
 pub fn ensure_host_tools() -> Result<(), String> {
     let missing: Vec<&str> = HOST_TOOLS
         .iter()
         .filter(|(program, _)| !have_program(program))
         .map(|&(_, package)| package)
         .collect();
-    if missing.is_empty() {
+    apt_install(&missing)
+}
+
+/// Installs the Debian `packages` (none: does nothing).
+///
+/// Runs `apt-get update` first when the host has no package lists, or once after an install that
+/// failed (stale lists).
+pub fn apt_install(packages: &[&str]) -> Result<(), String> {
+    if packages.is_empty() {
         return Ok(());
     }
     let update = || {
@@ -149,10 +154,10 @@ pub fn ensure_host_tools() -> Result<(), String> {
     };
     let install = || {
         run(
-            &format!("apt-get install {}", missing.join(" ")),
+            &format!("apt-get install {}", packages.join(" ")),
             Command::new("apt-get")
                 .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
+                .args(packages)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
     };

@@ -11,7 +11,18 @@
 //! - `config_read_rtt_1024`: a round trip to one of them, the others idle, against the round
 //!   trip with one function in the process;
 //! - `config_read_rtt_polling`: the round trip with the server in polling mode, against the
-//!   blocking ping-pong floor of the same rounds.
+//!   blocking ping-pong floor of the same rounds;
+//! - `write_multi_writes_per_second`: the posted writes' values sent as REGION_WRITE_MULTI
+//!   messages of 64 entries.
+//!
+//! Beside them, libvfio-user's gpio sample (a separate process, see [`libvfio_user`]), reached
+//! with the same client and measured in the same rounds: `libvfio_user_config_read_rtt` (the
+//! same 4-byte config read), `libvfio_user_posted_writes_per_second` (posted 4-byte writes to
+//! its BAR, each round closed by a config read), and our figures against them:
+//! `config_read_rtt_vs_libvfio_user`, `posted_writes_per_second` and
+//! `write_multi_writes_per_second` (libvfio-user serves no REGION_WRITE_MULTI) take ratios
+//! against libvfio-user when it runs. Without it (`cargo xtask bench` could not build it) a
+//! `PEER` line says why and the other figures go on.
 //!
 //! Where threads run decides round trips on a small machine: a wake-up on another CPU costs
 //! far more than a switch on the same one, and the scheduler places the client and the
@@ -24,7 +35,7 @@
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,11 +43,23 @@ use vfio_variant::backend::{Backend, CreateRequest, Function};
 use vfio_variant::config::ConfigTemplate;
 use vfio_variant::device::{CONFIG_REGION, VirtualFunction};
 use vfio_variant::server::{Endpoint, Port, ServerConfig};
+use vfio_variant::vfio_user::access::WriteMultiEntry;
 use vfio_variant::vfio_user::access::{RegionRead, RegionReadReply};
 use vfio_variant::vfio_user::{Client, ClientOptions, Command, HEADER_SIZE, Header, Payload};
 use vfio_variant::vpci::{compile::compile, parse_layout};
 use vfio_variant_backends::builtin::sample::registers::SCRATCH;
 use vfio_variant_backends::builtin::sample::{LAYOUT, SampleBackend};
+
+use libvfio_user::{BAR as PEER_BAR, Peer};
+
+mod libvfio_user;
+mod plot;
+
+/// Where the SVG chart of the side-by-side figures goes (set by `cargo xtask bench`).
+const PLOT_ENV: &str = "VFIO_VARIANT_BENCH_PLOT";
+
+/// The peer's name in figures.
+const PEER: &str = "libvfio_user";
 
 /// Rounds of every measurement; the median is reported.
 const ROUNDS: usize = 7;
@@ -46,6 +69,8 @@ const RTT_ITERATIONS: u32 = 5_000;
 const WARMUP_ITERATIONS: u32 = 500;
 /// Posted writes per round.
 const POSTED_WRITES: u32 = 50_000;
+/// Entries per REGION_WRITE_MULTI message (the server's default `max_write_multi` is 256).
+const MULTI_ENTRIES: usize = 64;
 /// Functions exposed at once for the memory figure.
 const FUNCTIONS: usize = 1024;
 /// File descriptors held per idle function (socket, stop eventfd, shared-memory memfd), with
@@ -72,7 +97,7 @@ fn report(name: &str, value: f64, unit: &str, baseline: Option<(&str, f64)>) {
 }
 
 /// µs per call of `op` over one round.
-fn time_round(op: &mut impl FnMut()) -> f64 {
+fn time_round(op: &mut dyn FnMut()) -> f64 {
     let start = Instant::now();
     for _ in 0..RTT_ITERATIONS {
         op();
@@ -80,19 +105,21 @@ fn time_round(op: &mut impl FnMut()) -> f64 {
     start.elapsed().as_secs_f64() * 1e6 / f64::from(RTT_ITERATIONS)
 }
 
-/// Median µs per call of `a` and of `b`, their rounds interleaved so that both see the same
+/// Median µs per call of each of `ops`, their rounds interleaved so that all see the same
 /// machine (the other load on it changes from second to second).
-fn measure_pair(mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+fn measure(ops: &mut [&mut dyn FnMut()]) -> Vec<f64> {
     for _ in 0..WARMUP_ITERATIONS {
-        a();
-        b();
+        for op in ops.iter_mut() {
+            op();
+        }
     }
-    let (mut sa, mut sb) = (Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS));
+    let mut samples = vec![Vec::with_capacity(ROUNDS); ops.len()];
     for _ in 0..ROUNDS {
-        sa.push(time_round(&mut a));
-        sb.push(time_round(&mut b));
+        for (op, samples) in ops.iter_mut().zip(&mut samples) {
+            samples.push(time_round(op));
+        }
     }
-    (median(sa), median(sb))
+    samples.into_iter().map(median).collect()
 }
 
 /// The CPUs this process may run on.
@@ -355,25 +382,49 @@ struct RoundTrips {
     pingpong: f64,
     /// Of a config read through the server.
     rtt: f64,
+    /// Of the same config read through libvfio-user's sample, when it runs.
+    peer: Option<f64>,
 }
 
-/// Bare ping-pongs and config reads, interleaved.
-fn round_trips(echo: &mut Echo, client: &mut Client) -> RoundTrips {
-    let (pingpong, rtt) = measure_pair(|| echo.ping(), || read_config(client));
-    RoundTrips { pingpong, rtt }
+/// Bare ping-pongs and config reads (through the server, and through the peer when there is
+/// one), interleaved.
+fn round_trips(echo: &mut Echo, client: &mut Client, peer: Option<&mut Client>) -> RoundTrips {
+    let mut ping = || echo.ping();
+    let mut ours = || read_config(client);
+    match peer {
+        None => {
+            let medians = measure(&mut [&mut ping, &mut ours]);
+            RoundTrips {
+                pingpong: medians[0],
+                rtt: medians[1],
+                peer: None,
+            }
+        }
+        Some(peer) => {
+            let mut theirs = || read_config(peer);
+            let medians = measure(&mut [&mut ping, &mut ours, &mut theirs]);
+            RoundTrips {
+                pingpong: medians[0],
+                rtt: medians[1],
+                peer: Some(medians[2]),
+            }
+        }
+    }
 }
 
 /// Round trips of `client`, whose function was bound on `placement.server`, reported as
 /// `config_read_rtt{suffix}` against `socketpair_pingpong_rtt{suffix}`, or against `single`
-/// (the same placement with one function in the process) when given.
+/// (the same placement with one function in the process) when given; and against
+/// libvfio-user's sample when `peer` is its client.
 fn rtt_figures(
     client: &mut Client,
     placement: &Placement,
     suffix: &str,
     single: Option<(&str, RoundTrips)>,
+    peer: Option<&mut Client>,
 ) -> RoundTrips {
     let mut echo = placement.serve(Echo::start);
-    let measured = round_trips(&mut echo, client);
+    let measured = round_trips(&mut echo, client, peer);
     echo.stop();
     let (pingpong, rtt) = (
         format!("socketpair_pingpong_rtt{suffix}"),
@@ -394,49 +445,207 @@ fn rtt_figures(
             report(&rtt, measured.rtt, "us", baseline);
         }
     }
+    if let Some(peer) = measured.peer {
+        let name = format!("{PEER}_config_read_rtt{suffix}");
+        report(&name, peer, "us", Some((&pingpong, measured.pingpong)));
+        let ours = format!("config_read_rtt_vs_{PEER}{suffix}");
+        report(&ours, measured.rtt, "us", Some((&name, peer)));
+    }
     measured
 }
 
+/// libvfio-user's sample started on `placement.server`, with its client; `None` (after saying
+/// why) when it cannot run.
+fn start_peer(program: Option<&Path>, placement: &Placement, tag: &str) -> Option<(Peer, Client)> {
+    let started = placement.serve(|| {
+        Peer::start(program?, tag)
+            .map_err(|e| println!("PEER {PEER} left out of the {tag} figures: {e}"))
+            .ok()
+    })?;
+    match started.connect() {
+        Ok(client) => Some((started, client)),
+        Err(e) => {
+            println!("PEER {PEER} left out of the {tag} figures: {e}");
+            None
+        }
+    }
+}
+
 /// One function behind an endpoint bound on `placement.server`, with its round trips and
-/// posted writes (when `posted_suffix` is given) reported with `suffix`.
+/// posted writes (when `posted_suffix` is given) reported with `suffix`; libvfio-user's sample
+/// beside it when `peer` names its program.
 fn single_function(
     placement: &Placement,
     config: &Arc<ServerConfig>,
     suffix: &str,
     posted_suffix: Option<&str>,
-) -> RoundTrips {
+    peer: Option<&Path>,
+) -> (RoundTrips, Option<Posted>) {
     let functions = placement.serve(|| Functions::single(suffix, config));
     let mut client = functions.connect(0);
-    let measured = rtt_figures(&mut client, placement, suffix, None);
-    if let Some(posted) = posted_suffix {
-        posted_writes(&mut client, posted);
-    }
-    measured
+    let mut peer = start_peer(peer, placement, suffix);
+    let peer_client = peer.as_mut().map(|(_, client)| client);
+    let measured = rtt_figures(&mut client, placement, suffix, None, peer_client);
+    let posted = posted_suffix.map(|posted| {
+        let peer_client = peer.as_mut().map(|(_, client)| client);
+        posted_writes(&mut client, posted, peer_client)
+    });
+    (measured, posted)
 }
 
-/// Posted writes to BAR 0 per second, each round closed by a read that sees the last one.
-fn posted_writes(client: &mut Client, suffix: &str) {
+/// Median writes per second of one placement.
+#[derive(Debug, Clone, Copy)]
+struct Posted {
+    /// Posted REGION_WRITEs to the server.
+    ours: f64,
+    /// The same values as REGION_WRITE_MULTI entries.
+    multi: f64,
+    /// Posted writes to libvfio-user's sample, when it runs.
+    peer: Option<f64>,
+}
+
+/// Writes per second of one round: `write` of each of [`POSTED_WRITES`] values from `base`,
+/// closed by `close` (a read that sees the last one).
+fn write_round(
+    client: &mut Client,
+    base: u32,
+    write: fn(&mut Client, u32),
+    close: fn(&mut Client, u32),
+) -> f64 {
+    let start = Instant::now();
+    for i in base..base + POSTED_WRITES {
+        write(client, i);
+    }
+    close(client, base + POSTED_WRITES - 1);
+    f64::from(POSTED_WRITES) / start.elapsed().as_secs_f64()
+}
+
+/// A posted write of `value` to the sample's scratch register.
+fn post_scratch(client: &mut Client, value: u32) {
+    client
+        .region_write_posted(0, SCRATCH, black_box(&value.to_le_bytes()))
+        .expect("posted write");
+}
+
+/// Reads the sample's scratch register, which must hold `expected`.
+fn check_scratch(client: &mut Client, expected: u32) {
+    let mut last = [0u8; 4];
+    client.region_read(0, SCRATCH, &mut last).expect("read");
+    assert_eq!(u32::from_le_bytes(last), expected);
+}
+
+/// A posted write of `value` to the output register of libvfio-user's sample.
+fn post_peer(client: &mut Client, value: u32) {
+    client
+        .region_write_posted(PEER_BAR, 0, black_box(&value.to_le_bytes()))
+        .expect("posted write to libvfio-user's sample");
+}
+
+/// A config read, after which libvfio-user's sample has run every earlier write (it serves a
+/// connection in order; its output register reads nothing back).
+fn close_peer(client: &mut Client, _last: u32) {
+    read_config(client);
+}
+
+/// Posted writes to BAR 0 per second, each round closed by a read that sees the last one;
+/// the same writes as REGION_WRITE_MULTI messages of [`MULTI_ENTRIES`]; and posted writes to
+/// the BAR of libvfio-user's sample (closed by a config read) when `peer` is its client;
+/// rounds interleaved.
+fn posted_writes(client: &mut Client, suffix: &str, mut peer: Option<&mut Client>) -> Posted {
     // Memory decoding and bus mastering on: BAR 0 answers.
     client
         .region_write(CONFIG_REGION, 4, &[0x06, 0x00])
         .expect("COMMAND");
-    let mut rates = Vec::with_capacity(ROUNDS);
+    let (mut rates, mut multi, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS as u32 {
         let base = round * POSTED_WRITES;
-        let start = Instant::now();
-        for i in base..base + POSTED_WRITES {
-            client
-                .region_write_posted(0, SCRATCH, black_box(&i.to_le_bytes()))
-                .expect("posted write");
+        rates.push(write_round(client, base, post_scratch, check_scratch));
+        multi.push(write_multi_round(client, base));
+        if let Some(peer) = peer.as_deref_mut() {
+            theirs.push(write_round(peer, base, post_peer, close_peer));
         }
-        let mut last = [0u8; 4];
-        client.region_read(0, SCRATCH, &mut last).expect("read");
-        let elapsed = start.elapsed().as_secs_f64();
-        assert_eq!(u32::from_le_bytes(last), base + POSTED_WRITES - 1);
-        rates.push(f64::from(POSTED_WRITES) / elapsed);
     }
     let name = format!("posted_writes_per_second{suffix}");
-    report(&name, median(rates), "writes/s", None);
+    let multi_name = format!("write_multi_writes_per_second{suffix}");
+    let (ours, multi) = (median(rates), median(multi));
+    if theirs.is_empty() {
+        report(&name, ours, "writes/s", None);
+        report(&multi_name, multi, "writes/s", Some((&name, ours)));
+        return Posted {
+            ours,
+            multi,
+            peer: None,
+        };
+    }
+    let peer_name = format!("{PEER}_posted_writes_per_second{suffix}");
+    let theirs = median(theirs);
+    report(&peer_name, theirs, "writes/s", None);
+    report(&name, ours, "writes/s", Some((&peer_name, theirs)));
+    // libvfio-user serves no REGION_WRITE_MULTI: its posted writes are its way to the same end.
+    report(&multi_name, multi, "writes/s", Some((&peer_name, theirs)));
+    Posted {
+        ours,
+        multi,
+        peer: Some(theirs),
+    }
+}
+
+/// Writes the chart of the round trips and posted writes, per placement, to `path`.
+fn draw_chart(
+    path: &Path,
+    rtts: [(&'static str, RoundTrips); 3],
+    posted: [(&'static str, Posted); 2],
+) {
+    let rtt = plot::Chart {
+        title: "4-byte config read round trip (lower is better)",
+        unit: "us",
+        series: &["socketpair floor", "vfio-variant", "libvfio-user"],
+        groups: rtts
+            .iter()
+            .map(|&(name, r)| plot::Group {
+                name,
+                values: vec![Some(r.pingpong), Some(r.rtt), r.peer],
+            })
+            .collect(),
+    };
+    let writes = plot::Chart {
+        title: "posted 4-byte BAR writes (higher is better)",
+        unit: "writes/s",
+        series: &["vfio-variant", "libvfio-user", "vfio-variant WRITE_MULTI"],
+        groups: posted
+            .iter()
+            .map(|&(name, p)| plot::Group {
+                name,
+                values: vec![Some(p.ours), p.peer, Some(p.multi)],
+            })
+            .collect(),
+    };
+    match plot::write(path, &[rtt, writes]) {
+        Ok(()) => eprintln!("chart written to {}", path.display()),
+        Err(e) => eprintln!("no chart ({}): {e}", path.display()),
+    }
+}
+
+/// Writes per second of one round of REGION_WRITE_MULTI messages carrying the values of a
+/// [`write_round`] from `base` to the scratch register, closed by a read of the last one.
+fn write_multi_round(client: &mut Client, base: u32) -> f64 {
+    let start = Instant::now();
+    let mut entries = Vec::with_capacity(MULTI_ENTRIES);
+    for chunk_start in (base..base + POSTED_WRITES).step_by(MULTI_ENTRIES) {
+        entries.clear();
+        let end = (chunk_start + MULTI_ENTRIES as u32).min(base + POSTED_WRITES);
+        entries.extend(
+            (chunk_start..end).map(|i| {
+                WriteMultiEntry::new(0, SCRATCH, &i.to_le_bytes()).expect("a 4-byte entry")
+            }),
+        );
+        let done = client
+            .write_multi(black_box(&entries))
+            .expect("REGION_WRITE_MULTI");
+        assert_eq!(done, entries.len() as u64);
+    }
+    check_scratch(client, base + POSTED_WRITES - 1);
+    f64::from(POSTED_WRITES) / start.elapsed().as_secs_f64()
 }
 
 /// Creates and exposes 1024 sample functions as `vfio-variant create` does (one compiled
@@ -475,25 +684,43 @@ fn main() {
     if allowed.len() < 2 {
         eprintln!("one CPU allowed: the split figures run on one CPU too");
     }
+    let peer = libvfio_user::program()
+        .map_err(|e| println!("PEER {PEER} left out: {e}"))
+        .ok();
+    let peer = peer.as_deref();
     let config = Arc::new(ServerConfig::default());
     let split = Placement::split(&allowed);
     // On the server's CPU, where the 1024 functions' threads will be too.
     let one_cpu = Placement::one_cpu(split.server[0]);
 
-    let single = single_function(&split, &config, "", Some(""));
-    let single_one_cpu = single_function(&one_cpu, &config, "_one_cpu", None);
-    single_function(
+    let (single, pinned_posted) = single_function(&split, &config, "", Some(""), peer);
+    let (single_one_cpu, _) = single_function(&one_cpu, &config, "_one_cpu", None, peer);
+    let (unpinned, unpinned_posted) = single_function(
         &Placement::unpinned(&allowed),
         &config,
         "_unpinned",
         Some("_unpinned"),
+        peer,
     );
+    if let (Some(path), Some(pinned_posted), Some(unpinned_posted)) =
+        (std::env::var_os(PLOT_ENV), pinned_posted, unpinned_posted)
+    {
+        draw_chart(
+            Path::new(&path),
+            [
+                ("pinned", single),
+                ("one CPU", single_one_cpu),
+                ("unpinned", unpinned),
+            ],
+            [("pinned", pinned_posted), ("unpinned", unpinned_posted)],
+        );
+    }
     // Polling mode (a server with a core of its own): the connection spins before sleeping.
     let polling = Arc::new(ServerConfig {
         poll: Some(Duration::from_micros(200)),
         ..ServerConfig::default()
     });
-    single_function(&split, &polling, "_polling", Some("_polling"));
+    single_function(&split, &polling, "_polling", Some("_polling"), None);
 
     // 1024 functions bound on the server's CPU; clients of two of them, the others idle.
     let functions = split.serve(|| many_functions(&config));
@@ -503,11 +730,13 @@ fn main() {
         &split,
         "_1024",
         Some(("", single)),
+        None,
     );
     rtt_figures(
         &mut functions.connect(middle + 1),
         &one_cpu,
         "_1024_one_cpu",
         Some(("_one_cpu", single_one_cpu)),
+        None,
     );
 }
