@@ -659,19 +659,21 @@ physical_offset = 0x140
         assert!(warnings(&a, &a).is_empty());
     }
 
+    /// BASE with another device ID, a larger BAR 0, more MSI-X vectors and the PCIe
+    /// capability moved.
+    fn four_differences() -> String {
+        BASE.replace("device_id = 0x1041", "device_id = 0x1042")
+            .replace("size = \"16K\"", "size = \"32K\"")
+            .replace("table_size = 4", "table_size = 8")
+            .replace(
+                "kind = \"pcie\"\noffset = 0x50",
+                "kind = \"pcie\"\noffset = 0x60",
+            )
+    }
+
     #[test]
     fn every_visible_difference_is_listed() {
-        let a = template(BASE);
-        let b = template(
-            &BASE
-                .replace("device_id = 0x1041", "device_id = 0x1042")
-                .replace("size = \"16K\"", "size = \"32K\"")
-                .replace("table_size = 4", "table_size = 8")
-                .replace(
-                    "kind = \"pcie\"\noffset = 0x50",
-                    "kind = \"pcie\"\noffset = 0x60",
-                ),
-        );
+        let (a, b) = (template(BASE), template(&four_differences()));
         let places: Vec<String> = compare(&a, &b).into_iter().map(|d| d.place).collect();
         assert!(
             places.iter().any(|p| p.starts_with("header.device_id")),
@@ -698,17 +700,7 @@ physical_offset = 0x140
 
     #[test]
     fn differences_are_explained_by_field() {
-        let a = template(BASE);
-        let b = template(
-            &BASE
-                .replace("device_id = 0x1041", "device_id = 0x1042")
-                .replace("size = \"16K\"", "size = \"32K\"")
-                .replace("table_size = 4", "table_size = 8")
-                .replace(
-                    "kind = \"pcie\"\noffset = 0x50",
-                    "kind = \"pcie\"\noffset = 0x60",
-                ),
-        );
+        let (a, b) = (template(BASE), template(&four_differences()));
         let explained: Vec<String> = compare(&a, &b).into_iter().map(|d| d.explanation).collect();
         for expected in [
             "device ID 0x1041 vs 0x1042",
