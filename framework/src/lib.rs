@@ -6,11 +6,14 @@
 //!
 //! Layers, top to bottom: server (vfio-user) → device (compiled layout + config emulation +
 //! region routing) → backend ([`backend::Backend`]) → physical function
-//! ([`physical::PhysicalFunction`]: kernel VFIO or an emulated hardware model).
+//! ([`physical::PhysicalFunction`]: kernel VFIO or an emulated hardware model). Under all of
+//! them sit the vocabularies: [`pci`] (registers and the capability table) and [`layout`] (the
+//! data model of a layout file, which [`vpci`] reads and writes).
 
 pub mod backend;
 pub mod config;
 pub mod device;
+pub mod layout;
 pub mod migrate;
 pub mod migration;
 pub mod pci;

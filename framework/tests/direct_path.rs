@@ -11,6 +11,7 @@ use vfio_variant::backend::{
     DirectBar, DirectError, DirectPath, Function, FunctionError, MmapFile,
 };
 use vfio_variant::device::VirtualFunction;
+use vfio_variant::layout::{BarKind, MmapArea};
 use vfio_variant::physical::captured::CapturedFunction;
 use vfio_variant::physical::{PhysicalBar, PhysicalDescription, PhysicalFunction};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
@@ -19,7 +20,6 @@ use vfio_variant::vfio_user::irq::{IRQ_INDEX_MSIX, SetIrqs, SetIrqsFlags};
 use vfio_variant::vfio_user::region::{RegionCap, RegionFlags, SparseMmapArea};
 use vfio_variant::vfio_user::{Client, ClientOptions};
 use vfio_variant::vpci::compile::compile;
-use vfio_variant::vpci::layout::{BarKind, MmapArea};
 use vfio_variant::vpci::parse_layout;
 
 /// BAR 0 is the device's, 16 KiB; the MSI-X table (8 vectors) is in page 2, the PBA in page 3.

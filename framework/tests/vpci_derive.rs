@@ -11,6 +11,7 @@ use pci_driver::config::caps::Capability;
 use pci_driver::config::ext_caps::ExtendedCapability;
 use pci_driver::regions::{AsPciSubregion, BackedByPciSubregion, PciMemoryRegion};
 use vfio_variant::config::ConfigSpace;
+use vfio_variant::layout::BarKind;
 use vfio_variant::pci::cap;
 use vfio_variant::physical::captured::CapturedFunction;
 use vfio_variant::physical::sysfs::describe_sysfs_dir;
@@ -18,7 +19,6 @@ use vfio_variant::physical::{PhysicalBacking, PhysicalDescription};
 use vfio_variant::vpci::bind::bind;
 use vfio_variant::vpci::compile::compile;
 use vfio_variant::vpci::derive::{DeriveOptions, derive};
-use vfio_variant::vpci::layout::BarKind;
 use vfio_variant::vpci::parse_layout;
 
 fn captured() -> Vec<PathBuf> {

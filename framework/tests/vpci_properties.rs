@@ -11,8 +11,8 @@ use pci_driver::config::ext_caps::ExtendedCapability;
 use pci_driver::regions::{AsPciSubregion, BackedByPciSubregion, PciMemoryRegion};
 use proptest::prelude::*;
 use vfio_variant::config::{ConfigSpace, NoBacking};
+use vfio_variant::layout::BarKind;
 use vfio_variant::vpci::compile::compile;
-use vfio_variant::vpci::layout::BarKind;
 use vfio_variant::vpci::{Layout, parse_layout};
 
 #[derive(Debug, Clone)]

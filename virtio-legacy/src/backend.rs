@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use vfio_variant::backend::pool::SlotPool;
 use vfio_variant::backend::{Backend, BackendError, CreateRequest, Function, ProfileInfo};
+use vfio_variant::layout::{BarBacking, BarKind};
 use vfio_variant::physical::PhysicalFunction;
-use vfio_variant::vpci::layout::{BarBacking, BarKind};
 
 use crate::admin::{AdminError, AdminQueue};
 use crate::function::{Attachment, LegacyIo, VirtioLegacyFunction};

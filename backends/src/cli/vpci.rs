@@ -6,6 +6,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use vfio_variant::config::{ConfigError, ConfigSpace, ConfigTemplate, NoBacking};
+use vfio_variant::layout::{BarBacking, BarKind, CapabilityBody, ExtCapabilityBody};
 use vfio_variant::physical::PhysicalDescription;
 use vfio_variant::physical::captured::CapturedFunction;
 use vfio_variant::physical::sysfs::{describe_files, describe_sysfs_dir};
@@ -13,7 +14,6 @@ use vfio_variant::physical::vfio::VfioPhysicalFunction;
 use vfio_variant::physical::{PhysicalBacking, PhysicalFunction};
 use vfio_variant::vpci::compat::{Difference, compare, fingerprint, warnings};
 use vfio_variant::vpci::derive::{DEFAULT_QUIRKS, DeriveOptions, derive};
-use vfio_variant::vpci::layout::{BarBacking, BarKind, CapabilityBody, ExtCapabilityBody};
 use vfio_variant::vpci::{Layout, bind::bind, compile::compile, load_layout, render};
 
 use super::{CliError, ErrorKind, Outcome, print_json};

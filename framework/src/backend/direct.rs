@@ -10,8 +10,8 @@
 use std::os::fd::OwnedFd;
 
 use super::MmapFile;
+use crate::layout::MmapArea;
 use crate::vfio_user::irq::SetIrqs;
-use crate::vpci::layout::MmapArea;
 
 /// Why a direct-path request was refused or failed.
 #[derive(Debug, thiserror::Error)]

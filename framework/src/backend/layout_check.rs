@@ -12,7 +12,7 @@
 //! ```
 
 use super::BackendError;
-use crate::vpci::layout::{BarBacking, BarKind, CapabilityBody, Layout};
+use crate::layout::{BarBacking, BarKind, CapabilityBody, Layout};
 
 /// What a function needs from its layout.
 #[derive(Debug, Clone, Default)]

@@ -59,9 +59,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigEvent;
+use crate::layout::{Layout, LayoutError};
 use crate::migration::MigrationHooks;
 use crate::physical::{PhysicalError, PhysicalFunction};
-use crate::vpci::{Layout, LayoutError};
 
 /// A persona a backend can give a function, with how many can be created now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

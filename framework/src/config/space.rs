@@ -370,9 +370,9 @@ impl ConfigSpace {
         let bar = self.template.layout.bar(index)?;
         let low = self.dword(usize::from(regs::bar_offset(usize::from(index))));
         Some(match bar.kind {
-            crate::vpci::layout::BarKind::Io => u64::from(low & !0x3),
-            crate::vpci::layout::BarKind::Memory32 => u64::from(low & !0xf),
-            crate::vpci::layout::BarKind::Memory64 => {
+            crate::layout::BarKind::Io => u64::from(low & !0x3),
+            crate::layout::BarKind::Memory32 => u64::from(low & !0xf),
+            crate::layout::BarKind::Memory64 => {
                 let high = self.dword(usize::from(regs::bar_offset(usize::from(index) + 1)));
                 (u64::from(high) << 32) | u64::from(low & !0xf)
             }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::vpci::layout::Layout;
+use crate::layout::Layout;
 
 /// Where the non-virtual bits of a byte come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -148,7 +148,7 @@ impl PhysicalFunction for CapturedFunction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vpci::layout::BarKind;
+    use crate::layout::BarKind;
 
     #[test]
     fn bars_are_memory_and_reset_clears_them() {

@@ -9,8 +9,8 @@ pub mod captured;
 pub mod sysfs;
 pub mod vfio;
 
+use crate::layout::BarKind;
 use crate::pci::regs;
-use crate::vpci::layout::BarKind;
 
 /// A physical BAR as the hardware reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use super::{PhysicalBar, PhysicalDescription, PhysicalError};
+use crate::layout::BarKind;
 use crate::pci::regs;
-use crate::vpci::layout::BarKind;
 
 /// `IORESOURCE_IO` in the flags column of sysfs `resource`.
 const IORESOURCE_IO: u64 = 0x100;

@@ -16,12 +16,12 @@ use crate::backend::{
 use crate::config::ConfigTemplate;
 use crate::config::template::ByteSource;
 use crate::device::{CONFIG_REGION, DeviceError, VirtualFunction};
+use crate::layout::{BarBacking, CapabilityBody};
 use crate::migration::stream::{StreamIdentity, StreamLimits, StreamLoader, StreamWriter};
 use crate::migration::{MigrationFlags, MigrationHooks, MigrationState, is_direct_arc, path};
 use crate::pci::{cap, regs};
 use crate::plugin::abi::{AbiError, PANICKED_PREFIX};
 use crate::vpci::compile::compile;
-use crate::vpci::layout::{BarBacking, CapabilityBody};
 use crate::vpci::parse_layout;
 
 /// Bytes at the start of each BAR probed at every width and alignment (the last

@@ -1,8 +1,8 @@
 //! Checks a layout against the physical function it will run on: everything it passes through
 //! must exist there.
 
-use super::error::LayoutError;
-use super::layout::*;
+use crate::layout::LayoutError;
+use crate::layout::*;
 use crate::pci::{cap, walk};
 use crate::physical::PhysicalDescription;
 

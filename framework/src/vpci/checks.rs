@@ -3,13 +3,10 @@
 
 use std::ops::Range;
 
-use super::error::{LayoutError, Location};
 use super::fields::{Fields, Located};
-use super::layout::*;
+use crate::layout::*;
+use crate::layout::{LayoutError, Location};
 use crate::pci::{cap, regs};
-
-/// Page size for mmappable areas.
-pub const MMAP_PAGE_SIZE: u64 = 4096;
 
 /// Where the parser found the offsets and `next` pointers of capabilities (in file order).
 #[derive(Default)]

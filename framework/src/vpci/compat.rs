@@ -12,9 +12,9 @@ use std::fmt::Write;
 
 use sha2::{Digest, Sha256};
 
-use super::layout::{Bar, BarBacking, BarKind, CapabilityBody, ExtCapabilityBody};
 use crate::config::ConfigTemplate;
 use crate::config::template::ByteSource;
+use crate::layout::{Bar, BarBacking, BarKind, CapabilityBody, ExtCapabilityBody};
 use crate::pci::cap;
 
 /// One guest-visible difference between two layouts.

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use super::layout::*;
 use crate::config::ConfigTemplate;
 use crate::config::template::{ByteSource, Hook, TemplateBuilder};
+use crate::layout::*;
 use crate::pci::{cap, regs};
 
 /// Compiles a validated layout.

@@ -2,11 +2,11 @@
 //! capability chain, with capabilities decoded into declarative form where the framework
 //! knows them, and a quirks table hiding what guests should not see.
 
-use super::checks::MMAP_PAGE_SIZE;
 use super::emit::emit;
-use super::error::LayoutError;
-use super::layout::*;
 use super::parse::default_header;
+use crate::layout::LayoutError;
+use crate::layout::MMAP_PAGE_SIZE;
+use crate::layout::*;
 use crate::pci::walk::{self, FoundCapability};
 use crate::pci::{cap, regs};
 use crate::physical::PhysicalDescription;

@@ -3,8 +3,8 @@
 use std::fmt::Write;
 
 use super::fields::format_size;
-use super::layout::*;
 use super::parse::{command_bit_names, default_header, status_error_names, status_fixed_names};
+use crate::layout::*;
 
 impl Layout {
     /// The layout as vPCI TOML text; `parse_layout` of it gives an equal layout.

@@ -8,7 +8,7 @@ use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
-use super::error::{LayoutError, Location};
+use crate::layout::{LayoutError, Location};
 
 /// The text being parsed, for turning spans into locations.
 #[derive(Clone, Copy)]

@@ -1,7 +1,8 @@
 //! The vPCI text file: one TOML file per instance type stating exactly the config space and
 //! BARs a guest sees, independent of the physical function underneath.
 //!
-//! Where to look: the file's model in [`layout`], reading it in [`parse`] (field by field) and
+//! The file's model (what a layout states) is [`crate::layout`], below this module so that
+//! `config` and `physical` use it without importing upward. Where to look here: reading it in [`parse`] (field by field) and
 //! [`checks`] (rules across items), compiling it to a config-space template in [`compile`],
 //! checking it against a physical function in [`bind`], deriving one from a physical function in
 //! [`derive`](mod@derive), writing one out in [`emit`], comparing two in [`compat`], printing in [`render`].
@@ -14,14 +15,12 @@ pub mod compile;
 pub mod derive;
 pub mod emit;
 
-pub mod error;
 mod fields;
-pub mod layout;
 pub mod parse;
 pub mod render;
 
-pub use error::{LayoutError, Location};
-pub use layout::Layout;
+/// The model, re-exported for the modules above that name it through `vpci`.
+pub use crate::layout::{self, Layout, LayoutError, Location};
 pub use parse::parse_layout;
 
 /// Most bytes of a layout file (the catalog's are a few KiB).

@@ -5,9 +5,9 @@
 use toml::de::DeTable;
 
 use super::checks::{self, Declared};
-use super::error::LayoutError;
 use super::fields::{Fields, Located, Source};
-use super::layout::*;
+use crate::layout::LayoutError;
+use crate::layout::*;
 use crate::pci::{cap, regs};
 
 /// The format version this parser reads.

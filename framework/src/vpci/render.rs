@@ -4,8 +4,8 @@
 use std::fmt::Write;
 
 use super::compat::fingerprint;
-use super::layout::*;
 use crate::config::ConfigTemplate;
+use crate::layout::*;
 use crate::pci::{cap, regs};
 
 /// Config space bytes as `lspci -xxxx` prints them: `OFFSET: BYTE BYTE ...`, 16 a line.

@@ -10,9 +10,9 @@
 //! | vendor-specific | none | 0x88 |
 //! | extended | AER at 0x100 | ARI at 0x100, AER at 0x150 |
 
+use vfio_variant::layout::BarKind;
 use vfio_variant::pci::{cap, regs};
 use vfio_variant::physical::{PhysicalBar, PhysicalError};
-use vfio_variant::vpci::layout::BarKind;
 
 /// Size of the config spaces.
 pub const CONFIG_SIZE: u16 = 4096;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
 use vfio_variant::backend::{DmaAccess, InterruptSink};
+use vfio_variant::layout::BarKind;
 use vfio_variant::physical::{PhysicalBar, PhysicalError, PhysicalFunction};
-use vfio_variant::vpci::layout::BarKind;
 
 use super::pci::{
     self, CONFIG_SIZE, ConfigSpace, Identity, MSIX_BAR, MSIX_BAR_SIZE, MSIX_CAP, MSIX_ENABLE,

@@ -23,12 +23,12 @@ use parking_lot::Mutex;
 use vfio_variant::backend::{
     Backend, BackendError, CreateRequest, DirectPath, Function, ProfileInfo,
 };
+use vfio_variant::layout::{BarBacking, CapabilityBody, Layout};
 use vfio_variant::physical::sysfs::describe_sysfs_dir;
 use vfio_variant::physical::vfio::VfioPhysicalFunction;
 use vfio_variant::vfio_user::irq::IRQ_INDEX_MSIX;
 use vfio_variant::vpci::LayoutError;
 use vfio_variant::vpci::derive::{DeriveOptions, derive};
-use vfio_variant::vpci::layout::{BarBacking, CapabilityBody, Layout};
 
 use host::Host;
 use vf::{VfLocation, VfProfile};

@@ -35,7 +35,7 @@ pub(super) struct IommuMappings<I> {
 }
 
 /// The IOMMU page: DMA ranges are mapped in whole pages of it.
-const PAGE: u64 = crate::vpci::checks::MMAP_PAGE_SIZE;
+const PAGE: u64 = crate::layout::MMAP_PAGE_SIZE;
 
 fn memlock_limit() -> String {
     match rustix::process::getrlimit(rustix::process::Resource::Memlock).current {

@@ -17,9 +17,9 @@ use vfio_ioctls::{VfioContainer, VfioDevice, VfioError, VfioRegionInfoCap};
 
 use super::{PhysicalBar, PhysicalError, PhysicalFunction, check_access};
 use crate::backend::{DirectBar, DirectError, DirectPath, MmapFile};
+use crate::layout::{BarKind, MmapArea};
 use crate::pci::regs;
 use crate::vfio_user::irq::{PCI_NUM_IRQS, SetIrqs, SetIrqsFlags};
-use crate::vpci::layout::{BarKind, MmapArea};
 use iommu::{Iommu, IommuMappings};
 
 /// VFIO region index of config space.

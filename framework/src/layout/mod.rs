@@ -1,10 +1,17 @@
 //! The validated vPCI layout: what a function's config space and BARs look like to a guest.
 //!
-//! Built by [`super::parse_layout`]; every value here passed validation. Items keep the
-//! [`Location`] they were declared at, so later checks (against a physical function) can point
-//! at the line that asked for something.
+//! This is the data model only; it sits below everything that reads or runs a layout
+//! (`config`, `physical`, `vpci`), so they all import it from here. Built by
+//! [`crate::vpci::parse_layout`] from the TOML text; every value here passed validation. Items
+//! keep the [`Location`] they were declared at, so later checks (against a physical function)
+//! can point at the line that asked for something.
 
-use super::error::Location;
+mod error;
+
+pub use error::{LayoutError, Location};
+
+/// Page size of mmappable areas (sparse mmap of BARs, the MSI-X pages a VMM traps).
+pub const MMAP_PAGE_SIZE: u64 = 4096;
 
 /// Where an item of a layout was declared: its table's location and field path.
 ///
@@ -28,8 +35,8 @@ impl Eq for Origin {}
 
 impl Origin {
     /// An error about `field` of this item.
-    pub fn error(&self, field: &str, message: impl Into<String>) -> super::error::LayoutError {
-        super::error::LayoutError::new(
+    pub fn error(&self, field: &str, message: impl Into<String>) -> LayoutError {
+        LayoutError::new(
             self.location.clone(),
             format!("{}.{field}", self.path),
             message,
