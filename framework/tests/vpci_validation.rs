@@ -413,3 +413,58 @@ fn passthrough_of_missing_physical_items() {
     );
     bind(&parse_layout("ok", &ok).unwrap(), &physical()).unwrap();
 }
+
+/// A PCI Express function: MSI (32-bit, no masking) at 0x50, PCIe at 0x60, AER at 0x100.
+fn express_physical() -> vfio_variant::physical::PhysicalDescription {
+    let mut config = vec![0u8; 4096];
+    config[0..4].copy_from_slice(&[0xf4, 0x1a, 0x41, 0x10]);
+    config[6] = 0x10;
+    config[0x34] = 0x50;
+    config[0x50] = 0x05;
+    config[0x51] = 0x60;
+    config[0x60] = 0x10;
+    config[0x100..0x104].copy_from_slice(&0x0002_0001u32.to_le_bytes());
+    let resource = "0x0000000000000000 0x0000000000000000 0x0000000000000000\n".repeat(13);
+    describe_bytes(config, &resource).unwrap()
+}
+
+#[test]
+fn both_chains_bind_through_the_same_checks() {
+    let bind_to = |body: &str| {
+        let layout = parse_layout(
+            "layout.toml",
+            &format!("{HEAD}[[capability]]\nkind = \"pcie\"\noffset = 0x40\nphysical_offset = 0x60\n{body}"),
+        )
+        .unwrap();
+        bind(&layout, &express_physical())
+    };
+    bind_to("[[ext_capability]]\nkind = \"aer\"\noffset = 0x100\nphysical_offset = 0x100\n")
+        .unwrap();
+    // The extended chain names what sits there, as the standard one does.
+    let e =
+        bind_to("[[ext_capability]]\nkind = \"dsn\"\noffset = 0x100\nphysical_offset = 0x100\n")
+            .unwrap_err();
+    assert_eq!(e.field, "ext_capability[0].physical_offset");
+    assert!(
+        e.message
+            .contains("is Advanced Error Reporting (0x01), not Device Serial Number"),
+        "{e}"
+    );
+    let e =
+        bind_to("[[ext_capability]]\nkind = \"aer\"\noffset = 0x100\nphysical_offset = 0x140\n")
+            .unwrap_err();
+    assert!(
+        e.message
+            .contains("no Advanced Error Reporting extended capability at 0x140")
+            && e.message.contains("Advanced Error Reporting@0x100"),
+        "{e}"
+    );
+    // A length the hardware states (MSI's from its flags) must be the layout's.
+    let e = bind_to(
+        "[[capability]]\nkind = \"msi\"\noffset = 0x80\nphysical_offset = 0x50\nlength = 14\n",
+    )
+    .unwrap_err();
+    assert!(e.message.contains("10 bytes long, not 14"), "{e}");
+    bind_to("[[capability]]\nkind = \"msi\"\noffset = 0x80\nphysical_offset = 0x50\nlength = 10\n")
+        .unwrap();
+}

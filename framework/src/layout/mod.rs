@@ -10,6 +10,8 @@ mod error;
 
 pub use error::{LayoutError, Location};
 
+use crate::pci::cap::Chain;
+
 /// Page size of mmappable areas (sparse mmap of BARs, the MSI-X pages a VMM traps).
 pub const MMAP_PAGE_SIZE: u64 = 4096;
 
@@ -479,14 +481,12 @@ impl CapabilityBody {
 
     /// Length in bytes, header included.
     pub fn length(&self) -> u16 {
-        use crate::pci::cap;
+        let base = Chain::Standard.base_length(u16::from(self.id()));
         match self {
-            Self::Pm(_) => cap::PM_SIZE,
-            Self::Msi(p) => cap::msi_size(p.address_64, p.per_vector_masking),
-            Self::Msix(_) => cap::MSIX_SIZE,
-            Self::Pcie(_) => cap::PCIE_SIZE,
-            Self::Vendor { data } => 3 + data.len() as u16,
-            Self::Raw { data, .. } => 2 + data.len() as u16,
+            Self::Pm(_) | Self::Msix(_) | Self::Pcie(_) => base,
+            Self::Msi(p) => crate::pci::cap::msi_size(p.address_64, p.per_vector_masking),
+            Self::Vendor { data } => base + data.len() as u16,
+            Self::Raw { data, .. } => Chain::Standard.header_len() + data.len() as u16,
             Self::Physical { length, .. } => *length,
         }
     }
@@ -510,18 +510,136 @@ impl ExtCapabilityBody {
 
     /// Length in bytes, header included.
     pub fn length(&self) -> u16 {
-        use crate::pci::cap;
+        let base = Chain::Extended.base_length(self.id());
         match self {
-            Self::Aer => cap::AER_SIZE,
-            Self::Dsn { .. } => cap::DSN_SIZE,
-            Self::Acs { .. } => cap::ACS_SIZE,
-            Self::Ats { .. } => cap::ATS_SIZE,
-            Self::Pri { .. } => cap::PRI_SIZE,
-            Self::Pasid { .. } => cap::PASID_SIZE,
-            Self::Vsec { data, .. } => 8 + data.len() as u16,
-            Self::Raw { data, .. } => 4 + data.len() as u16,
+            Self::Aer
+            | Self::Dsn { .. }
+            | Self::Acs { .. }
+            | Self::Ats { .. }
+            | Self::Pri { .. }
+            | Self::Pasid { .. } => base,
+            Self::Vsec { data, .. } => base + data.len() as u16,
+            Self::Raw { data, .. } => Chain::Extended.header_len() + data.len() as u16,
             Self::Physical { length, .. } => *length,
         }
+    }
+}
+
+/// A physical function's capability a layout's capability is backed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhysicalBacking {
+    /// Offset of the physical capability.
+    pub offset: u16,
+    /// Length in bytes.
+    pub length: u16,
+}
+
+/// What standard and extended capabilities have in common, so that one piece of code handles
+/// both chains (checks, binding, writing out).
+pub trait ChainItem {
+    /// The chain the item sits in.
+    const CHAIN: Chain;
+    /// Offset of its header.
+    fn offset(&self) -> u16;
+    /// Its ID in its chain.
+    fn id(&self) -> u16;
+    /// Length in bytes, header included.
+    fn length(&self) -> u16;
+    /// Where it was declared.
+    fn origin(&self) -> &Origin;
+    /// The physical capability backing it, when it is backed by one.
+    fn physical(&self) -> Option<PhysicalBacking>;
+    /// Whether it is given as raw bytes (`kind = "raw"` whatever its ID).
+    fn is_raw(&self) -> bool;
+
+    /// Its `kind` in a layout file.
+    fn kind(&self) -> &'static str {
+        if self.is_raw() {
+            crate::pci::cap::RAW_KIND
+        } else {
+            Self::CHAIN.kind(self.id())
+        }
+    }
+
+    /// Its name, as lspci prints it.
+    fn name(&self) -> &'static str {
+        Self::CHAIN.name(self.id())
+    }
+}
+
+impl ChainItem for Capability {
+    const CHAIN: Chain = Chain::Standard;
+
+    fn offset(&self) -> u16 {
+        self.offset
+    }
+
+    fn id(&self) -> u16 {
+        self.body.id().into()
+    }
+
+    fn length(&self) -> u16 {
+        self.body.length()
+    }
+
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    fn physical(&self) -> Option<PhysicalBacking> {
+        match self.body {
+            CapabilityBody::Physical {
+                physical_offset,
+                length,
+                ..
+            } => Some(PhysicalBacking {
+                offset: physical_offset,
+                length,
+            }),
+            _ => None,
+        }
+    }
+
+    fn is_raw(&self) -> bool {
+        matches!(self.body, CapabilityBody::Raw { .. })
+    }
+}
+
+impl ChainItem for ExtCapability {
+    const CHAIN: Chain = Chain::Extended;
+
+    fn offset(&self) -> u16 {
+        self.offset
+    }
+
+    fn id(&self) -> u16 {
+        self.body.id()
+    }
+
+    fn length(&self) -> u16 {
+        self.body.length()
+    }
+
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    fn physical(&self) -> Option<PhysicalBacking> {
+        match self.body {
+            ExtCapabilityBody::Physical {
+                physical_offset,
+                length,
+                ..
+            } => Some(PhysicalBacking {
+                offset: physical_offset,
+                length,
+            }),
+            _ => None,
+        }
+    }
+
+    fn is_raw(&self) -> bool {
+        matches!(self.body, ExtCapabilityBody::Raw { .. })
     }
 }
 
@@ -566,5 +684,135 @@ pub fn all_ones(size: u8) -> u32 {
         1 => 0xff,
         2 => 0xffff,
         _ => 0xffff_ffff,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::cap::{CAPABILITIES, Chain};
+
+    /// Every declarative variant of the model, with no data.
+    fn standard_bodies() -> Vec<CapabilityBody> {
+        vec![
+            CapabilityBody::Pm(PmParams {
+                version: 3,
+                d1: false,
+                d2: false,
+                pme_support: 0,
+                no_soft_reset: true,
+            }),
+            CapabilityBody::Msi(MsiParams {
+                vectors: 1,
+                address_64: false,
+                per_vector_masking: false,
+            }),
+            CapabilityBody::Msix(MsixParams {
+                table_size: 1,
+                table_bar: 0,
+                table_offset: 0,
+                pba_bar: 0,
+                pba_offset: 0x800,
+            }),
+            CapabilityBody::Pcie(PcieParams {
+                device_type: PcieDeviceType::Endpoint,
+                max_payload: 128,
+                flr: true,
+                extended_tags: true,
+                link_speed: 1,
+                link_width: 1,
+            }),
+            CapabilityBody::Vendor { data: Vec::new() },
+        ]
+    }
+
+    fn extended_bodies() -> Vec<ExtCapabilityBody> {
+        vec![
+            ExtCapabilityBody::Aer,
+            ExtCapabilityBody::Dsn { serial: 1 },
+            ExtCapabilityBody::Acs { capabilities: 0 },
+            ExtCapabilityBody::Ats {
+                invalidate_queue_depth: 0,
+                page_aligned: true,
+            },
+            ExtCapabilityBody::Pri {
+                outstanding_capacity: 32,
+            },
+            ExtCapabilityBody::Pasid {
+                max_width: 20,
+                execute: false,
+                privileged: false,
+            },
+            ExtCapabilityBody::Vsec {
+                vsec_id: 1,
+                vsec_rev: 0,
+                data: Vec::new(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_emulated_kind_of_the_table_is_a_variant_with_the_tables_length() {
+        let standard: Vec<(u16, u16)> = standard_bodies()
+            .iter()
+            .map(|b| (u16::from(b.id()), b.length()))
+            .collect();
+        let extended: Vec<(u16, u16)> = extended_bodies()
+            .iter()
+            .map(|b| (b.id(), b.length()))
+            .collect();
+        for info in CAPABILITIES.iter().filter(|c| c.kind.is_some()) {
+            let bodies = match info.chain {
+                Chain::Standard => &standard,
+                Chain::Extended => &extended,
+            };
+            let length = bodies
+                .iter()
+                .find(|(id, _)| *id == info.id)
+                .map(|(_, length)| *length)
+                .unwrap_or_else(|| panic!("no variant for {}", info.name));
+            assert_eq!(Some(length), info.length.map(|l| l.min()), "{}", info.name);
+        }
+        // And every variant is in the table.
+        assert_eq!(
+            standard.len() + extended.len(),
+            CAPABILITIES.iter().filter(|c| c.kind.is_some()).count()
+        );
+    }
+
+    #[test]
+    fn both_chains_answer_through_one_trait() {
+        let physical = Capability {
+            offset: 0x40,
+            body: CapabilityBody::Physical {
+                id: crate::pci::cap::CAP_PCIE,
+                physical_offset: 0x70,
+                length: 60,
+            },
+            origin: Origin::default(),
+        };
+        assert_eq!(
+            physical.physical(),
+            Some(PhysicalBacking {
+                offset: 0x70,
+                length: 60
+            })
+        );
+        assert_eq!((physical.kind(), physical.name()), ("pcie", "Express"));
+        let raw = ExtCapability {
+            offset: 0x100,
+            version: 1,
+            body: ExtCapabilityBody::Raw {
+                id: crate::pci::cap::EXT_CAP_AER,
+                data: vec![0; 4],
+            },
+            origin: Origin::default(),
+        };
+        // Raw bytes stay raw whatever their ID; the name is still the table's.
+        assert_eq!(
+            (raw.kind(), raw.name(), ChainItem::length(&raw)),
+            ("raw", "Advanced Error Reporting", 8)
+        );
+        assert_eq!(raw.physical(), None);
     }
 }

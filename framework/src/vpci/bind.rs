@@ -1,14 +1,24 @@
 //! Checks a layout against the physical function it will run on: everything it passes through
-//! must exist there.
+//! must exist there. One function per pass: BARs, the ROM, the capabilities of both chains,
+//! register overrides, unowned bytes.
 
-use crate::layout::LayoutError;
 use crate::layout::*;
-use crate::pci::{cap, walk};
+use crate::pci::walk;
 use crate::physical::PhysicalDescription;
 
 /// Refuses a layout that passes through a BAR, ROM, capability or register the physical
 /// function does not have.
 pub fn bind(layout: &Layout, physical: &PhysicalDescription) -> Result<(), LayoutError> {
+    bind_bars(layout, physical)?;
+    bind_rom(layout, physical)?;
+    bind_capabilities(&layout.capabilities, physical)?;
+    bind_capabilities(&layout.ext_capabilities, physical)?;
+    bind_registers(layout, physical)?;
+    bind_unowned(layout, physical)
+}
+
+/// Each passthrough BAR names a physical BAR of the same space, at least as large.
+fn bind_bars(layout: &Layout, physical: &PhysicalDescription) -> Result<(), LayoutError> {
     for bar in layout.bars.iter().flatten() {
         let BarBacking::Passthrough { physical_bar } = bar.backing else {
             continue;
@@ -47,115 +57,111 @@ pub fn bind(layout: &Layout, physical: &PhysicalDescription) -> Result<(), Layou
             ));
         }
     }
-    if let Some(rom) = &layout.rom
-        && rom.backing == RomBacking::Passthrough
-    {
-        match physical.rom_size {
-            None => {
-                return Err(rom
-                    .origin
-                    .error("backing", "the physical function has no expansion ROM"));
-            }
-            Some(size) if size < rom.size => {
-                return Err(rom.origin.error(
-                    "size",
-                    format!(
-                        "the physical ROM is {size:#x} bytes, smaller than {:#x}",
-                        rom.size
-                    ),
-                ));
-            }
-            Some(_) => {}
-        }
+    Ok(())
+}
+
+/// A passthrough ROM needs a physical ROM at least as large.
+fn bind_rom(layout: &Layout, physical: &PhysicalDescription) -> Result<(), LayoutError> {
+    let Some(rom) = layout
+        .rom
+        .as_ref()
+        .filter(|r| r.backing == RomBacking::Passthrough)
+    else {
+        return Ok(());
+    };
+    match physical.rom_size {
+        None => Err(rom
+            .origin
+            .error("backing", "the physical function has no expansion ROM")),
+        Some(size) if size < rom.size => Err(rom.origin.error(
+            "size",
+            format!(
+                "the physical ROM is {size:#x} bytes, smaller than {:#x}",
+                rom.size
+            ),
+        )),
+        Some(_) => Ok(()),
     }
-    let config_size = physical.config.len();
-    let standard = walk::standard_capabilities(&physical.config).unwrap_or_default();
-    for c in &layout.capabilities {
-        let CapabilityBody::Physical {
-            id,
-            physical_offset,
-            length,
-        } = &c.body
-        else {
+}
+
+/// Each capability backed by the physical function (of either chain) names a physical
+/// capability of the same ID, as long as the hardware states it, inside the chain's area.
+fn bind_capabilities<C: ChainItem>(
+    caps: &[C],
+    physical: &PhysicalDescription,
+) -> Result<(), LayoutError> {
+    let chain = C::CHAIN;
+    let config = &physical.config;
+    // A chain the walker refuses has no capability to pass through.
+    let found = walk::capabilities(config, chain).unwrap_or_default();
+    let end = usize::from(chain.area().end).min(config.len());
+    for c in caps {
+        let Some(backing) = c.physical() else {
             continue;
         };
-        let found = standard.iter().find(|f| f.offset == *physical_offset);
-        match found {
-            Some(f) if f.id == u16::from(*id) => {}
+        let at = backing.offset;
+        match found.iter().find(|f| f.offset == at) {
+            Some(f) if f.id == c.id() => {}
             Some(f) => {
-                return Err(c.origin.error(
+                return Err(c.origin().error(
                     "physical_offset",
                     format!(
-                        "the physical capability at {physical_offset:#x} is {} ({:#04x}), not {}",
-                        cap::cap_name(f.id as u8),
+                        "the physical {} at {at:#x} is {} ({:#04x}), not {}",
+                        chain.noun(),
+                        chain.name(f.id),
                         f.id,
-                        cap::cap_name(*id)
+                        c.name()
                     ),
                 ));
             }
             None => {
-                let list: Vec<String> = standard
+                let list: Vec<String> = found
                     .iter()
-                    .map(|f| format!("{}@{:#x}", cap::cap_name(f.id as u8), f.offset))
+                    .map(|f| format!("{}@{:#x}", chain.name(f.id), f.offset))
                     .collect();
-                return Err(c.origin.error(
+                return Err(c.origin().error(
                     "physical_offset",
                     format!(
-                        "the physical function has no {} capability at {physical_offset:#x} (it has: {})",
-                        cap::cap_name(*id),
-                        if list.is_empty() { "none".to_string() } else { list.join(", ") }
+                        "the physical function has no {} {} at {at:#x} (it has: {})",
+                        c.name(),
+                        chain.noun(),
+                        if list.is_empty() {
+                            "none".to_string()
+                        } else {
+                            list.join(", ")
+                        }
                     ),
                 ));
             }
         }
-        let physical_length = physical_cap_length(&physical.config, *id, *physical_offset);
-        if let Some(real) = physical_length
-            && real != *length
+        let stated = chain
+            .info(c.id())
+            .and_then(|info| info.stated_length)
+            .and_then(|stated| stated(config, at));
+        if let Some(real) = stated
+            && real != backing.length
         {
-            return Err(c.origin.error(
+            return Err(c.origin().error(
                 "length",
-                format!("the physical capability is {real} bytes long, not {length}"),
-            ));
-        }
-        if usize::from(*physical_offset) + usize::from(*length) > config_size.min(0x100) {
-            return Err(c
-                .origin
-                .error("length", "runs past the physical capability area"));
-        }
-    }
-    let extended = walk::extended_capabilities(&physical.config).unwrap_or_default();
-    for c in &layout.ext_capabilities {
-        let ExtCapabilityBody::Physical {
-            id,
-            physical_offset,
-            length,
-        } = &c.body
-        else {
-            continue;
-        };
-        if !extended
-            .iter()
-            .any(|f| f.offset == *physical_offset && f.id == *id)
-        {
-            let list: Vec<String> = extended
-                .iter()
-                .map(|f| format!("{}@{:#x}", cap::ext_cap_name(f.id), f.offset))
-                .collect();
-            return Err(c.origin.error(
-                "physical_offset",
                 format!(
-                    "the physical function has no {} extended capability at {physical_offset:#x} (it has: {})",
-                    cap::ext_cap_name(*id),
-                    if list.is_empty() { "none".to_string() } else { list.join(", ") }
+                    "the physical capability is {real} bytes long, not {}",
+                    backing.length
                 ),
             ));
         }
-        if usize::from(*physical_offset) + usize::from(*length) > config_size {
-            return Err(c
-                .origin
-                .error("length", "runs past the physical config space"));
+        if usize::from(at) + usize::from(backing.length) > end {
+            return Err(c.origin().error(
+                "length",
+                format!("runs past the physical function's {} area", chain.noun()),
+            ));
         }
     }
+    Ok(())
+}
+
+/// A register override's physical bits lie inside the physical config space.
+fn bind_registers(layout: &Layout, physical: &PhysicalDescription) -> Result<(), LayoutError> {
+    let config_size = physical.config.len();
     for r in &layout.registers {
         if let RegisterSource::Physical { offset } = r.source
             && r.virtual_mask != all_ones(r.size)
@@ -169,6 +175,12 @@ pub fn bind(layout: &Layout, physical: &PhysicalDescription) -> Result<(), Layou
             ));
         }
     }
+    Ok(())
+}
+
+/// Unowned bytes passed through need a physical config space as large as the layout's.
+fn bind_unowned(layout: &Layout, physical: &PhysicalDescription) -> Result<(), LayoutError> {
+    let config_size = physical.config.len();
     if usize::from(layout.config_size) > config_size && layout.unowned == Unowned::Passthrough {
         return Err(LayoutError::new(
             layout
@@ -184,20 +196,4 @@ pub fn bind(layout: &Layout, physical: &PhysicalDescription) -> Result<(), Layou
         ));
     }
     Ok(())
-}
-
-/// The length of a physical capability whose size the hardware states (MSI, vendor-specific).
-fn physical_cap_length(config: &[u8], id: u8, offset: u16) -> Option<u16> {
-    let at = usize::from(offset);
-    match id {
-        cap::CAP_MSI => {
-            let flags = u16::from_le_bytes([*config.get(at + 2)?, *config.get(at + 3)?]);
-            Some(cap::msi_size(
-                flags & cap::MSI_FLAGS_64BIT != 0,
-                flags & cap::MSI_FLAGS_MASKBIT != 0,
-            ))
-        }
-        cap::CAP_VENDOR => config.get(at + 2).map(|l| u16::from(*l)),
-        _ => None,
-    }
 }

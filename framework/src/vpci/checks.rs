@@ -6,7 +6,8 @@ use std::ops::Range;
 use super::fields::{Fields, Located};
 use crate::layout::*;
 use crate::layout::{LayoutError, Location};
-use crate::pci::{cap, regs};
+use crate::pci::cap::{self, Chain};
+use crate::pci::regs;
 
 /// Where the parser found the offsets and `next` pointers of capabilities (in file order).
 #[derive(Default)]
@@ -159,7 +160,8 @@ pub(crate) fn order_chain(
     caps: Vec<Capability>,
     declared: &Declared,
 ) -> Result<Vec<Capability>, LayoutError> {
-    check_placement(&caps, declared)?;
+    check_placement(&caps, &declared.caps)?;
+    check_next_pointers(declared)?;
     let head = match &declared.capabilities_pointer {
         Some((pointer, _, _)) => *pointer,
         None => caps.first().map_or(0, |c| c.offset),
@@ -217,29 +219,70 @@ fn chain_error(declared: &Declared, from: usize, message: String) -> LayoutError
     }
 }
 
-fn check_placement(caps: &[Capability], declared: &Declared) -> Result<(), LayoutError> {
+/// Placement rules of one chain (standard or extended): dword aligned inside the chain's
+/// area, not running past it, no overlaps, no duplicates of a capability that cannot repeat.
+fn check_placement<C: ChainItem>(caps: &[C], entries: &[ChainEntry]) -> Result<(), LayoutError> {
+    let chain = C::CHAIN;
+    let area = chain.area();
+    let last = area.end - 1;
+    let (noun, list) = match chain {
+        Chain::Standard => (chain.noun(), "capability"),
+        Chain::Extended => (chain.noun(), "ext_capability"),
+    };
+    let span = |c: &C| u64::from(c.offset())..u64::from(c.offset()) + u64::from(c.length());
     for (i, c) in caps.iter().enumerate() {
-        let entry = &declared.caps[i];
-        if c.offset < regs::HEADER_END || c.offset % 4 != 0 {
+        let entry = &entries[i];
+        if !area.contains(&c.offset()) || c.offset() % 4 != 0 {
             return Err(at_offset(
                 entry,
                 format!(
-                    "capability offset {:#x} must be dword aligned and in 0x40..0xff",
-                    c.offset
+                    "{noun} offset {:#x} must be dword aligned and in {:#x}..{last:#x}",
+                    c.offset(),
+                    area.start
                 ),
             ));
         }
-        let end = u32::from(c.offset) + u32::from(c.body.length());
-        if end > 0x100 {
+        if span(c).end > u64::from(area.end) {
             return Err(at_offset(
                 entry,
                 format!(
-                    "capability at {:#x} ({} bytes) runs past 0xff",
-                    c.offset,
-                    c.body.length()
+                    "{noun} at {:#x} ({} bytes) runs past {last:#x}",
+                    c.offset(),
+                    c.length()
                 ),
             ));
         }
+        for (j, other) in caps.iter().enumerate().take(i) {
+            if overlaps(span(c), span(other)) {
+                return Err(at_offset(
+                    entry,
+                    format!(
+                        "{noun} at {:#x} overlaps {} ({list}[{j}]) at {:#x}",
+                        c.offset(),
+                        other.name(),
+                        other.offset()
+                    ),
+                ));
+            }
+            let repeatable = chain.info(c.id()).is_some_and(|info| info.repeatable);
+            if c.id() == other.id() && !repeatable {
+                return Err(at_offset(
+                    entry,
+                    format!(
+                        "duplicate {} {noun} (also at {:#x})",
+                        c.name(),
+                        other.offset()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The standard chain's `next` pointers: 0, or a dword-aligned offset in 0x40..0xff.
+fn check_next_pointers(declared: &Declared) -> Result<(), LayoutError> {
+    for entry in &declared.caps {
         if let Some((next, location, field)) = &entry.next
             && *next != 0
             && (*next < regs::HEADER_END || next % 4 != 0)
@@ -250,31 +293,6 @@ fn check_placement(caps: &[Capability], declared: &Declared) -> Result<(), Layou
                 format!("next pointer {next:#x} must be 0 or a dword-aligned offset in 0x40..0xff"),
             ));
         }
-        for (j, other) in caps.iter().enumerate().take(i) {
-            let a = u64::from(c.offset)..u64::from(end);
-            let b = u64::from(other.offset)..u64::from(other.offset + other.body.length());
-            if overlaps(a, b) {
-                return Err(at_offset(
-                    entry,
-                    format!(
-                        "capability at {:#x} overlaps {} (capability[{j}]) at {:#x}",
-                        c.offset,
-                        cap::cap_name(other.body.id()),
-                        other.offset
-                    ),
-                ));
-            }
-            if c.body.id() == other.body.id() && c.body.id() != cap::CAP_VENDOR {
-                return Err(at_offset(
-                    entry,
-                    format!(
-                        "duplicate {} capability (also at {:#x})",
-                        cap::cap_name(c.body.id()),
-                        other.offset
-                    ),
-                ));
-            }
-        }
     }
     Ok(())
 }
@@ -284,55 +302,14 @@ pub(crate) fn order_ext_chain(
     caps: Vec<ExtCapability>,
     declared: &Declared,
 ) -> Result<Vec<ExtCapability>, LayoutError> {
-    for (i, c) in caps.iter().enumerate() {
-        let entry = &declared.ext_caps[i];
-        if c.offset < regs::EXTENDED_CAPS_START || c.offset % 4 != 0 {
-            return Err(at_offset(
-                entry,
-                format!(
-                    "extended capability offset {:#x} must be dword aligned and in 0x100..0xfff",
-                    c.offset
-                ),
-            ));
-        }
-        if i == 0 && c.offset != regs::EXTENDED_CAPS_START {
-            return Err(at_offset(
-                entry,
-                "broken chain: the first extended capability must be at 0x100",
-            ));
-        }
-        let end = u32::from(c.offset) + u32::from(c.body.length());
-        if end > 0x1000 {
-            return Err(at_offset(
-                entry,
-                format!("extended capability at {:#x} runs past 0xfff", c.offset),
-            ));
-        }
-        for (j, other) in caps.iter().enumerate().take(i) {
-            let a = u64::from(c.offset)..u64::from(end);
-            let b = u64::from(other.offset)..u64::from(other.offset + other.body.length());
-            if overlaps(a, b) {
-                return Err(at_offset(
-                    entry,
-                    format!(
-                        "extended capability at {:#x} overlaps {} (ext_capability[{j}]) at {:#x}",
-                        c.offset,
-                        cap::ext_cap_name(other.body.id()),
-                        other.offset
-                    ),
-                ));
-            }
-            if c.body.id() == other.body.id() && c.body.id() != cap::EXT_CAP_VSEC {
-                return Err(at_offset(
-                    entry,
-                    format!(
-                        "duplicate {} extended capability (also at {:#x})",
-                        cap::ext_cap_name(c.body.id()),
-                        other.offset
-                    ),
-                ));
-            }
-        }
+    check_placement(&caps, &declared.ext_caps)?;
+    if let Some(first) = caps.first()
+        && first.offset != regs::EXTENDED_CAPS_START
+    {
+        return Err(at_offset(
+            &declared.ext_caps[0],
+            "broken chain: the first extended capability must be at 0x100",
+        ));
     }
     Ok(caps)
 }

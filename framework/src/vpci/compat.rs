@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::config::ConfigTemplate;
 use crate::config::template::ByteSource;
 use crate::layout::{Bar, BarBacking, BarKind, CapabilityBody, ExtCapabilityBody};
-use crate::pci::cap;
+use crate::pci::cap::{self, Chain};
 
 /// One guest-visible difference between two layouts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -304,9 +304,9 @@ fn cap_set(template: &ConfigTemplate) -> BTreeSet<(bool, u16, u16)> {
 
 fn cap_label(extended: bool, offset: u16, id: u16) -> String {
     if extended {
-        format!("ext capability {} @{offset:#x}", cap::ext_cap_name(id))
+        format!("ext capability {} @{offset:#x}", Chain::Extended.name(id))
     } else {
-        format!("capability {} @{offset:#x}", cap::cap_name(id as u8))
+        format!("capability {} @{offset:#x}", Chain::Standard.name(id))
     }
 }
 
@@ -368,9 +368,9 @@ pub fn compare(a: &ConfigTemplate, b: &ConfigTemplate) -> Vec<Difference> {
     };
     let name = |extended: bool, id: u16| {
         if extended {
-            format!("extended capability {}", cap::ext_cap_name(id))
+            format!("extended capability {}", Chain::Extended.name(id))
         } else {
-            format!("capability {}", cap::cap_name(id as u8))
+            format!("capability {}", Chain::Standard.name(id))
         }
     };
     // A capability of one ID at another offset has moved; the rest are only on one side.
@@ -455,7 +455,7 @@ pub fn warnings(a: &ConfigTemplate, b: &ConfigTemplate) -> Vec<Difference> {
                 ..
             } => Some((
                 c.offset,
-                format!("capability {}", cap::cap_name(id)),
+                format!("capability {}", Chain::Standard.name(id.into())),
                 physical_offset,
             )),
             _ => None,
@@ -467,7 +467,7 @@ pub fn warnings(a: &ConfigTemplate, b: &ConfigTemplate) -> Vec<Difference> {
                 ..
             } => Some((
                 c.offset,
-                format!("extended capability {}", cap::ext_cap_name(id)),
+                format!("extended capability {}", Chain::Extended.name(id)),
                 physical_offset,
             )),
             _ => None,

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use crate::config::ConfigTemplate;
 use crate::config::template::{ByteSource, Hook, TemplateBuilder};
 use crate::layout::*;
-use crate::pci::{cap, regs};
+use crate::pci::cap::{self, Chain};
+use crate::pci::regs;
 
 /// Compiles a validated layout.
 pub fn compile(layout: Arc<Layout>) -> ConfigTemplate {
@@ -198,7 +199,10 @@ fn capability(b: &mut TemplateBuilder, c: &Capability, next: u16) {
     b.owner(
         o,
         o + len,
-        format!("capability {} @{o:#x}", cap::cap_name(c.body.id())),
+        format!(
+            "capability {} @{o:#x}",
+            Chain::Standard.name(c.body.id().into())
+        ),
     );
 }
 
@@ -505,7 +509,10 @@ fn ext_capability(b: &mut TemplateBuilder, c: &ExtCapability, next: u16) {
     b.owner(
         o,
         o + len,
-        format!("ext capability {} @{o:#x}", cap::ext_cap_name(c.body.id())),
+        format!(
+            "ext capability {} @{o:#x}",
+            Chain::Extended.name(c.body.id())
+        ),
     );
 }
 

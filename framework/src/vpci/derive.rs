@@ -7,8 +7,9 @@ use super::parse::default_header;
 use crate::layout::LayoutError;
 use crate::layout::MMAP_PAGE_SIZE;
 use crate::layout::*;
+use crate::pci::cap::{self, Chain};
+use crate::pci::regs;
 use crate::pci::walk::{self, FoundCapability};
-use crate::pci::{cap, regs};
 use crate::physical::PhysicalDescription;
 
 /// An extended capability guests should not see by default, and why.
@@ -217,7 +218,7 @@ fn derive_capabilities(
     for f in found {
         let o = f.offset;
         let id = f.id as u8;
-        let room = room(found, o, 0x100);
+        let room = room(found, o, Chain::Standard.area().end);
         let body = match id {
             cap::CAP_PM => {
                 let pmc = u16_at(config, o + cap::PM_PMC);
@@ -267,13 +268,13 @@ fn derive_capabilities(
                 if let Some(decoded) = other {
                     notes.push(format!(
                         "{} at {o:#x} is copied as raw bytes: its {} bytes would overlap the next capability.",
-                        cap::cap_name(id),
+                        Chain::Standard.name(id.into()),
                         decoded.length()
                     ));
                 } else {
                     notes.push(format!(
                         "{} ({id:#04x}) at {o:#x} is copied as {room} raw read-only bytes (up to the next capability).",
-                        cap::cap_name(id)
+                        Chain::Standard.name(id.into())
                     ));
                 }
                 CapabilityBody::Raw {
@@ -331,43 +332,49 @@ fn derive_ext_capabilities(
         {
             notes.push(format!(
                 "Hidden: {} at {o:#x}: {} (keep it with --keep {}).",
-                crate::pci::cap::ext_cap_name(f.id),
+                Chain::Extended.name(f.id),
                 q.reason,
                 q.name
             ));
             continue;
         }
-        let room = room(found, o, 0x1000);
+        let room = room(found, o, Chain::Extended.area().end);
         let physical_of = |id: u16, length: u16| ExtCapabilityBody::Physical {
             id,
             physical_offset: o,
             length,
         };
+        // The declarative length of what the table knows, when it fits before the next one.
+        let fits = Chain::Extended
+            .info(f.id)
+            .and_then(|info| info.length)
+            .is_some_and(|length| room >= length.min());
+        let base = Chain::Extended.base_length(f.id);
         let body = match f.id {
-            cap::EXT_CAP_AER if room >= cap::AER_SIZE => {
+            cap::EXT_CAP_AER if fits => {
                 notes.push(format!("AER at {o:#x} is backed by the physical function (its status is the hardware's)."));
-                physical_of(cap::EXT_CAP_AER, cap::AER_SIZE)
+                physical_of(f.id, base)
             }
-            cap::EXT_CAP_DSN if room >= cap::DSN_SIZE => {
+            cap::EXT_CAP_DSN if fits => {
                 notes.push(format!(
                     "The device serial number at {o:#x} is read from the physical function."
                 ));
-                physical_of(cap::EXT_CAP_DSN, cap::DSN_SIZE)
+                physical_of(f.id, base)
             }
-            cap::EXT_CAP_ACS if room >= cap::ACS_SIZE => ExtCapabilityBody::Acs {
+            cap::EXT_CAP_ACS if fits => ExtCapabilityBody::Acs {
                 capabilities: u16_at(config, o + 4) & 0x7f,
             },
-            cap::EXT_CAP_ATS if room >= cap::ATS_SIZE => {
+            cap::EXT_CAP_ATS if fits => {
                 let c = u16_at(config, o + 4);
                 ExtCapabilityBody::Ats {
                     invalidate_queue_depth: (c & 0x1f) as u8,
                     page_aligned: c & (1 << 5) != 0,
                 }
             }
-            cap::EXT_CAP_PRI if room >= cap::PRI_SIZE => ExtCapabilityBody::Pri {
+            cap::EXT_CAP_PRI if fits => ExtCapabilityBody::Pri {
                 outstanding_capacity: u32_at(config, o + 8),
             },
-            cap::EXT_CAP_PASID if room >= cap::PASID_SIZE => {
+            cap::EXT_CAP_PASID if fits => {
                 let c = u16_at(config, o + 4);
                 ExtCapabilityBody::Pasid {
                     max_width: ((c >> 8) & 0x1f).clamp(1, 20) as u8,
@@ -384,7 +391,7 @@ fn derive_ext_capabilities(
                 };
                 notes.push(format!(
                     "{} ({id:#06x}) at {o:#x} is copied as {length} raw read-only bytes.",
-                    crate::pci::cap::ext_cap_name(id)
+                    Chain::Extended.name(id)
                 ));
                 ExtCapabilityBody::Raw {
                     id,

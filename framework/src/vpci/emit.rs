@@ -5,6 +5,7 @@ use std::fmt::Write;
 use super::fields::format_size;
 use super::parse::{command_bit_names, default_header, status_error_names, status_fixed_names};
 use crate::layout::*;
+use crate::pci::cap::RAW_KIND;
 
 impl Layout {
     /// The layout as vPCI TOML text; `parse_layout` of it gives an equal layout.
@@ -186,22 +187,7 @@ fn bar(out: &mut String, bar: &Bar) {
 }
 
 fn capability(out: &mut String, c: &Capability) {
-    let kind = match &c.body {
-        CapabilityBody::Pm(_) => "pm",
-        CapabilityBody::Msi(_) => "msi",
-        CapabilityBody::Msix(_) => "msix",
-        CapabilityBody::Pcie(_) => "pcie",
-        CapabilityBody::Vendor { .. } => "vendor",
-        CapabilityBody::Raw { .. } => "raw",
-        CapabilityBody::Physical { id, .. } => match *id {
-            crate::pci::cap::CAP_PM => "pm",
-            crate::pci::cap::CAP_MSI => "msi",
-            crate::pci::cap::CAP_MSIX => "msix",
-            crate::pci::cap::CAP_PCIE => "pcie",
-            crate::pci::cap::CAP_VENDOR => "vendor",
-            _ => "raw",
-        },
-    };
+    let kind = c.kind();
     let _ = writeln!(
         out,
         "\n[[capability]]\nkind = \"{kind}\"\noffset = {:#04x}",
@@ -268,7 +254,7 @@ fn capability(out: &mut String, c: &Capability) {
             physical_offset,
             length,
         } => {
-            if kind == "raw" {
+            if kind == RAW_KIND {
                 let _ = writeln!(out, "id = {id:#04x}");
             }
             let _ = writeln!(
@@ -280,27 +266,7 @@ fn capability(out: &mut String, c: &Capability) {
 }
 
 fn ext_capability(out: &mut String, c: &ExtCapability) {
-    use crate::pci::cap;
-    let kind = match &c.body {
-        ExtCapabilityBody::Aer => "aer",
-        ExtCapabilityBody::Dsn { .. } => "dsn",
-        ExtCapabilityBody::Acs { .. } => "acs",
-        ExtCapabilityBody::Ats { .. } => "ats",
-        ExtCapabilityBody::Pri { .. } => "pri",
-        ExtCapabilityBody::Pasid { .. } => "pasid",
-        ExtCapabilityBody::Vsec { .. } => "vsec",
-        ExtCapabilityBody::Raw { .. } => "raw",
-        ExtCapabilityBody::Physical { id, .. } => match *id {
-            cap::EXT_CAP_AER => "aer",
-            cap::EXT_CAP_DSN => "dsn",
-            cap::EXT_CAP_ACS => "acs",
-            cap::EXT_CAP_ATS => "ats",
-            cap::EXT_CAP_PRI => "pri",
-            cap::EXT_CAP_PASID => "pasid",
-            cap::EXT_CAP_VSEC => "vsec",
-            _ => "raw",
-        },
-    };
+    let kind = c.kind();
     let _ = writeln!(
         out,
         "\n[[ext_capability]]\nkind = \"{kind}\"\noffset = {:#05x}\nversion = {}",
@@ -357,7 +323,7 @@ fn ext_capability(out: &mut String, c: &ExtCapability) {
             physical_offset,
             length,
         } => {
-            if kind == "raw" {
+            if kind == RAW_KIND {
                 let _ = writeln!(out, "id = {id:#06x}");
             }
             let _ = writeln!(
@@ -383,5 +349,128 @@ fn register(out: &mut String, r: &RegisterOverride) {
             let _ = writeln!(out, "physical_offset = {offset:#05x}");
         }
         RegisterSource::Physical { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::layout::*;
+    use crate::pci::cap::{CAPABILITIES, Chain, Length, RAW_KIND};
+    use crate::vpci::parse_layout;
+
+    const HEAD: &str = "[vpci]\nformat = 1\nname = \"t\"\nconfig_size = 4096\n\n[identity]\nvendor_id = 0x1af4\ndevice_id = 0x1041\nclass_code = 0x020000\n\n[[bar]]\nindex = 0\nkind = \"mem32\"\nsize = \"4K\"\n";
+
+    /// A PCI Express capability at 0x40, which extended capabilities need.
+    const PCIE: &str = "\n[[capability]]\nkind = \"pcie\"\noffset = 0x40\n";
+
+    /// The fields a declarative capability of `kind` cannot go without.
+    fn required(kind: &str) -> &'static str {
+        match kind {
+            "msix" => {
+                "table_size = 4\ntable_bar = 0\ntable_offset = 0\npba_bar = 0\npba_offset = 0x800\n"
+            }
+            "dsn" => "serial = 0x1234\n",
+            "vsec" => "vsec_id = 7\ndata = [1, 2, 3, 4]\n",
+            "vendor" => "data = [1, 2, 3]\n",
+            _ => "",
+        }
+    }
+
+    /// Parses, emits and parses again; both layouts are equal and the text names the kind.
+    fn round_trip(body: &str, kind: &str) -> Layout {
+        let text = format!("{HEAD}{body}");
+        let layout = parse_layout("t", &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let emitted = layout.to_toml();
+        assert!(
+            emitted.contains(&format!("kind = \"{kind}\"")),
+            "{kind}:\n{emitted}"
+        );
+        let again = parse_layout("emitted", &emitted).unwrap_or_else(|e| panic!("{e}\n{emitted}"));
+        assert_eq!(layout, again, "{kind}");
+        layout
+    }
+
+    /// A capability of `kind` in `chain`, declared or backed by the physical function.
+    fn declaration(chain: Chain, kind: &str, id: u16, physical: Option<u16>) -> String {
+        let (table, offset) = match chain {
+            Chain::Standard => ("capability", 0x80),
+            Chain::Extended => ("ext_capability", 0x100),
+        };
+        let mut text = format!("\n[[{table}]]\nkind = \"{kind}\"\noffset = {offset:#x}\n");
+        if kind == RAW_KIND {
+            text.push_str(&format!("id = {id:#x}\n"));
+        }
+        match physical {
+            Some(length) => text.push_str(&format!(
+                "physical_offset = {offset:#x}\nlength = {length}\n"
+            )),
+            None => text.push_str(required(kind)),
+        }
+        text
+    }
+
+    #[test]
+    fn every_capability_of_the_table_round_trips() {
+        for info in CAPABILITIES {
+            let kind = info.kind.unwrap_or(RAW_KIND);
+            let prefix = match info.chain {
+                Chain::Standard => "",
+                Chain::Extended => PCIE,
+            };
+            // Backed by the physical function: the table's fixed length, or one the file states.
+            let length = match info.length {
+                Some(Length::Fixed(n)) => n,
+                Some(Length::AtLeast(n)) => n + 4,
+                None => info.chain.header_len() + 4,
+            };
+            let text = format!(
+                "{prefix}{}",
+                declaration(info.chain, kind, info.id, Some(length))
+            );
+            let layout = round_trip(&text, kind);
+            let (id, parsed_length) = match info.chain {
+                Chain::Standard => {
+                    let c = layout.capabilities.last().unwrap();
+                    (c.id(), ChainItem::length(c))
+                }
+                Chain::Extended => {
+                    let c = layout.ext_capabilities.last().unwrap();
+                    (c.id(), ChainItem::length(c))
+                }
+            };
+            assert_eq!((id, parsed_length), (info.id, length), "{}", info.name);
+
+            // Declared: the emulated kinds with their defaults, the others as raw bytes.
+            let text = format!("{prefix}{}", declaration(info.chain, kind, info.id, None));
+            round_trip(&text, kind);
+        }
+    }
+
+    #[test]
+    fn a_fixed_length_other_than_the_tables_is_refused() {
+        for info in CAPABILITIES {
+            let Some(Length::Fixed(n)) = info.length else {
+                continue;
+            };
+            let prefix = match info.chain {
+                Chain::Standard => "",
+                Chain::Extended => PCIE,
+            };
+            let text = format!(
+                "{HEAD}{prefix}{}",
+                declaration(
+                    info.chain,
+                    info.kind.unwrap_or(RAW_KIND),
+                    info.id,
+                    Some(n + 4)
+                )
+            );
+            let e = parse_layout("t", &text).unwrap_err();
+            assert!(
+                e.message.contains(&format!("is {n} bytes long")),
+                "{}: {e}",
+                info.name
+            );
+        }
     }
 }

@@ -8,7 +8,8 @@ use super::checks::{self, Declared};
 use super::fields::{Fields, Located, Source};
 use crate::layout::LayoutError;
 use crate::layout::*;
-use crate::pci::{cap, regs};
+use crate::pci::cap::Chain;
+use crate::pci::regs;
 
 /// The format version this parser reads.
 pub const FORMAT_VERSION: u64 = 1;
@@ -351,54 +352,74 @@ fn parse_rom(t: &Fields<'_, '_>) -> Result<Rom, LayoutError> {
     })
 }
 
-const CAP_KINDS: &[&str] = &["pm", "msi", "msix", "pcie", "vendor", "raw"];
+/// The `kind` of a `[[capability]]` or `[[ext_capability]]` table, one of the chain's.
+fn kind_of(t: &Fields<'_, '_>, chain: Chain) -> Result<Located<String>, LayoutError> {
+    let kinds = chain.kinds();
+    t.choice("kind", &kinds)?.ok_or_else(|| {
+        t.error(
+            "kind",
+            format!("missing required field (one of: {})", kinds.join(", ")),
+        )
+    })
+}
+
+/// The ID and length of a capability backed by the physical function: the ID is the table's
+/// for `kind` (the file's `id` for `raw`), the length the table's when it is fixed, else the
+/// file's.
+fn physical_backing(
+    t: &Fields<'_, '_>,
+    chain: Chain,
+    kind: &str,
+) -> Result<(u16, u16), LayoutError> {
+    let id = match chain.by_kind(kind) {
+        Some(info) => info.id,
+        None => t.require_uint("id", chain.max_id().into())?.value as u16,
+    };
+    let area = chain.area();
+    let header = chain.header_len();
+    let length = match (
+        chain.fixed_length(id),
+        t.uint("length", u64::from(area.end - area.start))?,
+    ) {
+        (Some(fixed), None) => fixed,
+        (Some(fixed), Some(l)) if l.value == u64::from(fixed) => fixed,
+        (Some(fixed), Some(_)) => {
+            return Err(t.error("length", format!("this capability is {fixed} bytes long")));
+        }
+        (None, Some(l)) if l.value >= u64::from(header) => l.value as u16,
+        (None, Some(_)) => {
+            return Err(t.error(
+                "length",
+                format!(
+                    "{} is at least {header} bytes long (its header)",
+                    match chain {
+                        Chain::Standard => "a capability",
+                        Chain::Extended => "an extended capability",
+                    }
+                ),
+            ));
+        }
+        (None, None) => {
+            return Err(t.error(
+                "length",
+                "a physical capability of this kind needs its length",
+            ));
+        }
+    };
+    Ok((id, length))
+}
 
 fn parse_capability(
     t: &Fields<'_, '_>,
     declared: &mut Declared,
 ) -> Result<Capability, LayoutError> {
-    let kind = t.choice("kind", CAP_KINDS)?.ok_or_else(|| {
-        t.error(
-            "kind",
-            format!("missing required field (one of: {})", CAP_KINDS.join(", ")),
-        )
-    })?;
+    let kind = kind_of(t, Chain::Standard)?;
     let offset = t.require_uint("offset", 0xff)?;
     let physical_offset = t.uint("physical_offset", 0xff)?;
     let body = if let Some(physical) = &physical_offset {
-        let id = match kind.value.as_str() {
-            "pm" => cap::CAP_PM,
-            "msi" => cap::CAP_MSI,
-            "msix" => cap::CAP_MSIX,
-            "pcie" => cap::CAP_PCIE,
-            "vendor" => cap::CAP_VENDOR,
-            _ => t.require_uint("id", 0xff)?.value as u8,
-        };
-        let fixed = match id {
-            cap::CAP_PM => Some(cap::PM_SIZE),
-            cap::CAP_MSIX => Some(cap::MSIX_SIZE),
-            cap::CAP_PCIE => Some(cap::PCIE_SIZE),
-            _ => None,
-        };
-        let length = match (fixed, t.uint("length", 0xc0)?) {
-            (Some(fixed), None) => fixed,
-            (Some(fixed), Some(l)) if l.value == u64::from(fixed) => fixed,
-            (Some(fixed), Some(_)) => {
-                return Err(t.error("length", format!("this capability is {fixed} bytes long")));
-            }
-            (None, Some(l)) if l.value >= 2 => l.value as u16,
-            (None, Some(_)) => {
-                return Err(t.error("length", "a capability is at least 2 bytes long"));
-            }
-            (None, None) => {
-                return Err(t.error(
-                    "length",
-                    "a physical capability of this kind needs its length",
-                ));
-            }
-        };
+        let (id, length) = physical_backing(t, Chain::Standard, &kind.value)?;
         CapabilityBody::Physical {
-            id,
+            id: id as u8,
             physical_offset: physical.value as u16,
             length,
         }
@@ -527,18 +548,11 @@ fn parse_pcie(t: &Fields<'_, '_>) -> Result<PcieParams, LayoutError> {
     })
 }
 
-const EXT_KINDS: &[&str] = &["aer", "dsn", "acs", "ats", "pri", "pasid", "vsec", "raw"];
-
 fn parse_ext_capability(
     t: &Fields<'_, '_>,
     declared: &mut Declared,
 ) -> Result<ExtCapability, LayoutError> {
-    let kind = t.choice("kind", EXT_KINDS)?.ok_or_else(|| {
-        t.error(
-            "kind",
-            format!("missing required field (one of: {})", EXT_KINDS.join(", ")),
-        )
-    })?;
+    let kind = kind_of(t, Chain::Extended)?;
     let offset = t.require_uint("offset", 0xffc)?;
     let physical_offset = t.uint("physical_offset", 0xffc)?;
     let default_version = match kind.value.as_str() {
@@ -549,41 +563,7 @@ fn parse_ext_capability(
         .uint("version", 0xf)?
         .map_or(default_version, |v| v.value as u8);
     let body = if let Some(physical) = &physical_offset {
-        let id = match kind.value.as_str() {
-            "aer" => cap::EXT_CAP_AER,
-            "dsn" => cap::EXT_CAP_DSN,
-            "acs" => cap::EXT_CAP_ACS,
-            "ats" => cap::EXT_CAP_ATS,
-            "pri" => cap::EXT_CAP_PRI,
-            "pasid" => cap::EXT_CAP_PASID,
-            "vsec" => cap::EXT_CAP_VSEC,
-            _ => t.require_uint("id", 0xffff)?.value as u16,
-        };
-        let fixed = match id {
-            cap::EXT_CAP_AER => Some(cap::AER_SIZE),
-            cap::EXT_CAP_DSN => Some(cap::DSN_SIZE),
-            cap::EXT_CAP_ATS => Some(cap::ATS_SIZE),
-            cap::EXT_CAP_PRI => Some(cap::PRI_SIZE),
-            cap::EXT_CAP_PASID => Some(cap::PASID_SIZE),
-            _ => None,
-        };
-        let length = match (fixed, t.uint("length", 0xf00)?) {
-            (Some(fixed), None) => fixed,
-            (Some(fixed), Some(l)) if l.value == u64::from(fixed) => fixed,
-            (Some(fixed), Some(_)) => {
-                return Err(t.error("length", format!("this capability is {fixed} bytes long")));
-            }
-            (None, Some(l)) if l.value >= 4 => l.value as u16,
-            (None, Some(_)) => {
-                return Err(t.error("length", "an extended capability is at least 4 bytes long"));
-            }
-            (None, None) => {
-                return Err(t.error(
-                    "length",
-                    "a physical capability of this kind needs its length",
-                ));
-            }
-        };
+        let (id, length) = physical_backing(t, Chain::Extended, &kind.value)?;
         ExtCapabilityBody::Physical {
             id,
             physical_offset: physical.value as u16,

@@ -6,7 +6,8 @@ use std::fmt::Write;
 use super::compat::fingerprint;
 use crate::config::ConfigTemplate;
 use crate::layout::*;
-use crate::pci::{cap, regs};
+use crate::pci::cap::{self, Chain};
+use crate::pci::regs;
 
 /// Config space bytes as `lspci -xxxx` prints them: `OFFSET: BYTE BYTE ...`, 16 a line.
 pub fn hex_dump(config: &[u8]) -> String {
@@ -136,7 +137,7 @@ pub fn describe(template: &ConfigTemplate, config: &[u8]) -> String {
     }
     for c in &layout.capabilities {
         let o = c.offset;
-        let name = cap::cap_name(c.body.id());
+        let name = Chain::Standard.name(c.body.id().into());
         let physical = match c.body {
             CapabilityBody::Physical {
                 physical_offset, ..
@@ -220,7 +221,7 @@ pub fn describe(template: &ConfigTemplate, config: &[u8]) -> String {
             "\tCapabilities: [{:03x} v{}] {} ({:#06x}), {} bytes{physical}",
             c.offset,
             c.version,
-            cap::ext_cap_name(c.body.id()),
+            Chain::Extended.name(c.body.id()),
             c.body.id(),
             c.body.length()
         );
