@@ -11,7 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::backend::{BackendError, DmaError, FunctionError, Interrupt};
 use crate::config::ConfigEvent;
-use crate::migration::MigrationError;
+use crate::migration::{MigrationError, MigrationState};
 
 /// The result of every call across the boundary. Any `i32` is a valid value; unknown ones are
 /// treated as failures.
@@ -605,19 +605,102 @@ pub struct FunctionHandle {
     _opaque: [u8; 0],
 }
 
-/// Declares a vtable twice: the `#[repr(C)]` form with nullable entries that crosses, and a
-/// checked form whose entries are known to be non-null.
+/// A value that crosses as an argument or result of a generated call (see
+/// [`plugin_function_calls!`](crate::plugin_function_calls)): its C form, and the checked way
+/// back from it.
+pub trait AbiValue: Sized {
+    /// The C form.
+    type Raw: Copy + Default;
+    /// The C form of `self`.
+    fn to_abi(self) -> Self::Raw;
+    /// The value a C form stands for, or why it stands for none.
+    fn from_abi(raw: Self::Raw) -> Result<Self, AbiError>;
+}
+
+/// Integers cross as themselves.
+macro_rules! abi_integers {
+    ($($t:ty),*) => {
+        $(
+            impl AbiValue for $t {
+                type Raw = $t;
+
+                fn to_abi(self) -> $t {
+                    self
+                }
+
+                fn from_abi(raw: $t) -> Result<Self, AbiError> {
+                    Ok(raw)
+                }
+            }
+        )*
+    };
+}
+
+abi_integers!(u8, u16, u64);
+
+/// A migration state crosses as its VFIO number.
+impl AbiValue for MigrationState {
+    type Raw = u32;
+
+    fn to_abi(self) -> u32 {
+        self as u32
+    }
+
+    fn from_abi(raw: u32) -> Result<Self, AbiError> {
+        Self::from_raw(raw)
+            .ok_or_else(|| AbiError::invalid(format!("unknown migration state {raw}")))
+    }
+}
+
+/// The C type of one vtable entry, from its shape in a call list (see
+/// [`plugin_function_calls!`](crate::plugin_function_calls)).
+macro_rules! entry_fn {
+    (custom ($($arg:ident: $ty:ty),* $(,)?)) => {
+        unsafe extern "C" fn($($ty),*) -> Status
+    };
+    (read ($($arg:ident: $ty:ty),* $(,)?)) => {
+        unsafe extern "C" fn(
+            *const FunctionHandle,
+            $(<$ty as AbiValue>::Raw,)*
+            *mut u8,
+            usize,
+            *const Sink<'_>,
+        ) -> Status
+    };
+    (write ($($arg:ident: $ty:ty),* $(,)?)) => {
+        unsafe extern "C" fn(
+            *const FunctionHandle,
+            $(<$ty as AbiValue>::Raw,)*
+            *const u8,
+            usize,
+            *const Sink<'_>,
+        ) -> Status
+    };
+    (call ($($arg:ident: $ty:ty),* $(,)?)) => {
+        unsafe extern "C" fn(*const FunctionHandle, $(<$ty as AbiValue>::Raw,)* *const Sink<'_>) -> Status
+    };
+    (value ($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
+        unsafe extern "C" fn(
+            *const FunctionHandle,
+            $(<$ty as AbiValue>::Raw,)*
+            *mut <$ret as AbiValue>::Raw,
+            *const Sink<'_>,
+        ) -> Status
+    };
+}
+
+/// Declares a vtable from a call list twice: the `#[repr(C)]` form with nullable entries that
+/// crosses, and a checked form whose entries are known to be non-null.
 macro_rules! vtable {
     (
         $(#[$meta:meta])*
         pub struct $name:ident;
         $(#[$checked_meta:meta])*
-        pub struct $checked:ident {
-            $(
-                $(#[$field_meta:meta])*
-                $field:ident: fn($($arg:ident: $ty:ty),* $(,)?),
-            )*
-        }
+        pub struct $checked:ident;
+        $(
+            $(#[$field_meta:meta])*
+            $field:ident: $shape:ident $($target:ident::$method:ident)? ($($args:tt)*) $(-> $ret:ty)?;
+        )*
     ) => {
         $(#[$meta])*
         #[repr(C)]
@@ -625,7 +708,7 @@ macro_rules! vtable {
         pub struct $name {
             $(
                 $(#[$field_meta])*
-                pub $field: Option<unsafe extern "C" fn($($arg: $ty),*) -> Status>,
+                pub $field: Option<entry_fn!($shape ($($args)*) $(-> $ret)?)>,
             )*
         }
 
@@ -634,7 +717,7 @@ macro_rules! vtable {
         pub struct $checked {
             $(
                 $(#[$field_meta])*
-                pub $field: unsafe extern "C" fn($($arg: $ty),*) -> Status,
+                pub $field: entry_fn!($shape ($($args)*) $(-> $ret)?),
             )*
         }
 
@@ -655,159 +738,139 @@ vtable! {
     /// taken; calls on one handle may run concurrently, except `destroy`.
     pub struct BackendVTable;
     /// A [`BackendVTable`] whose entries are all present.
-    pub struct BackendFns {
-        /// Creates the backend (once per load); stores its handle in `*out`.
-        new: fn(out: *mut *mut BackendHandle, error: *const Sink<'_>),
-        /// Destroys the backend. Functions it created stay valid.
-        destroy: fn(handle: *mut BackendHandle, error: *const Sink<'_>),
-        /// Writes the backend's name (UTF-8) to `out`.
-        name: fn(handle: *const BackendHandle, out: *const Sink<'_>, error: *const Sink<'_>),
-        /// Writes the backend's one-line description (UTF-8) to `out`.
-        description: fn(handle: *const BackendHandle, out: *const Sink<'_>, error: *const Sink<'_>),
-        /// Writes the profiles as a JSON array of
-        /// [`ProfileInfo`](crate::backend::ProfileInfo) to `out`.
-        profiles: fn(handle: *const BackendHandle, out: *const Sink<'_>, error: *const Sink<'_>),
-        /// Writes the default vPCI layout (TOML) of `profile` to `out`.
-        default_layout: fn(
-            handle: *const BackendHandle,
-            profile: Str<'_>,
-            out: *const Sink<'_>,
-            error: *const Sink<'_>,
-        ),
-        /// Provisions a function; stores its handle in `*out`.
-        create: fn(
-            handle: *const BackendHandle,
-            request: *const RawCreateRequest<'_>,
-            out: *mut *mut FunctionHandle,
-            error: *const Sink<'_>,
-        ),
-    }
+    pub struct BackendFns;
+    /// Creates the backend (once per load); stores its handle in `*out`.
+    new: custom(out: *mut *mut BackendHandle, error: *const Sink<'_>);
+    /// Destroys the backend. Functions it created stay valid.
+    destroy: custom(handle: *mut BackendHandle, error: *const Sink<'_>);
+    /// Writes the backend's name (UTF-8) to `out`.
+    name: custom(handle: *const BackendHandle, out: *const Sink<'_>, error: *const Sink<'_>);
+    /// Writes the backend's one-line description (UTF-8) to `out`.
+    description: custom(handle: *const BackendHandle, out: *const Sink<'_>, error: *const Sink<'_>);
+    /// Writes the profiles as a JSON array of
+    /// [`ProfileInfo`](crate::backend::ProfileInfo) to `out`.
+    profiles: custom(handle: *const BackendHandle, out: *const Sink<'_>, error: *const Sink<'_>);
+    /// Writes the default vPCI layout (TOML) of `profile` to `out`.
+    default_layout: custom(
+        handle: *const BackendHandle,
+        profile: Str<'_>,
+        out: *const Sink<'_>,
+        error: *const Sink<'_>,
+    );
+    /// Provisions a function; stores its handle in `*out`.
+    create: custom(
+        handle: *const BackendHandle,
+        request: *const RawCreateRequest<'_>,
+        out: *mut *mut FunctionHandle,
+        error: *const Sink<'_>,
+    );
 }
 
-vtable! {
+/// The function calls of the ABI in vtable order: the one list from which the
+/// [`FunctionVTable`], the plugin's exported entries and the host's adapter are generated.
+///
+/// Invoked as `plugin_function_calls!(callback! { prefix })`, it expands to
+/// `callback! { prefix entries }`. Each entry is
+/// `name: shape Trait::method(arguments) -> result;` where the shape says how the call crosses
+/// (the handle comes first and the error sink last in every shape):
+///
+/// - `read`: the arguments, then an output buffer `(data, len)` the method fills;
+/// - `write`: the arguments, then an input buffer `(data, len)`;
+/// - `call`: the arguments only;
+/// - `value`: the arguments, then an out-pointer for the result;
+/// - `custom(C parameters)`: no trait method; both sides write the entry by hand.
+///
+/// Arguments and results cross as their [`AbiValue`] form. `Trait` is `Function` or
+/// `MigrationHooks` (the host answers `Status::UNSUPPORTED` for a function that is not
+/// migratable). Changing this list changes the ABI: only appending is allowed within a major
+/// (see [`ABI_VERSION`](crate::plugin::ABI_VERSION)).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! plugin_function_calls {
+    ($callback:ident ! { $($prefix:tt)* }) => {
+        $callback! {
+            $($prefix)*
+            /// Destroys the function (its resources return to the backend).
+            destroy: custom(
+                handle: *mut $crate::plugin::abi::FunctionHandle,
+                error: *const $crate::plugin::abi::Sink<'_>,
+            );
+            /// Gives the function guest memory and interrupts; see [`HostContext`] for
+            /// ownership.
+            attach: custom(
+                handle: *const $crate::plugin::abi::FunctionHandle,
+                host: *const $crate::plugin::abi::HostContext,
+                error: *const $crate::plugin::abi::Sink<'_>,
+            );
+            /// Reads an emulated BAR.
+            bar_read: read Function::bar_read(bar: u8, offset: u64);
+            /// Writes an emulated BAR.
+            bar_write: write Function::bar_write(bar: u8, offset: u64);
+            /// Reads the legacy I/O BAR.
+            legacy_io_read: read Function::legacy_io_read(offset: u64);
+            /// Writes the legacy I/O BAR.
+            legacy_io_write: write Function::legacy_io_write(offset: u64);
+            /// Reads the emulated expansion ROM.
+            rom_read: read Function::rom_read(offset: u64);
+            /// Reads a backend-computed config register.
+            config_read: read Function::config_read(offset: u16);
+            /// Writes a backend-computed config register.
+            config_write: write Function::config_write(offset: u16);
+            /// Reports a guest-visible config change.
+            config_changed: custom(
+                handle: *const $crate::plugin::abi::FunctionHandle,
+                event: *const $crate::plugin::abi::RawConfigEvent,
+                error: *const $crate::plugin::abi::Sink<'_>,
+            );
+            /// Resets the function.
+            reset: call Function::reset();
+            /// Whether the function is migratable: `*supported` is set to 1 (and `*flags` to
+            /// its [`MigrationFlags`](crate::migration::MigrationFlags) bits) or 0.
+            migration: custom(
+                handle: *const $crate::plugin::abi::FunctionHandle,
+                supported: *mut u32,
+                flags: *mut u64,
+                error: *const $crate::plugin::abi::Sink<'_>,
+            );
+            /// Performs one migration arc; states are
+            /// [`MigrationState`](crate::migration::MigrationState) numbers.
+            migration_transition: call MigrationHooks::transition(
+                from: $crate::migration::MigrationState,
+                to: $crate::migration::MigrationState,
+            );
+            /// Saves up to `len` bytes of device state into `data`; stores the count in
+            /// `*written`.
+            migration_save: custom(
+                handle: *const $crate::plugin::abi::FunctionHandle,
+                data: *mut u8,
+                len: usize,
+                written: *mut usize,
+                error: *const $crate::plugin::abi::Sink<'_>,
+            );
+            /// Loads `len` bytes of device state.
+            migration_load: write MigrationHooks::load();
+            /// Stores the pre-copy progress in `*initial_bytes` and `*dirty_bytes`.
+            migration_precopy_info: custom(
+                handle: *const $crate::plugin::abi::FunctionHandle,
+                initial_bytes: *mut u64,
+                dirty_bytes: *mut u64,
+                error: *const $crate::plugin::abi::Sink<'_>,
+            );
+            /// Stores the estimated stop-copy size in `*size`.
+            migration_stop_copy_size: value MigrationHooks::stop_copy_size() -> u64;
+        }
+    };
+}
+
+crate::plugin_function_calls!(vtable! {
     /// The function calls. Every call returns a [`Status`] and writes a failure's message to
     /// `error` (which may be null). `handle` is one `create` returned and `destroy` has not yet
     /// taken; calls on one handle may run concurrently, except `destroy`. Buffers are
     /// `(data, len)` and valid for the call.
     pub struct FunctionVTable;
     /// A [`FunctionVTable`] whose entries are all present.
-    pub struct FunctionFns {
-        /// Destroys the function (its resources return to the backend).
-        destroy: fn(handle: *mut FunctionHandle, error: *const Sink<'_>),
-        /// Gives the function guest memory and interrupts; see [`HostContext`] for ownership.
-        attach: fn(handle: *const FunctionHandle, host: *const HostContext, error: *const Sink<'_>),
-        /// Reads an emulated BAR.
-        bar_read: fn(
-            handle: *const FunctionHandle,
-            bar: u8,
-            offset: u64,
-            data: *mut u8,
-            len: usize,
-            error: *const Sink<'_>,
-        ),
-        /// Writes an emulated BAR.
-        bar_write: fn(
-            handle: *const FunctionHandle,
-            bar: u8,
-            offset: u64,
-            data: *const u8,
-            len: usize,
-            error: *const Sink<'_>,
-        ),
-        /// Reads the legacy I/O BAR.
-        legacy_io_read: fn(
-            handle: *const FunctionHandle,
-            offset: u64,
-            data: *mut u8,
-            len: usize,
-            error: *const Sink<'_>,
-        ),
-        /// Writes the legacy I/O BAR.
-        legacy_io_write: fn(
-            handle: *const FunctionHandle,
-            offset: u64,
-            data: *const u8,
-            len: usize,
-            error: *const Sink<'_>,
-        ),
-        /// Reads the emulated expansion ROM.
-        rom_read: fn(
-            handle: *const FunctionHandle,
-            offset: u64,
-            data: *mut u8,
-            len: usize,
-            error: *const Sink<'_>,
-        ),
-        /// Reads a backend-computed config register.
-        config_read: fn(
-            handle: *const FunctionHandle,
-            offset: u16,
-            data: *mut u8,
-            len: usize,
-            error: *const Sink<'_>,
-        ),
-        /// Writes a backend-computed config register.
-        config_write: fn(
-            handle: *const FunctionHandle,
-            offset: u16,
-            data: *const u8,
-            len: usize,
-            error: *const Sink<'_>,
-        ),
-        /// Reports a guest-visible config change.
-        config_changed: fn(
-            handle: *const FunctionHandle,
-            event: *const RawConfigEvent,
-            error: *const Sink<'_>,
-        ),
-        /// Resets the function.
-        reset: fn(handle: *const FunctionHandle, error: *const Sink<'_>),
-        /// Whether the function is migratable: `*supported` is set to 1 (and `*flags` to its
-        /// [`MigrationFlags`](crate::migration::MigrationFlags) bits) or 0.
-        migration: fn(
-            handle: *const FunctionHandle,
-            supported: *mut u32,
-            flags: *mut u64,
-            error: *const Sink<'_>,
-        ),
-        /// Performs one migration arc; states are
-        /// [`MigrationState`](crate::migration::MigrationState) numbers.
-        migration_transition: fn(
-            handle: *const FunctionHandle,
-            from: u32,
-            to: u32,
-            error: *const Sink<'_>,
-        ),
-        /// Saves up to `len` bytes of device state into `data`; stores the count in `*written`.
-        migration_save: fn(
-            handle: *const FunctionHandle,
-            data: *mut u8,
-            len: usize,
-            written: *mut usize,
-            error: *const Sink<'_>,
-        ),
-        /// Loads `len` bytes of device state.
-        migration_load: fn(
-            handle: *const FunctionHandle,
-            data: *const u8,
-            len: usize,
-            error: *const Sink<'_>,
-        ),
-        /// Stores the pre-copy progress in `*initial_bytes` and `*dirty_bytes`.
-        migration_precopy_info: fn(
-            handle: *const FunctionHandle,
-            initial_bytes: *mut u64,
-            dirty_bytes: *mut u64,
-            error: *const Sink<'_>,
-        ),
-        /// Stores the estimated stop-copy size in `*size`.
-        migration_stop_copy_size: fn(
-            handle: *const FunctionHandle,
-            size: *mut u64,
-            error: *const Sink<'_>,
-        ),
-    }
-}
+    pub struct FunctionFns;
+});
 
 /// What a plugin's [`ENTRY_SYMBOL`](super::ENTRY_SYMBOL) returns: who it is and its calls.
 ///
@@ -855,6 +918,96 @@ mod tests {
         // had is not.
         assert!(size_of::<PluginDescriptor>() >= super::super::MIN_DESCRIPTOR_SIZE as usize);
         assert_eq!(std::mem::offset_of!(PluginDescriptor, function), 80);
+    }
+
+    #[test]
+    fn the_generated_vtables_keep_the_majors_order() {
+        use std::mem::offset_of;
+        let pointer = size_of::<usize>();
+        let backend = [
+            offset_of!(BackendVTable, new),
+            offset_of!(BackendVTable, destroy),
+            offset_of!(BackendVTable, name),
+            offset_of!(BackendVTable, description),
+            offset_of!(BackendVTable, profiles),
+            offset_of!(BackendVTable, default_layout),
+            offset_of!(BackendVTable, create),
+        ];
+        let function = [
+            offset_of!(FunctionVTable, destroy),
+            offset_of!(FunctionVTable, attach),
+            offset_of!(FunctionVTable, bar_read),
+            offset_of!(FunctionVTable, bar_write),
+            offset_of!(FunctionVTable, legacy_io_read),
+            offset_of!(FunctionVTable, legacy_io_write),
+            offset_of!(FunctionVTable, rom_read),
+            offset_of!(FunctionVTable, config_read),
+            offset_of!(FunctionVTable, config_write),
+            offset_of!(FunctionVTable, config_changed),
+            offset_of!(FunctionVTable, reset),
+            offset_of!(FunctionVTable, migration),
+            offset_of!(FunctionVTable, migration_transition),
+            offset_of!(FunctionVTable, migration_save),
+            offset_of!(FunctionVTable, migration_load),
+            offset_of!(FunctionVTable, migration_precopy_info),
+            offset_of!(FunctionVTable, migration_stop_copy_size),
+        ];
+        for (offsets, size) in [
+            (&backend[..], size_of::<BackendVTable>()),
+            (&function[..], size_of::<FunctionVTable>()),
+        ] {
+            // One pointer after the other, in the list's order, nothing else.
+            let expected: Vec<usize> = (0..offsets.len()).map(|i| i * pointer).collect();
+            assert_eq!(offsets, &expected[..]);
+            assert_eq!(size, expected.len() * pointer);
+        }
+        assert_eq!(
+            size_of::<PluginDescriptor>(),
+            super::super::MIN_DESCRIPTOR_SIZE as usize
+        );
+    }
+
+    #[test]
+    fn generated_entries_have_the_majors_c_signatures() {
+        // The C types the list generates are the ones major 1 was written with.
+        type BarRead = unsafe extern "C" fn(
+            *const FunctionHandle,
+            u8,
+            u64,
+            *mut u8,
+            usize,
+            *const Sink<'_>,
+        ) -> Status;
+        type Transition =
+            unsafe extern "C" fn(*const FunctionHandle, u32, u32, *const Sink<'_>) -> Status;
+        type StopCopySize =
+            unsafe extern "C" fn(*const FunctionHandle, *mut u64, *const Sink<'_>) -> Status;
+        type Load = unsafe extern "C" fn(
+            *const FunctionHandle,
+            *const u8,
+            usize,
+            *const Sink<'_>,
+        ) -> Status;
+        unsafe extern "C" fn new(_: *mut *mut BackendHandle, _: *const Sink<'_>) -> Status {
+            Status::OK
+        }
+        let table = PluginDescriptor::exported(new).function;
+        let bar_read: Option<BarRead> = table.bar_read;
+        let transition: Option<Transition> = table.migration_transition;
+        let stop_copy_size: Option<StopCopySize> = table.migration_stop_copy_size;
+        let load: Option<Load> = table.migration_load;
+        assert!(bar_read.is_some() && transition.is_some());
+        assert!(stop_copy_size.is_some() && load.is_some());
+        // The exported descriptor fills every entry.
+        assert!(table.check().is_ok());
+        assert_eq!(
+            MigrationState::from_abi(MigrationState::StopCopy.to_abi()),
+            Ok(MigrationState::StopCopy)
+        );
+        assert_eq!(
+            MigrationState::from_abi(99).unwrap_err().status,
+            Status::INVALID_ARGUMENT
+        );
     }
 
     #[test]
