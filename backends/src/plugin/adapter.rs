@@ -10,9 +10,8 @@ use vfio_variant::backend::{
     Backend, BackendError, CreateRequest, Function, FunctionContext, FunctionError, ProfileInfo,
 };
 use vfio_variant::config::ConfigEvent;
-use vfio_variant::migration::{
-    MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
-};
+use vfio_variant::migration::{MigrationError, MigrationFlags, MigrationHooks, PrecopyInfo};
+use vfio_variant::plugin::abi::AbiValue;
 use vfio_variant::plugin::{
     AbiError, Attribute, BackendHandle, Collector, FunctionHandle, HostContext, RawConfigEvent,
     RawCreateRequest, Sink, Status, Str,
@@ -215,6 +214,72 @@ impl Backend for PluginBackend {
     }
 }
 
+/// The methods of trait `$want` that the call list gives a shape: each calls its vtable entry
+/// with the arguments' C forms (the other entries are written by hand below).
+macro_rules! forwarded {
+    ($want:ident $(
+        $(#[$meta:meta])*
+        $field:ident: $shape:ident $($target:ident::$method:ident)? ($($args:tt)*) $(-> $ret:ty)?;
+    )*) => {
+        $(forwarded_method!($want; $field: $shape $($target::$method)? ($($args)*) $(-> $ret)?);)*
+    };
+}
+
+/// The error type of a trait's methods.
+macro_rules! trait_error {
+    (Function) => {
+        FunctionError
+    };
+    (MigrationHooks) => {
+        MigrationError
+    };
+}
+
+/// One forwarded method, when the entry belongs to trait `$want`.
+macro_rules! forwarded_method {
+    ($want:ident; $field:ident: custom ($($args:tt)*)) => {};
+    (Function; $field:ident: $shape:ident MigrationHooks::$method:ident $($rest:tt)*) => {};
+    (MigrationHooks; $field:ident: $shape:ident Function::$method:ident $($rest:tt)*) => {};
+    ($want:ident; $field:ident: read $target:ident::$method:ident ($($arg:ident: $ty:ty),* $(,)?)) => {
+        fn $method(&self, $($arg: $ty,)* data: &mut [u8]) -> Result<(), trait_error!($target)> {
+            let (ptr, len) = (data.as_mut_ptr(), data.len());
+            // SAFETY: a live handle, a buffer valid for writes of `len` bytes and a sink for the
+            // call.
+            Ok(call(|error| unsafe {
+                (self.library.function.$field)(self.handle, $($arg.to_abi(),)* ptr, len, error)
+            })?)
+        }
+    };
+    ($want:ident; $field:ident: write $target:ident::$method:ident ($($arg:ident: $ty:ty),* $(,)?)) => {
+        fn $method(&self, $($arg: $ty,)* data: &[u8]) -> Result<(), trait_error!($target)> {
+            let (ptr, len) = (data.as_ptr(), data.len());
+            // SAFETY: a live handle, a buffer valid for reads of `len` bytes and a sink for the
+            // call.
+            Ok(call(|error| unsafe {
+                (self.library.function.$field)(self.handle, $($arg.to_abi(),)* ptr, len, error)
+            })?)
+        }
+    };
+    ($want:ident; $field:ident: call $target:ident::$method:ident ($($arg:ident: $ty:ty),* $(,)?)) => {
+        fn $method(&self, $($arg: $ty),*) -> Result<(), trait_error!($target)> {
+            // SAFETY: a live handle and a sink valid for the call.
+            Ok(call(|error| unsafe {
+                (self.library.function.$field)(self.handle, $($arg.to_abi(),)* error)
+            })?)
+        }
+    };
+    ($want:ident; $field:ident: value $target:ident::$method:ident ($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
+        fn $method(&self, $($arg: $ty),*) -> Result<$ret, trait_error!($target)> {
+            let mut out = <$ret as AbiValue>::Raw::default();
+            // SAFETY: a live handle, an out-pointer and a sink valid for the call.
+            call(|error| unsafe {
+                (self.library.function.$field)(self.handle, $($arg.to_abi(),)* &mut out, error)
+            })?;
+            Ok(<$ret as AbiValue>::from_abi(out)?)
+        }
+    };
+}
+
 /// A function from a plugin library.
 struct PluginFunction {
     handle: *mut FunctionHandle,
@@ -267,6 +332,8 @@ impl Drop for PluginFunction {
 }
 
 impl Function for PluginFunction {
+    vfio_variant::plugin_function_calls!(forwarded! { Function });
+
     fn attach(&self, context: FunctionContext) {
         let host = HostContext {
             ctx: Box::into_raw(Box::new(context)).cast_const().cast(),
@@ -284,78 +351,6 @@ impl Function for PluginFunction {
         }
     }
 
-    fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
-        let (ptr, len) = (data.as_mut_ptr(), data.len());
-        // SAFETY: a live handle, a buffer valid for writes of `len` bytes and a sink for the call.
-        Ok(call(|error| unsafe {
-            (self.library.function.bar_read)(self.handle, bar, offset, ptr, len, error)
-        })?)
-    }
-
-    fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
-        // SAFETY: a live handle, a buffer valid for reads of its length and a sink for the call.
-        Ok(call(|error| unsafe {
-            (self.library.function.bar_write)(
-                self.handle,
-                bar,
-                offset,
-                data.as_ptr(),
-                data.len(),
-                error,
-            )
-        })?)
-    }
-
-    fn legacy_io_read(&self, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
-        let (ptr, len) = (data.as_mut_ptr(), data.len());
-        // SAFETY: a live handle, a buffer valid for writes of `len` bytes and a sink for the call.
-        Ok(call(|error| unsafe {
-            (self.library.function.legacy_io_read)(self.handle, offset, ptr, len, error)
-        })?)
-    }
-
-    fn legacy_io_write(&self, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
-        // SAFETY: a live handle, a buffer valid for reads of its length and a sink for the call.
-        Ok(call(|error| unsafe {
-            (self.library.function.legacy_io_write)(
-                self.handle,
-                offset,
-                data.as_ptr(),
-                data.len(),
-                error,
-            )
-        })?)
-    }
-
-    fn rom_read(&self, offset: u64, data: &mut [u8]) -> Result<(), FunctionError> {
-        let (ptr, len) = (data.as_mut_ptr(), data.len());
-        // SAFETY: a live handle, a buffer valid for writes of `len` bytes and a sink for the call.
-        Ok(call(|error| unsafe {
-            (self.library.function.rom_read)(self.handle, offset, ptr, len, error)
-        })?)
-    }
-
-    fn config_read(&self, offset: u16, data: &mut [u8]) -> Result<(), FunctionError> {
-        let (ptr, len) = (data.as_mut_ptr(), data.len());
-        // SAFETY: a live handle, a buffer valid for writes of `len` bytes and a sink for the call.
-        Ok(call(|error| unsafe {
-            (self.library.function.config_read)(self.handle, offset, ptr, len, error)
-        })?)
-    }
-
-    fn config_write(&self, offset: u16, data: &[u8]) -> Result<(), FunctionError> {
-        // SAFETY: a live handle, a buffer valid for reads of its length and a sink for the call.
-        Ok(call(|error| unsafe {
-            (self.library.function.config_write)(
-                self.handle,
-                offset,
-                data.as_ptr(),
-                data.len(),
-                error,
-            )
-        })?)
-    }
-
     fn config_changed(&self, event: ConfigEvent) {
         let event = RawConfigEvent::from(event);
         // SAFETY: a live handle, an event and a sink valid for the call.
@@ -366,29 +361,16 @@ impl Function for PluginFunction {
         }
     }
 
-    fn reset(&self) -> Result<(), FunctionError> {
-        // SAFETY: a live handle and a sink valid for the call.
-        Ok(call(|error| unsafe {
-            (self.library.function.reset)(self.handle, error)
-        })?)
-    }
-
     fn migration(&self) -> Option<&dyn MigrationHooks> {
         self.migration.map(|_| self as &dyn MigrationHooks)
     }
 }
 
 impl MigrationHooks for PluginFunction {
+    vfio_variant::plugin_function_calls!(forwarded! { MigrationHooks });
+
     fn flags(&self) -> MigrationFlags {
         self.migration.unwrap_or(MigrationFlags::empty())
-    }
-
-    fn transition(&self, from: MigrationState, to: MigrationState) -> Result<(), MigrationError> {
-        let (from, to) = (from as u32, to as u32);
-        // SAFETY: a live handle and a sink valid for the call.
-        Ok(call(|error| unsafe {
-            (self.library.function.migration_transition)(self.handle, from, to, error)
-        })?)
     }
 
     fn save(&self, buf: &mut [u8]) -> Result<usize, MigrationError> {
@@ -407,13 +389,6 @@ impl MigrationHooks for PluginFunction {
         Ok(written)
     }
 
-    fn load(&self, data: &[u8]) -> Result<(), MigrationError> {
-        // SAFETY: a live handle, a buffer valid for reads of its length and a sink for the call.
-        Ok(call(|error| unsafe {
-            (self.library.function.migration_load)(self.handle, data.as_ptr(), data.len(), error)
-        })?)
-    }
-
     fn precopy_info(&self) -> Result<PrecopyInfo, MigrationError> {
         let mut info = PrecopyInfo::default();
         // SAFETY: a live handle, out-pointers and a sink valid for the call.
@@ -426,14 +401,5 @@ impl MigrationHooks for PluginFunction {
             )
         })?;
         Ok(info)
-    }
-
-    fn stop_copy_size(&self) -> Result<u64, MigrationError> {
-        let mut size = 0u64;
-        // SAFETY: a live handle, an out-pointer and a sink valid for the call.
-        call(|error| unsafe {
-            (self.library.function.migration_stop_copy_size)(self.handle, &mut size, error)
-        })?;
-        Ok(size)
     }
 }

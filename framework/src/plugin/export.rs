@@ -9,16 +9,16 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use super::abi::{
-    AbiError, Attribute, BackendHandle, BackendVTable, Collector, FunctionHandle, FunctionVTable,
-    HostContext, PluginDescriptor, RawConfigEvent, RawCreateRequest, RawInterrupt, Sink, Status,
-    Str, guarded, input, output,
+    AbiError, AbiValue, Attribute, BackendHandle, BackendVTable, Collector, FunctionHandle,
+    FunctionVTable, HostContext, PluginDescriptor, RawConfigEvent, RawCreateRequest, RawInterrupt,
+    Sink, Status, Str, guarded, input, output,
 };
 use super::{ABI_VERSION, FRAMEWORK_VERSION_C, MAGIC};
 use crate::backend::{
     Backend, CreateRequest, DmaAccess, DmaError, Function, FunctionContext, Interrupt,
     InterruptSink,
 };
-use crate::migration::{MigrationHooks, MigrationState};
+use crate::migration::MigrationHooks;
 use crate::vpci::parse_layout;
 
 /// The file name layout errors of a create request mention.
@@ -26,6 +26,113 @@ const REQUEST_LAYOUT_NAME: &str = "<plugin request>";
 
 type BackendBox = Box<dyn Backend>;
 type FunctionBox = Box<dyn Function>;
+
+/// The descriptor's function vtable: every entry of the list, from [`function_entries`].
+macro_rules! entries_vtable {
+    ($(
+        $(#[$meta:meta])*
+        $field:ident: $shape:ident $($target:ident::$method:ident)? ($($args:tt)*) $(-> $ret:ty)?;
+    )*) => {
+        FunctionVTable {
+            $($field: Some(function_entries::$field),)*
+        }
+    };
+}
+
+/// The entries of the list that have a shape (the `custom` ones are written by hand).
+macro_rules! exported_entries {
+    ($(
+        $(#[$meta:meta])*
+        $field:ident: $shape:ident $($target:ident::$method:ident)? ($($args:tt)*) $(-> $ret:ty)?;
+    )*) => {
+        $(exported_entry!($field: $shape $($target::$method)? ($($args)*) $(-> $ret)?);)*
+    };
+}
+
+/// The object a generated entry calls: the function, or its migration hooks.
+macro_rules! callee {
+    (Function, $handle:ident) => {
+        function($handle)
+    };
+    (MigrationHooks, $handle:ident) => {
+        hooks($handle)
+    };
+}
+
+/// One generated entry: decodes the C arguments (entry contract), calls the method under
+/// `guarded`, encodes the result.
+macro_rules! exported_entry {
+    ($field:ident: custom ($($args:tt)*)) => {};
+    ($field:ident: read $target:ident::$method:ident ($($arg:ident: $ty:ty),* $(,)?)) => {
+        pub(super) unsafe extern "C" fn $field(
+            handle: *const FunctionHandle,
+            $($arg: <$ty as AbiValue>::Raw,)*
+            data: *mut u8,
+            len: usize,
+            error: *const Sink<'_>,
+        ) -> Status {
+            // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for
+            // the call.
+            unsafe {
+                guarded(error, || {
+                    let callee = callee!($target, handle)?;
+                    Ok(callee.$method($(<$ty as AbiValue>::from_abi($arg)?,)* output(data, len)?)?)
+                })
+            }
+        }
+    };
+    ($field:ident: write $target:ident::$method:ident ($($arg:ident: $ty:ty),* $(,)?)) => {
+        pub(super) unsafe extern "C" fn $field(
+            handle: *const FunctionHandle,
+            $($arg: <$ty as AbiValue>::Raw,)*
+            data: *const u8,
+            len: usize,
+            error: *const Sink<'_>,
+        ) -> Status {
+            // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for
+            // the call.
+            unsafe {
+                guarded(error, || {
+                    let callee = callee!($target, handle)?;
+                    Ok(callee.$method($(<$ty as AbiValue>::from_abi($arg)?,)* input(data, len)?)?)
+                })
+            }
+        }
+    };
+    ($field:ident: call $target:ident::$method:ident ($($arg:ident: $ty:ty),* $(,)?)) => {
+        pub(super) unsafe extern "C" fn $field(
+            handle: *const FunctionHandle,
+            $($arg: <$ty as AbiValue>::Raw,)*
+            error: *const Sink<'_>,
+        ) -> Status {
+            // SAFETY: entry contract (see above): the handle and sinks are valid for the call.
+            unsafe {
+                guarded(error, || {
+                    let callee = callee!($target, handle)?;
+                    Ok(callee.$method($(<$ty as AbiValue>::from_abi($arg)?),*)?)
+                })
+            }
+        }
+    };
+    ($field:ident: value $target:ident::$method:ident ($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {
+        pub(super) unsafe extern "C" fn $field(
+            handle: *const FunctionHandle,
+            $($arg: <$ty as AbiValue>::Raw,)*
+            out: *mut <$ret as AbiValue>::Raw,
+            error: *const Sink<'_>,
+        ) -> Status {
+            // SAFETY: entry contract (see above): the handle, out-pointer and sinks are valid
+            // for the call.
+            unsafe {
+                guarded(error, || {
+                    let callee = callee!($target, handle)?;
+                    let value: $ret = callee.$method($(<$ty as AbiValue>::from_abi($arg)?),*)?;
+                    store(out, value.to_abi())
+                })
+            }
+        }
+    };
+}
 
 impl PluginDescriptor {
     /// The descriptor of a plugin whose backend `new` creates (the function
@@ -48,25 +155,7 @@ impl PluginDescriptor {
                 default_layout: Some(backend_default_layout),
                 create: Some(backend_create),
             },
-            function: FunctionVTable {
-                destroy: Some(function_destroy),
-                attach: Some(function_attach),
-                bar_read: Some(function_bar_read),
-                bar_write: Some(function_bar_write),
-                legacy_io_read: Some(function_legacy_io_read),
-                legacy_io_write: Some(function_legacy_io_write),
-                rom_read: Some(function_rom_read),
-                config_read: Some(function_config_read),
-                config_write: Some(function_config_write),
-                config_changed: Some(function_config_changed),
-                reset: Some(function_reset),
-                migration: Some(function_migration),
-                migration_transition: Some(function_migration_transition),
-                migration_save: Some(function_migration_save),
-                migration_load: Some(function_migration_load),
-                migration_precopy_info: Some(function_migration_precopy_info),
-                migration_stop_copy_size: Some(function_migration_stop_copy_size),
-            },
+            function: crate::plugin_function_calls!(entries_vtable! {}),
         }
     }
 }
@@ -284,275 +373,130 @@ unsafe extern "C" fn backend_create(
     unsafe { guarded(error, body) }
 }
 
-unsafe extern "C" fn function_destroy(
-    handle: *mut FunctionHandle,
-    error: *const Sink<'_>,
-) -> Status {
-    let body = || {
-        if handle.is_null() {
-            return Err(AbiError::invalid("null function handle"));
-        }
-        // SAFETY: a non-null handle is the live `Box<FunctionBox>` `backend_create` made, which
-        // the host gives up with this call (entry contract).
-        drop(unsafe { Box::from_raw(handle.cast::<FunctionBox>()) });
-        Ok(())
-    };
-    // SAFETY: `error` is null or valid for the call (entry contract).
-    unsafe { guarded(error, body) }
-}
+/// The function entries of the descriptor, one per entry of
+/// [`plugin_function_calls!`](crate::plugin_function_calls) and named after it: generated for
+/// the calls the list gives a shape, written here for the `custom` ones.
+mod function_entries {
+    use super::*;
 
-unsafe extern "C" fn function_attach(
-    handle: *const FunctionHandle,
-    host: *const HostContext,
-    error: *const Sink<'_>,
-) -> Status {
-    let body = || {
-        // Take over the host's reference first, so that every path below releases it.
-        // SAFETY: `host` is null or valid for the call (entry contract).
-        let host =
-            unsafe { host.as_ref() }.ok_or_else(|| AbiError::invalid("null host context"))?;
-        let link = Arc::new(HostLink(*host));
-        // SAFETY: `handle` is live for the call (entry contract).
-        let function = unsafe { function(handle) }?;
-        function.attach(FunctionContext {
-            dma: link.clone(),
-            interrupts: link,
-        });
-        Ok(())
-    };
-    // SAFETY: `error` is null or valid for the call (entry contract).
-    unsafe { guarded(error, body) }
-}
+    crate::plugin_function_calls!(exported_entries! {});
 
-unsafe extern "C" fn function_bar_read(
-    handle: *const FunctionHandle,
-    bar: u8,
-    offset: u64,
-    data: *mut u8,
-    len: usize,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            Ok(function(handle)?.bar_read(bar, offset, output(data, len)?)?)
-        })
-    }
-}
-
-unsafe extern "C" fn function_bar_write(
-    handle: *const FunctionHandle,
-    bar: u8,
-    offset: u64,
-    data: *const u8,
-    len: usize,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            Ok(function(handle)?.bar_write(bar, offset, input(data, len)?)?)
-        })
-    }
-}
-
-unsafe extern "C" fn function_legacy_io_read(
-    handle: *const FunctionHandle,
-    offset: u64,
-    data: *mut u8,
-    len: usize,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            Ok(function(handle)?.legacy_io_read(offset, output(data, len)?)?)
-        })
-    }
-}
-
-unsafe extern "C" fn function_legacy_io_write(
-    handle: *const FunctionHandle,
-    offset: u64,
-    data: *const u8,
-    len: usize,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            Ok(function(handle)?.legacy_io_write(offset, input(data, len)?)?)
-        })
-    }
-}
-
-unsafe extern "C" fn function_rom_read(
-    handle: *const FunctionHandle,
-    offset: u64,
-    data: *mut u8,
-    len: usize,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            Ok(function(handle)?.rom_read(offset, output(data, len)?)?)
-        })
-    }
-}
-
-unsafe extern "C" fn function_config_read(
-    handle: *const FunctionHandle,
-    offset: u16,
-    data: *mut u8,
-    len: usize,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            Ok(function(handle)?.config_read(offset, output(data, len)?)?)
-        })
-    }
-}
-
-unsafe extern "C" fn function_config_write(
-    handle: *const FunctionHandle,
-    offset: u16,
-    data: *const u8,
-    len: usize,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            Ok(function(handle)?.config_write(offset, input(data, len)?)?)
-        })
-    }
-}
-
-unsafe extern "C" fn function_config_changed(
-    handle: *const FunctionHandle,
-    event: *const RawConfigEvent,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            let function = function(handle)?;
-            let raw = event
-                .as_ref()
-                .ok_or_else(|| AbiError::invalid("null config event"))?;
-            let event = raw
-                .decode()
-                .ok_or_else(|| AbiError::invalid(format!("unknown config event {raw:?}")))?;
-            function.config_changed(event);
-            Ok(())
-        })
-    }
-}
-
-unsafe extern "C" fn function_reset(
-    handle: *const FunctionHandle,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe { guarded(error, || Ok(function(handle)?.reset()?)) }
-}
-
-unsafe extern "C" fn function_migration(
-    handle: *const FunctionHandle,
-    supported: *mut u32,
-    flags: *mut u64,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            let migration = function(handle)?.migration();
-            store(flags, migration.map_or(0, |m| m.flags().bits()))?;
-            store(supported, u32::from(migration.is_some()))
-        })
-    }
-}
-
-/// A migration state from its VFIO number.
-fn state(raw: u32) -> Result<MigrationState, AbiError> {
-    MigrationState::from_raw(raw)
-        .ok_or_else(|| AbiError::invalid(format!("unknown migration state {raw}")))
-}
-
-unsafe extern "C" fn function_migration_transition(
-    handle: *const FunctionHandle,
-    from: u32,
-    to: u32,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            Ok(hooks(handle)?.transition(state(from)?, state(to)?)?)
-        })
-    }
-}
-
-unsafe extern "C" fn function_migration_save(
-    handle: *const FunctionHandle,
-    data: *mut u8,
-    len: usize,
-    written: *mut usize,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            let hooks = hooks(handle)?;
-            let buffer = output(data, len)?;
-            let count = hooks.save(buffer)?;
-            if count > len {
-                return Err(AbiError::new(
-                    Status::FAILED,
-                    format!("save reported {count} bytes for a {len}-byte buffer"),
-                ));
+    pub(super) unsafe extern "C" fn destroy(
+        handle: *mut FunctionHandle,
+        error: *const Sink<'_>,
+    ) -> Status {
+        let body = || {
+            if handle.is_null() {
+                return Err(AbiError::invalid("null function handle"));
             }
-            store(written, count)
-        })
+            // SAFETY: a non-null handle is the live `Box<FunctionBox>` `backend_create` made, which
+            // the host gives up with this call (entry contract).
+            drop(unsafe { Box::from_raw(handle.cast::<FunctionBox>()) });
+            Ok(())
+        };
+        // SAFETY: `error` is null or valid for the call (entry contract).
+        unsafe { guarded(error, body) }
     }
-}
 
-unsafe extern "C" fn function_migration_load(
-    handle: *const FunctionHandle,
-    data: *const u8,
-    len: usize,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe { guarded(error, || Ok(hooks(handle)?.load(input(data, len)?)?)) }
-}
-
-unsafe extern "C" fn function_migration_precopy_info(
-    handle: *const FunctionHandle,
-    initial_bytes: *mut u64,
-    dirty_bytes: *mut u64,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe {
-        guarded(error, || {
-            let info = hooks(handle)?.precopy_info()?;
-            store(initial_bytes, info.initial_bytes)?;
-            store(dirty_bytes, info.dirty_bytes)
-        })
+    pub(super) unsafe extern "C" fn attach(
+        handle: *const FunctionHandle,
+        host: *const HostContext,
+        error: *const Sink<'_>,
+    ) -> Status {
+        let body = || {
+            // Take over the host's reference first, so that every path below releases it.
+            // SAFETY: `host` is null or valid for the call (entry contract).
+            let host =
+                unsafe { host.as_ref() }.ok_or_else(|| AbiError::invalid("null host context"))?;
+            let link = Arc::new(HostLink(*host));
+            // SAFETY: `handle` is live for the call (entry contract).
+            let function = unsafe { function(handle) }?;
+            function.attach(FunctionContext {
+                dma: link.clone(),
+                interrupts: link,
+            });
+            Ok(())
+        };
+        // SAFETY: `error` is null or valid for the call (entry contract).
+        unsafe { guarded(error, body) }
     }
-}
 
-unsafe extern "C" fn function_migration_stop_copy_size(
-    handle: *const FunctionHandle,
-    size: *mut u64,
-    error: *const Sink<'_>,
-) -> Status {
-    // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
-    unsafe { guarded(error, || store(size, hooks(handle)?.stop_copy_size()?)) }
+    pub(super) unsafe extern "C" fn config_changed(
+        handle: *const FunctionHandle,
+        event: *const RawConfigEvent,
+        error: *const Sink<'_>,
+    ) -> Status {
+        // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
+        unsafe {
+            guarded(error, || {
+                let function = function(handle)?;
+                let raw = event
+                    .as_ref()
+                    .ok_or_else(|| AbiError::invalid("null config event"))?;
+                let event = raw
+                    .decode()
+                    .ok_or_else(|| AbiError::invalid(format!("unknown config event {raw:?}")))?;
+                function.config_changed(event);
+                Ok(())
+            })
+        }
+    }
+
+    pub(super) unsafe extern "C" fn migration(
+        handle: *const FunctionHandle,
+        supported: *mut u32,
+        flags: *mut u64,
+        error: *const Sink<'_>,
+    ) -> Status {
+        // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
+        unsafe {
+            guarded(error, || {
+                let migration = function(handle)?.migration();
+                store(flags, migration.map_or(0, |m| m.flags().bits()))?;
+                store(supported, u32::from(migration.is_some()))
+            })
+        }
+    }
+
+    pub(super) unsafe extern "C" fn migration_save(
+        handle: *const FunctionHandle,
+        data: *mut u8,
+        len: usize,
+        written: *mut usize,
+        error: *const Sink<'_>,
+    ) -> Status {
+        // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
+        unsafe {
+            guarded(error, || {
+                let hooks = hooks(handle)?;
+                let buffer = output(data, len)?;
+                let count = hooks.save(buffer)?;
+                if count > len {
+                    return Err(AbiError::new(
+                        Status::FAILED,
+                        format!("save reported {count} bytes for a {len}-byte buffer"),
+                    ));
+                }
+                store(written, count)
+            })
+        }
+    }
+
+    pub(super) unsafe extern "C" fn migration_precopy_info(
+        handle: *const FunctionHandle,
+        initial_bytes: *mut u64,
+        dirty_bytes: *mut u64,
+        error: *const Sink<'_>,
+    ) -> Status {
+        // SAFETY: entry contract (see above): the handle, buffers and sinks are valid for the call.
+        unsafe {
+            guarded(error, || {
+                let info = hooks(handle)?.precopy_info()?;
+                store(initial_bytes, info.initial_bytes)?;
+                store(dirty_bytes, info.dirty_bytes)
+            })
+        }
+    }
 }
 
 /// The plugin's view of the host's [`HostContext`]: guest memory and interrupts. Dropping the
