@@ -43,25 +43,131 @@ fn device(e: CommandError) -> MigrationError {
     MigrationError::Device(e.to_string())
 }
 
+/// Where a saving session is. Each read of the stream saves according to the phase
+/// ([`Phase::action`]) and moves to the next ([`Phase::after`]); stopping the device moves a
+/// pre-copy phase to its stop-copy one ([`Phase::stop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Pre-copy: the initial image (saved setting the dirty tracking) is next.
+    Initial,
+    /// Pre-copy: the initial image is partly saved; its next chunk is next.
+    InitialMore,
+    /// Pre-copy: a round ended with a complete image; the next read returns nothing, which ends
+    /// the round for the VMM.
+    RoundEnd,
+    /// Pre-copy: the next read saves what changed since the last image.
+    Round,
+    /// Pre-copy: a round's image is partly saved; its next chunk is next.
+    RoundMore,
+    /// Stopped while a pre-copy image was partly saved: its chunks come first, then the final
+    /// image.
+    FinalAfterImage,
+    /// Stopped: the final image is next.
+    Final,
+    /// Stopped: the final image is partly saved; its next chunk is next.
+    FinalMore,
+    /// Stopped: the final image is saved; the stream ends.
+    Done,
+}
+
+/// What a read does in a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Nothing (the end of a pre-copy round, or of the stream).
+    Nothing,
+    /// A save through SAVE_VHCA_STATE.
+    Save {
+        /// Only what changed since the last save (or the next chunk of an image).
+        incremental: bool,
+        /// Starts the firmware's dirty tracking.
+        set_track: bool,
+    },
+}
+
+impl Phase {
+    /// What the next read does; `tracked` when the session began in pre-copy (the final image
+    /// is then incremental).
+    fn action(self, tracked: bool) -> Action {
+        let save = |incremental, set_track| Action::Save {
+            incremental,
+            set_track,
+        };
+        match self {
+            Self::Initial => save(false, true),
+            Self::InitialMore
+            | Self::Round
+            | Self::RoundMore
+            | Self::FinalAfterImage
+            | Self::FinalMore => save(true, false),
+            Self::Final => save(tracked, false),
+            Self::RoundEnd | Self::Done => Action::Nothing,
+        }
+    }
+
+    /// The phase after this phase's read; `more` when the save left the image incomplete.
+    fn after(self, more: bool) -> Self {
+        match (self, more) {
+            (Self::Initial | Self::InitialMore, true) => Self::InitialMore,
+            (Self::Round | Self::RoundMore, true) => Self::RoundMore,
+            (Self::Initial | Self::InitialMore | Self::Round | Self::RoundMore, false) => {
+                Self::RoundEnd
+            }
+            (Self::RoundEnd, _) => Self::Round,
+            (Self::FinalAfterImage, true) => Self::FinalAfterImage,
+            (Self::FinalAfterImage, false) => Self::Final,
+            (Self::Final | Self::FinalMore, true) => Self::FinalMore,
+            (Self::Final | Self::FinalMore | Self::Done, false) | (Self::Done, true) => Self::Done,
+        }
+    }
+
+    /// The phase once the device stops (PRE_COPY_P2P → STOP_COPY): an image in progress is
+    /// finished first, then the final image is saved.
+    fn stop(self) -> Self {
+        match self {
+            Self::Initial | Self::RoundEnd | Self::Round => Self::Final,
+            Self::InitialMore | Self::RoundMore => Self::FinalAfterImage,
+            stopped @ (Self::FinalAfterImage | Self::Final | Self::FinalMore | Self::Done) => {
+                stopped
+            }
+        }
+    }
+
+    /// Whether the initial image is complete (pre-copy then reports dirty bytes, not initial
+    /// ones).
+    fn initial_done(self) -> bool {
+        !matches!(self, Self::Initial | Self::InitialMore)
+    }
+}
+
 /// A saving session (PRE_COPY, PRE_COPY_P2P, STOP_COPY).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Saving {
-    /// STOP_COPY_SIZE was sent.
+    /// The STOP_COPY_SIZE record was sent (it comes before any image).
     size_sent: bool,
-    /// Pre-copy's first save (set_track) is still to come.
-    needs_track: bool,
-    /// The session began in pre-copy (later saves are incremental).
+    /// The session began in pre-copy.
     tracked: bool,
-    /// The initial image is written whole.
-    initial_done: bool,
-    /// An image is partly saved.
-    image_more: bool,
-    /// A pre-copy round ended with a complete image: the next read ends the round.
-    round_done: bool,
-    /// Stopped: saving the final state.
-    last: bool,
-    /// The final image was begun.
-    last_begun: bool,
+    /// Where the session is.
+    phase: Phase,
+}
+
+impl Saving {
+    /// A session beginning in pre-copy.
+    fn precopy() -> Self {
+        Self {
+            size_sent: false,
+            tracked: true,
+            phase: Phase::Initial,
+        }
+    }
+
+    /// A session beginning stopped (STOP → STOP_COPY).
+    fn stopped() -> Self {
+        Self {
+            size_sent: false,
+            tracked: false,
+            phase: Phase::Final,
+        }
+    }
 }
 
 /// A loading session (RESUMING).
@@ -122,25 +228,20 @@ impl VfMigration {
         commands::resume(&self.queue, self.vhca_id, op_mod).map_err(device)
     }
 
-    fn start_saving(&self, session: &mut Session, precopy: bool) {
+    fn start_saving(session: &mut Session, saving: Saving) {
         session.pending.clear();
         session.offset = 0;
-        session.saving = Some(Saving {
-            needs_track: precopy,
-            tracked: precopy,
-            ..Saving::default()
-        });
+        session.saving = Some(saving);
     }
 
-    /// Appends one FW_DATA record of the next save to `pending`; `false` when the save wrote
-    /// nothing.
+    /// Fills `pending` with one FW_DATA record of the next save; returns whether the save
+    /// wrote anything and whether the image is still incomplete.
     fn save_record(
         &self,
         pending: &mut Vec<u8>,
-        saving: &mut Saving,
         incremental: bool,
         set_track: bool,
-    ) -> Result<bool, MigrationError> {
+    ) -> Result<(bool, bool), MigrationError> {
         pending.clear();
         pending.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
         let next = commands::save(
@@ -152,14 +253,14 @@ impl VfMigration {
             pending,
         )
         .map_err(device)?;
-        saving.image_more = next != 0;
+        let more = next != 0;
         let size = (pending.len() - RECORD_HEADER_BYTES) as u64;
         if size == 0 {
             pending.clear();
-            return Ok(false);
+            return Ok((false, more));
         }
         pending[..RECORD_HEADER_BYTES].copy_from_slice(&records::header(TAG_FW_DATA, 0, size));
-        Ok(true)
+        Ok((true, more))
     }
 
     /// Fills `pending` with the next record; `false` when there is none now.
@@ -180,35 +281,20 @@ impl VfMigration {
             *pending = records::stop_copy_size(size);
             return Ok(true);
         }
-        if saving.image_more {
-            let saved = self.save_record(pending, saving, true, false)?;
-            if !saving.last && !saving.image_more {
-                saving.round_done = true;
-                saving.initial_done = true;
+        match saving.phase.action(saving.tracked) {
+            Action::Nothing => {
+                saving.phase = saving.phase.after(false);
+                Ok(false)
             }
-            return Ok(saved);
-        }
-        if saving.last {
-            if saving.last_begun {
-                return Ok(false);
+            Action::Save {
+                incremental,
+                set_track,
+            } => {
+                let (saved, more) = self.save_record(pending, incremental, set_track)?;
+                saving.phase = saving.phase.after(more);
+                Ok(saved)
             }
-            saving.last_begun = true;
-            return self.save_record(pending, saving, saving.tracked, false);
         }
-        if saving.needs_track {
-            saving.needs_track = false;
-            let saved = self.save_record(pending, saving, false, true)?;
-            saving.round_done = !saving.image_more;
-            saving.initial_done = !saving.image_more;
-            return Ok(saved);
-        }
-        if std::mem::take(&mut saving.round_done) {
-            return Ok(false);
-        }
-        let saved = self.save_record(pending, saving, true, false)?;
-        saving.round_done = !saving.image_more;
-        saving.initial_done = true;
-        Ok(saved)
     }
 }
 
@@ -229,7 +315,9 @@ impl MigrationHooks for VfMigration {
             (RunningP2p, Running) | (PreCopyP2p, PreCopy) => self.resume(RESUME_INITIATOR)?,
             (RunningP2p, Stop) => self.suspend(SUSPEND_RESPONDER)?,
             (Stop, RunningP2p) => self.resume(RESUME_RESPONDER)?,
-            (Running, PreCopy) | (RunningP2p, PreCopyP2p) => self.start_saving(&mut session, true),
+            (Running, PreCopy) | (RunningP2p, PreCopyP2p) => {
+                Self::start_saving(&mut session, Saving::precopy());
+            }
             (PreCopy, Running) | (PreCopyP2p, RunningP2p) | (StopCopy, Stop) => {
                 session.saving = None;
                 session.pending.clear();
@@ -237,15 +325,10 @@ impl MigrationHooks for VfMigration {
             (PreCopyP2p, StopCopy) => {
                 self.suspend(SUSPEND_RESPONDER)?;
                 if let Some(saving) = session.saving.as_mut() {
-                    saving.last = true;
+                    saving.phase = saving.phase.stop();
                 }
             }
-            (Stop, StopCopy) => {
-                self.start_saving(&mut session, false);
-                if let Some(saving) = session.saving.as_mut() {
-                    saving.last = true;
-                }
-            }
+            (Stop, StopCopy) => Self::start_saving(&mut session, Saving::stopped()),
             (Stop, Resuming) => session.loading = Some(Loading::default()),
             (Resuming, Stop) => {
                 let loading = session.loading.take().unwrap_or_default();
@@ -314,15 +397,14 @@ impl MigrationHooks for VfMigration {
             return Err(MigrationError::Device("not in pre-copy".into()));
         };
         let pending = (session.pending.len() - session.offset) as u64;
-        let firmware = if saving.needs_track {
-            commands::query_state(&self.queue, self.vhca_id, false, self.caps.in_chunks)
-        } else {
-            commands::query_state(&self.queue, self.vhca_id, true, self.caps.in_chunks)
-        }
-        .map_err(device)?
-        .remaining_total;
+        // Before the initial image, the whole state; after it, what changed.
+        let incremental = saving.phase != Phase::Initial;
+        let firmware =
+            commands::query_state(&self.queue, self.vhca_id, incremental, self.caps.in_chunks)
+                .map_err(device)?
+                .remaining_total;
         let framed = firmware + firmware.div_ceil(u64::from(STATE_BUFFER_SIZE)) * 16;
-        Ok(if saving.initial_done {
+        Ok(if saving.phase.initial_done() {
             PrecopyInfo {
                 initial_bytes: 0,
                 dirty_bytes: pending + framed,
@@ -346,5 +428,103 @@ impl MigrationHooks for VfMigration {
 
     fn dirty_tracker(&self) -> Option<&dyn DirtyTracker> {
         self.tracker.as_ref().map(|t| t as &dyn DirtyTracker)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the phases from `start` with the images' completeness given by `more` (one entry
+    /// per save), stopping the device before read `stop_at`; returns the actions in order.
+    fn run(start: Saving, more: &[bool], stop_at: Option<usize>) -> Vec<Action> {
+        let mut saving = start;
+        let mut more = more.iter().copied();
+        let mut actions = Vec::new();
+        for read in 0..16 {
+            if stop_at == Some(read) {
+                saving.phase = saving.phase.stop();
+            }
+            let action = saving.phase.action(saving.tracked);
+            let image_more = match action {
+                Action::Nothing => false,
+                Action::Save { .. } => more.next().unwrap_or(false),
+            };
+            saving.phase = saving.phase.after(image_more);
+            actions.push(action);
+            if saving.phase == Phase::Done {
+                break;
+            }
+        }
+        actions
+    }
+
+    const fn save(incremental: bool, set_track: bool) -> Action {
+        Action::Save {
+            incremental,
+            set_track,
+        }
+    }
+
+    #[test]
+    fn precopy_rounds_then_the_final_image() {
+        // Initial image in two chunks, a round end, one round in one chunk, a round end, then
+        // stopped: the final image, incremental, in one chunk.
+        let actions = run(Saving::precopy(), &[true, false, false, false], Some(5));
+        assert_eq!(
+            actions,
+            [
+                save(false, true),
+                save(true, false),
+                Action::Nothing,
+                save(true, false),
+                Action::Nothing,
+                save(true, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn stopping_inside_an_image_finishes_it_first() {
+        // Stopped after the first chunk of the initial image: its second chunk, then the
+        // final image in two chunks.
+        let actions = run(Saving::precopy(), &[true, false, true, false], Some(1));
+        assert_eq!(
+            actions,
+            [
+                save(false, true),
+                save(true, false),
+                save(true, false),
+                save(true, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn stop_copy_without_precopy_saves_one_whole_image() {
+        let actions = run(Saving::stopped(), &[true, true, false], None);
+        assert_eq!(
+            actions,
+            [save(false, false), save(true, false), save(true, false)]
+        );
+        // Stopped before pre-copy read anything: the final image right away, as the session
+        // began tracked.
+        assert_eq!(
+            run(Saving::precopy(), &[false], Some(0)),
+            [save(true, false)]
+        );
+    }
+
+    #[test]
+    fn phase_transitions() {
+        use Phase::*;
+        assert!(!Initial.initial_done() && !InitialMore.initial_done());
+        assert!(RoundEnd.initial_done() && Round.initial_done() && RoundMore.initial_done());
+        for stopped in [FinalAfterImage, Final, FinalMore, Done] {
+            assert_eq!(stopped.stop(), stopped);
+        }
+        assert_eq!(Done.after(true), Done);
+        assert_eq!(Done.action(true), Action::Nothing);
+        assert_eq!(RoundEnd.after(false), Round);
     }
 }
