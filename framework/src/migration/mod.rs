@@ -1,10 +1,12 @@
 //! Migration vocabulary shared by the framework and backends (VFIO migration v2): states,
 //! flags, and the hooks a backend implements. Backends implement arc actions only; the
 //! framework walks multi-step paths between states ([`MigrationDriver`], the state machine of
-//! `state.rs`) and frames the device state in a checked stream ([`stream`]). DMA dirty
-//! logging keeps its bitmap in [`dirty`].
+//! `state.rs`) and frames the device state in a checked stream ([`stream`]); backends hand
+//! their state over as typed records ([`record`]) rather than framing bytes themselves. DMA
+//! dirty logging keeps its bitmap in [`dirty`].
 
 pub mod dirty;
+pub mod record;
 mod state;
 pub mod stream;
 
