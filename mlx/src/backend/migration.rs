@@ -22,6 +22,7 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use vfio_variant::migration::record::{RECORD_HEADER_BYTES, RecordReader, RecordWriter};
 use vfio_variant::migration::{
     DirtyTracker, MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
 };
@@ -31,13 +32,7 @@ use crate::hw::ifc::{RESUME_INITIATOR, RESUME_RESPONDER, SUSPEND_INITIATOR, SUSP
 use super::cmd::{CommandError, CommandQueue, STATE_BUFFER_SIZE};
 use super::commands::{self, MigrationCaps};
 use super::dirty::FirmwareDirtyTracker;
-use super::records::{self, RECORD_HEADER_BYTES, Record, RecordError, RecordReader, TAG_FW_DATA};
-
-impl From<RecordError> for MigrationError {
-    fn from(e: RecordError) -> Self {
-        MigrationError::InvalidData(e.to_string())
-    }
-}
+use super::records::{self, FW_DATA, MlxRecord, STOP_COPY_SIZE};
 
 fn device(e: CommandError) -> MigrationError {
     MigrationError::Device(e.to_string())
@@ -171,7 +166,7 @@ impl Saving {
 }
 
 /// A loading session (RESUMING).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Loading {
     reader: RecordReader,
     /// The firmware holds a partly loaded image.
@@ -180,10 +175,20 @@ struct Loading {
     loaded: u64,
 }
 
+impl Default for Loading {
+    fn default() -> Self {
+        Self {
+            reader: RecordReader::new(&records::KINDS),
+            partial: false,
+            loaded: 0,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Session {
-    pending: Vec<u8>,
-    offset: usize,
+    /// The records of the saving session not yet read.
+    writer: RecordWriter,
     saving: Option<Saving>,
     loading: Option<Loading>,
 }
@@ -229,56 +234,53 @@ impl VfMigration {
     }
 
     fn start_saving(session: &mut Session, saving: Saving) {
-        session.pending.clear();
-        session.offset = 0;
+        session.writer.clear();
         session.saving = Some(saving);
     }
 
-    /// Fills `pending` with one FW_DATA record of the next save; returns whether the save
-    /// wrote anything and whether the image is still incomplete.
+    /// Writes one FW_DATA record of the next save; returns whether the save wrote anything
+    /// and whether the image is still incomplete.
     fn save_record(
         &self,
-        pending: &mut Vec<u8>,
+        writer: &mut RecordWriter,
         incremental: bool,
         set_track: bool,
     ) -> Result<(bool, bool), MigrationError> {
-        pending.clear();
-        pending.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
-        let next = commands::save(
-            &self.queue,
-            self.vhca_id,
-            incremental,
-            set_track,
-            STATE_BUFFER_SIZE,
-            pending,
-        )
-        .map_err(device)?;
-        let more = next != 0;
-        let size = (pending.len() - RECORD_HEADER_BYTES) as u64;
+        writer.clear();
+        let mut next = 0;
+        let size = writer.push_with(&FW_DATA, |payload| {
+            next = commands::save(
+                &self.queue,
+                self.vhca_id,
+                incremental,
+                set_track,
+                STATE_BUFFER_SIZE,
+                payload,
+            )
+            .map_err(device)?;
+            Ok::<_, MigrationError>(())
+        })?;
         if size == 0 {
-            pending.clear();
-            return Ok((false, more));
+            writer.clear();
         }
-        pending[..RECORD_HEADER_BYTES].copy_from_slice(&records::header(TAG_FW_DATA, 0, size));
-        Ok((true, more))
+        Ok((size != 0, next != 0))
     }
 
-    /// Fills `pending` with the next record; `false` when there is none now.
+    /// Writes the next record; `false` when there is none now.
     fn next_record(&self, session: &mut Session) -> Result<bool, MigrationError> {
         let size = if session.saving.as_ref().is_some_and(|s| !s.size_sent) {
             Some(self.stop_copy_size()?)
         } else {
             None
         };
-        let Session {
-            pending, saving, ..
-        } = session;
+        let Session { writer, saving, .. } = session;
         let Some(saving) = saving.as_mut() else {
             return Err(MigrationError::Device("not saving".into()));
         };
         if let Some(size) = size {
             saving.size_sent = true;
-            *pending = records::stop_copy_size(size);
+            writer.clear();
+            writer.push(&STOP_COPY_SIZE, &size.to_le_bytes())?;
             return Ok(true);
         }
         match saving.phase.action(saving.tracked) {
@@ -290,7 +292,7 @@ impl VfMigration {
                 incremental,
                 set_track,
             } => {
-                let (saved, more) = self.save_record(pending, incremental, set_track)?;
+                let (saved, more) = self.save_record(writer, incremental, set_track)?;
                 saving.phase = saving.phase.after(more);
                 Ok(saved)
             }
@@ -320,7 +322,7 @@ impl MigrationHooks for VfMigration {
             }
             (PreCopy, Running) | (PreCopyP2p, RunningP2p) | (StopCopy, Stop) => {
                 session.saving = None;
-                session.pending.clear();
+                session.writer.clear();
             }
             (PreCopyP2p, StopCopy) => {
                 self.suspend(SUSPEND_RESPONDER)?;
@@ -352,20 +354,11 @@ impl MigrationHooks for VfMigration {
 
     fn save(&self, buf: &mut [u8]) -> Result<usize, MigrationError> {
         let mut session = self.session.lock();
-        if session.offset >= session.pending.len() {
-            session.offset = 0;
-            if !self.next_record(&mut session)? {
-                session.pending.clear();
-                return Ok(0);
-            }
+        if session.writer.pending() == 0 && !self.next_record(&mut session)? {
+            session.writer.clear();
+            return Ok(0);
         }
-        let Session {
-            pending, offset, ..
-        } = &mut *session;
-        let n = (pending.len() - *offset).min(buf.len());
-        buf[..n].copy_from_slice(&pending[*offset..*offset + n]);
-        *offset += n;
-        Ok(n)
+        Ok(session.writer.read(buf))
     }
 
     fn load(&self, data: &[u8]) -> Result<(), MigrationError> {
@@ -378,10 +371,10 @@ impl MigrationHooks for VfMigration {
             partial,
             loaded,
         } = loading;
-        reader.feed(data, |record| match record {
-            Record::StopCopySize(_) => Ok(()),
-            Record::FwData(bytes) if bytes.is_empty() => Ok(()),
-            Record::FwData(bytes) => {
+        reader.feed(data, |record| match MlxRecord::try_from(record)? {
+            MlxRecord::StopCopySize(_) => Ok(()),
+            MlxRecord::FwData(bytes) if bytes.is_empty() => Ok(()),
+            MlxRecord::FwData(bytes) => {
                 *partial = commands::load(&self.queue, self.vhca_id, &bytes).map_err(|e| {
                     MigrationError::InvalidData(format!("the firmware refused the state: {e}"))
                 })?;
@@ -396,7 +389,7 @@ impl MigrationHooks for VfMigration {
         let Some(saving) = session.saving.as_ref() else {
             return Err(MigrationError::Device("not in pre-copy".into()));
         };
-        let pending = (session.pending.len() - session.offset) as u64;
+        let pending = session.writer.pending() as u64;
         // Before the initial image, the whole state; after it, what changed.
         let incremental = saving.phase != Phase::Initial;
         let firmware =
