@@ -6,7 +6,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use vfio_variant::config::{ConfigError, ConfigSpace, ConfigTemplate, NoBacking};
-use vfio_variant::layout::{BarBacking, BarKind, CapabilityBody, ExtCapabilityBody};
+use vfio_variant::layout::{BarBacking, BarKind, ChainItem};
 use vfio_variant::physical::PhysicalDescription;
 use vfio_variant::physical::captured::CapturedFunction;
 use vfio_variant::physical::sysfs::{describe_files, describe_sysfs_dir};
@@ -337,42 +337,26 @@ impl CheckReport {
                     mmap: b.mmap.iter().map(|a| [a.offset, a.size]).collect(),
                 })
                 .collect(),
-            capabilities: layout
-                .capabilities
-                .iter()
-                .map(|c| CapReport {
-                    offset: c.offset,
-                    id: c.body.id().into(),
-                    length: c.body.length(),
-                    physical_offset: match c.body {
-                        CapabilityBody::Physical {
-                            physical_offset, ..
-                        } => Some(physical_offset),
-                        _ => None,
-                    },
-                })
-                .collect(),
-            ext_capabilities: layout
-                .ext_capabilities
-                .iter()
-                .map(|c| CapReport {
-                    offset: c.offset,
-                    id: c.body.id(),
-                    length: c.body.length(),
-                    physical_offset: match c.body {
-                        ExtCapabilityBody::Physical {
-                            physical_offset, ..
-                        } => Some(physical_offset),
-                        _ => None,
-                    },
-                })
-                .collect(),
+            capabilities: cap_reports(&layout.capabilities),
+            ext_capabilities: cap_reports(&layout.ext_capabilities),
             physical_bits_known: !needs_physical,
             config: hex(config),
             write_mask: hex(template.write_mask()),
             rw1c_mask: hex(template.rw1c_mask()),
         }
     }
+}
+
+/// The report of each capability of one chain.
+fn cap_reports<C: ChainItem>(caps: &[C]) -> Vec<CapReport> {
+    caps.iter()
+        .map(|c| CapReport {
+            offset: c.offset(),
+            id: c.id(),
+            length: c.length(),
+            physical_offset: c.physical().map(|p| p.offset),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]

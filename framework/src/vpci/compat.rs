@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::ConfigTemplate;
 use crate::config::template::ByteSource;
-use crate::layout::{Bar, BarBacking, BarKind, CapabilityBody, ExtCapabilityBody};
+use crate::layout::{Bar, BarBacking, BarKind, ChainItem};
 use crate::pci::cap::{self, Chain};
 
 /// One guest-visible difference between two layouts.
@@ -310,6 +310,20 @@ fn cap_label(extended: bool, offset: u16, id: u16) -> String {
     }
 }
 
+/// The capabilities of one chain backed by the physical function: offset, what it is, and the
+/// physical offset.
+fn physical_backings<C: ChainItem>(caps: &[C]) -> impl Iterator<Item = (u16, String, u16)> + '_ {
+    caps.iter().filter_map(|c| {
+        c.physical().map(|backing| {
+            (
+                c.offset(),
+                format!("{} {}", C::CHAIN.noun(), c.name()),
+                backing.offset,
+            )
+        })
+    })
+}
+
 /// Every guest-visible difference between a function exposed with `a` and resumed with `b`.
 /// Empty means compatible.
 pub fn compare(a: &ConfigTemplate, b: &ConfigTemplate) -> Vec<Difference> {
@@ -367,11 +381,12 @@ pub fn compare(a: &ConfigTemplate, b: &ConfigTemplate) -> Vec<Difference> {
             .map_or(offset + 1, |o| o.end)
     };
     let name = |extended: bool, id: u16| {
-        if extended {
-            format!("extended capability {}", Chain::Extended.name(id))
+        let chain = if extended {
+            Chain::Extended
         } else {
-            format!("capability {}", Chain::Standard.name(id))
-        }
+            Chain::Standard
+        };
+        format!("{} {}", chain.noun(), chain.name(id))
     };
     // A capability of one ID at another offset has moved; the rest are only on one side.
     let moved = |&(extended, _, id): &(bool, u16, u16), others: &[(bool, u16, u16)]| {
@@ -448,31 +463,9 @@ pub fn warnings(a: &ConfigTemplate, b: &ConfigTemplate) -> Vec<Difference> {
     }
     let physical = |t: &ConfigTemplate| -> Vec<(u16, String, u16)> {
         let layout = t.layout();
-        let standard = layout.capabilities.iter().filter_map(|c| match c.body {
-            CapabilityBody::Physical {
-                id,
-                physical_offset,
-                ..
-            } => Some((
-                c.offset,
-                format!("capability {}", Chain::Standard.name(id.into())),
-                physical_offset,
-            )),
-            _ => None,
-        });
-        let extended = layout.ext_capabilities.iter().filter_map(|c| match c.body {
-            ExtCapabilityBody::Physical {
-                id,
-                physical_offset,
-                ..
-            } => Some((
-                c.offset,
-                format!("extended capability {}", Chain::Extended.name(id)),
-                physical_offset,
-            )),
-            _ => None,
-        });
-        standard.chain(extended).collect()
+        physical_backings(&layout.capabilities)
+            .chain(physical_backings(&layout.ext_capabilities))
+            .collect()
     };
     let theirs = physical(b);
     for (offset, name, from) in physical(a) {
