@@ -246,9 +246,6 @@ pub const CAPABILITIES: &[CapabilityInfo] = {
 pub const RAW_KIND: &str = "raw";
 
 impl Chain {
-    /// Both chains, standard first.
-    pub const ALL: [Chain; 2] = [Chain::Standard, Chain::Extended];
-
     /// Bytes of a capability header: ID and next (standard); ID, version and next (extended).
     pub const fn header_len(self) -> u16 {
         match self {

@@ -1,7 +1,8 @@
 //! PCI register definitions and a capability-chain walker over raw config-space bytes.
 //!
-//! Where to look: header registers and their bits in [`regs`], capability IDs, names and
-//! standard sizes in [`cap`], walking a captured config space in [`walk`].
+//! Where to look: header registers and their bits in [`regs`], capability IDs and the one
+//! capability table (chain, ID, name, layout kind, length) in [`cap`], walking either chain of
+//! a captured config space in [`walk`].
 
 pub mod cap;
 pub mod regs;
