@@ -5,22 +5,28 @@
 //! chroot's QEMU, shared read-only over 9p. In one L1 boot (`nested/init.sh`):
 //!
 //! - the nvme is bound to vfio-pci, and a layout is derived from it (`vpci derive --sysfs`);
+//!   `vpci compat` of it and `catalog/qemu-nvme.toml` (the nvme's capabilities relaid: PCIe
+//!   and MSI-X moved, PM hidden, a vendor capability added) must list those four differences;
 //! - baseline: L2 through QEMU's own `-device vfio-pci,host=...`;
 //! - `vfio-variant serve` (a static build) exposes the nvme with the passthrough backend under
-//!   that layout, and L2 boots twice with `vfio-user-pci` to it (guest RAM in a shared memfd);
-//!   during the second boot, `destroy` of the attached function must be refused.
+//!   `catalog/qemu-nvme.toml`, and L2 boots twice with `vfio-user-pci` to it (guest RAM in a
+//!   shared memfd); during the second boot, `destroy` of the attached function must be refused.
 //!
 //! Each L2 (`nested/l2.sh`) runs the unmodified nvme driver: it reads the disk's first MiB and
 //! writes a MiB of random data at its own slot, both with O_DIRECT, and reads it back. The host
 //! then checks, per L2 boot: the first MiB's md5 equals the image's; the slot in the image on this
-//! host holds what L2 wrote; the nvme's interrupt counts rose. Through vfio-user also: the config
-//! space L2 read equals the layout in every read-only bit.
+//! host holds what L2 wrote; the nvme's interrupts rose. Through vfio-user also: the config space
+//! L2 read equals the catalog file in every read-only bit.
 //!
 //! Also: L2's QEMU maps the VFIO device fd the server handed out (BAR pages bypass the
 //! server); `destroy` works once L2 has left, and the server exits 0. L0 also has an igb with
-//! SR-IOV: L1 makes a VF, binds it to vfio-pci and creates it with a MAC and a VLAN (set on the
-//! PF over rtnetlink); the second vfio-user L2 also gets the VF, and its unmodified igbvf driver
-//! must report that MAC.
+//! SR-IOV ([`check_vf`]): L1 makes a VF and leaves it unbound, and tells the server about the
+//! PF, so `types` offers the VF. A create with a rate the PF refuses fails naming it and leaves
+//! MAC and binding as they were. Create then binds the VF to vfio-pci and sets a MAC, VLAN 5 and
+//! a rate on the PF over rtnetlink (read back with iproute2's `ip link show`, from this host);
+//! the second vfio-user L2 also gets the VF: its unmodified igbvf driver must report that MAC and
+//! get replies to pings of L1's VLAN 5 interface on the PF. Destroy must unbind the VF and put
+//! its settings back.
 //!
 //! The whole L1 boot took about 130 s wall on an idle 2-core host, and up to 10 minutes with
 //! other builds running. `cargo xtask bench` boots it once more with release builds and
@@ -46,6 +52,8 @@ use super::vfio::build_static_bin;
 const INIT: &str = include_str!("nested/init.sh");
 /// L2's `/init`.
 const L2_INIT: &str = include_str!("nested/l2.sh");
+/// The instance type the nvme is served under: the device's capabilities relaid.
+const NVME_TYPE: &str = include_str!("../../../catalog/qemu-nvme.toml");
 
 /// The disk image: its size, and the first MiB filled with a known pattern.
 const IMAGE_MIB: u64 = 16;
@@ -58,6 +66,11 @@ const L1_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The MAC the igb VF gets through its PF before it is exposed.
 const VF_MAC: &str = "52:54:00:ab:cd:01";
+/// Its VLAN and most transmit rate (Mb/s), as `ip link show` prints them.
+const VF_VLAN: &str = "vlan 5";
+const VF_RATE: &str = "max_tx_rate 100Mbps";
+/// The MAC of the create the PF refuses (a minimum rate igb does not take).
+const REFUSED_MAC: &str = "52:54:00:ab:cd:02";
 
 /// The L2 boots: section name, the disk slot (MiB) it writes, whether it goes through the server.
 const BOOTS: [(&str, u64, bool); 3] = [
@@ -248,36 +261,6 @@ fn check_server(console: &Console) -> Result<usize, GuestError> {
         )));
     }
     eprintln!("    ok  a layout that does not fit is refused naming bar[0].size; nothing is left");
-    let vf = console.section("vf")?;
-    let created = console.section("vf-create")?;
-    if !vf.contains(&"vf_driver=vfio-pci") || !created.contains(&"vf_create_status=0") {
-        return Err(console.error(format!(
-            "the igb VF was not bound to vfio-pci or not created with a profile:\n{}\n{}",
-            vf.join("\n"),
-            created.join("\n")
-        )));
-    }
-    let mac = Fields::new("user2", &user2)
-        .text("vf_mac")
-        .map_err(|e| console.error(e))?;
-    if mac != VF_MAC {
-        return Err(console.error(format!(
-            "L2's igbvf reports MAC `{mac}`, not {VF_MAC} set on the PF before exposure"
-        )));
-    }
-    eprintln!(
-        "    ok  igb VF with MAC {VF_MAC} and VLAN 5 set through its PF: L2's igbvf reports {mac}"
-    );
-    if fields
-        .number("vf_destroy_status")
-        .map_err(|e| console.error(e))?
-        != 0
-    {
-        return Err(console.error(format!(
-            "destroy of the VF failed:\n{}",
-            teardown.join("\n")
-        )));
-    }
     let types = console.section("types")?;
     if !types.iter().any(|l| l.contains("passthrough")) {
         return Err(console.error(format!(
@@ -286,7 +269,147 @@ fn check_server(console: &Console) -> Result<usize, GuestError> {
         )));
     }
     eprintln!("    ok  destroy after L2 left, and the server exits 0");
-    Ok(5)
+    Ok(4)
+}
+
+/// The igb VF: offered free by `types`, refused cleanly when its PF refuses a setting,
+/// provisioned (MAC, VLAN, rate) and bound by create, used by L2 over its VLAN, and put back
+/// (settings and binding) by destroy. Returns the checks passed.
+fn check_vf(console: &Console) -> Result<usize, GuestError> {
+    let section = |name: &'static str| console.section(name);
+    let (vf, refused, created, user2, teardown, types) = (
+        section("vf")?,
+        section("vf-refused")?,
+        section("vf-create")?,
+        section("user2")?,
+        section("teardown")?,
+        section("types")?,
+    );
+    let all = [&vf, &refused, &created, &user2, &teardown]
+        .iter()
+        .flat_map(|s| s.iter().copied())
+        .collect::<Vec<&str>>();
+    let fields = Fields::new("vf", &all);
+    let fail = |what: String| console.error(format!("igb VF: {what}\n{}", all.join("\n")));
+    let text = |key: &str| fields.text(key).map_err(&fail);
+    let address = text("vf")?;
+    let before = text("vf_line_before")?;
+    if !text("vf_driver_before")?.is_empty() || before.is_empty() {
+        return Err(fail(
+            "the VF is bound before create, or ip shows no VF 0".into(),
+        ));
+    }
+    let free = types
+        .iter()
+        .any(|l| l.contains(address) && l.contains("available     1") && l.contains("free VF"));
+    if !free {
+        return Err(fail(format!(
+            "`types` does not offer {address} as a free VF of the PF named in the config:\n{}",
+            types.join("\n")
+        )));
+    }
+    eprintln!("    ok  `types` offers the PF's unbound VF {address} as an available instance");
+    let status = |key: &str| fields.number(key).map_err(&fail);
+    let named = refused.iter().any(|l| l.contains("refused rate of VF 0"));
+    if status("vf_refused_status")? == 0
+        || !named
+        || !text("vf_driver_refused")?.is_empty()
+        || text("vf_line_refused")? != before
+    {
+        return Err(fail(format!(
+            "a create whose minimum rate the PF refuses was not refused cleanly (MAC \
+             {REFUSED_MAC} put back, VF unbound): before `{before}`"
+        )));
+    }
+    eprintln!(
+        "    ok  a rate the PF refuses fails create naming it; MAC and binding are as before"
+    );
+    let line = text("vf_line_created")?;
+    if status("vf_create_status")? != 0 || text("vf_driver_created")? != "vfio-pci" {
+        return Err(fail(
+            "the free VF was not created and bound to vfio-pci".into(),
+        ));
+    }
+    for setting in [VF_MAC, VF_VLAN, VF_RATE] {
+        if !line.contains(setting) {
+            return Err(fail(format!("the PF shows `{line}`, without `{setting}`")));
+        }
+    }
+    eprintln!(
+        "    ok  create bound the VF to vfio-pci; the PF shows {VF_MAC}, {VF_VLAN}, {VF_RATE}"
+    );
+    let mac = text("vf_mac")?;
+    if mac != VF_MAC {
+        return Err(fail(format!(
+            "L2's igbvf reports MAC `{mac}`, not {VF_MAC} set on the PF before exposure"
+        )));
+    }
+    eprintln!("    ok  L2's unmodified igbvf reports the MAC set through the PF: {mac}");
+    let replies = status("vf_ping_replies")?;
+    let received = status("pf_vlan_rx_packets")?;
+    if replies == 0 || received == 0 {
+        return Err(fail(format!(
+            "L2 got {replies} ping replies from L1's PF over VLAN 5 (its VLAN interface \
+             received {received} packets)"
+        )));
+    }
+    eprintln!(
+        "    ok  L2 pings L1's PF through the VF: {replies} replies, {received} packets on the \
+         PF's VLAN 5 interface"
+    );
+    let after = text("vf_line_after")?;
+    if status("vf_destroy_status")? != 0 || after != before || !text("vf_driver_after")?.is_empty()
+    {
+        return Err(fail(format!(
+            "destroy did not put the VF back: `{after}` (before create: `{before}`), driver \
+             `{}`",
+            text("vf_driver_after")?
+        )));
+    }
+    let free_again = teardown
+        .iter()
+        .any(|l| l.starts_with("after_vf_type: ") && l.contains("available     1"));
+    if !free_again {
+        return Err(fail(
+            "`types` does not offer the VF again after destroy".into(),
+        ));
+    }
+    eprintln!("    ok  destroy unbound the VF and put its settings back: `{after}`");
+    Ok(7)
+}
+
+/// Adds this host's iproute2 `ip` (busybox's shows no VF settings) and the libraries it loads
+/// under `/opt/iproute2` of an image: run as `/opt/iproute2/ld.so --library-path /opt/iproute2
+/// /opt/iproute2/ip`.
+fn with_host_ip(mut image: Initramfs) -> Result<Initramfs, String> {
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file())
+        .ok_or("iproute2's `ip` is not installed on this host")?;
+    let ldd = output("list the libraries of ip", Command::new("ldd").arg(ip))?;
+    image = image.file("/opt/iproute2/ip", Source::Host(ip.to_path_buf()), 0o755);
+    for line in ldd.lines() {
+        let line = line.trim();
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, `/lib64/ld-linux-x86-64.so.2 (0x...)`
+        let (name, path) = match line.split_once(" => ") {
+            Some((name, rest)) => (name.to_string(), rest.split(' ').next().unwrap_or_default()),
+            None if line.starts_with('/') => (
+                "ld.so".to_string(),
+                line.split(' ').next().unwrap_or_default(),
+            ),
+            None => continue,
+        };
+        if !path.starts_with('/') {
+            return Err(format!("ldd {}: cannot place `{line}`", ip.display()));
+        }
+        image = image.file(
+            &format!("/opt/iproute2/{name}"),
+            Source::Host(PathBuf::from(path)),
+            0o755,
+        );
+    }
+    Ok(image)
 }
 
 /// L1's console after its boot, with the image it used and the md5 of the image's first MiB.
@@ -311,7 +434,13 @@ fn boot(
         l2 = l2.file("/bin/blkbench", Source::Host(blkbench.to_path_buf()), 0o755);
     }
     let l2_initrd = l2.build(root, kernel)?;
-    let initrd = Initramfs::new(INIT)
+    let initrd = with_host_ip(Initramfs::new(INIT))?
+        .file(
+            "/etc/qemu-nvme.toml",
+            Source::Bytes(NVME_TYPE.into()),
+            0o644,
+        )
+        .module("8021q")
         .module("vfio-pci")
         .module("vfio_iommu_type1")
         .module("kvm-amd")
@@ -368,10 +497,28 @@ fn check(run: &L1Run) -> Result<usize, GuestError> {
     if !layout_lines.contains(&"status=0") {
         return Err(console.error(format!("vpci derive failed:\n{}", layout_lines.join("\n"))));
     }
+    let compat = console.section("compat")?;
+    let relaid = [
+        "capability MSI-X moved from 0x40 to 0x90",
+        "capability Express moved from 0x80 to 0x40",
+        "capability Power Management at 0x60 only in the first layout",
+        "capability Vendor Specific at 0xa0 only in the second layout",
+    ];
+    if !relaid.iter().all(|d| compat.iter().any(|l| l.contains(d))) {
+        return Err(console.error(format!(
+            "the nvme's instance type does not differ from the device as catalog/qemu-nvme.toml \
+             says:\n{}",
+            compat.join("\n")
+        )));
+    }
+    eprintln!(
+        "    ok  the nvme is served as catalog/qemu-nvme.toml: PCIe and MSI-X moved, PM hidden, a \
+         vendor capability added"
+    );
     let json = console.section("layout-json")?.join("\n");
     let layout = Layout::from_check_json(&json)
         .map_err(|e| console.error(format!("vpci check --json: {e}\n{json}")))?;
-    let mut passed = 1;
+    let mut passed = 2;
     let mut summary = String::new();
     for (name, slot, through_server) in BOOTS {
         passed += check_boot(
@@ -385,6 +532,7 @@ fn check(run: &L1Run) -> Result<usize, GuestError> {
         let _ = write!(summary, " {name}");
     }
     passed += check_server(console)?;
+    passed += check_vf(console)?;
     eprintln!("    ok  nested L2 boots:{summary}");
     Ok(passed)
 }
