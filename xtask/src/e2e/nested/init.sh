@@ -111,8 +111,11 @@ threads() {
 trace_args() {
     [ "$bench" = 1 ] && [ -n "$l2trace" ] || return 0
     echo "-trace vfio_user_* -trace vfio_region_read -trace vfio_region_write"
-    echo "-trace vfio_msi_interrupt -trace vfio_intx_interrupt -D /tmp/$1.trace"
+    echo "-trace vfio_msi_interrupt -trace vfio_intx_interrupt -trace vfio_region_mmap"
+    echo "-trace vfio_region_sparse_mmap_entry -D /tmp/$1.trace"
 }
+# The size of a trace file so far (0 when there is none).
+trace_size() { stat -c %s "/mnt/tmp/$1.trace" 2>/dev/null || echo 0; }
 
 # One L2 boot: $1 names it, $2 is the disk slot (MiB) it writes, the rest are QEMU arguments.
 # While it runs, the most mappings of a VFIO device fd its QEMU had (BAR pages it mmapped).
@@ -141,12 +144,12 @@ l2() {
         if [ -n "$pid" ] && [ -z "$s0" ] && grep -q '^bench_start' "/tmp/$name.out"; then
             s0=$(server_ticks) q0=$(ticks "$pid")
             threads > /tmp/threads0
-            t0=$(cat "/mnt/tmp/$name.trace" 2>/dev/null | wc -l)
+            t0=$(trace_size "$name")
         fi
         if [ -n "$pid" ] && [ -n "$s0" ] && [ -z "$s1" ] && grep -q '^BLKBENCH ' "/tmp/$name.out"; then
             s1=$(server_ticks) q1=$(ticks "$pid")
             threads > /tmp/threads1
-            t1=$(cat "/mnt/tmp/$name.trace" 2>/dev/null | wc -l)
+            t1=$(trace_size "$name")
         fi
         sleep 1
     done
@@ -163,12 +166,18 @@ l2() {
         awk 'NR == FNR { t[$1] = $2; w[$1] = $3; next }
             { printf "bench_thread: %s ticks=%d wakeups=%d\n", $1, $2 - t[$1], $3 - w[$1] }' \
             /tmp/threads0 /tmp/threads1
-        if [ -f "/mnt/tmp/$name.trace" ]; then
-            # Trace events during blkbench, by kind, and the trapped BAR accesses by place.
-            sed -n "$((t0 + 1)),${t1}p" "/mnt/tmp/$name.trace" | awk '{ print $1 }' | sort | uniq -c |
-                sort -rn | sed 's/^/bench_trace: /'
-            sed -n "$((t0 + 1)),${t1}p" "/mnt/tmp/$name.trace" | grep '^vfio_region_' |
-                awk '{ print $1, $2 }' | sort | uniq -c | sort -rn | head -12 | sed 's/^/bench_trace_at: /'
+        trace="/mnt/tmp/$name.trace"
+        if [ -f "$trace" ]; then
+            # Where QEMU mmapped the device's regions, the trace events during blkbench by kind,
+            # and the BAR accesses QEMU trapped there, by place.
+            grep -e '^vfio_region_mmap' -e '^vfio_region_sparse' "$trace" | sed 's/^/bench_mmap: /'
+            echo "bench_trace_bytes=$((t1 - t0)) of $(trace_size "$name")"
+            tail -c +$((t0 + 1)) "$trace" | head -c $((t1 - t0)) > /tmp/window.trace
+            awk '{ print $1 }' /tmp/window.trace | sort | uniq -c | sort -rn |
+                sed 's/^/bench_trace: /'
+            grep '^vfio_region_' /tmp/window.trace | awk '{ print $1, $2 }' | sort | uniq -c |
+                sort -rn | head -12 | sed 's/^/bench_trace_at: /'
+            rm -f /tmp/window.trace
         fi
     fi
 }
