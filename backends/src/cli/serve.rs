@@ -168,6 +168,11 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         Some(path) => read_config(path)?,
         None => ConfigFile::default(),
     };
+    let mut pfs = args.passthrough_pf.clone();
+    pfs.extend(config.server.passthrough_pfs.iter().cloned());
+    for pf in &pfs {
+        check_address(pf).map_err(|e| CliError::new(ErrorKind::Invalid, e.to_string()))?;
+    }
     let socket_group = args.socket_group.or(config.server.socket_group);
     // Before anything else: a second server on a live server's run directory stops here,
     // having touched nothing.
@@ -198,11 +203,6 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     plugins.extend(config.server.plugins.iter().map(|p| base.join(p)));
     let mut plugin_dirs = args.plugin_dir.clone();
     plugin_dirs.extend(config.server.plugin_dirs.iter().map(|p| base.join(p)));
-    let mut pfs = args.passthrough_pf.clone();
-    pfs.extend(config.server.passthrough_pfs.iter().cloned());
-    for pf in &pfs {
-        check_address(pf).map_err(|e| CliError::new(ErrorKind::Invalid, e.to_string()))?;
-    }
     let registry = registry_with(&plugins, &plugin_dirs, &pfs)?;
     let mut allowed_uids = args.allow_uid.clone();
     allowed_uids.extend(&config.server.allowed_uids);

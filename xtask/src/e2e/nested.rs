@@ -28,9 +28,12 @@
 //! get replies to pings of L1's VLAN 5 interface on the PF. Destroy must unbind the VF and put
 //! its settings back.
 //!
-//! The whole L1 boot took about 130 s wall on an idle 2-core host, and up to 10 minutes with
+//! The whole L1 boot took about 130-150 s wall on an idle 2-core host, and up to 10 minutes with
 //! other builds running. `cargo xtask bench` boots it once more with release builds and
-//! `blkbench` in each L2 ([`bench()`]).
+//! `blkbench` in each L2 ([`bench()`]); while blkbench runs, L1 samples the server's threads
+//! (CPU time and wake-ups, `bench_thread:` lines), and the second vfio-user boot runs QEMU with
+//! vfio trace events (`bench_trace:` lines: messages to the server by kind, BAR accesses QEMU
+//! trapped, interrupts QEMU handled itself, and where it mmapped the device's regions).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -548,15 +551,19 @@ pub fn run(root: &Path, kernel: &Kernel) -> Result<usize, String> {
 /// The figures of `cargo xtask bench` from the nested setup.
 #[derive(Debug, Clone, Copy)]
 pub struct BenchResults {
-    /// L2 through `vfio-user-pci` and the passthrough function (the first vfio-user boot).
+    /// L2 through `vfio-user-pci` and the passthrough function: the mean of the two vfio-user
+    /// boots.
     pub user: Figures,
-    /// L2 through QEMU's own vfio-pci, in the same L1 boot.
+    /// L2 through QEMU's own vfio-pci, in the same L1 boot: the mean of the boot before the
+    /// vfio-user ones and the one after them.
     pub baseline: Figures,
-    /// CPU seconds the server used while that L2 ran blkbench (sampled each second by L1).
+    /// CPU seconds the server used while the vfio-user L2s ran blkbench (sampled each second
+    /// by L1).
     pub server_cpu: f64,
-    /// CPU seconds L2's QEMU used in the same window.
+    /// CPU seconds those L2s' QEMU used in the same windows.
     pub qemu_cpu: f64,
-    /// CPU seconds the server used during that whole L2 boot (mapping its RAM included).
+    /// CPU seconds the server used during the first vfio-user L2 boot (mapping its RAM
+    /// included).
     pub server_cpu_boot: f64,
     /// CPU seconds L2's QEMU used in it.
     pub qemu_cpu_boot: f64,
@@ -575,8 +582,16 @@ fn figures(console: &Console, name: &'static str) -> Result<Figures, GuestError>
     .ok_or_else(|| console.error(format!("`{name}`: no figures from blkbench")))
 }
 
-/// Boots L1 with release builds and blkbench in every L2, checks it as the e2e does, and
-/// returns the figures (needs root).
+/// The mean of two boots' figures.
+fn mean(a: Figures, b: Figures) -> Figures {
+    Figures {
+        randread_iops: (a.randread_iops + b.randread_iops) / 2.0,
+        seq_mbps: (a.seq_mbps + b.seq_mbps) / 2.0,
+    }
+}
+
+/// Boots L1 with release builds and blkbench in every L2, checks it as the e2e does (and the
+/// second baseline boot), and returns the figures (needs root).
 pub fn bench() -> Result<BenchResults, String> {
     require_root()?;
     let root = chroot::ensure_chroot()?;
@@ -589,6 +604,7 @@ pub fn bench() -> Result<BenchResults, String> {
     let results = || -> Result<BenchResults, GuestError> {
         check(&run)?;
         let console = &run.console;
+        check_boot(console, "baseline2", 4, None, &run.image.0, &run.first_md5)?;
         let user1 = console.section("user1")?;
         let fields = Fields::new("user1", &user1);
         let ticks = fields
@@ -604,13 +620,30 @@ pub fn bench() -> Result<BenchResults, String> {
             .map(|t| t.parse::<f64>().ok())
             .sum::<Option<f64>>()
             .ok_or_else(|| console.error(format!("qemu_cpu_seconds={qemu}")))?;
-        let number = |key: &str| fields.number(key).map_err(|e| console.error(e));
         // /proc/PID/stat counts in USER_HZ, 100 a second.
+        let (mut server, mut qemu) = (0, 0);
+        for name in ["user1", "user2"] {
+            let lines = console.section(name)?;
+            let fields = Fields::new(name, &lines);
+            let number = |key: &str| fields.number(key).map_err(|e| console.error(e));
+            server += number("bench_server_ticks")?;
+            qemu += number("bench_qemu_ticks")?;
+        }
+        let boots: Vec<(&str, Figures)> = ["baseline", "user1", "user2", "baseline2"]
+            .into_iter()
+            .map(|name| figures(console, name).map(|f| (name, f)))
+            .collect::<Result<_, _>>()?;
+        for (name, f) in &boots {
+            eprintln!(
+                "    {name}: {:.1} IOPS 4 KiB random reads, {:.1} MB/s sequential",
+                f.randread_iops, f.seq_mbps
+            );
+        }
         Ok(BenchResults {
-            user: figures(console, "user1")?,
-            baseline: figures(console, "baseline")?,
-            server_cpu: number("bench_server_ticks")? as f64 / 100.0,
-            qemu_cpu: number("bench_qemu_ticks")? as f64 / 100.0,
+            user: mean(boots[1].1, boots[2].1),
+            baseline: mean(boots[0].1, boots[3].1),
+            server_cpu: server as f64 / 100.0,
+            qemu_cpu: qemu as f64 / 100.0,
             server_cpu_boot: ticks as f64 / 100.0,
             qemu_cpu_boot: qemu_cpu,
         })
