@@ -96,12 +96,13 @@ end layout-json
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 server_ticks() { if [ -n "$server" ]; then ticks "$server"; else echo 0; fi; }
 
-# The server's threads: name, CPU ticks, voluntary context switches (each a wake-up: for a
+# The server's threads: name/TID, CPU ticks, voluntary context switches (each a wake-up: for a
 # connection thread, a read of the socket that found nothing yet).
 threads() {
     [ -n "$server" ] || return 0
     for t in /proc/"$server"/task/*; do
-        printf '%s %s %s\n' "$(tr ' ' _ < "$t/comm")" "$(awk '{ print $14 + $15 }' "$t/stat")" \
+        printf '%s/%s %s %s\n' "$(tr ' ' _ < "$t/comm")" "${t##*/}" \
+            "$(awk '{ print $14 + $15 }' "$t/stat")" \
             "$(sed -n 's/^voluntary_ctxt_switches:[[:space:]]*//p' "$t/status")"
     done | sort
 }
@@ -171,6 +172,10 @@ l2() {
             # Where QEMU mmapped the device's regions, the trace events during blkbench by kind,
             # and the BAR accesses QEMU trapped there, by place.
             grep -e '^vfio_region_mmap' -e '^vfio_region_sparse' "$trace" | sed 's/^/bench_mmap: /'
+            # The whole boot, by kind, and its DMA maps (each pins guest RAM in the IOMMU).
+            awk '{ print $1 }' "$trace" | sort | uniq -c | sort -rn | sed 's/^/boot_trace: /'
+            grep -e '^vfio_user_dma_map' -e '^vfio_user_dma_unmap' "$trace" | head -40 |
+                sed 's/^/boot_dma: /'
             echo "bench_trace_bytes=$((t1 - t0)) of $(trace_size "$name")"
             tail -c +$((t0 + 1)) "$trace" | head -c $((t1 - t0)) > /tmp/window.trace
             awk '{ print $1 }' /tmp/window.trace | sort | uniq -c | sort -rn |
