@@ -99,8 +99,7 @@ fn print_private_ram(all: &[blkbench::Results]) {
 /// The `BENCH` lines of the nested nvme: L2 through the passthrough function (the mean of two
 /// boots) against L2 through QEMU's own vfio-pci (the mean of a boot before and one after them),
 /// and the server's CPU time against L2's QEMU's, while L2 runs blkbench and over the whole
-/// first vfio-user L2 boot. The `_calibrated` lines compare figures times the time of
-/// blkbench's calibration loop in the same phase, which the host's load does not move.
+/// first vfio-user L2 boot.
 fn print_nested(results: &nested::BenchResults) {
     let (user, baseline) = (results.user, results.baseline);
     let vs = "qemu_vfio_pci";
@@ -113,17 +112,6 @@ fn print_nested(results: &nested::BenchResults) {
         "BENCH {NESTED_NVME}_seq_read {:.2} MB/s ratio={:.2} vs={vs}",
         user.seq_mbps,
         user.seq_mbps / baseline.seq_mbps
-    );
-    let (user_c, baseline_c) = (results.user_calibrated, results.baseline_calibrated);
-    println!(
-        "BENCH {NESTED_NVME}_randread_4k_calibrated {:.3} reads/calibration ratio={:.2} vs={vs}",
-        user_c.randread_iops,
-        user_c.randread_iops / baseline_c.randread_iops
-    );
-    println!(
-        "BENCH {NESTED_NVME}_seq_read_calibrated {:.4} MB/calibration ratio={:.2} vs={vs}",
-        user_c.seq_mbps,
-        user_c.seq_mbps / baseline_c.seq_mbps
     );
     println!(
         "BENCH {vs}_nested_randread_4k {:.2} IOPS",

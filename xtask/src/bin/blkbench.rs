@@ -16,12 +16,8 @@
 //! BLKBENCH dev=/dev/vda randread_iops=1234.5 randread_ios=6172 seq_mbps=56.7 seq_bytes=170917888
 //! ```
 //!
-//! (MB/s are 10^6 bytes per second.) With `--calibrate N`, each phase runs in ten slices with a
-//! fixed CPU loop of N iterations after each, and the line also gives the loop's mean time in
-//! each phase (`randread_calibration_ms`, `seq_calibration_ms`): where the guest's speed moves
-//! with its host's load, a figure per second times that time does not. Usage:
-//! `blkbench [--rand-seconds S] [--seq-seconds S] [--seq-block BYTES] [--seed N]
-//! [--calibrate N] DEVICE`.
+//! (MB/s are 10^6 bytes per second.) Usage:
+//! `blkbench [--rand-seconds S] [--seq-seconds S] [--seq-block BYTES] [--seed N] DEVICE`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
@@ -39,15 +35,10 @@ struct Options {
     seq: Duration,
     seq_block: usize,
     seed: u64,
-    /// Iterations of the calibration loop run after each tenth of a phase (0: none).
-    calibrate: u64,
 }
 
-const USAGE: &str = "usage: blkbench [--rand-seconds S] [--seq-seconds S] [--seq-block BYTES] \
-                     [--seed N] [--calibrate ITERATIONS] DEVICE";
-
-/// Each phase runs in this many slices, a calibration loop after each.
-const SLICES: u32 = 10;
+const USAGE: &str =
+    "usage: blkbench [--rand-seconds S] [--seq-seconds S] [--seq-block BYTES] [--seed N] DEVICE";
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
@@ -56,7 +47,6 @@ fn parse(args: &[String]) -> Result<Options, String> {
         seq: Duration::from_secs(3),
         seq_block: 1 << 20,
         seed: 0x5eed_b10c,
-        calibrate: 0,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -87,12 +77,6 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 options.seed = v
                     .parse()
                     .map_err(|_| format!("--seed: not a number: {v}"))?;
-            }
-            "--calibrate" => {
-                let v = value()?;
-                options.calibrate = v
-                    .parse()
-                    .map_err(|_| format!("--calibrate: not a number: {v}"))?;
             }
             device if !device.starts_with('-') && options.device.is_empty() => {
                 options.device = device.to_string();
@@ -147,73 +131,29 @@ impl Aligned {
     }
 }
 
-/// Seconds a fixed amount of CPU work takes now: where the guest's speed moves with its host's
-/// load (a guest under TCG on a shared machine), figures per second times this do not.
-fn calibration(iterations: u64) -> f64 {
-    let start = Instant::now();
-    let mut rng = Rng::new(iterations);
-    let mut sum = 0u64;
-    for _ in 0..iterations {
-        sum = sum.wrapping_add(rng.next());
-    }
-    std::hint::black_box(sum);
-    start.elapsed().as_secs_f64()
-}
-
-/// What one phase did: units (reads or bytes) in `seconds` of reading, and the mean seconds of
-/// the calibration runs between its slices (0 without calibration).
-struct Phase {
-    units: u64,
-    seconds: f64,
-    calibration: f64,
-}
-
-/// Runs `step` (one read; returns its units) for `duration`, in [`SLICES`] slices with a
-/// calibration run after each when asked for; only the reading counts as time.
-fn phase(
-    duration: Duration,
-    calibrate: u64,
-    mut step: impl FnMut() -> Result<u64, String>,
-) -> Result<Phase, String> {
-    let slices = if calibrate == 0 { 1 } else { SLICES };
-    let slice = duration / slices;
-    let (mut units, mut seconds, mut calibration_total) = (0u64, 0f64, 0f64);
-    for _ in 0..slices {
-        let start = Instant::now();
-        while start.elapsed() < slice {
-            units += step()?;
-        }
-        seconds += start.elapsed().as_secs_f64();
-        if calibrate != 0 {
-            calibration_total += calibration(calibrate);
-        }
-    }
-    Ok(Phase {
-        units,
-        seconds,
-        calibration: calibration_total / f64::from(slices),
-    })
-}
-
-/// Reads 4 KiB blocks at random for `duration` (units: reads).
-fn random_reads(file: &File, size: u64, options: &Options) -> Result<Phase, String> {
+/// Reads 4 KiB blocks at random for `duration`; returns (reads, seconds).
+fn random_reads(file: &File, size: u64, options: &Options) -> Result<(u64, f64), String> {
     let blocks = size / BLOCK as u64;
     let mut rng = Rng::new(options.seed);
     let mut buffer = Aligned::new(BLOCK);
-    phase(options.rand, options.calibrate, || {
+    let start = Instant::now();
+    let mut reads = 0u64;
+    while start.elapsed() < options.rand {
         let offset = rng.next() % blocks * BLOCK as u64;
         file.read_exact_at(buffer.get(BLOCK), offset)
             .map_err(|e| format!("{}: read 4 KiB at {offset}: {e}", options.device))?;
-        Ok(1)
-    })
+        reads += 1;
+    }
+    Ok((reads, start.elapsed().as_secs_f64()))
 }
 
-/// Reads large blocks in order, wrapping at the end, for `duration` (units: bytes).
-fn sequential_reads(file: &File, size: u64, options: &Options) -> Result<Phase, String> {
+/// Reads large blocks in order, wrapping at the end, for `duration`; returns (bytes, seconds).
+fn sequential_reads(file: &File, size: u64, options: &Options) -> Result<(u64, f64), String> {
     let block = options.seq_block as u64;
     let mut buffer = Aligned::new(options.seq_block);
-    let mut offset = 0u64;
-    phase(options.seq, options.calibrate, || {
+    let start = Instant::now();
+    let (mut offset, mut bytes) = (0u64, 0u64);
+    while start.elapsed() < options.seq {
         if offset >= size {
             offset = 0;
         }
@@ -221,8 +161,9 @@ fn sequential_reads(file: &File, size: u64, options: &Options) -> Result<Phase, 
         file.read_exact_at(buffer.get(len), offset)
             .map_err(|e| format!("{}: read {len} bytes at {offset}: {e}", options.device))?;
         offset += len as u64;
-        Ok(len as u64)
-    })
+        bytes += len as u64;
+    }
+    Ok((bytes, start.elapsed().as_secs_f64()))
 }
 
 fn run(options: &Options) -> Result<(), String> {
@@ -240,25 +181,16 @@ fn run(options: &Options) -> Result<(), String> {
             options.device, options.seq_block
         ));
     }
-    let rand = random_reads(&file, size, options)?;
-    let seq = sequential_reads(&file, size, options)?;
-    let mut line = format!(
-        "BLKBENCH dev={} randread_iops={:.1} randread_ios={} seq_mbps={:.2} seq_bytes={} seed={}",
+    let (ios, rand_seconds) = random_reads(&file, size, options)?;
+    let (bytes, seq_seconds) = sequential_reads(&file, size, options)?;
+    println!(
+        "BLKBENCH dev={} randread_iops={:.1} randread_ios={ios} seq_mbps={:.2} seq_bytes={bytes} \
+         seed={}",
         options.device,
-        rand.units as f64 / rand.seconds,
-        rand.units,
-        seq.units as f64 / seq.seconds / 1e6,
-        seq.units,
+        ios as f64 / rand_seconds,
+        bytes as f64 / seq_seconds / 1e6,
         options.seed
     );
-    if options.calibrate != 0 {
-        line += &format!(
-            " randread_calibration_ms={:.3} seq_calibration_ms={:.3}",
-            rand.calibration * 1e3,
-            seq.calibration * 1e3
-        );
-    }
-    println!("{line}");
     Ok(())
 }
 
@@ -287,26 +219,6 @@ mod tests {
     }
 
     #[test]
-    fn a_calibrated_phase_counts_only_its_reading_time() {
-        let mut steps = 0u64;
-        let phase = phase(Duration::from_millis(20), 10_000, || {
-            steps += 1;
-            std::thread::sleep(Duration::from_micros(200));
-            Ok(2)
-        })
-        .unwrap();
-        assert_eq!(phase.units, 2 * steps);
-        assert!(phase.calibration > 0.0);
-        assert!(
-            phase.seconds >= 0.02 && phase.seconds < 1.0,
-            "{}",
-            phase.seconds
-        );
-        let plain = super::phase(Duration::from_millis(5), 0, || Ok(1)).unwrap();
-        assert_eq!(plain.calibration, 0.0);
-    }
-
-    #[test]
     fn buffers_are_aligned() {
         let mut buffer = Aligned::new(3 * BLOCK);
         assert_eq!(buffer.get(BLOCK).as_ptr() as usize % BLOCK, 0);
@@ -323,11 +235,7 @@ mod tests {
         assert_eq!(options.device, "/dev/vdb");
         assert_eq!(options.rand, Duration::from_millis(1500));
         assert_eq!(options.seq_block, 65536);
-        assert_eq!(options.calibrate, 0);
         assert!(parse(&[]).is_err());
         assert!(parse(&["--seq-block".into(), "100".into(), "/dev/vda".into()]).is_err());
-        let calibrated = parse(&["--calibrate".into(), "1000".into(), "/dev/vda".into()]).unwrap();
-        assert_eq!(calibrated.calibrate, 1000);
-        assert!(parse(&["--calibrate".into(), "x".into(), "/dev/vda".into()]).is_err());
     }
 }

@@ -557,11 +557,6 @@ pub struct BenchResults {
     /// L2 through QEMU's own vfio-pci, in the same L1 boot: the mean of the boot before the
     /// vfio-user ones and the one after them.
     pub baseline: Figures,
-    /// As `user`, each boot's figures times the seconds of blkbench's calibration loop in the
-    /// same phase: reads (or MB) per calibration loop, which the host's load does not move.
-    pub user_calibrated: Figures,
-    /// As `baseline`, calibrated the same way.
-    pub baseline_calibrated: Figures,
     /// CPU seconds the server used while the vfio-user L2s ran blkbench (sampled each second
     /// by L1).
     pub server_cpu: f64,
@@ -574,22 +569,15 @@ pub struct BenchResults {
     pub qemu_cpu_boot: f64,
 }
 
-/// The blkbench figures an L2 boot printed: as measured, and times the calibration loop's
-/// seconds in each phase.
-fn figures(console: &Console, name: &'static str) -> Result<(Figures, Figures), GuestError> {
+/// The blkbench figures an L2 boot printed.
+fn figures(console: &Console, name: &'static str) -> Result<Figures, GuestError> {
     let lines = console.section(name)?;
     let line = lines.iter().find(|l| l.starts_with("BLKBENCH "));
     line.and_then(|l| {
-        let number = |key: &str| field(l, key)?.parse::<f64>().ok();
-        let measured = Figures {
-            randread_iops: number("randread_iops")?,
-            seq_mbps: number("seq_mbps")?,
-        };
-        let calibrated = Figures {
-            randread_iops: measured.randread_iops * number("randread_calibration_ms")? / 1e3,
-            seq_mbps: measured.seq_mbps * number("seq_calibration_ms")? / 1e3,
-        };
-        Some((measured, calibrated))
+        Some(Figures {
+            randread_iops: field(l, "randread_iops")?.parse().ok()?,
+            seq_mbps: field(l, "seq_mbps")?.parse().ok()?,
+        })
     })
     .ok_or_else(|| console.error(format!("`{name}`: no figures from blkbench")))
 }
@@ -641,24 +629,19 @@ pub fn bench() -> Result<BenchResults, String> {
             server += number("bench_server_ticks")?;
             qemu += number("bench_qemu_ticks")?;
         }
-        let boots: Vec<(&str, (Figures, Figures))> = ["baseline", "user1", "user2", "baseline2"]
+        let boots: Vec<(&str, Figures)> = ["baseline", "user1", "user2", "baseline2"]
             .into_iter()
             .map(|name| figures(console, name).map(|f| (name, f)))
             .collect::<Result<_, _>>()?;
-        for (name, (f, c)) in &boots {
+        for (name, f) in &boots {
             eprintln!(
-                "    {name}: {:.1} IOPS 4 KiB random reads, {:.1} MB/s sequential; per \
-                 calibration loop {:.2} reads, {:.3} MB",
-                f.randread_iops, f.seq_mbps, c.randread_iops, c.seq_mbps
+                "    {name}: {:.1} IOPS 4 KiB random reads, {:.1} MB/s sequential",
+                f.randread_iops, f.seq_mbps
             );
         }
-        let measured = |i: usize| boots[i].1.0;
-        let calibrated = |i: usize| boots[i].1.1;
         Ok(BenchResults {
-            user: mean(measured(1), measured(2)),
-            baseline: mean(measured(0), measured(3)),
-            user_calibrated: mean(calibrated(1), calibrated(2)),
-            baseline_calibrated: mean(calibrated(0), calibrated(3)),
+            user: mean(boots[1].1, boots[2].1),
+            baseline: mean(boots[0].1, boots[3].1),
             server_cpu: server as f64 / 100.0,
             qemu_cpu: qemu as f64 / 100.0,
             server_cpu_boot: ticks as f64 / 100.0,

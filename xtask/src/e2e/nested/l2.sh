@@ -69,7 +69,7 @@ fi
 if [ "$(param bench)" = 1 ]; then
     echo "bench_start"
     sleep 2
-    blkbench --rand-seconds 3 --seq-seconds 2 --calibrate 1000000 /dev/nvme0n1
+    blkbench --rand-seconds 3 --seq-seconds 2 /dev/nvme0n1
     # L1 samples CPU times once a second: stay up until it has seen the figures.
     sleep 2
 fi
