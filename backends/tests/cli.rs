@@ -320,3 +320,52 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+#[test]
+fn the_relaid_nvme_type_fits_qemus_nvme_and_differs_from_it() {
+    let nvme = [
+        "framework/tests/data/pci/nvme/config",
+        "framework/tests/data/pci/nvme/resource",
+    ];
+    let bound = run(&[
+        "vpci",
+        "check",
+        "catalog/qemu-nvme.toml",
+        "--config",
+        nvme[0],
+        "--resource",
+        nvme[1],
+    ]);
+    assert!(bound.status.success(), "{bound:?}");
+    let out_file = std::env::temp_dir().join(format!("vv-nvme-{}.toml", std::process::id()));
+    let derived = run(&[
+        "vpci",
+        "derive",
+        "--config",
+        nvme[0],
+        "--resource",
+        nvme[1],
+        "--name",
+        "nvme",
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(derived.status.success(), "{derived:?}");
+    let compat = run(&[
+        "vpci",
+        "compat",
+        out_file.to_str().unwrap(),
+        "catalog/qemu-nvme.toml",
+    ]);
+    let _ = std::fs::remove_file(&out_file);
+    assert_eq!(compat.status.code(), Some(1));
+    let text = stdout(&compat);
+    for difference in [
+        "capability MSI-X moved from 0x40 to 0x90",
+        "capability Express moved from 0x80 to 0x40",
+        "capability Power Management at 0x60 only in the first layout",
+        "capability Vendor Specific at 0xa0 only in the second layout",
+    ] {
+        assert!(text.contains(difference), "{text}");
+    }
+}

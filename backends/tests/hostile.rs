@@ -74,7 +74,7 @@ impl Server {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
         let mut registry = Registry::new();
-        register_builtin(&mut registry).unwrap();
+        register_builtin(&mut registry, &[]).unwrap();
         let mut config = ServerConfig::default();
         config.offer.max_dma_maps = MAX_DMA_MAPS;
         let service = Service::new(registry, dir.join("run"), dir.join("state"), config);

@@ -403,6 +403,25 @@ fn a_config_with_a_bad_function_serves_none() {
 }
 
 #[test]
+fn a_passthrough_pf_that_is_not_a_pci_address_is_refused_before_anything_starts() {
+    let host = Host::idle("pf");
+    let config = host.dir.join("serve.toml");
+    std::fs::write(&config, "[server]\npassthrough_pfs = [\"../devices\"]\n").unwrap();
+    for args in [
+        vec!["serve", "--passthrough-pf", "01:00.0"],
+        vec!["serve", "--config", config.to_str().unwrap()],
+    ] {
+        let out = host.run(&args);
+        assert_eq!(out.status.code(), Some(6), "{out:?}");
+        assert!(stderr(&out).contains("is not a PCI address"), "{out:?}");
+        assert!(
+            !host.run_dir().exists(),
+            "the run directory was not claimed"
+        );
+    }
+}
+
+#[test]
 fn migration_messages_speak_to_operators() {
     let host = Host::serving("migrate");
     assert!(

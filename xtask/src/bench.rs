@@ -74,7 +74,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         print_private_ram(&all);
     }
     if selected(args, NESTED_NVME) {
-        eprintln!("==> bench {NESTED_NVME} (L1 under TCG, three L2 boots under KVM in it)");
+        eprintln!("==> bench {NESTED_NVME} (L1 under TCG, four L2 boots under KVM in it)");
         print_nested(&nested::bench()?);
     }
     Ok(())
@@ -96,9 +96,10 @@ fn print_private_ram(all: &[blkbench::Results]) {
     }
 }
 
-/// The `BENCH` lines of the nested nvme: L2 through the passthrough function against L2
-/// through QEMU's own vfio-pci, and the server's CPU time against L2's QEMU's, while L2 runs
-/// blkbench and over the whole L2 boot.
+/// The `BENCH` lines of the nested nvme: L2 through the passthrough function (the mean of two
+/// boots) against L2 through QEMU's own vfio-pci (the mean of a boot before and one after them),
+/// and the server's CPU time against L2's QEMU's, while L2 runs blkbench and over the whole
+/// first vfio-user L2 boot.
 fn print_nested(results: &nested::BenchResults) {
     let (user, baseline) = (results.user, results.baseline);
     let vs = "qemu_vfio_pci";

@@ -8,11 +8,18 @@ use std::sync::Arc;
 
 use crate::registry::{Registry, RegistryError};
 
-/// Registers every built-in backend.
-pub fn register_builtin(registry: &mut Registry) -> Result<(), RegistryError> {
+/// Registers every built-in backend; the passthrough backend also offers the free VFs of
+/// `passthrough_pfs` (PCI addresses).
+pub fn register_builtin(
+    registry: &mut Registry,
+    passthrough_pfs: &[String],
+) -> Result<(), RegistryError> {
     registry.register(Arc::new(sample::SampleBackend::new(1024)))?;
-    // Functions bound to vfio-pci, through kernel VFIO (none listed on a host without any).
-    registry.register(Arc::new(passthrough::PassthroughBackend::new()))?;
+    // Functions bound to vfio-pci, through kernel VFIO (none listed on a host without any),
+    // and the free VFs of the PFs named.
+    registry.register(Arc::new(
+        passthrough::PassthroughBackend::new().with_pfs(passthrough_pfs),
+    ))?;
     // An emulated DSA PF: 8 WQs, 4 dedicated and 2 shared reserved for sub-devices.
     match vfio_variant_idxd::IdxdBackend::new(vfio_variant_idxd::IdxdConfig::default()) {
         Ok(idxd) => registry.register(Arc::new(idxd))?,

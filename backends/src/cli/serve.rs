@@ -10,8 +10,9 @@ use serde::Deserialize;
 use vfio_variant::server::ServerConfig;
 
 use super::dirs::Dirs;
-use super::types::registry_with_dirs;
+use super::types::registry_with;
 use super::{CliError, ErrorKind, Outcome, read_text};
+use crate::builtin::passthrough::host::check_address;
 use crate::lifecycle::run_dir::{RunDir, RunDirError};
 use vfio_variant::vpci::MAX_LAYOUT_FILE;
 
@@ -44,6 +45,10 @@ pub struct ServeArgs {
     /// Do not start the definitions marked `start = auto`.
     #[arg(long)]
     no_autostart: bool,
+    /// An SR-IOV PF (PCI address) whose free VFs the passthrough backend offers: VFs bound to
+    /// no driver, bound to vfio-pci by create and unbound by destroy; may be repeated.
+    #[arg(long, value_name = "ADDRESS")]
+    passthrough_pf: Vec<String>,
 }
 
 /// The configuration file.
@@ -68,6 +73,9 @@ struct ServerSection {
     /// Plugin directories (every `*.so`), relative to the configuration file.
     #[serde(default)]
     plugin_dirs: Vec<PathBuf>,
+    /// PFs whose free VFs the passthrough backend offers.
+    #[serde(default)]
+    passthrough_pfs: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +168,11 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         Some(path) => read_config(path)?,
         None => ConfigFile::default(),
     };
+    let mut pfs = args.passthrough_pf.clone();
+    pfs.extend(config.server.passthrough_pfs.iter().cloned());
+    for pf in &pfs {
+        check_address(pf).map_err(|e| CliError::new(ErrorKind::Invalid, e.to_string()))?;
+    }
     let socket_group = args.socket_group.or(config.server.socket_group);
     // Before anything else: a second server on a live server's run directory stops here,
     // having touched nothing.
@@ -190,7 +203,7 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     plugins.extend(config.server.plugins.iter().map(|p| base.join(p)));
     let mut plugin_dirs = args.plugin_dir.clone();
     plugin_dirs.extend(config.server.plugin_dirs.iter().map(|p| base.join(p)));
-    let registry = registry_with_dirs(&plugins, &plugin_dirs)?;
+    let registry = registry_with(&plugins, &plugin_dirs, &pfs)?;
     let mut allowed_uids = args.allow_uid.clone();
     allowed_uids.extend(&config.server.allowed_uids);
     let server = ServerConfig {

@@ -30,8 +30,19 @@ pub struct TypesArgs {
 /// The built-in backends, the `plugins` named, and every `*.so` of the plugin directories
 /// `dirs` and `$VFIO_VARIANT_PLUGIN_DIR` (see [`crate::plugin::sources`]).
 pub fn registry_with_dirs(plugins: &[PathBuf], dirs: &[PathBuf]) -> Result<Registry, CliError> {
+    registry_with(plugins, dirs, &[])
+}
+
+/// As [`registry_with_dirs`], with the passthrough backend also offering the free VFs of
+/// `passthrough_pfs`.
+pub fn registry_with(
+    plugins: &[PathBuf],
+    dirs: &[PathBuf],
+    passthrough_pfs: &[String],
+) -> Result<Registry, CliError> {
     let mut registry = Registry::new();
-    register_builtin(&mut registry).map_err(|e| CliError::failed(e.to_string()))?;
+    register_builtin(&mut registry, passthrough_pfs)
+        .map_err(|e| CliError::failed(e.to_string()))?;
     let mut dirs = dirs.to_vec();
     dirs.extend(env_plugin_dir());
     for path in plugin_paths(plugins, &dirs).map_err(|e| CliError::failed(e.to_string()))? {

@@ -1,15 +1,13 @@
 //! A passthrough function: a real device on kernel VFIO behind its layout.
 
-use std::sync::Arc;
-
-use parking_lot::Mutex;
 use vfio_variant::backend::{DirectPath, Function, FunctionError};
 use vfio_variant::config::ConfigEvent;
 use vfio_variant::pci::regs;
 use vfio_variant::physical::PhysicalFunction;
 use vfio_variant::physical::vfio::VfioPhysicalFunction;
 
-use super::Provisioned;
+use super::host::Binding;
+use super::{Lease, Provisioned};
 
 /// COMMAND bits the guest's virtual COMMAND register gives the device: decoding, bus
 /// mastering and the INTx disable (which vfio-pci virtualizes in turn).
@@ -17,40 +15,42 @@ const COMMAND_TO_DEVICE: u16 =
     regs::COMMAND_IO | regs::COMMAND_MEMORY | regs::COMMAND_BUS_MASTER | regs::COMMAND_INTX_DISABLE;
 
 /// A function of the passthrough backend. Dropping it closes the device (the kernel resets
-/// it and unmaps its IOMMU), puts back the VF settings create made, and gives the address
-/// back to the backend.
+/// it and unmaps its IOMMU), unbinds it from vfio-pci when create bound it, puts back the VF
+/// settings create made, and gives the address back to the backend.
 pub struct PassthroughFunction {
     device: VfioPhysicalFunction,
+    /// Dropped in this order, after `device`: the device is closed, then unbound, then the
+    /// VF settings are put back, then the address is free again.
+    _binding: Option<Binding>,
+    _provisioned: Option<Provisioned>,
+    _lease: Lease,
     address: String,
-    provisioned: Option<Provisioned>,
-    in_use: Arc<Mutex<Vec<String>>>,
 }
 
 impl PassthroughFunction {
-    /// Wraps an opened device; when the function is dropped, what `provisioned` set on the
-    /// VF is put back and `in_use` loses `address`.
+    /// Wraps an opened device; when the function is dropped, the device is closed, `binding`
+    /// undone, what `provisioned` set on the VF put back and the `lease` given back.
     pub fn new(
         device: VfioPhysicalFunction,
         address: String,
+        binding: Option<Binding>,
         provisioned: Option<Provisioned>,
-        in_use: Arc<Mutex<Vec<String>>>,
+        lease: Lease,
     ) -> Self {
         Self {
             device,
+            _binding: binding,
+            _provisioned: provisioned,
+            _lease: lease,
             address,
-            provisioned,
-            in_use,
         }
     }
 }
 
 impl Drop for PassthroughFunction {
     fn drop(&mut self) {
+        // The fields are dropped after this, in their declared order.
         self.device.release();
-        if let Some(provisioned) = &self.provisioned {
-            provisioned.restore();
-        }
-        self.in_use.lock().retain(|a| *a != self.address);
     }
 }
 

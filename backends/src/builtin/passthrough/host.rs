@@ -1,5 +1,6 @@
-//! What sysfs says about PCI functions: their driver and their IOMMU group, and whether one
-//! can be handed to the passthrough backend.
+//! What sysfs says about PCI functions: their driver, their IOMMU group, the VFs of a PF, and
+//! whether one can be handed to the passthrough backend; and binding a free VF to vfio-pci
+//! ([`Binding`], undone when dropped).
 
 use std::path::{Path, PathBuf};
 
@@ -63,6 +64,14 @@ pub enum HostError {
     /// The function has no IOMMU group (no IOMMU, or it is off).
     #[error("{0} has no IOMMU group: is the IOMMU on (intel_iommu=on)?")]
     NoGroup(String),
+    /// Binding a free VF to vfio-pci failed.
+    #[error("binding {address} to vfio-pci: {why}")]
+    Bind {
+        /// The function.
+        address: String,
+        /// What went wrong.
+        why: String,
+    },
 }
 
 /// Checks that `text` is a PCI address, so it is safe to put in a sysfs path.
@@ -121,6 +130,63 @@ impl Host {
             .collect();
         found.sort();
         found
+    }
+
+    /// The VFs of PF `pf` (its `virtfnN` links), by VF number; none for a function that is
+    /// not a PF or not a PCI address.
+    pub fn vfs(&self, pf: &str) -> Vec<String> {
+        if check_address(pf).is_err() {
+            return Vec::new();
+        }
+        let Ok(entries) = std::fs::read_dir(self.device_dir(pf)) else {
+            return Vec::new();
+        };
+        let mut vfs: Vec<(u32, String)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let n = name.strip_prefix("virtfn")?.parse::<u32>().ok()?;
+                let vf = link_name(&e.path()).filter(|a| check_address(a).is_ok())?;
+                Some((n, vf))
+            })
+            .collect();
+        vfs.sort();
+        vfs.into_iter().map(|(_, vf)| vf).collect()
+    }
+
+    /// Whether `address` is a VF of one of `pfs` bound to no driver: free for create to bind.
+    pub fn is_free_vf(&self, address: &str, pfs: &[String]) -> bool {
+        self.driver(address).is_none()
+            && link_name(&self.device_dir(address).join("physfn"))
+                .is_some_and(|pf| pfs.contains(&pf))
+    }
+
+    /// Binds the unbound function `address` to vfio-pci (`driver_override`, then
+    /// `drivers_probe`, as an operator would); dropping the [`Binding`] unbinds it and clears
+    /// the override. A function that does not end up on vfio-pci is left as it was.
+    pub fn bind_vfio(&self, address: &str) -> Result<Binding, HostError> {
+        check_address(address)?;
+        let fail = |why: String| HostError::Bind {
+            address: address.to_string(),
+            why,
+        };
+        let override_file = self.device_dir(address).join("driver_override");
+        std::fs::write(&override_file, VFIO_PCI)
+            .map_err(|e| fail(format!("{}: {e}", override_file.display())))?;
+        // From here on, dropping the binding undoes what was done.
+        let binding = Binding {
+            host: self.clone(),
+            address: address.to_string(),
+        };
+        let probe = self.root.join("drivers_probe");
+        std::fs::write(&probe, address).map_err(|e| fail(format!("{}: {e}", probe.display())))?;
+        match self.driver(address) {
+            Some(d) if d == VFIO_PCI => Ok(binding),
+            other => Err(fail(format!(
+                "after drivers_probe it is bound to {} (is the vfio-pci module loaded?)",
+                other.map_or_else(|| "no driver".into(), |d| format!("`{d}`"))
+            ))),
+        }
     }
 
     /// The IOMMU group of a function.
@@ -210,6 +276,29 @@ impl Host {
     }
 }
 
+/// A function create bound to vfio-pci; dropping it unbinds the function and clears its
+/// `driver_override`, leaving it unbound as it was found.
+#[derive(Debug)]
+pub struct Binding {
+    host: Host,
+    address: String,
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        if self.host.driver(&self.address).as_deref() == Some(VFIO_PCI) {
+            let unbind = self.host.root.join("drivers").join(VFIO_PCI).join("unbind");
+            if let Err(e) = std::fs::write(&unbind, &self.address) {
+                tracing::warn!("{}: unbinding from vfio-pci: {e}", self.address);
+            }
+        }
+        let override_file = self.host.device_dir(&self.address).join("driver_override");
+        if let Err(e) = std::fs::write(&override_file, "\n") {
+            tracing::warn!("{}: clearing driver_override: {e}", self.address);
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::os::unix::fs::symlink;
@@ -285,6 +374,60 @@ pub(crate) mod tests {
         assert_eq!(
             host.vf_location("0000:01:00.0"),
             Err(HostError::NotAVf("0000:01:00.0".into()))
+        );
+    }
+
+    #[test]
+    fn free_vfs_of_a_named_pf_are_found_and_a_failed_bind_is_undone() {
+        let sysfs = FakeSysfs::new();
+        sysfs.add("0000:01:00.0", Some("igb"), "1");
+        sysfs.add("0000:01:10.0", None, "2");
+        sysfs.add("0000:01:10.2", Some("igbvf"), "3");
+        sysfs.add_vf("0000:01:00.0", "0000:01:10.0", 0, "enp1s0", 4);
+        sysfs.add_vf("0000:01:00.0", "0000:01:10.2", 1, "enp1s0", 4);
+        let host = Host::new(&sysfs.root);
+        assert_eq!(
+            host.vfs("0000:01:00.0"),
+            vec!["0000:01:10.0", "0000:01:10.2"]
+        );
+        assert!(host.vfs("0000:01:10.0").is_empty());
+        assert!(host.vfs("../x").is_empty());
+        let pfs = vec!["0000:01:00.0".to_string()];
+        assert!(host.is_free_vf("0000:01:10.0", &pfs));
+        assert!(!host.is_free_vf("0000:01:10.2", &pfs), "bound to igbvf");
+        assert!(
+            !host.is_free_vf("0000:01:10.0", &[]),
+            "its PF was not named"
+        );
+        // No kernel behind this tree: drivers_probe binds nothing, and the override written
+        // for it is cleared again.
+        std::fs::write(sysfs.root.join("drivers_probe"), "").unwrap();
+        let e = host.bind_vfio("0000:01:10.0").unwrap_err();
+        assert!(e.to_string().contains("bound to no driver"), "{e}");
+        let override_file = host.device_dir("0000:01:10.0").join("driver_override");
+        assert_eq!(std::fs::read_to_string(&override_file).unwrap(), "\n");
+        assert_eq!(
+            std::fs::read_to_string(sysfs.root.join("drivers_probe")).unwrap(),
+            "0000:01:10.0"
+        );
+    }
+
+    #[test]
+    fn a_binding_unbinds_when_dropped() {
+        let sysfs = FakeSysfs::new();
+        sysfs.add("0000:01:10.0", Some("vfio-pci"), "2");
+        let host = Host::new(&sysfs.root);
+        let unbind = sysfs.root.join("drivers").join(VFIO_PCI).join("unbind");
+        std::fs::write(&unbind, "").unwrap();
+        drop(Binding {
+            host: host.clone(),
+            address: "0000:01:10.0".into(),
+        });
+        assert_eq!(std::fs::read_to_string(&unbind).unwrap(), "0000:01:10.0");
+        assert_eq!(
+            std::fs::read_to_string(host.device_dir("0000:01:10.0").join("driver_override"))
+                .unwrap(),
+            "\n"
         );
     }
 

@@ -1,6 +1,6 @@
-//! SR-IOV VF profiles applied before a VF is exposed: MAC, VLAN, spoof checking and trust, set
-//! on the PF's netdev over rtnetlink (what `ip link set PF vf N ...` sends), and restored when
-//! the function is destroyed.
+//! SR-IOV VF profiles applied before a VF is exposed: MAC, VLAN, spoof checking, trust and
+//! transmit rate limits, set on the PF's netdev over rtnetlink (what `ip link set PF vf N ...`
+//! sends), and restored when the function is destroyed.
 
 use std::io;
 
@@ -9,8 +9,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
-    LinkAttribute, LinkExtentMask, LinkMessage, LinkVfInfo, VfInfo, VfInfoMac, VfInfoSpoofCheck,
-    VfInfoTrust, VfInfoVlan,
+    LinkAttribute, LinkExtentMask, LinkMessage, LinkVfInfo, VfInfo, VfInfoMac, VfInfoRate,
+    VfInfoSpoofCheck, VfInfoTrust, VfInfoVlan,
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -25,7 +25,8 @@ pub struct VfLocation {
     pub vf: u32,
 }
 
-/// What create asks to set on a VF (attributes `mac`, `vlan`, `spoofchk`, `trust`).
+/// What create asks to set on a VF (attributes `mac`, `vlan`, `spoofchk`, `trust`,
+/// `max_tx_rate`, `min_tx_rate`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VfProfile {
     /// MAC address.
@@ -36,6 +37,10 @@ pub struct VfProfile {
     pub spoofchk: Option<bool>,
     /// Trusted VF.
     pub trust: Option<bool>,
+    /// Most transmit rate, in Mb/s (0: no limit).
+    pub max_tx_rate: Option<u32>,
+    /// Guaranteed transmit rate, in Mb/s (0: none).
+    pub min_tx_rate: Option<u32>,
 }
 
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -49,6 +54,11 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
         *byte = u8::from_str_radix(part, 16).ok()?;
     }
     parts.next().is_none().then_some(mac)
+}
+
+fn parse_rate(key: &str, text: &str) -> Result<u32, String> {
+    text.parse::<u32>()
+        .map_err(|_| format!("`{key}` is a rate in Mb/s (0: none), not `{text}`"))
 }
 
 fn parse_switch(key: &str, text: &str) -> Result<bool, String> {
@@ -83,13 +93,23 @@ impl VfProfile {
                 }
                 "spoofchk" => profile.spoofchk = Some(parse_switch(key, value)?),
                 "trust" => profile.trust = Some(parse_switch(key, value)?),
+                "max_tx_rate" => profile.max_tx_rate = Some(parse_rate(key, value)?),
+                "min_tx_rate" => profile.min_tx_rate = Some(parse_rate(key, value)?),
                 other => {
                     return Err(format!(
                         "the passthrough backend has no attribute `{other}` (have: mac, vlan, \
-                         spoofchk, trust)"
+                         spoofchk, trust, max_tx_rate, min_tx_rate)"
                     ));
                 }
             }
+        }
+        if let (Some(min), Some(max)) = (profile.min_tx_rate, profile.max_tx_rate)
+            && max != 0
+            && min > max
+        {
+            return Err(format!(
+                "`min_tx_rate` {min} is above `max_tx_rate` {max} (Mb/s)"
+            ));
         }
         Ok(profile)
     }
@@ -99,8 +119,9 @@ impl VfProfile {
         *self == Self::default()
     }
 
-    /// The settings as VF infos for VF `vf`, each named for messages.
-    fn infos(&self, vf: u32) -> Vec<(&'static str, VfInfo)> {
+    /// The settings as VF infos for VF `vf`, each named for messages. The kernel takes both
+    /// rates in one message: a rate this profile leaves alone keeps its value in `current`.
+    fn infos(&self, vf: u32, current: &VfProfile) -> Vec<(&'static str, VfInfo)> {
         let mut infos = Vec::new();
         if let Some(mac) = self.mac {
             infos.push(("mac", VfInfo::Mac(VfInfoMac::new(vf, &mac))));
@@ -119,6 +140,11 @@ impl VfProfile {
         }
         if let Some(on) = self.trust {
             infos.push(("trust", VfInfo::Trust(VfInfoTrust::new(vf, on))));
+        }
+        if self.max_tx_rate.is_some() || self.min_tx_rate.is_some() {
+            let min = self.min_tx_rate.or(current.min_tx_rate).unwrap_or(0);
+            let max = self.max_tx_rate.or(current.max_tx_rate).unwrap_or(0);
+            infos.push(("rate", VfInfo::Rate(VfInfoRate::new(vf, min, max))));
         }
         infos
     }
@@ -201,11 +227,18 @@ pub fn current(location: &VfLocation) -> io::Result<VfProfile> {
                     VfInfo::Vlan(v) => state.vlan = u16::try_from(v.vlan_id).ok(),
                     VfInfo::SpoofCheck(s) => state.spoofchk = Some(s.enabled),
                     VfInfo::Trust(t) => state.trust = Some(t.enabled),
+                    VfInfo::Rate(r) => {
+                        state.min_tx_rate = Some(r.min_tx_rate);
+                        state.max_tx_rate = Some(r.max_tx_rate);
+                    }
                     _ => {}
                 }
             }
         }
     }
+    // A kernel that reports no rates has none set.
+    state.min_tx_rate.get_or_insert(0);
+    state.max_tx_rate.get_or_insert(0);
     if state.mac.is_none() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
@@ -223,7 +256,7 @@ pub struct VfError {
     pub netdev: String,
     /// The VF.
     pub vf: u32,
-    /// Which setting (`mac`, `vlan`, reading the VF).
+    /// Which setting (`mac`, `vlan`, `spoofchk`, `trust`, `rate`, reading the settings).
     pub what: String,
     /// The kernel's error.
     #[source]
@@ -237,15 +270,11 @@ pub fn apply(
     profile: &VfProfile,
     previous: &VfProfile,
 ) -> Result<(), VfError> {
-    let previous_infos = previous.infos(location.vf);
-    for (n, (what, info)) in profile.infos(location.vf).into_iter().enumerate() {
-        if let Err(source) = set(location, info) {
-            let done: Vec<&str> = profile
-                .infos(location.vf)
-                .iter()
-                .take(n)
-                .map(|(w, _)| *w)
-                .collect();
+    let previous_infos = previous.infos(location.vf, previous);
+    let infos = profile.infos(location.vf, previous);
+    for (n, (what, info)) in infos.iter().enumerate() {
+        if let Err(source) = set(location, info.clone()) {
+            let done: Vec<&str> = infos.iter().take(n).map(|(w, _)| *w).collect();
             for (name, old) in &previous_infos {
                 if done.contains(name)
                     && let Err(e) = set(location, old.clone())
@@ -270,8 +299,12 @@ pub fn apply(
 
 /// Puts back what [`apply`] changed: the settings of `previous` that `profile` set.
 pub fn restore(location: &VfLocation, profile: &VfProfile, previous: &VfProfile) {
-    let changed: Vec<&str> = profile.infos(location.vf).iter().map(|(w, _)| *w).collect();
-    for (what, info) in previous.infos(location.vf) {
+    let changed: Vec<&str> = profile
+        .infos(location.vf, previous)
+        .iter()
+        .map(|(w, _)| *w)
+        .collect();
+    for (what, info) in previous.infos(location.vf, previous) {
         if changed.contains(&what)
             && let Err(e) = set(location, info)
         {
@@ -310,6 +343,7 @@ mod tests {
             ("vlan", "5"),
             ("spoofchk", "off"),
             ("trust", "on"),
+            ("max_tx_rate", "100"),
         ]))
         .unwrap();
         assert_eq!(p.mac, Some([0x52, 0x54, 0, 0x12, 0x34, 0x56]));
@@ -317,13 +351,16 @@ mod tests {
             (p.vlan, p.spoofchk, p.trust),
             (Some(5), Some(false), Some(true))
         );
-        assert_eq!(p.infos(3).len(), 4);
+        assert_eq!(p.max_tx_rate, Some(100));
+        assert_eq!(p.infos(3, &VfProfile::default()).len(), 5);
         for bad in [
             ("mac", "52:54:00:12:34"),
             ("mac", "01:00:5e:00:00:01"),
             ("vlan", "4095"),
             ("trust", "yes"),
             ("rate", "10"),
+            ("max_tx_rate", "-1"),
+            ("min_tx_rate", "fast"),
         ] {
             assert!(
                 VfProfile::from_attributes(&attrs(&[bad])).is_err(),
@@ -331,6 +368,40 @@ mod tests {
             );
         }
         assert!(VfProfile::from_attributes(&[]).unwrap().is_empty());
+        let e = VfProfile::from_attributes(&attrs(&[("min_tx_rate", "20"), ("max_tx_rate", "10")]))
+            .unwrap_err();
+        assert!(e.contains("above"), "{e}");
+    }
+
+    #[test]
+    fn a_rate_left_alone_keeps_its_current_value() {
+        let current = VfProfile {
+            min_tx_rate: Some(10),
+            max_tx_rate: Some(500),
+            ..VfProfile::default()
+        };
+        let only_max = VfProfile {
+            max_tx_rate: Some(100),
+            ..VfProfile::default()
+        };
+        let infos = only_max.infos(2, &current);
+        assert_eq!(infos.len(), 1);
+        assert_eq!(infos[0].0, "rate");
+        assert_eq!(infos[0].1, VfInfo::Rate(VfInfoRate::new(2, 10, 100)));
+        // Put back as it was.
+        assert_eq!(
+            current.infos(2, &current)[0].1,
+            VfInfo::Rate(VfInfoRate::new(2, 10, 500))
+        );
+        // Nothing known: the kernel's defaults (no limits).
+        let only_min = VfProfile {
+            min_tx_rate: Some(5),
+            ..VfProfile::default()
+        };
+        assert_eq!(
+            only_min.infos(0, &VfProfile::default())[0].1,
+            VfInfo::Rate(VfInfoRate::new(0, 5, 0))
+        );
     }
 
     #[test]

@@ -49,11 +49,29 @@ if grep -q 0x10ca /sys/bus/pci/devices/*/device 2>/dev/null; then
         i=$((i + 1))
     done
     echo "vf_mac=$mac"
+    # Packets with L1's PF through the VF: the VF's VLAN (5) is added and taken off by the
+    # device, so L2 sends untagged frames and L1 answers on its VLAN 5 interface.
+    vfnet=
+    for n in /sys/class/net/*; do
+        [ "$(cat "$n/address" 2>/dev/null)" = "$mac" ] && vfnet=$(basename "$n")
+    done
+    ip addr add 10.5.0.2/24 dev "$vfnet"
+    ip link set "$vfnet" up
+    i=0
+    while [ "$(cat "/sys/class/net/$vfnet/carrier" 2>/dev/null)" != 1 ] && [ $i -lt 50 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    ping -c 4 -W 3 10.5.0.1 > /tmp/ping.out 2>&1
+    sed 's/^/ping: /' /tmp/ping.out
+    echo "vf_ping_replies=$(sed -n 's/.* \([0-9]*\) packets received.*/\1/p' /tmp/ping.out)"
 fi
 if [ "$(param bench)" = 1 ]; then
     echo "bench_start"
     sleep 2
     blkbench --rand-seconds 3 --seq-seconds 2 /dev/nvme0n1
+    # L1 samples CPU times once a second: stay up until it has seen the figures.
+    sleep 2
 fi
 echo "l2_done=1"
 poweroff -f
