@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use vfio_variant::backend::Backend;
 use vfio_variant::device::VirtualFunction;
-use vfio_variant::migrate::{LocalDestination, MigratableDevice, Observer, Options, migrate};
 use vfio_variant::migration::MigrationState;
+use vfio_variant::migration_driver::{
+    LocalDestination, MigratableDevice, Observer, Options, migrate,
+};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::{Client, ClientOptions};
 use vfio_variant::vpci::{compile::compile, parse_layout};

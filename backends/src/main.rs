@@ -39,7 +39,7 @@ fn version() -> String {
         vfio_variant::plugin::ABI_VERSION,
         vfio_variant::vpci::parse::FORMAT_VERSION,
         vfio_variant::migration::stream::FORMAT_VERSION,
-        vfio_variant::migrate::link::LINK_VERSION,
+        vfio_variant::migration_driver::link::LINK_VERSION,
     )
 }
 

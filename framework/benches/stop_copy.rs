@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use vfio_variant::backend::{Function, FunctionError};
 use vfio_variant::device::VirtualFunction;
-use vfio_variant::migrate::{LocalDestination, Options, migrate};
 use vfio_variant::migration::stream::{StreamIdentity, StreamWriter};
 use vfio_variant::migration::{
     MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
 };
+use vfio_variant::migration_driver::{LocalDestination, Options, migrate};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::{Client, ClientOptions};
 use vfio_variant::vpci::{compile::compile, parse_layout};

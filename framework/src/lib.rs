@@ -11,8 +11,8 @@
 pub mod backend;
 pub mod config;
 pub mod device;
-pub mod migrate;
 pub mod migration;
+pub mod migration_driver;
 pub mod pci;
 pub mod physical;
 pub mod plugin;

@@ -9,8 +9,8 @@
 use std::io::{self, Cursor, Read, Write};
 
 use libfuzzer_sys::fuzz_target;
-use vfio_variant::migrate::link::Message;
-use vfio_variant::migrate::{DeviceError, MigratableDevice, Served, serve_destination};
+use vfio_variant::migration_driver::link::Message;
+use vfio_variant::migration_driver::{DeviceError, MigratableDevice, Served, serve_destination};
 use vfio_variant::migration::{MigrationFlags, MigrationState};
 
 /// The source's bytes in, the destination's answers out.

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
-use vfio_variant::migrate::{DeviceError, MigratableDevice, Observer};
 use vfio_variant::migration::{MigrationFlags, MigrationState};
+use vfio_variant::migration_driver::{DeviceError, MigratableDevice, Observer};
 use vfio_variant::vfio_user::client::Client;
 use vfio_variant::vfio_user::dma::{DmaMap, DmaMapFlags};
 use vfio_variant_virtio_legacy::hw::blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};

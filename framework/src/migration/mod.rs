@@ -1,6 +1,6 @@
 //! Migration vocabulary shared by the framework and backends (VFIO migration v2): states,
 //! flags, and the hooks a backend implements. Backends implement arc actions only; the
-//! framework walks multi-step paths between states ([`MigrationDriver`], the state machine of
+//! framework walks multi-step paths between states ([`StateMachine`], the walker of
 //! `state.rs`) and frames the device state in a checked stream ([`stream`]). DMA dirty
 //! logging keeps its bitmap in [`dirty`].
 
@@ -8,7 +8,7 @@ pub mod dirty;
 mod state;
 pub mod stream;
 
-pub use state::{MigrationDriver, TransitionError, is_direct_arc, next_step, path};
+pub use state::{StateMachine, TransitionError, is_direct_arc, next_step, path};
 
 use std::ops::Range;
 

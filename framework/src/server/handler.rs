@@ -26,7 +26,7 @@ use crate::vfio_user::rules;
 use crate::vfio_user::socket::Message;
 use crate::vfio_user::{Limits, Negotiated, Payload, ServerOffer, negotiate};
 
-use super::logging::LogReply;
+use super::dma_logging::LogReply;
 use super::migration;
 
 /// What a command gets back.

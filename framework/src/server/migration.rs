@@ -1,6 +1,6 @@
 //! Migration over vfio-user: DEVICE_FEATURE MIGRATION, MIG_DEVICE_STATE, MIG_DATA_SIZE and
 //! the project's PRECOPY_INFO ([`FEATURE_PRECOPY_INFO`]), and the framed stream
-//! ([`crate::migration::stream`]) in MIG_DATA_READ/WRITE. DMA logging is in `logging.rs`.
+//! ([`crate::migration::stream`]) in MIG_DATA_READ/WRITE. DMA logging is in `dma_logging.rs`.
 //!
 //! A function without [`MigrationHooks`] answers ENOTTY to all of it, which is how VFIO says
 //! "this device does not migrate". The migration state belongs to the function and outlives
@@ -26,7 +26,7 @@ use crate::migration::stream::{
     StreamIdentity, StreamLimits, StreamLoader, StreamWriter, estimated_size,
 };
 use crate::migration::{
-    MigrationDriver, MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
+    MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo, StateMachine,
 };
 use crate::vfio_user::feature::{
     DEVICE_FEATURE_SIZE, DeviceFeature, FEATURE_MIG_DATA_SIZE, FEATURE_MIG_DEVICE_STATE,
@@ -46,7 +46,7 @@ const LOADER_LIMITS: StreamLimits = StreamLimits {
 
 /// A function's migration state and its open stream.
 struct FunctionMigration {
-    driver: MigrationDriver,
+    driver: StateMachine,
     writer: Option<StreamWriter>,
     loader: Option<StreamLoader>,
     /// The function's reset count this state belongs to: any reset since (DEVICE_RESET, a
@@ -119,7 +119,7 @@ impl PortMigration {
         let mut slot = self.state.lock();
         let state = Arc::clone(slot.get_or_insert_with(|| {
             Arc::new(Mutex::new(FunctionMigration {
-                driver: MigrationDriver::new(flags),
+                driver: StateMachine::new(flags),
                 writer: None,
                 loader: None,
                 resets,

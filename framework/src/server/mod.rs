@@ -3,14 +3,14 @@
 //!
 //! Where to look: sockets, permissions and accepting clients in this file; a connection's
 //! thread in `connection.rs`; what each command does in `handler.rs`; the migration commands in
-//! `migration.rs`; DMA dirty logging in `logging.rs`; client memory in [`dma`]; client
+//! `migration.rs`; DMA dirty logging in `dma_logging.rs`; client memory in [`dma`]; client
 //! eventfds in [`irq`].
 
 mod connection;
 pub mod dma;
+mod dma_logging;
 mod handler;
 pub mod irq;
-mod logging;
 mod migration;
 
 use std::io;
@@ -92,7 +92,7 @@ pub struct Port {
     dma: Arc<DmaTable>,
     irqs: Arc<IrqTable>,
     migration: migration::PortMigration,
-    logging: logging::PortLogging,
+    logging: dma_logging::PortLogging,
 }
 
 /// Routes a function's interrupts to the current client's eventfds, and INTx to STATUS.
@@ -168,7 +168,7 @@ impl Port {
             dma,
             irqs,
             migration: migration::PortMigration::new(backend.to_string(), profile.to_string()),
-            logging: logging::PortLogging::default(),
+            logging: dma_logging::PortLogging::default(),
         })
     }
 
