@@ -2,23 +2,35 @@
 //! sends each region access to the config space, the backend, or the physical function.
 //!
 //! This is the object a server (or a Rust VMM in-process) calls: region indexes are VFIO's
-//! (BAR0-5 = 0-5, ROM = 6, config = 7).
+//! (BAR0-5 = 0-5, ROM = 6, config = 7). It also owns the function's migration (state, stream,
+//! config snapshot: `migration.rs`), its DMA dirty logging (`dma_logging.rs`) and the
+//! interrupts it raises to whoever attached (`interrupts.rs`): nothing above it calls the
+//! backend.
 
+mod dma_logging;
 mod error;
+mod interrupts;
+mod migration;
 mod msix;
 mod regions;
 
+pub use dma_logging::LoggingError;
 pub use error::DeviceError;
+pub use migration::MigrationFailure;
 pub use msix::PendingFn;
 pub use regions::{CONFIG_REGION, ROM_REGION, RegionInfo, passthrough_areas};
 
+use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::backend::{Backend, BackendError, CreateRequest, DirectPath, Function, MmapFile};
+use crate::backend::{
+    Backend, BackendError, CreateRequest, DirectPath, Function, FunctionContext, MmapFile,
+};
 use crate::config::{ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate};
+use crate::migration::stream::StreamIdentity;
+use crate::migration::{MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo};
 use crate::pci::regs;
 use crate::physical::PhysicalFunction;
 use crate::vpci::LayoutError;
@@ -27,13 +39,16 @@ use crate::vpci::layout::{BarBacking, BarKind, MmapArea, RomBacking};
 
 /// A virtual PCI function.
 pub struct VirtualFunction {
-    config: Mutex<ConfigSpace>,
+    config: Arc<Mutex<ConfigSpace>>,
     function: Box<dyn Function>,
     /// The MSI-X table and PBA, served here whatever backs their BAR.
     msix: Option<msix::Msix>,
-    /// Resets so far (DEVICE_RESET, FLR): what else keeps per-function state (migration)
-    /// compares it to know the function was reset.
-    resets: AtomicU64,
+    /// Where the function's interrupts go, and its INTx line.
+    interrupts: Arc<interrupts::Interrupts>,
+    /// Migration state and stream.
+    migration: migration::Migration,
+    /// DMA dirty logging.
+    dma_logging: dma_logging::DmaLogging,
 }
 
 /// Sends config bits the layout does not hold to the physical function or the backend.
@@ -133,17 +148,40 @@ impl VirtualFunction {
             }
             None => {}
         }
+        let msix = msix::Msix::new(layout);
+        let config = Arc::new(Mutex::new(ConfigSpace::new(template)));
         Ok(Self {
-            msix: msix::Msix::new(layout),
-            config: Mutex::new(ConfigSpace::new(template)),
+            msix,
+            interrupts: Arc::new(interrupts::Interrupts::new(Arc::clone(&config))),
+            config,
             function,
-            resets: AtomicU64::new(0),
+            migration: migration::Migration::new(),
+            dma_logging: dma_logging::DmaLogging::default(),
         })
     }
 
-    /// The backend's function.
+    /// The backend's function, for backend tests and the conformance kit. A VMM or server
+    /// drives the function through the device's own calls, never the backend.
     pub fn function(&self) -> &dyn Function {
         &*self.function
+    }
+
+    /// Gives the function guest memory and a sink for its interrupts. Writes through that
+    /// memory are logged while a DMA logging session is on; the sink receives MSI/MSI-X/ERR/REQ
+    /// vectors as the backend raises them, and the INTx line (the backend's condition masked
+    /// by COMMAND.INTX_DISABLE) whenever it changes, the current one at once.
+    pub fn attach(&self, context: FunctionContext) {
+        self.interrupts.attach(context.interrupts);
+        self.function.attach(FunctionContext {
+            dma: self.dma_logging.wrap(context.dma),
+            interrupts: Arc::new(interrupts::FromBackend(Arc::clone(&self.interrupts))),
+        });
+    }
+
+    /// Whether the function reaches guest RAM only through memory shared with it (a function
+    /// on a real device): guest RAM offered without a file must then be refused.
+    pub fn needs_shared_memory(&self) -> bool {
+        self.function.needs_shared_memory()
     }
 
     /// The compiled layout.
@@ -216,6 +254,8 @@ impl VirtualFunction {
         self.config
             .lock()
             .write(offset, data, &self.backing(), &mut |e| events.push(e))?;
+        // COMMAND.INTX_DISABLE may have changed.
+        self.interrupts.sync_intx();
         for event in events {
             match event {
                 ConfigEvent::FunctionLevelReset => self.reset()?,
@@ -223,11 +263,6 @@ impl VirtualFunction {
             }
         }
         Ok(())
-    }
-
-    /// How many times the function was reset (DEVICE_RESET or a guest's FLR).
-    pub fn reset_count(&self) -> u64 {
-        self.resets.load(Ordering::SeqCst)
     }
 
     /// The state a guest gave the config space, for a migration stream, followed by the
@@ -265,20 +300,22 @@ impl VirtualFunction {
         {
             msix.set_table(table);
         }
+        self.interrupts.sync_intx();
         for event in events {
             self.function.config_changed(event);
         }
         Ok(())
     }
 
-    /// Resets the function: config space to its reset values, then the backend (and through it
-    /// the physical function).
+    /// Resets the function: config space to its reset values, migration back to RUNNING with
+    /// no stream open, then the backend (and through it the physical function).
     pub fn reset(&self) -> Result<(), DeviceError> {
-        self.resets.fetch_add(1, Ordering::SeqCst);
+        self.migration.reset();
         self.config.lock().reset();
         if let Some(msix) = &self.msix {
             msix.reset();
         }
+        self.interrupts.sync_intx();
         self.function.reset()?;
         Ok(())
     }
@@ -363,17 +400,92 @@ impl VirtualFunction {
         }
     }
 
-    /// Records the function's INTx condition: STATUS.INTERRUPT follows it, whatever
-    /// COMMAND.INTX_DISABLE says.
-    pub fn set_intx_pending(&self, pending: bool) {
-        self.config.lock().set_intx_status(pending);
+    /// Names the backend and profile the function's migration streams carry: a destination
+    /// refuses a stream of another backend or profile (and of another layout, always).
+    pub fn set_stream_names(&self, backend: &str, profile: &str) {
+        self.migration.name(backend, profile);
     }
 
-    /// Whether the INTx line is asserted: the condition is pending and the guest has not
-    /// disabled INTx in COMMAND (the framework emulates the disable bit by masking).
-    pub fn intx_line(&self) -> bool {
-        let config = self.config.lock();
-        config.intx_status() && config.command() & regs::COMMAND_INTX_DISABLE == 0
+    /// The migration flags the function offers; `None` when it does not migrate.
+    pub fn migration_flags(&self) -> Option<MigrationFlags> {
+        self.migration.flags(self).ok()
+    }
+
+    /// The function's migration state: RUNNING until migration is used, and after any reset.
+    pub fn migration_state(&self) -> MigrationState {
+        self.migration.state()
+    }
+
+    /// Moves the function to migration state `want`, walking the backend's direct arcs; the
+    /// state reached. A refused request changes nothing; a failed arc leaves it in ERROR,
+    /// which only [`VirtualFunction::reset`] leaves.
+    pub fn set_migration_state(
+        &self,
+        want: MigrationState,
+    ) -> Result<MigrationState, MigrationFailure> {
+        self.migration.set_state(self, want)
+    }
+
+    /// Fills `buf` with the next bytes of the migration stream while saving (PRE_COPY,
+    /// STOP_COPY); fewer bytes than `buf` holds mean no more for now (pre-copy) or the end
+    /// (stop-copy).
+    pub fn migration_read(&self, buf: &mut [u8]) -> Result<usize, MigrationFailure> {
+        self.migration.read(self, buf)
+    }
+
+    /// Takes the next bytes of a migration stream while RESUMING. A stream for another layout,
+    /// backend or profile, or a corrupt record, is refused before its data reaches the device.
+    pub fn migration_write(&self, data: &[u8]) -> Result<(), MigrationFailure> {
+        self.migration.write(self, data)
+    }
+
+    /// Pre-copy progress of the stream (PRE_COPY and PRE_COPY_P2P only).
+    pub fn precopy_info(&self) -> Result<PrecopyInfo, MigrationFailure> {
+        self.migration.precopy_info(self)
+    }
+
+    /// Estimated bytes of the stream a stop-copy would read now.
+    pub fn stop_copy_size(&self) -> Result<u64, MigrationFailure> {
+        self.migration.stop_copy_size(self)
+    }
+
+    /// Why the last migration step was refused (since the last reset).
+    pub fn migration_error(&self) -> Option<String> {
+        self.migration.refusal()
+    }
+
+    /// Starts DMA dirty logging of `ranges` in pages of `page_size` (or the coarser pages
+    /// the device's tracker uses): returns the page size the session reports in.
+    pub fn dma_logging_start(
+        &self,
+        page_size: u64,
+        ranges: &[Range<u64>],
+    ) -> Result<u64, LoggingError> {
+        self.dma_logging
+            .start(self.function.migration(), page_size, ranges)
+    }
+
+    /// Sets bit i of `bitmap` for each page at `iova + i * page_size` written since the last
+    /// report of it, and clears those pages' log.
+    pub fn dma_logging_report(
+        &self,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        bitmap: &mut [u64],
+    ) -> Result<(), LoggingError> {
+        self.dma_logging
+            .report(self.function.migration(), iova, length, page_size, bitmap)
+    }
+
+    /// Ends the DMA logging session, if one is on.
+    pub fn dma_logging_stop(&self) {
+        self.dma_logging.stop(self.function.migration());
+    }
+
+    /// Whether a DMA logging session is on.
+    pub fn dma_logging_on(&self) -> bool {
+        self.dma_logging.is_on()
     }
 
     /// What each region is: size, access, mmappable areas.
@@ -409,6 +521,24 @@ impl VirtualFunction {
             }
         };
         (!areas.is_empty()).then_some((file, areas))
+    }
+}
+
+impl migration::Owner for VirtualFunction {
+    fn hooks(&self) -> Option<&dyn MigrationHooks> {
+        self.function.migration()
+    }
+
+    fn identity(&self, backend: &str, profile: &str) -> StreamIdentity {
+        StreamIdentity::new(&self.template(), backend, profile)
+    }
+
+    fn config_snapshot(&self) -> Vec<u8> {
+        VirtualFunction::config_snapshot(self)
+    }
+
+    fn config_restore(&self, saved: &[u8]) -> Result<(), String> {
+        VirtualFunction::config_restore(self, saved).map_err(|e| e.to_string())
     }
 }
 

@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 
 use super::connection::Outbox;
 use super::{Port, ServerConfig};
-use crate::device::{CONFIG_REGION, RegionInfo};
+use crate::device::RegionInfo;
 use crate::vfio_user::access::{RegionReadReply, RegionWriteReply, WriteMultiReply};
 use crate::vfio_user::device::{DEVICE_INFO_SIZE, DeviceFlags, DeviceInfo};
 use crate::vfio_user::dma::{DmaMap, DmaMapFlags, DmaUnmap};
@@ -118,7 +118,7 @@ impl<'a> Session<'a> {
                     let payload = words_as_bytes(&words);
                     self.outbox.send(&header.reply(payload.len()), payload, &[])
                 };
-                self.port.logging.recycle(words);
+                self.port.logging.recycle(&self.port.function, words);
                 sent
             }
             Answer::MigData(payload) => {
@@ -128,7 +128,7 @@ impl<'a> Session<'a> {
                     self.outbox
                         .send(&header.reply(payload.len()), &payload, &[])
                 };
-                self.port.migration.recycle(payload);
+                self.port.migration.recycle(&self.port.function, payload);
                 sent
             }
             Answer::Error(errno) => {
@@ -144,7 +144,7 @@ impl<'a> Session<'a> {
     /// What VERSION offers for this function: the `migration` capability only when the
     /// function migrates.
     fn offer(&self) -> ServerOffer {
-        let migrates = self.port.function.function().migration().is_some();
+        let migrates = self.port.function.migration_flags().is_some();
         ServerOffer {
             migration_max_bitmap_size: self
                 .config
@@ -244,17 +244,11 @@ impl<'a> Session<'a> {
             }
             Request::RegionWrite(write) => {
                 match vf.region_write(write.region, write.offset, &write.data) {
-                    Ok(()) => {
-                        if write.region == CONFIG_REGION {
-                            // COMMAND.INTX_DISABLE may have changed.
-                            self.port.sync_intx();
-                        }
-                        reply(RegionWriteReply {
-                            offset: write.offset,
-                            region: write.region,
-                            count: write.data.len() as u32,
-                        })
-                    }
+                    Ok(()) => reply(RegionWriteReply {
+                        offset: write.offset,
+                        region: write.region,
+                        count: write.data.len() as u32,
+                    }),
                     Err(e) => Answer::Error(e.errno()),
                 }
             }
@@ -267,16 +261,12 @@ impl<'a> Session<'a> {
                         return Answer::Error(e.errno());
                     }
                 }
-                self.port.sync_intx();
                 reply(WriteMultiReply {
                     wr_cnt: multi.entries.len() as u64,
                 })
             }
             Request::DeviceReset => match vf.reset() {
-                Ok(()) => {
-                    self.port.sync_intx();
-                    Answer::Reply(Vec::new(), Vec::new())
-                }
+                Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
                 Err(e) => Answer::Error(e.errno()),
             },
             // All of them answer ENOTTY for a function that does not migrate.
@@ -285,7 +275,6 @@ impl<'a> Session<'a> {
                 | FEATURE_DMA_LOGGING_STOP
                 | FEATURE_DMA_LOGGING_REPORT => {
                     match self.port.logging.device_feature(
-                        &self.port.dma,
                         &self.port.function,
                         &feature,
                         self.max_bitmap_size(),
@@ -295,11 +284,7 @@ impl<'a> Session<'a> {
                         Err(errno) => Answer::Error(errno),
                     }
                 }
-                _ => match migration::device_feature(
-                    &self.port.migration,
-                    &self.port.function,
-                    &feature,
-                ) {
+                _ => match migration::device_feature(&self.port.function, &feature) {
                     Ok(payload) => Answer::Reply(payload, Vec::new()),
                     Err(errno) => Answer::Error(errno),
                 },
@@ -311,7 +296,7 @@ impl<'a> Session<'a> {
                 }
             }
             Request::MigDataWrite(write) => {
-                match migration::data_write(&self.port.migration, &self.port.function, &write) {
+                match migration::data_write(&self.port.function, &write) {
                     Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
                     Err(errno) => Answer::Error(errno),
                 }
@@ -378,7 +363,7 @@ impl<'a> Session<'a> {
         // file) are taken, and only reached by message.
         if fds.is_empty()
             && map.flags.contains(DmaMapFlags::WRITE)
-            && self.port.function.function().needs_shared_memory()
+            && self.port.function.needs_shared_memory()
         {
             tracing::warn!(
                 "{}: DMA_MAP of {:#x}+{:#x} without a file descriptor refused: this function \
