@@ -258,7 +258,7 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     }
     .map_err(|e| match e {
         MigrateError::Unsupported(_) => not_migratable(&args.source, dirs),
-        MigrateError::Source(e) if e.source.errno() == Errno::NOTTY.raw_os_error() => {
+        MigrateError::Source(e) if e.errno == Errno::NOTTY.raw_os_error() => {
             not_migratable(&args.source, dirs)
         }
         e => CliError::failed(format!("migration failed, the source keeps running: {e}")),

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 use vfio_variant::migration::{MigrationFlags, MigrationState};
-use vfio_variant::migration_driver::{DeviceError, MigratableDevice, Observer};
+use vfio_variant::migration_driver::{CallError, MigratableDevice, Observer};
 use vfio_variant::vfio_user::client::Client;
 use vfio_variant::vfio_user::dma::{DmaMap, DmaMapFlags};
 use vfio_variant_virtio_legacy::hw::blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
@@ -53,22 +53,22 @@ impl Shared {
 }
 
 impl MigratableDevice for Shared {
-    fn flags(&mut self) -> Result<MigrationFlags, DeviceError> {
+    fn flags(&mut self) -> Result<MigrationFlags, CallError> {
         self.0.lock().flags()
     }
-    fn set_state(&mut self, state: MigrationState) -> Result<(), DeviceError> {
+    fn set_state(&mut self, state: MigrationState) -> Result<(), CallError> {
         self.0.lock().set_state(state)
     }
-    fn read(&mut self, max: u32) -> Result<Vec<u8>, DeviceError> {
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, CallError> {
         MigratableDevice::read(&mut *self.0.lock(), max)
     }
-    fn write(&mut self, data: &[u8]) -> Result<(), DeviceError> {
+    fn write(&mut self, data: &[u8]) -> Result<(), CallError> {
         MigratableDevice::write(&mut *self.0.lock(), data)
     }
     fn chunk_size(&self) -> u32 {
         self.0.lock().chunk_size()
     }
-    fn recover(&mut self) -> Result<(), DeviceError> {
+    fn recover(&mut self) -> Result<(), CallError> {
         self.0.lock().recover()
     }
 }

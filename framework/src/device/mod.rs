@@ -802,6 +802,272 @@ pba_offset = 0x200
         assert_eq!(command, [0, 0], "config space is back at its reset values");
     }
 
+    const PLAIN_LAYOUT: &str = r#"
+[vpci]
+format = 1
+name = "p"
+[identity]
+vendor_id = 0x1af4
+device_id = 0x1041
+class_code = 0x020000
+[[bar]]
+index = 1
+kind = "mem32"
+size = "4K"
+backing = "emulated"
+"#;
+
+    /// A function with one register (BAR 1 offset 0) that migrates, committing a loaded value
+    /// only on RESUMING -> STOP, and whose BAR 1 offset 4 sets its INTx condition.
+    #[derive(Default)]
+    struct Register {
+        value: Mutex<u32>,
+        loaded: Mutex<Option<u32>>,
+        context: Mutex<Option<FunctionContext>>,
+        migrates: bool,
+        saved: std::sync::atomic::AtomicBool,
+    }
+
+    impl Function for Register {
+        fn attach(&self, context: FunctionContext) {
+            *self.context.lock() = Some(context);
+        }
+        fn bar_read(&self, _: u8, _: u64, data: &mut [u8]) -> Result<(), FunctionError> {
+            data.copy_from_slice(&self.value.lock().to_le_bytes()[..data.len()]);
+            Ok(())
+        }
+        fn bar_write(&self, _: u8, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
+            let context = self.context.lock().clone();
+            match offset {
+                0 => *self.value.lock() = u32::from(data[0]),
+                4 => {
+                    let interrupt = match data[0] {
+                        0 | 1 => crate::backend::Interrupt::Intx(data[0] == 1),
+                        vector => crate::backend::Interrupt::Msix(vector.into()),
+                    };
+                    context.unwrap().interrupts.raise(interrupt);
+                }
+                _ => return Err(FunctionError::BadAccess("no register".into())),
+            }
+            Ok(())
+        }
+        fn reset(&self) -> Result<(), FunctionError> {
+            *self.loaded.lock() = None;
+            Ok(())
+        }
+        fn migration(&self) -> Option<&dyn MigrationHooks> {
+            self.migrates.then_some(self as _)
+        }
+    }
+
+    impl MigrationHooks for Register {
+        fn flags(&self) -> MigrationFlags {
+            MigrationFlags::STOP_COPY
+        }
+        fn transition(
+            &self,
+            from: MigrationState,
+            to: MigrationState,
+        ) -> Result<(), crate::migration::MigrationError> {
+            if (from, to) == (MigrationState::Resuming, MigrationState::Stop) {
+                let loaded = self.loaded.lock().take();
+                *self.value.lock() = loaded.expect("a loaded value");
+            }
+            if to == MigrationState::StopCopy {
+                self.saved.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
+        }
+        fn save(&self, buf: &mut [u8]) -> Result<usize, crate::migration::MigrationError> {
+            if buf.len() < 4 || self.saved.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Ok(0);
+            }
+            buf[..4].copy_from_slice(&self.value.lock().to_le_bytes());
+            Ok(4)
+        }
+        fn load(&self, data: &[u8]) -> Result<(), crate::migration::MigrationError> {
+            *self.loaded.lock() = Some(u32::from_le_bytes(data.try_into().unwrap()));
+            Ok(())
+        }
+        fn precopy_info(&self) -> Result<PrecopyInfo, crate::migration::MigrationError> {
+            Ok(PrecopyInfo::default())
+        }
+        fn stop_copy_size(&self) -> Result<u64, crate::migration::MigrationError> {
+            Ok(4)
+        }
+    }
+
+    fn register(migrates: bool) -> VirtualFunction {
+        let template = Arc::new(compile(Arc::new(parse_layout("p", PLAIN_LAYOUT).unwrap())));
+        let function = Register {
+            migrates,
+            ..Register::default()
+        };
+        VirtualFunction::new(template, Box::new(function)).unwrap()
+    }
+
+    /// Records what the device raises.
+    #[derive(Default)]
+    struct Raised(Mutex<Vec<crate::backend::Interrupt>>);
+
+    impl crate::backend::InterruptSink for Raised {
+        fn raise(&self, interrupt: crate::backend::Interrupt) {
+            self.0.lock().push(interrupt);
+        }
+    }
+
+    struct NoMemory;
+
+    impl crate::backend::DmaAccess for NoMemory {
+        fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), crate::backend::DmaError> {
+            Err(crate::backend::DmaError::Unmapped {
+                iova,
+                len: data.len(),
+            })
+        }
+        fn write(&self, iova: u64, data: &[u8]) -> Result<(), crate::backend::DmaError> {
+            Err(crate::backend::DmaError::Unmapped {
+                iova,
+                len: data.len(),
+            })
+        }
+    }
+
+    #[test]
+    fn the_device_raises_the_intx_line_when_it_changes_and_nothing_polls_it() {
+        use crate::backend::Interrupt::{Intx, Msix};
+        let vf = register(false);
+        let raised = Arc::new(Raised::default());
+        vf.attach(FunctionContext {
+            dma: Arc::new(NoMemory),
+            interrupts: Arc::clone(&raised) as _,
+        });
+        let take = || std::mem::take(&mut *raised.0.lock());
+        assert_eq!(take(), [Intx(false)], "the line as it is, at attach");
+        vf.region_write(CONFIG_REGION, 4, &[0x02, 0x00]).unwrap();
+        assert_eq!(
+            take(),
+            [],
+            "a config write that changes no line raises nothing"
+        );
+        vf.region_write(1, 4, &[1]).unwrap();
+        vf.region_write(1, 4, &[1]).unwrap();
+        vf.region_write(1, 4, &[9]).unwrap();
+        assert_eq!(
+            take(),
+            [Intx(true), Msix(9)],
+            "the level once; vectors as raised"
+        );
+        // The guest masks INTx in COMMAND: the device drops the line itself.
+        vf.region_write(CONFIG_REGION, 4, &[0x02, 0x04]).unwrap();
+        assert_eq!(take(), [Intx(false)]);
+        let mut status = [0u8; 2];
+        vf.region_read(CONFIG_REGION, 6, &mut status).unwrap();
+        assert_ne!(
+            status[0] & 0x08,
+            0,
+            "STATUS.INTERRUPT follows the condition"
+        );
+        vf.region_write(CONFIG_REGION, 4, &[0x02, 0x00]).unwrap();
+        assert_eq!(take(), [Intx(true)], "unmasked: the line comes back");
+        vf.reset().unwrap();
+        assert_eq!(take(), [Intx(false)], "a reset clears the condition");
+    }
+
+    fn stream_of(vf: &VirtualFunction) -> Vec<u8> {
+        assert_eq!(
+            vf.set_migration_state(MigrationState::StopCopy).unwrap(),
+            MigrationState::StopCopy
+        );
+        let mut stream = Vec::new();
+        loop {
+            let mut chunk = [0u8; 64];
+            let n = vf.migration_read(&mut chunk).unwrap();
+            stream.extend_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                return stream;
+            }
+        }
+    }
+
+    fn value(vf: &VirtualFunction) -> u8 {
+        let mut data = [0u8; 1];
+        vf.region_read(1, 0, &mut data).unwrap();
+        data[0]
+    }
+
+    #[test]
+    fn a_function_migrates_in_process_and_refuses_a_corrupt_stream_before_changing() {
+        let source = register(true);
+        source
+            .region_write(CONFIG_REGION, 4, &[0x06, 0x00])
+            .unwrap();
+        source.region_write(1, 0, &[7]).unwrap();
+        let stream = stream_of(&source);
+        let destination = register(true);
+        destination
+            .region_write(CONFIG_REGION, 4, &[0x02, 0x00])
+            .unwrap();
+
+        // A corrupt record is refused as it arrives; leaving RESUMING fails, nothing moved.
+        destination
+            .set_migration_state(MigrationState::Resuming)
+            .unwrap();
+        let mut corrupt = stream.clone();
+        let at = corrupt.len() - 30;
+        corrupt[at] ^= 0xff;
+        let refused = destination.migration_write(&corrupt).unwrap_err();
+        assert_eq!(refused.errno(), libc::EINVAL);
+        assert!(destination.migration_error().unwrap().contains("checksum"));
+        assert!(
+            destination
+                .set_migration_state(MigrationState::Stop)
+                .is_err()
+        );
+        assert_eq!(destination.migration_state(), MigrationState::Error);
+        assert_eq!(value(&destination), 0, "the device never committed");
+
+        // A reset clears the migration state directly.
+        destination.reset().unwrap();
+        assert_eq!(destination.migration_state(), MigrationState::Running);
+        assert_eq!(destination.migration_error(), None);
+
+        destination
+            .region_write(CONFIG_REGION, 4, &[0x02, 0x00])
+            .unwrap();
+        destination
+            .set_migration_state(MigrationState::Resuming)
+            .unwrap();
+        destination.migration_write(&stream).unwrap();
+        destination
+            .set_migration_state(MigrationState::Running)
+            .unwrap();
+        assert_eq!(value(&destination), 7);
+        let mut config = [[0u8; 256]; 2];
+        source
+            .region_read(CONFIG_REGION, 0, &mut config[0])
+            .unwrap();
+        destination
+            .region_read(CONFIG_REGION, 0, &mut config[1])
+            .unwrap();
+        assert_eq!(config[0], config[1], "config space moved with the state");
+    }
+
+    #[test]
+    fn a_function_without_hooks_does_not_migrate() {
+        let vf = register(false);
+        assert_eq!(vf.migration_flags(), None);
+        let e = vf.set_migration_state(MigrationState::Stop).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOTTY);
+        assert_eq!(
+            vf.dma_logging_start(4096, &[0..0x1000])
+                .unwrap_err()
+                .errno(),
+            libc::ENOTTY
+        );
+        assert_eq!(vf.migration_state(), MigrationState::Running);
+    }
+
     #[test]
     fn regions_describe_the_layout() {
         let vf = function(true).unwrap();
