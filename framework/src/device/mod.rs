@@ -493,6 +493,12 @@ impl VirtualFunction {
         regions::describe(self.template().layout())
     }
 
+    /// Where the guest placed BAR `index` (its address in config space, type bits masked):
+    /// what an in-process VMM routes its MMIO and port-I/O exits by. `None` for no such BAR.
+    pub fn bar_address(&self, index: u8) -> Option<u64> {
+        self.config.lock().bar_address(index)
+    }
+
     /// The direct path to the function's device, when it runs on kernel VFIO.
     pub fn direct(&self) -> Option<&dyn DirectPath> {
         self.function.direct()
