@@ -27,7 +27,7 @@ use vfio_variant::migration_driver::{LocalDestination, MigrateError, Options, mi
 use vfio_variant_virtio_legacy::backend::{PROFILE_MODERN, PROFILE_TRANSITIONAL};
 
 use host::Host;
-use vmm::{BLOCK, DISK_BLOCKS, Driver, Port, SourceVmm, Vcpu, block, config_space};
+use vmm::{BLOCK, DISK_BLOCKS, Driver, GuestAccess, SourceVmm, Vcpu, block, config_space};
 
 fn image_block(image: &Path, at: u32) -> Vec<u8> {
     let mut data = vec![0u8; BLOCK];

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::machine::{CONFIG_ADDRESS, CONFIG_DATA, Irqs, Machine, Space};
-use crate::vmm::Port;
+use crate::vmm::GuestAccess;
 
 /// Where the guest's firmware puts the legacy I/O BAR.
 pub const IO_BASE: u16 = 0xc000;
@@ -45,7 +45,7 @@ impl GuestPort {
     }
 }
 
-impl Port for GuestPort {
+impl GuestAccess for GuestPort {
     fn io_write(&self, offset: u8, data: &[u8]) {
         self.machine
             .write(Space::Io, u64::from(IO_BASE) + u64::from(offset), data);

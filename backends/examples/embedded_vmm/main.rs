@@ -27,7 +27,7 @@ use vfio_variant::migration_driver::{LocalDestination, Options, migrate};
 use vfio_variant_virtio_legacy::backend::PROFILE_TRANSITIONAL;
 
 use host::Host;
-use vmm::{Driver, Port, SourceVmm, Vcpu};
+use vmm::{Driver, GuestAccess, SourceVmm, Vcpu};
 
 fn main() {
     let dir = std::env::temp_dir().join(format!("vfio-variant-embedded-{}", std::process::id()));

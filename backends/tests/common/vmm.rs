@@ -1,7 +1,7 @@
 //! A test VMM for a transitional virtio-blk VF: guest memory in a memfd, a legacy virtio-blk
 //! driver keeping writes in flight from a vCPU thread, and the VMM's part of a migration
 //! (pause the vCPU once the device is stopped, move guest memory). The driver reaches its
-//! function through a [`Port`]: the VMM's one vfio-user connection ([`Shared`]), or an
+//! function through a [`GuestAccess`]: the VMM's one vfio-user connection ([`Shared`]), or an
 //! in-process VMM's port-I/O exits (examples/embedded_vmm). Shared by the two-host migration
 //! test, the in-process one and the downtime benchmark.
 
@@ -37,7 +37,7 @@ pub const BLOCK: usize = 4096;
 pub const DISK_BLOCKS: u32 = 16384;
 
 /// How the guest reaches its function: its legacy I/O BAR and its config space.
-pub trait Port: Clone + Send + 'static {
+pub trait GuestAccess: Clone + Send + 'static {
     /// Writes `data` at `offset` of the legacy I/O BAR.
     fn io_write(&self, offset: u8, data: &[u8]);
     /// Reads at `offset` of the legacy I/O BAR.
@@ -57,7 +57,7 @@ pub trait Port: Clone + Send + 'static {
 #[derive(Clone)]
 pub struct Shared(pub Arc<Mutex<Client>>);
 
-impl Port for Shared {
+impl GuestAccess for Shared {
     fn io_write(&self, offset: u8, data: &[u8]) {
         self.0.lock().region_write(0, offset.into(), data).unwrap();
     }
@@ -130,7 +130,7 @@ pub fn block(seq: u32) -> Vec<u8> {
 /// The guest's legacy virtio-blk driver: one queue, [`SLOTS`] writes in flight, completions
 /// polled from the used ring. Its state is what a VMM carries to the destination in guest
 /// memory and vCPU state.
-pub struct Driver<P: Port = Shared> {
+pub struct Driver<P: GuestAccess = Shared> {
     /// The function.
     pub device: P,
     /// Guest RAM.
@@ -147,7 +147,7 @@ pub struct Driver<P: Port = Shared> {
     pub interrupts: u64,
 }
 
-impl<P: Port> Driver<P> {
+impl<P: GuestAccess> Driver<P> {
     fn put(&self, iova: u64, data: &[u8]) {
         let n = rustix::io::pwrite(&self.memory, data, iova - GUEST_BASE).unwrap();
         assert_eq!(n, data.len());
@@ -291,12 +291,12 @@ impl<P: Port> Driver<P> {
 }
 
 /// The vCPU: submits and polls until told to stop, then hands the driver back.
-pub struct Vcpu<P: Port = Shared> {
+pub struct Vcpu<P: GuestAccess = Shared> {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<Driver<P>>,
 }
 
-impl<P: Port> Vcpu<P> {
+impl<P: GuestAccess> Vcpu<P> {
     /// Runs `driver` in a new thread.
     pub fn start(mut driver: Driver<P>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
@@ -321,7 +321,7 @@ impl<P: Port> Vcpu<P> {
 
 /// The source VMM's side of the move: pause the vCPU once the device is stopped, and copy
 /// guest memory to the destination VMM's.
-pub struct SourceVmm<P: Port = Shared> {
+pub struct SourceVmm<P: GuestAccess = Shared> {
     /// The running vCPU.
     pub vcpu: Option<Vcpu<P>>,
     /// The driver, once the vCPU is paused.
@@ -332,7 +332,7 @@ pub struct SourceVmm<P: Port = Shared> {
     pub config: Vec<u8>,
 }
 
-impl<P: Port> Observer for SourceVmm<P> {
+impl<P: GuestAccess> Observer for SourceVmm<P> {
     fn source_stopped(&mut self) -> Result<(), String> {
         let driver = self.vcpu.take().ok_or("no vCPU")?.pause();
         self.config = config_space(&driver.device);
@@ -345,7 +345,7 @@ impl<P: Port> Observer for SourceVmm<P> {
 }
 
 /// A function's config space (256 bytes).
-pub fn config_space(device: &impl Port) -> Vec<u8> {
+pub fn config_space(device: &impl GuestAccess) -> Vec<u8> {
     let mut data = vec![0u8; 256];
     device.config_read(0, &mut data);
     data
