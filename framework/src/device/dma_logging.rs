@@ -272,6 +272,9 @@ mod tests {
         }
     }
 
+    /// The logged range: all of the memory.
+    const RANGE: Range<u64> = 0x10000..0x50000;
+
     #[test]
     fn writes_through_the_wrapped_memory_mark_pages_only_while_logging() {
         const P: u64 = 4096;
@@ -284,12 +287,17 @@ mod tests {
             Err(LoggingError::NotLogging)
         ));
         assert!(matches!(
-            logging.start(None, P, &[0x10000..0x50000]),
+            logging.start(None, P, std::slice::from_ref(&RANGE)),
             Err(LoggingError::NotMigratable)
         ));
-        assert_eq!(logging.start(hooks, P, &[0x10000..0x50000]).unwrap(), P);
+        assert_eq!(
+            logging
+                .start(hooks, P, std::slice::from_ref(&RANGE))
+                .unwrap(),
+            P
+        );
         assert!(matches!(
-            logging.start(hooks, P, &[0x10000..0x50000]),
+            logging.start(hooks, P, std::slice::from_ref(&RANGE)),
             Err(LoggingError::Busy)
         ));
         dma.write(0x11ffe, &[1; 4]).unwrap(); // pages 1 and 2
@@ -311,7 +319,12 @@ mod tests {
         logging.stop(hooks);
         assert!(!logging.is_on());
         dma.write(0x10000, &[1]).unwrap();
-        assert_eq!(logging.start(hooks, P, &[0x10000..0x50000]).unwrap(), P);
+        assert_eq!(
+            logging
+                .start(hooks, P, std::slice::from_ref(&RANGE))
+                .unwrap(),
+            P
+        );
         let mut out = [0u64; 1];
         logging
             .report(hooks, 0x10000, 0x40000, P, &mut out)

@@ -1066,7 +1066,7 @@ backing = "emulated"
         let e = vf.set_migration_state(MigrationState::Stop).unwrap_err();
         assert_eq!(e.errno(), libc::ENOTTY);
         assert_eq!(
-            vf.dma_logging_start(4096, &[0..0x1000])
+            vf.dma_logging_start(4096, std::slice::from_ref(&(0..0x1000)))
                 .unwrap_err()
                 .errno(),
             libc::ENOTTY
