@@ -14,11 +14,12 @@ mod migration;
 mod msix;
 mod regions;
 
+pub use crate::pci::region::{CONFIG_REGION, ROM_REGION};
 pub use dma_logging::LoggingError;
 pub use error::DeviceError;
 pub use migration::MigrationFailure;
 pub use msix::PendingFn;
-pub use regions::{CONFIG_REGION, ROM_REGION, RegionInfo, passthrough_areas};
+pub use regions::{RegionInfo, passthrough_areas};
 
 use std::ops::Range;
 use std::sync::Arc;

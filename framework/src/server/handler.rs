@@ -8,6 +8,7 @@ use parking_lot::RwLock;
 use super::connection::Outbox;
 use super::{Port, ServerConfig};
 use crate::device::RegionInfo;
+use crate::pci::region::REGION_COUNT;
 use crate::vfio_user::access::{RegionReadReply, RegionWriteReply, WriteMultiReply};
 use crate::vfio_user::device::{DEVICE_INFO_SIZE, DeviceFlags, DeviceInfo};
 use crate::vfio_user::dma::{DmaMap, DmaMapFlags, DmaUnmap};
@@ -20,7 +21,7 @@ use crate::vfio_user::irq::{
 };
 use crate::vfio_user::message::Request;
 use crate::vfio_user::region::{
-    IoFdsReply, PCI_NUM_REGIONS, RegionCap, RegionFlags, RegionInfoReply, SparseMmapArea,
+    IoFdsReply, RegionCap, RegionFlags, RegionInfoReply, SparseMmapArea,
 };
 use crate::vfio_user::rules;
 use crate::vfio_user::socket::Message;
@@ -188,7 +189,7 @@ impl<'a> Session<'a> {
             Request::DeviceGetInfo(_) => reply(DeviceInfo {
                 argsz: DEVICE_INFO_SIZE,
                 flags: DeviceFlags::PCI | DeviceFlags::RESET,
-                num_regions: PCI_NUM_REGIONS,
+                num_regions: REGION_COUNT,
                 num_irqs: PCI_NUM_IRQS,
             }),
             Request::RegionInfo(request) => {
@@ -199,7 +200,7 @@ impl<'a> Session<'a> {
                 self.region_info(region, request.argsz)
             }
             Request::RegionIoFds(request) => {
-                if request.index >= PCI_NUM_REGIONS {
+                if request.index >= REGION_COUNT {
                     return Answer::Error(libc::EINVAL);
                 }
                 // No ioeventfds or ioregionfds are offered: every access comes as a message.
