@@ -1,5 +1,5 @@
 //! A function's migration (VFIO migration v2): its state, walked one backend arc at a time
-//! ([`StateMachine`]), and the framed stream ([`crate::migration::stream`]) it saves into or
+//! ([`StateMachine`]), and the framed stream ([`crate::device::stream`]) it saves into or
 //! loads from. A server carries these calls over vfio-user; a VMM linking the framework calls
 //! them on the [`VirtualFunction`](super::VirtualFunction) directly.
 //!
@@ -19,7 +19,7 @@
 
 use parking_lot::Mutex;
 
-use crate::migration::stream::{
+use crate::device::stream::{
     StreamError, StreamIdentity, StreamLimits, StreamLoader, StreamWriter, estimated_size,
 };
 use crate::migration::{

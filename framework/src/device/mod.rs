@@ -13,6 +13,7 @@ mod interrupts;
 mod migration;
 mod msix;
 mod regions;
+pub mod stream;
 
 pub use crate::pci::region::{CONFIG_REGION, ROM_REGION};
 pub use dma_logging::LoggingError;
@@ -30,7 +31,7 @@ use crate::backend::{
     Backend, BackendError, CreateRequest, DirectPath, Function, FunctionContext, MmapFile,
 };
 use crate::config::{ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate};
-use crate::migration::stream::StreamIdentity;
+use crate::device::stream::StreamIdentity;
 use crate::migration::{MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo};
 use crate::pci::regs;
 use crate::physical::PhysicalFunction;

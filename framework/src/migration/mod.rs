@@ -1,12 +1,12 @@
 //! Migration vocabulary shared by the framework and backends (VFIO migration v2): states,
 //! flags, and the hooks a backend implements. Backends implement arc actions only; the
 //! framework walks multi-step paths between states ([`StateMachine`], the walker of
-//! `state.rs`) and frames the device state in a checked stream ([`stream`]). DMA dirty
-//! logging keeps its bitmap in [`dirty`].
+//! `state.rs`). DMA dirty logging keeps its bitmap in [`dirty`]. The stream a function's
+//! state travels in is the device's (`crate::device::stream`): it carries the layout's
+//! fingerprint and config space, which this vocabulary below them knows nothing of.
 
 pub mod dirty;
 mod state;
-pub mod stream;
 
 pub use state::{StateMachine, TransitionError, is_direct_arc, next_step, path};
 
