@@ -216,7 +216,12 @@ impl Machine {
         };
         let window = windows
             .iter()
-            .find(|w| address >= w.start && address + len as u64 <= w.start + w.size)
+            .find(|w| {
+                address >= w.start
+                    && (address - w.start)
+                        .checked_add(len as u64)
+                        .is_some_and(|end| end <= w.size)
+            })
             .copied()?;
         drop(windows);
         let function = Arc::clone(self.functions.read().get(window.slot)?);
