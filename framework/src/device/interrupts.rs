@@ -32,12 +32,11 @@ impl Interrupts {
         }
     }
 
-    /// Sends interrupts to `sink` from now on, and the current INTx line at once.
+    /// Sends interrupts to `sink` from now on. A sink starts with the line deasserted: an
+    /// asserted one is raised at once.
     pub(super) fn attach(&self, sink: Arc<dyn InterruptSink>) {
         *self.sink.write() = Some(sink);
-        let mut line = self.line.lock();
-        *line = !self.level();
-        drop(line);
+        *self.line.lock() = false;
         self.sync_intx();
     }
 

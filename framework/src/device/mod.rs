@@ -171,7 +171,8 @@ impl VirtualFunction {
     /// Gives the function guest memory and a sink for its interrupts. Writes through that
     /// memory are logged while a DMA logging session is on; the sink receives MSI/MSI-X/ERR/REQ
     /// vectors as the backend raises them, and the INTx line (the backend's condition masked
-    /// by COMMAND.INTX_DISABLE) whenever it changes, the current one at once.
+    /// by COMMAND.INTX_DISABLE) whenever it changes; a sink starts with the line deasserted,
+    /// so an asserted line is raised to it at once.
     pub fn attach(&self, context: FunctionContext) {
         self.interrupts.attach(context.interrupts);
         self.function.attach(FunctionContext {
@@ -951,7 +952,7 @@ backing = "emulated"
             interrupts: Arc::clone(&raised) as _,
         });
         let take = || std::mem::take(&mut *raised.0.lock());
-        assert_eq!(take(), [Intx(false)], "the line as it is, at attach");
+        assert_eq!(take(), [], "a deasserted line, at attach");
         vf.region_write(CONFIG_REGION, 4, &[0x02, 0x00]).unwrap();
         assert_eq!(
             take(),
@@ -980,6 +981,16 @@ backing = "emulated"
         assert_eq!(take(), [Intx(true)], "unmasked: the line comes back");
         vf.reset().unwrap();
         assert_eq!(take(), [Intx(false)], "a reset clears the condition");
+        vf.region_write(CONFIG_REGION, 4, &[0x02, 0x00]).unwrap();
+        vf.region_write(1, 4, &[1]).unwrap();
+        take();
+        // A new sink (a client reconnecting) hears of the asserted line at once.
+        let again = Arc::new(Raised::default());
+        vf.attach(FunctionContext {
+            dma: Arc::new(NoMemory),
+            interrupts: Arc::clone(&again) as _,
+        });
+        assert_eq!(*again.0.lock(), [Intx(true)]);
     }
 
     fn stream_of(vf: &VirtualFunction) -> Vec<u8> {
