@@ -10,8 +10,7 @@
 
 use parking_lot::Mutex;
 
-use crate::device::{MigrationFailure, VirtualFunction};
-use crate::migration::MigrationState;
+use crate::device::VirtualFunction;
 use crate::vfio_user::feature::{
     DEVICE_FEATURE_SIZE, DeviceFeature, FEATURE_MIG_DATA_SIZE, FEATURE_MIG_DEVICE_STATE,
     FEATURE_MIGRATION, FEATURE_MIGRATION_ERROR, FEATURE_PRECOPY_INFO, FeatureOps,
@@ -35,10 +34,6 @@ impl ReplyBuffer {
             *self.spare.lock() = payload;
         }
     }
-}
-
-fn errno(e: MigrationFailure) -> i32 {
-    e.errno()
 }
 
 /// What a DEVICE_FEATURE request asks of a feature supporting `supported`.
@@ -102,10 +97,10 @@ pub(super) fn device_feature(
     let data = match request.feature {
         FEATURE_MIGRATION => MigrationFeature { flags }.to_bytes(),
         FEATURE_MIG_DATA_SIZE => MigDataSize {
-            stop_copy_length: function.stop_copy_size().map_err(errno)?,
+            stop_copy_length: function.stop_copy_size().map_err(|e| e.errno())?,
         }
         .to_bytes(),
-        FEATURE_PRECOPY_INFO => function.precopy_info().map_err(errno)?.to_bytes(),
+        FEATURE_PRECOPY_INFO => function.precopy_info().map_err(|e| e.errno())?.to_bytes(),
         FEATURE_MIGRATION_ERROR => {
             let room = request.argsz.saturating_sub(DEVICE_FEATURE_SIZE);
             let mut text = function.migration_error().unwrap_or_default().into_bytes();
@@ -116,7 +111,7 @@ pub(super) fn device_feature(
             let want = MigDeviceState::parse(&request.data, &Limits::default())
                 .map_err(|e| e.errno())?
                 .device_state;
-            let reached: MigrationState = function.set_migration_state(want).map_err(errno)?;
+            let reached = function.set_migration_state(want).map_err(|e| e.errno())?;
             MigDeviceState::new(reached).to_bytes()
         }
         _ => MigDeviceState::new(function.migration_state()).to_bytes(),
@@ -138,7 +133,7 @@ pub(super) fn data_read(
     payload.resize(prefix + request.size as usize, 0);
     let n = function
         .migration_read(&mut payload[prefix..])
-        .map_err(errno)?;
+        .map_err(|e| e.errno())?;
     payload.truncate(prefix + n);
     MigDataReadReply::encode_prefix(&mut payload);
     Ok(payload)
@@ -146,7 +141,9 @@ pub(super) fn data_read(
 
 /// MIG_DATA_WRITE: the next bytes of the stream while resuming.
 pub(super) fn data_write(function: &VirtualFunction, request: &MigDataWrite) -> Result<(), i32> {
-    function.migration_write(&request.data).map_err(errno)
+    function
+        .migration_write(&request.data)
+        .map_err(|e| e.errno())
 }
 
 #[cfg(test)]
