@@ -52,7 +52,7 @@ impl Host {
         ([source, destination], image)
     }
 
-    /// A function of `profile` on this host's PF, named as the stream says.
+    /// A function of `profile` on this host's PF (its streams name the backend and profile).
     pub fn function(&self, profile: &str, name: &str) -> Arc<VirtualFunction> {
         let text = self.pf.default_layout(profile).expect("catalog layout");
         let template = Arc::new(compile(Arc::new(
@@ -60,7 +60,6 @@ impl Host {
         )));
         let function = VirtualFunction::provision(&self.pf, template, profile, name, vec![])
             .expect("a free VF");
-        function.set_stream_names(self.pf.name(), profile);
         Arc::new(function)
     }
 

@@ -109,7 +109,8 @@ pub enum ProvisionError {
 impl VirtualFunction {
     /// Provisions a function of `backend` with `profile` (the layout of `template` is what it
     /// will be exposed with) and puts it behind `template`: what `vfio-variant create` and a
-    /// Rust VMM embedding a backend both do.
+    /// Rust VMM embedding a backend both do. Its migration streams carry the backend's name
+    /// and the profile.
     pub fn provision(
         backend: &dyn Backend,
         template: Arc<ConfigTemplate>,
@@ -123,7 +124,9 @@ impl VirtualFunction {
             layout: Arc::clone(template.layout()),
             attributes,
         })?;
-        Ok(Self::new(template, function)?)
+        let function = Self::new(template, function)?;
+        function.set_stream_names(backend.name(), profile);
+        Ok(function)
     }
 
     /// Puts a provisioned backend function behind a compiled layout. A layout that passes
