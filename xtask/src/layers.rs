@@ -2,8 +2,9 @@
 //! every import that runs upward (any module imported by one it imports, directly or not).
 //!
 //! An import is a `crate::MODULE` path outside comments in a module's files; the order is a
-//! topological sort of those imports (ties by name), so it exists exactly when no import runs
-//! upward. Fails, naming the modules that import each other, when one does.
+//! topological sort of those imports (ties by name). Modules that import each other, directly
+//! or not, share a level: one import of each such cycle runs upward, and the command fails
+//! naming them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -94,37 +95,77 @@ pub fn run() -> Result<(), String> {
         uses.remove(module);
         graph.insert(module.clone(), uses);
     }
-    // Kahn's algorithm, bottom first: a module comes once everything it imports has.
-    let mut placed: Vec<String> = Vec::new();
-    let mut left = graph.clone();
-    while let Some(next) = left
-        .iter()
-        .find(|(_, uses)| uses.iter().all(|u| placed.contains(u)))
-        .map(|(m, _)| m.clone())
-    {
-        left.remove(&next);
-        placed.push(next);
+    let mut cycles = Vec::new();
+    for (level, group) in levels(&graph).iter().enumerate() {
+        let uses: BTreeSet<&str> = group
+            .iter()
+            .flat_map(|m| &graph[m])
+            .filter(|u| !group.contains(*u))
+            .map(String::as_str)
+            .collect();
+        let names: Vec<&str> = group.iter().map(String::as_str).collect();
+        let uses: Vec<&str> = uses.into_iter().collect();
+        if group.len() == 1 {
+            println!("{level:>2} {:<18} imports: {}", names[0], uses.join(", "));
+            continue;
+        }
+        println!(
+            "{level:>2} {:<18} import each other; below: {}",
+            format!("[{}]", names.join(", ")),
+            uses.join(", ")
+        );
+        let edges: Vec<String> = group
+            .iter()
+            .flat_map(|m| {
+                graph[m]
+                    .iter()
+                    .filter(|u| group.contains(*u))
+                    .map(move |u| format!("{m} -> {u}"))
+            })
+            .collect();
+        cycles.push(edges.join(", "));
     }
-    for (level, module) in placed.iter().enumerate() {
-        let uses: Vec<&str> = graph[module].iter().map(String::as_str).collect();
-        println!("{level:>2} {module:<18} imports: {}", uses.join(", "));
-    }
-    if left.is_empty() {
-        println!("no import runs upward ({} modules)", placed.len());
+    if cycles.is_empty() {
+        println!("no import runs upward ({} modules)", graph.len());
         return Ok(());
     }
-    // An import runs upward when what it imports imports its importer back.
-    let mut upward = Vec::new();
-    for (module, uses) in &left {
-        for used in uses.iter().filter(|u| reaches(&graph, u, module)) {
-            upward.push(format!("{module} -> {used}"));
-        }
-    }
     Err(format!(
-        "imports that run in a cycle (so one of each runs upward), among {}: {}",
-        left.keys().cloned().collect::<Vec<_>>().join(", "),
-        upward.join("; ")
+        "modules that import each other (one import of each cycle runs upward): {}",
+        cycles.join("; ")
     ))
+}
+
+/// The modules bottom first, by level: a module comes once everything it imports has; modules
+/// that import each other (directly or not) come together, as one level.
+fn levels(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> {
+    let mut placed: BTreeSet<String> = BTreeSet::new();
+    let mut left: BTreeSet<String> = graph.keys().cloned().collect();
+    let mut levels = Vec::new();
+    while !left.is_empty() {
+        // Each module's group: those it imports that import it back. Some group imports only
+        // placed modules (the groups of what is left form an acyclic graph).
+        let group = left
+            .iter()
+            .map(|m| {
+                left.iter()
+                    .filter(|n| *n == m || (reaches(graph, m, n) && reaches(graph, n, m)))
+                    .cloned()
+                    .collect::<BTreeSet<String>>()
+            })
+            .find(|group| {
+                group
+                    .iter()
+                    .flat_map(|m| graph.get(m).into_iter().flatten())
+                    .all(|u| placed.contains(u) || group.contains(u) || !graph.contains_key(u))
+            })
+            .unwrap_or_else(|| left.clone());
+        for module in &group {
+            left.remove(module);
+            placed.insert(module.clone());
+        }
+        levels.push(group);
+    }
+    levels
 }
 
 #[cfg(test)]
@@ -141,5 +182,24 @@ mod tests {
             modules("pub mod a;\nmod b;\n#[cfg(test)]\npub mod c;\nuse x;"),
             known
         );
+    }
+
+    #[test]
+    fn modules_that_import_each_other_share_a_level_above_what_they_import() {
+        let graph: BTreeMap<String, BTreeSet<String>> = [
+            ("a", vec!["b", "z"]),
+            ("b", vec!["c"]),
+            ("c", vec!["a", "z"]),
+            ("d", vec!["a"]),
+            ("z", vec![]),
+        ]
+        .into_iter()
+        .map(|(m, uses)| (m.to_string(), uses.into_iter().map(String::from).collect()))
+        .collect();
+        let levels: Vec<Vec<String>> = levels(&graph)
+            .into_iter()
+            .map(|l| l.into_iter().collect())
+            .collect();
+        assert_eq!(levels, [vec!["z"], vec!["a", "b", "c"], vec!["d"]]);
     }
 }
