@@ -5,8 +5,20 @@
 //!
 //! Prints `BENCH virtio_blk_migration_downtime <median> ms ratio=.. vs=vmm_pause_resume`: the
 //! baseline is the same VMM pausing its vCPU, stopping the device, copying guest memory and
-//! resuming, without migrating: what any VMM's downtime includes.
+//! resuming, without migrating: what any VMM's downtime includes. Then the same migrations
+//! in-process, the VMM of examples/embedded_vmm calling the `VirtualFunction`s directly (port
+//! I/O exits, INTx on an eventfd, no sockets):
+//! `BENCH virtio_blk_migration_downtime_in_process <median> ms ratio=.. vs=virtio_blk_migration_downtime`.
 
+// The example's VMM; the bench leaves its MMIO path unused.
+#[path = "../examples/embedded_vmm/guest.rs"]
+#[allow(dead_code)]
+mod guest;
+#[path = "../examples/embedded_vmm/host.rs"]
+mod host;
+#[path = "../examples/embedded_vmm/machine.rs"]
+#[allow(dead_code)]
+mod machine;
 #[path = "../tests/common/vmm.rs"]
 mod vmm;
 
@@ -17,15 +29,17 @@ use std::time::{Duration, Instant};
 
 use vfio_variant::backend::Backend;
 use vfio_variant::device::VirtualFunction;
-use vfio_variant::migrate::{LocalDestination, MigratableDevice, Observer, Options, migrate};
 use vfio_variant::migration::MigrationState;
+use vfio_variant::migration_driver::{
+    LocalDestination, MigratableDevice, Observer, Options, migrate,
+};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::{Client, ClientOptions};
 use vfio_variant::vpci::{compile::compile, parse_layout};
 use vfio_variant_virtio_legacy::backend::PROFILE_TRANSITIONAL;
 use vfio_variant_virtio_legacy::builtin::{EmulatedPf, blk_image};
 
-use vmm::{Driver, Shared, SourceVmm, Vcpu, config_space, memfd};
+use vmm::{Driver, GuestAccess, Shared, SourceVmm, Vcpu, memfd};
 
 /// Migrations measured (alternating between the two PFs).
 const MIGRATIONS: usize = 21;
@@ -55,15 +69,8 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// Guest memory and the VMM connection of each PF's VF: the driver's memory is the one of
-/// the function it drives, and the source VMM copies it into the other when it stops.
-struct Side {
-    device: Shared,
-    memory: OwnedFd,
-}
-
 /// The baseline: pause, stop, copy guest memory, resume, on one device.
-fn pause_resume(driver: Driver, other: &Side) -> (Driver, f64) {
+fn pause_resume(driver: Driver, other: &Pair<Shared, Shared>) -> (Driver, f64) {
     let mut device = driver.device.clone();
     let vcpu = Vcpu::start(driver);
     std::thread::sleep(RUN);
@@ -85,11 +92,15 @@ fn pause_resume(driver: Driver, other: &Side) -> (Driver, f64) {
     (vmm.driver.take().expect("the driver"), elapsed)
 }
 
-fn side(pf: &EmulatedPf) -> Side {
+/// Each PF's VF over its VMM connection, with its guest memory.
+fn side(pf: &EmulatedPf) -> Pair<Shared, Shared> {
     let memory = memfd();
-    Side {
-        device: Shared::attach(function(pf), &memory),
+    let device = Shared::attach(function(pf), &memory);
+    Pair {
+        port: device.clone(),
+        device,
         memory,
+        resume: None,
     }
 }
 
@@ -117,9 +128,42 @@ fn main() {
         baseline.push(ms);
     }
 
+    let downtimes = migrations(driver, &sides);
+    drop(sides);
+    let in_process = median(in_process(&dir.join("in-process")));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (downtime, base) = (median(downtimes), median(baseline));
+    println!("BENCH vmm_pause_resume {base:.2} ms");
+    println!(
+        "BENCH virtio_blk_migration_downtime {downtime:.2} ms ratio={:.2} vs=vmm_pause_resume",
+        downtime / base
+    );
+    println!(
+        "BENCH virtio_blk_migration_downtime_in_process {in_process:.2} ms ratio={:.2} \
+         vs=virtio_blk_migration_downtime",
+        in_process / downtime
+    );
+}
+
+/// One function of a back-and-forth migration: the device the migration driver moves, the
+/// port its guest driver reaches it by, its guest memory, and what its VMM does before the
+/// guest runs on it (an in-process machine decodes the migrated BARs).
+struct Pair<D, P> {
+    device: D,
+    port: P,
+    memory: OwnedFd,
+    resume: Option<Arc<machine::Machine>>,
+}
+
+/// Migrates the function `driver` drives back and forth between the two of `pairs`
+/// [`MIGRATIONS`] times under write load; the downtimes in ms.
+fn migrations<D: MigratableDevice + Clone, P: GuestAccess>(
+    mut driver: Driver<P>,
+    pairs: &[Pair<D, P>; 2],
+) -> Vec<f64> {
     let mut downtimes = Vec::new();
     for round in 0..MIGRATIONS {
-        let (from, to) = (&sides[round % 2], &sides[1 - round % 2]);
+        let (from, to) = (&pairs[round % 2], &pairs[1 - round % 2]);
         let mut destination = to.device.clone();
         // The last migration left it stopped: a reset makes it a fresh destination.
         destination.recover().expect("reset the destination");
@@ -139,9 +183,11 @@ fn main() {
         )
         .expect("migration");
         downtimes.push(report.downtime.as_secs_f64() * 1e3);
+        if let Some(machine) = &to.resume {
+            machine.rescan();
+        }
         driver = vmm.driver.take().expect("the driver");
-        assert_eq!(config_space(&to.device), vmm.config, "config space moved");
-        driver.device = to.device.clone();
+        driver.device = to.port.clone();
         driver.memory = to.memory.try_clone().expect("memfd");
     }
     let vcpu = Vcpu::start(driver);
@@ -152,12 +198,25 @@ fn main() {
         driver.acked.len() > MIGRATIONS,
         "writes went on across migrations"
     );
-    drop(sides);
-    let _ = std::fs::remove_dir_all(&dir);
-    let (downtime, base) = (median(downtimes), median(baseline));
-    println!("BENCH vmm_pause_resume {base:.2} ms");
-    println!(
-        "BENCH virtio_blk_migration_downtime {downtime:.2} ms ratio={:.2} vs=vmm_pause_resume",
-        downtime / base
+    downtimes
+}
+
+/// The same migrations with the VMM of examples/embedded_vmm: no server, no sockets.
+fn in_process(dir: &std::path::Path) -> Vec<f64> {
+    let (hosts, _image) = host::Host::pair(dir);
+    let pairs = hosts.each_ref().map(|host| {
+        let device = host.function(PROFILE_TRANSITIONAL, "blk");
+        Pair {
+            port: host.plug(&device),
+            device,
+            memory: host.memory.try_clone().expect("memfd"),
+            resume: Some(Arc::clone(&host.machine)),
+        }
+    });
+    pairs[0].port.place_bars();
+    let driver = Driver::init(
+        pairs[0].port.clone(),
+        pairs[0].memory.try_clone().expect("memfd"),
     );
+    migrations(driver, &pairs)
 }

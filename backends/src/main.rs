@@ -38,8 +38,8 @@ fn version() -> String {
         env!("CARGO_PKG_VERSION"),
         vfio_variant::plugin::ABI_VERSION,
         vfio_variant::vpci::parse::FORMAT_VERSION,
-        vfio_variant::migration::stream::FORMAT_VERSION,
-        vfio_variant::migrate::link::LINK_VERSION,
+        vfio_variant::device::stream::FORMAT_VERSION,
+        vfio_variant::migration_driver::link::LINK_VERSION,
     )
 }
 

@@ -11,9 +11,9 @@ use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vfio_variant::migrate::link::{LINK_VERSION, Message};
-use vfio_variant::migrate::tls::{self, TlsFiles};
 use vfio_variant::migration::MigrationState;
+use vfio_variant::migration_driver::link::{LINK_VERSION, Message};
+use vfio_variant::migration_driver::tls::{self, TlsFiles};
 use vfio_variant::vfio_user::client::{Client, ClientOptions};
 use vfio_variant_backends::builtin::sample::LAYOUT;
 use vfio_variant_backends::builtin::sample::registers::*;

@@ -20,11 +20,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vfio_variant::migrate::tls::{self, TlsFiles};
-use vfio_variant::migrate::{
+use vfio_variant::migration::MigrationState;
+use vfio_variant::migration_driver::tls::{self, TlsFiles};
+use vfio_variant::migration_driver::{
     MigrateError, Options, RemoteDestination, Served, migrate, serve_destination,
 };
-use vfio_variant::migration::MigrationState;
 use vfio_variant::vfio_user::client::{Client, ClientOptions};
 
 mod common;

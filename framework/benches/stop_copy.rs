@@ -1,8 +1,8 @@
 //! Stop-copy throughput for a function with 1 GiB of device state, against a plain memcpy of
 //! the same size in the same run:
 //!
-//! - `stop_copy_stream_1gib`: the framed stream as the framework produces it from the device
-//!   (in-process, what a Rust VMM linking the framework reads), 1 MiB reads;
+//! - `stop_copy_stream_1gib`: the framed stream read in-process from the `VirtualFunction`
+//!   (what a Rust VMM linking the framework reads), 1 MiB reads;
 //! - `stop_copy_read_1gib`: the framed stream read over vfio-user (MIG_DATA_READ) by a VMM;
 //! - `stop_copy_migrate_1gib`: the whole move with the migration driver, into a second
 //!   function that checks the stream and loads the state.
@@ -17,11 +17,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use vfio_variant::backend::{Function, FunctionError};
 use vfio_variant::device::VirtualFunction;
-use vfio_variant::migrate::{LocalDestination, Options, migrate};
-use vfio_variant::migration::stream::{StreamIdentity, StreamWriter};
 use vfio_variant::migration::{
     MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
 };
+use vfio_variant::migration_driver::{LocalDestination, Options, migrate};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::{Client, ClientOptions};
 use vfio_variant::vpci::{compile::compile, parse_layout};
@@ -120,16 +119,13 @@ fn main() {
     drop((source, target));
 
     let (_client, vf) = function(0x11);
-    let hooks = vf.function().migration().expect("migratable");
-    hooks
-        .transition(MigrationState::Stop, MigrationState::StopCopy)
+    vf.set_migration_state(MigrationState::StopCopy)
         .expect("stop-copy");
-    let mut writer = StreamWriter::new(StreamIdentity::new(&vf.template(), "bulk", "default"));
     let mut chunk = vec![0u8; 1 << 20];
     let start = Instant::now();
     let mut bytes = 0usize;
     loop {
-        let n = writer.read(hooks, &mut chunk, true).expect("save");
+        let n = vf.migration_read(&mut chunk).expect("save");
         bytes += n;
         black_box(&chunk);
         if n < chunk.len() {

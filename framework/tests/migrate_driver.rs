@@ -11,12 +11,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use vfio_variant::backend::{Function, FunctionError};
 use vfio_variant::device::VirtualFunction;
-use vfio_variant::migrate::{
-    LocalDestination, MigrateError, Observer, Options, Progress, RemoteDestination, Served,
-    migrate, serve_destination,
-};
 use vfio_variant::migration::{
     MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
+};
+use vfio_variant::migration_driver::{
+    LocalDestination, MigrateError, Observer, Options, Progress, RemoteDestination, Served,
+    migrate, serve_destination,
 };
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::{Client, ClientOptions};

@@ -9,9 +9,9 @@
 use std::io::{self, Cursor, Read, Write};
 
 use libfuzzer_sys::fuzz_target;
-use vfio_variant::migrate::link::Message;
-use vfio_variant::migrate::{DeviceError, MigratableDevice, Served, serve_destination};
 use vfio_variant::migration::{MigrationFlags, MigrationState};
+use vfio_variant::migration_driver::link::Message;
+use vfio_variant::migration_driver::{CallError, MigratableDevice, Served, serve_destination};
 
 /// The source's bytes in, the destination's answers out.
 struct Link {
@@ -43,10 +43,10 @@ struct Device {
 }
 
 impl MigratableDevice for Device {
-    fn flags(&mut self) -> Result<MigrationFlags, DeviceError> {
+    fn flags(&mut self) -> Result<MigrationFlags, CallError> {
         Ok(MigrationFlags::STOP_COPY)
     }
-    fn set_state(&mut self, state: MigrationState) -> Result<(), DeviceError> {
+    fn set_state(&mut self, state: MigrationState) -> Result<(), CallError> {
         match state {
             MigrationState::Resuming => assert_eq!(self.state, None, "resuming twice"),
             MigrationState::Running => {
@@ -61,10 +61,10 @@ impl MigratableDevice for Device {
         self.state = Some(state);
         Ok(())
     }
-    fn read(&mut self, _: u32) -> Result<Vec<u8>, DeviceError> {
+    fn read(&mut self, _: u32) -> Result<Vec<u8>, CallError> {
         panic!("a destination never reads");
     }
-    fn write(&mut self, data: &[u8]) -> Result<(), DeviceError> {
+    fn write(&mut self, data: &[u8]) -> Result<(), CallError> {
         assert_eq!(
             self.state,
             Some(MigrationState::Resuming),
@@ -76,7 +76,7 @@ impl MigratableDevice for Device {
     fn chunk_size(&self) -> u32 {
         4096
     }
-    fn recover(&mut self) -> Result<(), DeviceError> {
+    fn recover(&mut self) -> Result<(), CallError> {
         self.recovered = true;
         self.state = None;
         Ok(())

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vfio_variant::migration::stream::{
+use vfio_variant::device::stream::{
     Stream, StreamError, StreamIdentity, StreamLimits, StreamLoader,
 };
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use common::*;
 use vfio_variant::device::VirtualFunction;
-use vfio_variant::migration::stream::{StreamIdentity, StreamLimits, StreamLoader, StreamWriter};
+use vfio_variant::device::stream::{StreamIdentity, StreamLimits, StreamLoader, StreamWriter};
 use vfio_variant::migration::{MigrationHooks, MigrationState};
 use vfio_variant::vpci::{compile::compile, parse_layout};
 use vfio_variant_mlx::backend::{LAYOUT, PROFILE_MIGRATABLE};

@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use common::*;
 use parking_lot::Mutex;
-use vfio_variant::migrate::{LocalDestination, MigrateError, Observer, Options, Progress, migrate};
 use vfio_variant::migration::{MigrationFlags, MigrationState};
+use vfio_variant::migration_driver::{
+    LocalDestination, MigrateError, Observer, Options, Progress, migrate,
+};
 use vfio_variant::physical::PhysicalFunction;
 use vfio_variant::vpci::compat::compare;
 use vfio_variant::vpci::{compile::compile, parse_layout};

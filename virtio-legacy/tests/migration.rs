@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use common::{DriverQueue, Irqs, Memory, ModernDriver, ro, wo};
 use vfio_variant::backend::emulated::{DmaSlot, HostMemory, IrqSlot};
 use vfio_variant::backend::{Backend, CreateRequest, Function, FunctionContext};
-use vfio_variant::migration::{MigrationDriver, MigrationError, MigrationHooks, MigrationState};
+use vfio_variant::migration::{MigrationError, MigrationHooks, MigrationState, StateMachine};
 use vfio_variant::physical::PhysicalFunction;
 use vfio_variant::vpci::parse_layout;
 use vfio_variant_virtio_legacy::VirtioLegacyBackend;
@@ -229,7 +229,7 @@ fn pattern(seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn walk(driver: &mut MigrationDriver, hooks: &dyn MigrationHooks, to: MigrationState) {
+fn walk(driver: &mut StateMachine, hooks: &dyn MigrationHooks, to: MigrationState) {
     driver.set_state(hooks, to).unwrap();
 }
 
@@ -279,7 +279,7 @@ fn stop_and_save() -> Migrated {
     let hooks = function
         .migration()
         .expect("the PF has the device-parts commands");
-    let mut states = MigrationDriver::new(hooks.flags());
+    let mut states = StateMachine::new(hooks.flags());
     walk(&mut states, hooks, MigrationState::RunningP2p);
     assert!(source.vf.transport().stopped());
     irqs.take();
@@ -308,7 +308,7 @@ fn stop_and_save() -> Migrated {
     }
 }
 
-fn load(hooks: &dyn MigrationHooks, states: &mut MigrationDriver, parts: &[u8]) {
+fn load(hooks: &dyn MigrationHooks, states: &mut StateMachine, parts: &[u8]) {
     walk(states, hooks, Resuming);
     for chunk in parts.chunks(50) {
         hooks.load(chunk).unwrap();
@@ -328,7 +328,7 @@ fn in_flight_requests_complete_on_the_destination_exactly_once() {
     let irqs = Irqs::new();
     let function = destination.function(&m.mem, &irqs);
     let hooks = function.migration().unwrap();
-    let mut states = MigrationDriver::new(hooks.flags());
+    let mut states = StateMachine::new(hooks.flags());
     load(hooks, &mut states, &m.parts);
     walk(&mut states, hooks, Stop);
     assert_eq!(destination.vf.transport().device_state(), state);
@@ -404,7 +404,7 @@ fn corrupt_or_foreign_parts_leave_the_destination_unchanged() {
         truncated,
         Vec::new(),
     ] {
-        let mut states = MigrationDriver::new(hooks.flags());
+        let mut states = StateMachine::new(hooks.flags());
         load(hooks, &mut states, &corrupt);
         match hooks.transition(Resuming, Stop) {
             Err(MigrationError::InvalidData(_)) => {}
@@ -417,7 +417,7 @@ fn corrupt_or_foreign_parts_leave_the_destination_unchanged() {
     assert_eq!(m.guest.used_idx(), 1);
 
     // The good state still loads afterwards: no object leaked.
-    let mut states = MigrationDriver::new(hooks.flags());
+    let mut states = StateMachine::new(hooks.flags());
     load(hooks, &mut states, &m.parts);
     walk(&mut states, hooks, Running);
     destination.vf.quiesce();
@@ -635,7 +635,7 @@ fn a_net_vf_sends_its_queued_frame_from_the_destination_with_its_mac() {
     driver.driver_ok();
 
     let hooks = source.migration().unwrap();
-    let mut states = MigrationDriver::new(hooks.flags());
+    let mut states = StateMachine::new(hooks.flags());
     walk(&mut states, hooks, MigrationState::RunningP2p);
     let mut packet = vec![0u8; 12];
     packet.extend_from_slice(b"queued while stopped");
@@ -653,7 +653,7 @@ fn a_net_vf_sends_its_queued_frame_from_the_destination_with_its_mac() {
 
     let destination = function(&backend_b, &mem, &Irqs::new());
     let hooks = destination.migration().unwrap();
-    let mut states = MigrationDriver::new(hooks.flags());
+    let mut states = StateMachine::new(hooks.flags());
     load(hooks, &mut states, &parts);
     walk(&mut states, hooks, Running);
     vf_b.quiesce();

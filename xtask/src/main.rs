@@ -6,6 +6,7 @@ mod cmd;
 mod e2e;
 mod fuzz;
 mod install;
+mod layers;
 mod peers;
 
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ commands:
                    (apt installs its build dependencies)
   fuzz [TARGET] [SECONDS]
                    run one fuzz target (or each in turn) for SECONDS (default 60)
+  layers           the framework's modules in import order, bottom first; fails when an
+                   import runs upward (two modules import each other, directly or not)
   install-extras [PREFIX]
                    build vfio-variant and install its shell completions (bash, zsh, fish)
                    and man pages under PREFIX (default /usr/local)
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Some("e2e") => e2e::server::run(&args[1..]),
         Some("capture-configs") => e2e::capture::run(&args[1..]),
         Some("install-extras") => install::run(&args[1..]),
+        Some("layers") => layers::run(),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             Ok(())

@@ -3,8 +3,8 @@
 //!
 //! Both sides speak vfio-user to their function's socket, so the functions must not have a
 //! VMM attached (the server takes one client per function); a VMM that keeps its connection
-//! embeds `vfio_variant::migrate` instead. Between hosts the link is TLS 1.3 with a
-//! certificate on each side (`vfio_variant::migrate::tls`); there is no plaintext mode.
+//! embeds `vfio_variant::migration_driver` instead. Between hosts the link is TLS 1.3 with a
+//! certificate on each side (`vfio_variant::migration_driver::tls`); there is no plaintext mode.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -15,11 +15,11 @@ use std::time::Duration;
 use clap::Args;
 use rustix::io::Errno;
 use serde_json::json;
-use vfio_variant::migrate::{
+use vfio_variant::migration::MigrationFlags;
+use vfio_variant::migration_driver::{
     LocalDestination, MigrateError, Observer, Options, Progress, RemoteDestination, Report, Served,
     migrate, serve_destination, tls,
 };
-use vfio_variant::migration::MigrationFlags;
 use vfio_variant::vfio_user::{Client, ClientError};
 
 use super::dirs::Dirs;
@@ -135,7 +135,7 @@ fn connect(function: &str, dirs: &Dirs) -> Result<Client, String> {
 fn busy(path: &std::path::Path) -> String {
     format!(
         "{}: the server closed the connection: is a VMM attached? (one client per function; \
-         a VMM migrates its functions itself with vfio_variant::migrate)",
+         a VMM migrates its functions itself with vfio_variant::migration_driver)",
         path.display()
     )
 }
@@ -258,7 +258,7 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     }
     .map_err(|e| match e {
         MigrateError::Unsupported(_) => not_migratable(&args.source, dirs),
-        MigrateError::Source(e) if e.source.errno() == Errno::NOTTY.raw_os_error() => {
+        MigrateError::Source(e) if e.errno == Errno::NOTTY.raw_os_error() => {
             not_migratable(&args.source, dirs)
         }
         e => CliError::failed(format!("migration failed, the source keeps running: {e}")),

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vfio_variant::migrate::tls::TlsFiles;
+use vfio_variant::migration_driver::tls::TlsFiles;
 
 /// A CA whose key is kept to sign certificates, and its certificate file.
 pub struct Ca {

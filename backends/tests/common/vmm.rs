@@ -1,7 +1,9 @@
 //! A test VMM for a transitional virtio-blk VF: guest memory in a memfd, a legacy virtio-blk
-//! driver keeping writes in flight from a vCPU thread over the VMM's one vfio-user
-//! connection, and the VMM's part of a migration (pause the vCPU once the device is stopped,
-//! move guest memory). Shared by the two-host migration test and the downtime benchmark.
+//! driver keeping writes in flight from a vCPU thread, and the VMM's part of a migration
+//! (pause the vCPU once the device is stopped, move guest memory). The driver reaches its
+//! function through a [`GuestAccess`]: the VMM's one vfio-user connection ([`Shared`]), or an
+//! in-process VMM's port-I/O exits (examples/embedded_vmm). Shared by the two-host migration
+//! test, the in-process one and the downtime benchmark.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
@@ -9,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
-use vfio_variant::migrate::{DeviceError, MigratableDevice, Observer};
 use vfio_variant::migration::{MigrationFlags, MigrationState};
+use vfio_variant::migration_driver::{CallError, MigratableDevice, Observer};
 use vfio_variant::vfio_user::client::Client;
 use vfio_variant::vfio_user::dma::{DmaMap, DmaMapFlags};
 use vfio_variant_virtio_legacy::hw::blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_OUT};
@@ -34,9 +36,41 @@ pub const BLOCK: usize = 4096;
 /// Blocks on the disk (the built-in PFs' 64 MiB images).
 pub const DISK_BLOCKS: u32 = 16384;
 
+/// How the guest reaches its function: its legacy I/O BAR and its config space.
+pub trait GuestAccess: Clone + Send + 'static {
+    /// Writes `data` at `offset` of the legacy I/O BAR.
+    fn io_write(&self, offset: u8, data: &[u8]);
+    /// Reads at `offset` of the legacy I/O BAR.
+    fn io_read(&self, offset: u8, data: &mut [u8]);
+    /// Writes config space.
+    fn config_write(&self, offset: u16, data: &[u8]);
+    /// Reads config space.
+    fn config_read(&self, offset: u16, data: &mut [u8]);
+    /// Waits a moment for the function's interrupt; true when one came (the driver then
+    /// acknowledges it by reading ISR). Without interrupts the driver only polls.
+    fn wait_interrupt(&self) -> bool {
+        false
+    }
+}
+
 /// A VMM's one connection to its function, shared by its vCPU and its migration driver.
 #[derive(Clone)]
 pub struct Shared(pub Arc<Mutex<Client>>);
+
+impl GuestAccess for Shared {
+    fn io_write(&self, offset: u8, data: &[u8]) {
+        self.0.lock().region_write(0, offset.into(), data).unwrap();
+    }
+    fn io_read(&self, offset: u8, data: &mut [u8]) {
+        self.0.lock().region_read(0, offset.into(), data).unwrap();
+    }
+    fn config_write(&self, offset: u16, data: &[u8]) {
+        self.0.lock().region_write(7, offset.into(), data).unwrap();
+    }
+    fn config_read(&self, offset: u16, data: &mut [u8]) {
+        self.0.lock().region_read(7, offset.into(), data).unwrap();
+    }
+}
 
 impl Shared {
     /// A VMM's connection with `memory` mapped as guest RAM.
@@ -53,22 +87,22 @@ impl Shared {
 }
 
 impl MigratableDevice for Shared {
-    fn flags(&mut self) -> Result<MigrationFlags, DeviceError> {
+    fn flags(&mut self) -> Result<MigrationFlags, CallError> {
         self.0.lock().flags()
     }
-    fn set_state(&mut self, state: MigrationState) -> Result<(), DeviceError> {
+    fn set_state(&mut self, state: MigrationState) -> Result<(), CallError> {
         self.0.lock().set_state(state)
     }
-    fn read(&mut self, max: u32) -> Result<Vec<u8>, DeviceError> {
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, CallError> {
         MigratableDevice::read(&mut *self.0.lock(), max)
     }
-    fn write(&mut self, data: &[u8]) -> Result<(), DeviceError> {
+    fn write(&mut self, data: &[u8]) -> Result<(), CallError> {
         MigratableDevice::write(&mut *self.0.lock(), data)
     }
     fn chunk_size(&self) -> u32 {
         self.0.lock().chunk_size()
     }
-    fn recover(&mut self) -> Result<(), DeviceError> {
+    fn recover(&mut self) -> Result<(), CallError> {
         self.0.lock().recover()
     }
 }
@@ -96,9 +130,9 @@ pub fn block(seq: u32) -> Vec<u8> {
 /// The guest's legacy virtio-blk driver: one queue, [`SLOTS`] writes in flight, completions
 /// polled from the used ring. Its state is what a VMM carries to the destination in guest
 /// memory and vCPU state.
-pub struct Driver {
+pub struct Driver<P: GuestAccess = Shared> {
     /// The function.
-    pub device: Shared,
+    pub device: P,
     /// Guest RAM.
     pub memory: OwnedFd,
     avail_idx: u16,
@@ -109,9 +143,11 @@ pub struct Driver {
     pub next_seq: u32,
     /// Sequence numbers of the acknowledged requests, in completion order.
     pub acked: Vec<u32>,
+    /// Interrupts taken (each acknowledged by reading ISR).
+    pub interrupts: u64,
 }
 
-impl Driver {
+impl<P: GuestAccess> Driver<P> {
     fn put(&self, iova: u64, data: &[u8]) {
         let n = rustix::io::pwrite(&self.memory, data, iova - GUEST_BASE).unwrap();
         assert_eq!(n, data.len());
@@ -125,16 +161,12 @@ impl Driver {
     }
 
     pub fn io_write(&self, offset: u8, len: usize, value: u64) {
-        self.device
-            .0
-            .lock()
-            .region_write(0, offset.into(), &value.to_le_bytes()[..len])
-            .unwrap();
+        self.device.io_write(offset, &value.to_le_bytes()[..len]);
     }
 
     /// Linux's legacy initialization: reset, ACKNOWLEDGE, DRIVER, features, queue 0, DRIVER_OK.
-    pub fn init(device: Shared, memory: OwnedFd) -> Self {
-        device.0.lock().region_write(7, 4, &[0x05, 0x00]).unwrap();
+    pub fn init(device: P, memory: OwnedFd) -> Self {
+        device.config_write(4, &[0x05, 0x00]);
         let driver = Self {
             device,
             memory,
@@ -143,6 +175,7 @@ impl Driver {
             slots: [None; SLOTS],
             next_seq: 0,
             acked: Vec::new(),
+            interrupts: 0,
         };
         driver.io_write(legacy::STATUS, 1, 0);
         driver.io_write(legacy::STATUS, 1, STATUS_ACKNOWLEDGE.into());
@@ -200,6 +233,23 @@ impl Driver {
         true
     }
 
+    /// With every slot busy, waits for the function's interrupt and acknowledges it (reading
+    /// ISR lowers the INTx line), as Linux's legacy driver does.
+    fn wait(&mut self) {
+        if self.in_flight() == SLOTS {
+            self.take_interrupt();
+        }
+    }
+
+    /// Waits a moment for the function's interrupt and acknowledges it.
+    fn take_interrupt(&mut self) {
+        if self.device.wait_interrupt() {
+            let mut isr = [0u8];
+            self.device.io_read(legacy::ISR, &mut isr);
+            self.interrupts += 1;
+        }
+    }
+
     /// Takes the completions the device published; each must be of a request in flight.
     pub fn poll(&mut self) {
         let idx = self.get(USED + 2, 2);
@@ -233,6 +283,7 @@ impl Driver {
                 return;
             }
             self.io_write(legacy::QUEUE_NOTIFY, 2, 0);
+            self.take_interrupt();
             self.poll();
         }
         panic!("{} requests never completed", self.in_flight());
@@ -240,19 +291,20 @@ impl Driver {
 }
 
 /// The vCPU: submits and polls until told to stop, then hands the driver back.
-pub struct Vcpu {
+pub struct Vcpu<P: GuestAccess = Shared> {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Driver>,
+    thread: JoinHandle<Driver<P>>,
 }
 
-impl Vcpu {
+impl<P: GuestAccess> Vcpu<P> {
     /// Runs `driver` in a new thread.
-    pub fn start(mut driver: Driver) -> Self {
+    pub fn start(mut driver: Driver<P>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::SeqCst) {
                 driver.submit();
+                driver.wait();
                 driver.poll();
             }
             driver
@@ -261,7 +313,7 @@ impl Vcpu {
     }
 
     /// Stops the thread and takes the driver back.
-    pub fn pause(self) -> Driver {
+    pub fn pause(self) -> Driver<P> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.join().unwrap()
     }
@@ -269,18 +321,18 @@ impl Vcpu {
 
 /// The source VMM's side of the move: pause the vCPU once the device is stopped, and copy
 /// guest memory to the destination VMM's.
-pub struct SourceVmm {
+pub struct SourceVmm<P: GuestAccess = Shared> {
     /// The running vCPU.
-    pub vcpu: Option<Vcpu>,
+    pub vcpu: Option<Vcpu<P>>,
     /// The driver, once the vCPU is paused.
-    pub driver: Option<Driver>,
+    pub driver: Option<Driver<P>>,
     /// Where guest memory goes.
     pub destination_memory: OwnedFd,
     /// The source's config space once stopped.
     pub config: Vec<u8>,
 }
 
-impl Observer for SourceVmm {
+impl<P: GuestAccess> Observer for SourceVmm<P> {
     fn source_stopped(&mut self) -> Result<(), String> {
         let driver = self.vcpu.take().ok_or("no vCPU")?.pause();
         self.config = config_space(&driver.device);
@@ -293,8 +345,8 @@ impl Observer for SourceVmm {
 }
 
 /// A function's config space (256 bytes).
-pub fn config_space(device: &Shared) -> Vec<u8> {
+pub fn config_space(device: &impl GuestAccess) -> Vec<u8> {
     let mut data = vec![0u8; 256];
-    device.0.lock().region_read(7, 0, &mut data).unwrap();
+    device.config_read(0, &mut data);
     data
 }

@@ -70,17 +70,22 @@ pub enum Interrupt {
     Request,
 }
 
-/// Where a function's interrupts go (the server maps them to the VMM's eventfds).
+/// Where a function's interrupts go: given to a backend by its device, and to a device by the
+/// server (which maps them to the VMM's eventfds) or an in-process VMM.
 pub trait InterruptSink: Send + Sync {
-    /// Raises (or for INTx, sets the level of) an interrupt. Never blocks on the guest. What
-    /// the server does with it: a vector without a VMM eventfd (MSI-X or MSI off) is dropped;
+    /// Raises (or for INTx, sets the level of) an interrupt. Never blocks on the guest. A
+    /// backend reports its INTx *condition*; the device in front of it (the sink a backend is
+    /// given is the `VirtualFunction`'s) turns that into the line, masked by
+    /// COMMAND.INTX_DISABLE, and raises the line to the VMM when it changes. What the server
+    /// does with what reaches it: a vector without a VMM eventfd (MSI-X or MSI off) is dropped;
     /// a vector the VMM masked is kept pending (the MSI-X PBA shows it) and delivered when
-    /// unmasked; INTx follows COMMAND.INTX_DISABLE. A vector the layout does not declare is
-    /// dropped, and breaks the backend contract (the conformance kit reports it).
+    /// unmasked. A vector the layout does not declare is dropped, and breaks the backend
+    /// contract (the conformance kit reports it).
     fn raise(&self, interrupt: Interrupt);
 }
 
-/// Given to [`super::Function::attach`].
+/// Given to [`super::Function::attach`] (by the function's device), and to
+/// `VirtualFunction::attach` (by a server or an in-process VMM).
 #[derive(Clone)]
 pub struct FunctionContext {
     /// Guest memory.

@@ -2,38 +2,55 @@
 //! sends each region access to the config space, the backend, or the physical function.
 //!
 //! This is the object a server (or a Rust VMM in-process) calls: region indexes are VFIO's
-//! (BAR0-5 = 0-5, ROM = 6, config = 7).
+//! (BAR0-5 = 0-5, ROM = 6, config = 7). It also owns the function's migration (state, stream,
+//! config snapshot: `migration.rs`), its DMA dirty logging (`dma_logging.rs`) and the
+//! interrupts it raises to whoever attached (`interrupts.rs`): nothing above it calls the
+//! backend.
 
+mod dma_logging;
 mod error;
+mod interrupts;
+mod migration;
 mod msix;
 mod regions;
+pub mod stream;
 
+pub use crate::pci::region::{CONFIG_REGION, ROM_REGION};
+pub use dma_logging::LoggingError;
 pub use error::DeviceError;
+pub use migration::MigrationFailure;
 pub use msix::PendingFn;
-pub use regions::{CONFIG_REGION, ROM_REGION, RegionInfo, passthrough_areas};
+pub use regions::{RegionInfo, passthrough_areas};
 
+use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::backend::{Backend, BackendError, CreateRequest, DirectPath, Function, MmapFile};
+use crate::backend::{
+    Backend, BackendError, CreateRequest, DirectPath, Function, FunctionContext, MmapFile,
+};
 use crate::config::{ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate};
+use crate::device::stream::StreamIdentity;
+use crate::migration::{MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo};
 use crate::pci::regs;
 use crate::physical::PhysicalFunction;
 use crate::vpci::LayoutError;
 use crate::vpci::bind::bind;
-use crate::vpci::layout::{BarBacking, BarKind, MmapArea, RomBacking};
+use crate::layout::{BarBacking, BarKind, MmapArea, RomBacking};
 
 /// A virtual PCI function.
 pub struct VirtualFunction {
-    config: Mutex<ConfigSpace>,
+    config: Arc<Mutex<ConfigSpace>>,
     function: Box<dyn Function>,
     /// The MSI-X table and PBA, served here whatever backs their BAR.
     msix: Option<msix::Msix>,
-    /// Resets so far (DEVICE_RESET, FLR): what else keeps per-function state (migration)
-    /// compares it to know the function was reset.
-    resets: AtomicU64,
+    /// Where the function's interrupts go, and its INTx line.
+    interrupts: Arc<interrupts::Interrupts>,
+    /// Migration state and stream.
+    migration: migration::Migration,
+    /// DMA dirty logging.
+    dma_logging: dma_logging::DmaLogging,
 }
 
 /// Sends config bits the layout does not hold to the physical function or the backend.
@@ -92,7 +109,8 @@ pub enum ProvisionError {
 impl VirtualFunction {
     /// Provisions a function of `backend` with `profile` (the layout of `template` is what it
     /// will be exposed with) and puts it behind `template`: what `vfio-variant create` and a
-    /// Rust VMM embedding a backend both do.
+    /// Rust VMM embedding a backend both do. Its migration streams carry the backend's name
+    /// and the profile.
     pub fn provision(
         backend: &dyn Backend,
         template: Arc<ConfigTemplate>,
@@ -106,7 +124,9 @@ impl VirtualFunction {
             layout: Arc::clone(template.layout()),
             attributes,
         })?;
-        Ok(Self::new(template, function)?)
+        let function = Self::new(template, function)?;
+        function.set_stream_names(backend.name(), profile);
+        Ok(function)
     }
 
     /// Puts a provisioned backend function behind a compiled layout. A layout that passes
@@ -133,17 +153,41 @@ impl VirtualFunction {
             }
             None => {}
         }
+        let msix = msix::Msix::new(layout);
+        let config = Arc::new(Mutex::new(ConfigSpace::new(template)));
         Ok(Self {
-            msix: msix::Msix::new(layout),
-            config: Mutex::new(ConfigSpace::new(template)),
+            msix,
+            interrupts: Arc::new(interrupts::Interrupts::new(Arc::clone(&config))),
+            config,
             function,
-            resets: AtomicU64::new(0),
+            migration: migration::Migration::new(),
+            dma_logging: dma_logging::DmaLogging::default(),
         })
     }
 
-    /// The backend's function.
+    /// The backend's function, for backend tests and the conformance kit. A VMM or server
+    /// drives the function through the device's own calls, never the backend.
     pub fn function(&self) -> &dyn Function {
         &*self.function
+    }
+
+    /// Gives the function guest memory and a sink for its interrupts. Writes through that
+    /// memory are logged while a DMA logging session is on; the sink receives MSI/MSI-X/ERR/REQ
+    /// vectors as the backend raises them, and the INTx line (the backend's condition masked
+    /// by COMMAND.INTX_DISABLE) whenever it changes; a sink starts with the line deasserted,
+    /// so an asserted line is raised to it at once.
+    pub fn attach(&self, context: FunctionContext) {
+        self.interrupts.attach(context.interrupts);
+        self.function.attach(FunctionContext {
+            dma: self.dma_logging.wrap(context.dma),
+            interrupts: Arc::new(interrupts::FromBackend(Arc::clone(&self.interrupts))),
+        });
+    }
+
+    /// Whether the function reaches guest RAM only through memory shared with it (a function
+    /// on a real device): guest RAM offered without a file must then be refused.
+    pub fn needs_shared_memory(&self) -> bool {
+        self.function.needs_shared_memory()
     }
 
     /// The compiled layout.
@@ -216,6 +260,8 @@ impl VirtualFunction {
         self.config
             .lock()
             .write(offset, data, &self.backing(), &mut |e| events.push(e))?;
+        // COMMAND.INTX_DISABLE may have changed.
+        self.interrupts.sync_intx();
         for event in events {
             match event {
                 ConfigEvent::FunctionLevelReset => self.reset()?,
@@ -223,11 +269,6 @@ impl VirtualFunction {
             }
         }
         Ok(())
-    }
-
-    /// How many times the function was reset (DEVICE_RESET or a guest's FLR).
-    pub fn reset_count(&self) -> u64 {
-        self.resets.load(Ordering::SeqCst)
     }
 
     /// The state a guest gave the config space, for a migration stream, followed by the
@@ -265,20 +306,22 @@ impl VirtualFunction {
         {
             msix.set_table(table);
         }
+        self.interrupts.sync_intx();
         for event in events {
             self.function.config_changed(event);
         }
         Ok(())
     }
 
-    /// Resets the function: config space to its reset values, then the backend (and through it
-    /// the physical function).
+    /// Resets the function: config space to its reset values, migration back to RUNNING with
+    /// no stream open, then the backend (and through it the physical function).
     pub fn reset(&self) -> Result<(), DeviceError> {
-        self.resets.fetch_add(1, Ordering::SeqCst);
+        self.migration.reset();
         self.config.lock().reset();
         if let Some(msix) = &self.msix {
             msix.reset();
         }
+        self.interrupts.sync_intx();
         self.function.reset()?;
         Ok(())
     }
@@ -363,22 +406,103 @@ impl VirtualFunction {
         }
     }
 
-    /// Records the function's INTx condition: STATUS.INTERRUPT follows it, whatever
-    /// COMMAND.INTX_DISABLE says.
-    pub fn set_intx_pending(&self, pending: bool) {
-        self.config.lock().set_intx_status(pending);
+    /// Names the backend and profile the function's migration streams carry: a destination
+    /// refuses a stream of another backend or profile (and of another layout, always).
+    pub fn set_stream_names(&self, backend: &str, profile: &str) {
+        self.migration.name(backend, profile);
     }
 
-    /// Whether the INTx line is asserted: the condition is pending and the guest has not
-    /// disabled INTx in COMMAND (the framework emulates the disable bit by masking).
-    pub fn intx_line(&self) -> bool {
-        let config = self.config.lock();
-        config.intx_status() && config.command() & regs::COMMAND_INTX_DISABLE == 0
+    /// The migration flags the function offers; `None` when it does not migrate.
+    pub fn migration_flags(&self) -> Option<MigrationFlags> {
+        self.migration.flags(self).ok()
+    }
+
+    /// The function's migration state: RUNNING until migration is used, and after any reset.
+    pub fn migration_state(&self) -> MigrationState {
+        self.migration.state()
+    }
+
+    /// Moves the function to migration state `want`, walking the backend's direct arcs; the
+    /// state reached. A refused request changes nothing; a failed arc leaves it in ERROR,
+    /// which only [`VirtualFunction::reset`] leaves.
+    pub fn set_migration_state(
+        &self,
+        want: MigrationState,
+    ) -> Result<MigrationState, MigrationFailure> {
+        self.migration.set_state(self, want)
+    }
+
+    /// Fills `buf` with the next bytes of the migration stream while saving (PRE_COPY,
+    /// STOP_COPY); fewer bytes than `buf` holds mean no more for now (pre-copy) or the end
+    /// (stop-copy).
+    pub fn migration_read(&self, buf: &mut [u8]) -> Result<usize, MigrationFailure> {
+        self.migration.read(self, buf)
+    }
+
+    /// Takes the next bytes of a migration stream while RESUMING. A stream for another layout,
+    /// backend or profile, or a corrupt record, is refused before its data reaches the device.
+    pub fn migration_write(&self, data: &[u8]) -> Result<(), MigrationFailure> {
+        self.migration.write(self, data)
+    }
+
+    /// Pre-copy progress of the stream (PRE_COPY and PRE_COPY_P2P only).
+    pub fn precopy_info(&self) -> Result<PrecopyInfo, MigrationFailure> {
+        self.migration.precopy_info(self)
+    }
+
+    /// Estimated bytes of the stream a stop-copy would read now.
+    pub fn stop_copy_size(&self) -> Result<u64, MigrationFailure> {
+        self.migration.stop_copy_size(self)
+    }
+
+    /// Why the last migration step was refused (since the last reset).
+    pub fn migration_error(&self) -> Option<String> {
+        self.migration.refusal()
+    }
+
+    /// Starts DMA dirty logging of `ranges` in pages of `page_size` (or the coarser pages
+    /// the device's tracker uses): returns the page size the session reports in.
+    pub fn dma_logging_start(
+        &self,
+        page_size: u64,
+        ranges: &[Range<u64>],
+    ) -> Result<u64, LoggingError> {
+        self.dma_logging
+            .start(self.function.migration(), page_size, ranges)
+    }
+
+    /// Sets bit i of `bitmap` for each page at `iova + i * page_size` written since the last
+    /// report of it, and clears those pages' log.
+    pub fn dma_logging_report(
+        &self,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        bitmap: &mut [u64],
+    ) -> Result<(), LoggingError> {
+        self.dma_logging
+            .report(self.function.migration(), iova, length, page_size, bitmap)
+    }
+
+    /// Ends the DMA logging session, if one is on.
+    pub fn dma_logging_stop(&self) {
+        self.dma_logging.stop(self.function.migration());
+    }
+
+    /// Whether a DMA logging session is on.
+    pub fn dma_logging_on(&self) -> bool {
+        self.dma_logging.is_on()
     }
 
     /// What each region is: size, access, mmappable areas.
     pub fn regions(&self) -> Vec<RegionInfo> {
         regions::describe(self.template().layout())
+    }
+
+    /// Where the guest placed BAR `index` (its address in config space, type bits masked):
+    /// what an in-process VMM routes its MMIO and port-I/O exits by. `None` for no such BAR.
+    pub fn bar_address(&self, index: u8) -> Option<u64> {
+        self.config.lock().bar_address(index)
     }
 
     /// The direct path to the function's device, when it runs on kernel VFIO.
@@ -409,6 +533,24 @@ impl VirtualFunction {
             }
         };
         (!areas.is_empty()).then_some((file, areas))
+    }
+}
+
+impl migration::Owner for VirtualFunction {
+    fn hooks(&self) -> Option<&dyn MigrationHooks> {
+        self.function.migration()
+    }
+
+    fn identity(&self, backend: &str, profile: &str) -> StreamIdentity {
+        StreamIdentity::new(&self.template(), backend, profile)
+    }
+
+    fn config_snapshot(&self) -> Vec<u8> {
+        VirtualFunction::config_snapshot(self)
+    }
+
+    fn config_restore(&self, saved: &[u8]) -> Result<(), String> {
+        VirtualFunction::config_restore(self, saved).map_err(|e| e.to_string())
     }
 }
 
@@ -670,6 +812,282 @@ pba_offset = 0x200
         let mut command = [0u8; 2];
         vf.region_read(CONFIG_REGION, 4, &mut command).unwrap();
         assert_eq!(command, [0, 0], "config space is back at its reset values");
+    }
+
+    const PLAIN_LAYOUT: &str = r#"
+[vpci]
+format = 1
+name = "p"
+[identity]
+vendor_id = 0x1af4
+device_id = 0x1041
+class_code = 0x020000
+[[bar]]
+index = 1
+kind = "mem32"
+size = "4K"
+backing = "emulated"
+"#;
+
+    /// A function with one register (BAR 1 offset 0) that migrates, committing a loaded value
+    /// only on RESUMING -> STOP, and whose BAR 1 offset 4 sets its INTx condition.
+    #[derive(Default)]
+    struct Register {
+        value: Mutex<u32>,
+        loaded: Mutex<Option<u32>>,
+        context: Mutex<Option<FunctionContext>>,
+        migrates: bool,
+        saved: std::sync::atomic::AtomicBool,
+    }
+
+    impl Function for Register {
+        fn attach(&self, context: FunctionContext) {
+            *self.context.lock() = Some(context);
+        }
+        fn bar_read(&self, _: u8, _: u64, data: &mut [u8]) -> Result<(), FunctionError> {
+            data.copy_from_slice(&self.value.lock().to_le_bytes()[..data.len()]);
+            Ok(())
+        }
+        fn bar_write(&self, _: u8, offset: u64, data: &[u8]) -> Result<(), FunctionError> {
+            let context = self.context.lock().clone();
+            match offset {
+                0 => *self.value.lock() = u32::from(data[0]),
+                4 => {
+                    let interrupt = match data[0] {
+                        0 | 1 => crate::backend::Interrupt::Intx(data[0] == 1),
+                        vector => crate::backend::Interrupt::Msix(vector.into()),
+                    };
+                    context.unwrap().interrupts.raise(interrupt);
+                }
+                _ => return Err(FunctionError::BadAccess("no register".into())),
+            }
+            Ok(())
+        }
+        fn reset(&self) -> Result<(), FunctionError> {
+            *self.loaded.lock() = None;
+            Ok(())
+        }
+        fn migration(&self) -> Option<&dyn MigrationHooks> {
+            self.migrates.then_some(self as _)
+        }
+    }
+
+    impl MigrationHooks for Register {
+        fn flags(&self) -> MigrationFlags {
+            MigrationFlags::STOP_COPY
+        }
+        fn transition(
+            &self,
+            from: MigrationState,
+            to: MigrationState,
+        ) -> Result<(), crate::migration::MigrationError> {
+            if (from, to) == (MigrationState::Resuming, MigrationState::Stop) {
+                let loaded = self.loaded.lock().take();
+                *self.value.lock() = loaded.expect("a loaded value");
+            }
+            if to == MigrationState::StopCopy {
+                self.saved.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(())
+        }
+        fn save(&self, buf: &mut [u8]) -> Result<usize, crate::migration::MigrationError> {
+            if buf.len() < 4 || self.saved.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Ok(0);
+            }
+            buf[..4].copy_from_slice(&self.value.lock().to_le_bytes());
+            Ok(4)
+        }
+        fn load(&self, data: &[u8]) -> Result<(), crate::migration::MigrationError> {
+            *self.loaded.lock() = Some(u32::from_le_bytes(data.try_into().unwrap()));
+            Ok(())
+        }
+        fn precopy_info(&self) -> Result<PrecopyInfo, crate::migration::MigrationError> {
+            Ok(PrecopyInfo::default())
+        }
+        fn stop_copy_size(&self) -> Result<u64, crate::migration::MigrationError> {
+            Ok(4)
+        }
+    }
+
+    fn register(migrates: bool) -> VirtualFunction {
+        let template = Arc::new(compile(Arc::new(parse_layout("p", PLAIN_LAYOUT).unwrap())));
+        let function = Register {
+            migrates,
+            ..Register::default()
+        };
+        VirtualFunction::new(template, Box::new(function)).unwrap()
+    }
+
+    /// Records what the device raises.
+    #[derive(Default)]
+    struct Raised(Mutex<Vec<crate::backend::Interrupt>>);
+
+    impl crate::backend::InterruptSink for Raised {
+        fn raise(&self, interrupt: crate::backend::Interrupt) {
+            self.0.lock().push(interrupt);
+        }
+    }
+
+    struct NoMemory;
+
+    impl crate::backend::DmaAccess for NoMemory {
+        fn read(&self, iova: u64, data: &mut [u8]) -> Result<(), crate::backend::DmaError> {
+            Err(crate::backend::DmaError::Unmapped {
+                iova,
+                len: data.len(),
+            })
+        }
+        fn write(&self, iova: u64, data: &[u8]) -> Result<(), crate::backend::DmaError> {
+            Err(crate::backend::DmaError::Unmapped {
+                iova,
+                len: data.len(),
+            })
+        }
+    }
+
+    #[test]
+    fn the_device_raises_the_intx_line_when_it_changes_and_nothing_polls_it() {
+        use crate::backend::Interrupt::{Intx, Msix};
+        let vf = register(false);
+        let raised = Arc::new(Raised::default());
+        vf.attach(FunctionContext {
+            dma: Arc::new(NoMemory),
+            interrupts: Arc::clone(&raised) as _,
+        });
+        let take = || std::mem::take(&mut *raised.0.lock());
+        assert_eq!(take(), [], "a deasserted line, at attach");
+        vf.region_write(CONFIG_REGION, 4, &[0x02, 0x00]).unwrap();
+        assert_eq!(
+            take(),
+            [],
+            "a config write that changes no line raises nothing"
+        );
+        vf.region_write(1, 4, &[1]).unwrap();
+        vf.region_write(1, 4, &[1]).unwrap();
+        vf.region_write(1, 4, &[9]).unwrap();
+        assert_eq!(
+            take(),
+            [Intx(true), Msix(9)],
+            "the level once; vectors as raised"
+        );
+        // The guest masks INTx in COMMAND: the device drops the line itself.
+        vf.region_write(CONFIG_REGION, 4, &[0x02, 0x04]).unwrap();
+        assert_eq!(take(), [Intx(false)]);
+        let mut status = [0u8; 2];
+        vf.region_read(CONFIG_REGION, 6, &mut status).unwrap();
+        assert_ne!(
+            status[0] & 0x08,
+            0,
+            "STATUS.INTERRUPT follows the condition"
+        );
+        vf.region_write(CONFIG_REGION, 4, &[0x02, 0x00]).unwrap();
+        assert_eq!(take(), [Intx(true)], "unmasked: the line comes back");
+        vf.reset().unwrap();
+        assert_eq!(take(), [Intx(false)], "a reset clears the condition");
+        vf.region_write(CONFIG_REGION, 4, &[0x02, 0x00]).unwrap();
+        vf.region_write(1, 4, &[1]).unwrap();
+        take();
+        // A new sink (a client reconnecting) hears of the asserted line at once.
+        let again = Arc::new(Raised::default());
+        vf.attach(FunctionContext {
+            dma: Arc::new(NoMemory),
+            interrupts: Arc::clone(&again) as _,
+        });
+        assert_eq!(*again.0.lock(), [Intx(true)]);
+    }
+
+    fn stream_of(vf: &VirtualFunction) -> Vec<u8> {
+        assert_eq!(
+            vf.set_migration_state(MigrationState::StopCopy).unwrap(),
+            MigrationState::StopCopy
+        );
+        let mut stream = Vec::new();
+        loop {
+            let mut chunk = [0u8; 64];
+            let n = vf.migration_read(&mut chunk).unwrap();
+            stream.extend_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                return stream;
+            }
+        }
+    }
+
+    fn value(vf: &VirtualFunction) -> u8 {
+        let mut data = [0u8; 1];
+        vf.region_read(1, 0, &mut data).unwrap();
+        data[0]
+    }
+
+    #[test]
+    fn a_function_migrates_in_process_and_refuses_a_corrupt_stream_before_changing() {
+        let source = register(true);
+        source
+            .region_write(CONFIG_REGION, 4, &[0x06, 0x00])
+            .unwrap();
+        source.region_write(1, 0, &[7]).unwrap();
+        let stream = stream_of(&source);
+        let destination = register(true);
+        destination
+            .region_write(CONFIG_REGION, 4, &[0x02, 0x00])
+            .unwrap();
+
+        // A corrupt record is refused as it arrives; leaving RESUMING fails, nothing moved.
+        destination
+            .set_migration_state(MigrationState::Resuming)
+            .unwrap();
+        let mut corrupt = stream.clone();
+        let at = corrupt.len() - 30;
+        corrupt[at] ^= 0xff;
+        let refused = destination.migration_write(&corrupt).unwrap_err();
+        assert_eq!(refused.errno(), libc::EINVAL);
+        assert!(destination.migration_error().unwrap().contains("checksum"));
+        assert!(
+            destination
+                .set_migration_state(MigrationState::Stop)
+                .is_err()
+        );
+        assert_eq!(destination.migration_state(), MigrationState::Error);
+        assert_eq!(value(&destination), 0, "the device never committed");
+
+        // A reset clears the migration state directly.
+        destination.reset().unwrap();
+        assert_eq!(destination.migration_state(), MigrationState::Running);
+        assert_eq!(destination.migration_error(), None);
+
+        destination
+            .region_write(CONFIG_REGION, 4, &[0x02, 0x00])
+            .unwrap();
+        destination
+            .set_migration_state(MigrationState::Resuming)
+            .unwrap();
+        destination.migration_write(&stream).unwrap();
+        destination
+            .set_migration_state(MigrationState::Running)
+            .unwrap();
+        assert_eq!(value(&destination), 7);
+        let mut config = [[0u8; 256]; 2];
+        source
+            .region_read(CONFIG_REGION, 0, &mut config[0])
+            .unwrap();
+        destination
+            .region_read(CONFIG_REGION, 0, &mut config[1])
+            .unwrap();
+        assert_eq!(config[0], config[1], "config space moved with the state");
+    }
+
+    #[test]
+    fn a_function_without_hooks_does_not_migrate() {
+        let vf = register(false);
+        assert_eq!(vf.migration_flags(), None);
+        let e = vf.set_migration_state(MigrationState::Stop).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOTTY);
+        assert_eq!(
+            vf.dma_logging_start(4096, std::slice::from_ref(&(0..0x1000)))
+                .unwrap_err()
+                .errno(),
+            libc::ENOTTY
+        );
+        assert_eq!(vf.migration_state(), MigrationState::Running);
     }
 
     #[test]

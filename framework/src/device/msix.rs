@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use crate::config::ConfigError;
 use crate::pci::cap;
-use crate::vpci::layout::{CapabilityBody, Layout};
+use crate::layout::{CapabilityBody, Layout};
 
 /// Whether an MSI-X vector is pending.
 pub type PendingFn = dyn Fn(u32) -> bool + Send + Sync;

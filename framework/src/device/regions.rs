@@ -1,13 +1,7 @@
 //! The regions of a virtual function as a VMM sees them (VFIO region info).
 
-use crate::vpci::layout::{Layout, MmapArea};
-
-/// VFIO region index of the expansion ROM.
-pub const ROM_REGION: u32 = 6;
-/// VFIO region index of config space.
-pub const CONFIG_REGION: u32 = 7;
-/// Number of regions of a VFIO PCI device (BAR0-5, ROM, config, VGA).
-pub const REGION_COUNT: u32 = 9;
+use crate::pci::region::{CONFIG_REGION, REGION_COUNT, ROM_REGION};
+use crate::layout::{Layout, MmapArea};
 
 /// One region's description.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,16 +1,16 @@
 //! Migration vocabulary shared by the framework and backends (VFIO migration v2): states,
 //! flags, and the hooks a backend implements. Backends implement arc actions only; the
-//! framework walks multi-step paths between states ([`MigrationDriver`], the state machine of
-//! `state.rs`) and frames the device state in a checked stream ([`stream`]); backends hand
-//! their state over as typed records ([`record`]) rather than framing bytes themselves. DMA
-//! dirty logging keeps its bitmap in [`dirty`].
+//! framework walks multi-step paths between states ([`StateMachine`], the walker of
+//! `state.rs`); backends hand their state over as typed records ([`record`]) rather than
+//! framing bytes themselves. DMA dirty logging keeps its bitmap in [`dirty`]. The stream a
+//! function's state travels in is the device's (`crate::device::stream`): it carries the
+//! layout's fingerprint and config space, which this vocabulary below them knows nothing of.
 
 pub mod dirty;
 pub mod record;
 mod state;
-pub mod stream;
 
-pub use state::{MigrationDriver, TransitionError, is_direct_arc, next_step, path};
+pub use state::{StateMachine, TransitionError, is_direct_arc, next_step, path};
 
 use std::ops::Range;
 

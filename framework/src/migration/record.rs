@@ -18,7 +18,7 @@
 //! `flags` bit 0 marks a record a reader may skip when it does not know the tag; bits 16-23
 //! hold the record's version; the other bits are reserved and must be 0. This is the layout
 //! of the records of Linux's mlx5 variant driver (whose records are version 0). There is no
-//! checksum here: the framework's stream ([`super::stream`]) checksums every piece of device
+//! checksum here: the framework's stream ([`crate::device::stream`]) checksums every piece of device
 //! data these records travel in, and gives a device only pieces it verified.
 //!
 //! The reader refuses, before the backend sees anything of the record: a payload outside its

@@ -2,7 +2,7 @@
 //! its backend implements, and how a request for any supported state is served by a walk of
 //! direct arcs (as Linux's `vfio_mig_get_next_state`).
 //!
-//! Backends implement arc actions only ([`MigrationHooks::transition`]); [`MigrationDriver`]
+//! Backends implement arc actions only ([`MigrationHooks::transition`]); [`StateMachine`]
 //! owns the current state, computes the walk and calls the hooks one arc at a time.
 
 use super::{MigrationError, MigrationFlags, MigrationHooks, MigrationState};
@@ -216,13 +216,13 @@ pub fn path(
 /// A function's migration state: serves state requests by walking direct arcs through the
 /// backend's [`MigrationHooks`]. Starts in RUNNING.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MigrationDriver {
+pub struct StateMachine {
     flags: MigrationFlags,
     state: MigrationState,
 }
 
-impl MigrationDriver {
-    /// A driver for a function offering `flags`, in RUNNING.
+impl StateMachine {
+    /// The state machine of a function offering `flags`, in RUNNING.
     pub fn new(flags: MigrationFlags) -> Self {
         Self {
             flags,
@@ -333,8 +333,8 @@ mod tests {
     }
 
     /// The driver positioned at `state` (reached through its own arcs from RUNNING).
-    fn driver_at(flags: MigrationFlags, state: MigrationState) -> Option<MigrationDriver> {
-        let mut driver = MigrationDriver::new(flags);
+    fn driver_at(flags: MigrationFlags, state: MigrationState) -> Option<StateMachine> {
+        let mut driver = StateMachine::new(flags);
         driver.set_state(&Recorder::new(flags), state).ok()?;
         Some(driver)
     }
@@ -512,7 +512,7 @@ mod tests {
         let flags = MigrationFlags::STOP_COPY;
         let mut hooks = Recorder::new(flags);
         hooks.fail = Some((RESUMING, STOP));
-        let mut driver = MigrationDriver::new(flags);
+        let mut driver = StateMachine::new(flags);
         driver.set_state(&hooks, RESUMING).unwrap();
         let err = driver.set_state(&hooks, RUNNING).unwrap_err();
         assert!(matches!(

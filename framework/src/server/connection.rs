@@ -377,8 +377,7 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
     let _ = stream.shutdown(std::net::Shutdown::Both);
     remote.fail_all();
     // A logging session ends with its client, as it does when a VFIO device fd is closed.
-    port.logging
-        .stop(&port.dma, port.function.function().migration());
+    port.logging.stop(&port.function);
     port.dma.set_remote(None);
     port.dma.clear();
     port.irqs.clear();

@@ -1,22 +1,16 @@
 //! A function's DMA table: the client's memory as the device sees it, by I/O virtual address.
 //! Ranges mapped with an fd are mmapped here and copied directly when the file cannot shrink,
 //! and read and written through the file otherwise ([`fd`] states the rule); ranges without
-//! an fd are reached with DMA_READ/DMA_WRITE messages to the client.
-//!
-//! While a DMA logging session is on ([`DmaTable::set_dirty_log`]), every write through the
-//! table (`write`, the destination of `copy`, mapped or by message) marks its pages in the
-//! session's [`DirtyBitmap`] once the data is written. With logging off a write pays one
-//! relaxed atomic load for it.
+//! an fd are reached with DMA_READ/DMA_WRITE messages to the client. (The pages a function
+//! writes are logged by the device it is given to: `device::dma_logging`.)
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 
 use crate::backend::{DmaAccess, DmaError};
-use crate::migration::dirty::DirtyBitmap;
 use fd::{FdMemory, HeldFiles};
 
 pub mod fd;
@@ -111,32 +105,11 @@ struct Mapping {
     backing: Backing,
 }
 
-/// The dirty log of the DMA logging session, when one is on.
-#[derive(Default)]
-struct DirtyLog {
-    /// Whether `bitmap` is set: the only cost of a write while logging is off.
-    on: AtomicBool,
-    bitmap: RwLock<Option<Arc<DirtyBitmap>>>,
-}
-
-impl DirtyLog {
-    /// Marks `iova..iova+len` written, when logging is on.
-    #[inline]
-    fn mark(&self, iova: u64, len: usize) {
-        if self.on.load(Ordering::Relaxed)
-            && let Some(bitmap) = self.bitmap.read().as_ref()
-        {
-            bitmap.mark(iova, len as u64);
-        }
-    }
-}
-
 /// The DMA table of one function, shared by its current connection and its backend.
 #[derive(Default)]
 pub struct DmaTable {
     maps: RwLock<BTreeMap<u64, Mapping>>,
     remote: RwLock<Option<Arc<dyn RemoteMemory>>>,
-    dirty: DirtyLog,
     /// Unsealed files held open by mappings.
     files: Mutex<HeldFiles>,
 }
@@ -150,14 +123,6 @@ impl DmaTable {
     /// Sets (or clears) the path to client memory mapped without an fd.
     pub fn set_remote(&self, remote: Option<Arc<dyn RemoteMemory>>) {
         *self.remote.write() = remote;
-    }
-
-    /// Starts (`Some`) or stops (`None`) marking the pages written through this table in a
-    /// logging session's bitmap.
-    pub fn set_dirty_log(&self, bitmap: Option<Arc<DirtyBitmap>>) {
-        let mut slot = self.dirty.bitmap.write();
-        self.dirty.on.store(bitmap.is_some(), Ordering::Relaxed);
-        *slot = bitmap;
     }
 
     /// Adds `address..address+size`, backed by `fd` at `offset` when given.
@@ -326,7 +291,6 @@ impl DmaAccess for DmaTable {
                 // access needed; `ptr::copy` allows the ranges to overlap (they may be the same
                 // memory mapped twice).
                 unsafe { std::ptr::copy(from, to, len) };
-                self.dirty.mark(dst, len);
                 return Ok(());
             }
         }
@@ -359,17 +323,11 @@ impl DmaAccess for DmaTable {
             true,
             |mapping, within, done, n| match &mapping.backing {
                 Backing::Fd(memory) => {
-                    let at = iova + done as u64;
-                    memory.write(within, &data[done..done + n], at)?;
-                    self.dirty.mark(at, n);
-                    Ok(())
+                    memory.write(within, &data[done..done + n], iova + done as u64)
                 }
-                Backing::Remote => {
-                    let at = iova + done as u64;
-                    self.remote()?.write(at, &data[done..done + n])?;
-                    self.dirty.mark(at, n);
-                    Ok(())
-                }
+                Backing::Remote => self
+                    .remote()?
+                    .write(iova + done as u64, &data[done..done + n]),
             },
         )
     }
@@ -702,55 +660,6 @@ mod tests {
         let mut spanned = [0u8; 8];
         table.read(0x1100, &mut spanned).unwrap();
         assert_eq!(&spanned[..4], b"span");
-    }
-
-    /// Client memory by message that accepts everything.
-    struct Accepting;
-
-    impl RemoteMemory for Accepting {
-        fn read(&self, _: u64, data: &mut [u8]) -> Result<(), DmaError> {
-            data.fill(0);
-            Ok(())
-        }
-        fn write(&self, _: u64, _: &[u8]) -> Result<(), DmaError> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn writes_mark_pages_only_while_logging() {
-        const P: u64 = 4096;
-        let table = DmaTable::new();
-        table
-            .map(0x10000, 0x10000, 0, Some(memfd(0x10000)), (true, true), 8)
-            .unwrap();
-        table
-            .map(0x20000, 0x4000, 0, None, (true, true), 8)
-            .unwrap();
-        table.set_remote(Some(Arc::new(Accepting)));
-        table.write(0x10000, &[1]).unwrap();
-        let bitmap =
-            Arc::new(DirtyBitmap::new(P, std::slice::from_ref(&(0x10000..0x24000))).unwrap());
-        table.set_dirty_log(Some(Arc::clone(&bitmap)));
-        table.write(0x11ffe, &[1; 4]).unwrap(); // pages 1 and 2
-        table.copy(0x10000, 0x15000, 8).unwrap(); // page 5, directly
-        table.copy(0x10000, 0x1fffc, 8).unwrap(); // pages 15 and 16, through the bounce buffer
-        table.write(0x22000, &[1; 8]).unwrap(); // page 18, by message
-        // Runs past the mappings: what was written (page 19) is marked, the rest is not.
-        assert!(table.write(0x23000, &[0; 0x2000]).is_err());
-        // Reads mark nothing.
-        table.read(0x1a000, &mut [0u8; 8]).unwrap();
-        let mut out = [0u64; 1];
-        bitmap.report(0x10000, 0x14000, P, &mut out).unwrap();
-        assert_eq!(
-            out[0],
-            1 << 1 | 1 << 2 | 1 << 5 | 1 << 15 | 1 << 16 | 1 << 18 | 1 << 19
-        );
-        table.set_dirty_log(None);
-        table.write(0x10000, &[1]).unwrap();
-        let mut out = [0u64; 1];
-        bitmap.report(0x10000, 0x14000, P, &mut out).unwrap();
-        assert_eq!(out[0], 0);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use parking_lot::RwLock;
 
 use super::connection::Outbox;
 use super::{Port, ServerConfig};
-use crate::device::{CONFIG_REGION, RegionInfo};
+use crate::device::RegionInfo;
+use crate::pci::region::REGION_COUNT;
 use crate::vfio_user::access::{RegionReadReply, RegionWriteReply, WriteMultiReply};
 use crate::vfio_user::device::{DEVICE_INFO_SIZE, DeviceFlags, DeviceInfo};
 use crate::vfio_user::dma::{DmaMap, DmaMapFlags, DmaUnmap};
@@ -20,13 +21,13 @@ use crate::vfio_user::irq::{
 };
 use crate::vfio_user::message::Request;
 use crate::vfio_user::region::{
-    IoFdsReply, PCI_NUM_REGIONS, RegionCap, RegionFlags, RegionInfoReply, SparseMmapArea,
+    IoFdsReply, RegionCap, RegionFlags, RegionInfoReply, SparseMmapArea,
 };
 use crate::vfio_user::rules;
 use crate::vfio_user::socket::Message;
 use crate::vfio_user::{Limits, Negotiated, Payload, ServerOffer, negotiate};
 
-use super::logging::LogReply;
+use super::dma_logging::LogReply;
 use super::migration;
 
 /// What a command gets back.
@@ -118,7 +119,7 @@ impl<'a> Session<'a> {
                     let payload = words_as_bytes(&words);
                     self.outbox.send(&header.reply(payload.len()), payload, &[])
                 };
-                self.port.logging.recycle(words);
+                self.port.logging.recycle(&self.port.function, words);
                 sent
             }
             Answer::MigData(payload) => {
@@ -128,7 +129,7 @@ impl<'a> Session<'a> {
                     self.outbox
                         .send(&header.reply(payload.len()), &payload, &[])
                 };
-                self.port.migration.recycle(payload);
+                self.port.migration.recycle(&self.port.function, payload);
                 sent
             }
             Answer::Error(errno) => {
@@ -144,7 +145,7 @@ impl<'a> Session<'a> {
     /// What VERSION offers for this function: the `migration` capability only when the
     /// function migrates.
     fn offer(&self) -> ServerOffer {
-        let migrates = self.port.function.function().migration().is_some();
+        let migrates = self.port.function.migration_flags().is_some();
         ServerOffer {
             migration_max_bitmap_size: self
                 .config
@@ -188,7 +189,7 @@ impl<'a> Session<'a> {
             Request::DeviceGetInfo(_) => reply(DeviceInfo {
                 argsz: DEVICE_INFO_SIZE,
                 flags: DeviceFlags::PCI | DeviceFlags::RESET,
-                num_regions: PCI_NUM_REGIONS,
+                num_regions: REGION_COUNT,
                 num_irqs: PCI_NUM_IRQS,
             }),
             Request::RegionInfo(request) => {
@@ -199,7 +200,7 @@ impl<'a> Session<'a> {
                 self.region_info(region, request.argsz)
             }
             Request::RegionIoFds(request) => {
-                if request.index >= PCI_NUM_REGIONS {
+                if request.index >= REGION_COUNT {
                     return Answer::Error(libc::EINVAL);
                 }
                 // No ioeventfds or ioregionfds are offered: every access comes as a message.
@@ -244,17 +245,11 @@ impl<'a> Session<'a> {
             }
             Request::RegionWrite(write) => {
                 match vf.region_write(write.region, write.offset, &write.data) {
-                    Ok(()) => {
-                        if write.region == CONFIG_REGION {
-                            // COMMAND.INTX_DISABLE may have changed.
-                            self.port.sync_intx();
-                        }
-                        reply(RegionWriteReply {
-                            offset: write.offset,
-                            region: write.region,
-                            count: write.data.len() as u32,
-                        })
-                    }
+                    Ok(()) => reply(RegionWriteReply {
+                        offset: write.offset,
+                        region: write.region,
+                        count: write.data.len() as u32,
+                    }),
                     Err(e) => Answer::Error(e.errno()),
                 }
             }
@@ -267,16 +262,12 @@ impl<'a> Session<'a> {
                         return Answer::Error(e.errno());
                     }
                 }
-                self.port.sync_intx();
                 reply(WriteMultiReply {
                     wr_cnt: multi.entries.len() as u64,
                 })
             }
             Request::DeviceReset => match vf.reset() {
-                Ok(()) => {
-                    self.port.sync_intx();
-                    Answer::Reply(Vec::new(), Vec::new())
-                }
+                Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
                 Err(e) => Answer::Error(e.errno()),
             },
             // All of them answer ENOTTY for a function that does not migrate.
@@ -285,7 +276,6 @@ impl<'a> Session<'a> {
                 | FEATURE_DMA_LOGGING_STOP
                 | FEATURE_DMA_LOGGING_REPORT => {
                     match self.port.logging.device_feature(
-                        &self.port.dma,
                         &self.port.function,
                         &feature,
                         self.max_bitmap_size(),
@@ -295,11 +285,7 @@ impl<'a> Session<'a> {
                         Err(errno) => Answer::Error(errno),
                     }
                 }
-                _ => match migration::device_feature(
-                    &self.port.migration,
-                    &self.port.function,
-                    &feature,
-                ) {
+                _ => match migration::device_feature(&self.port.function, &feature) {
                     Ok(payload) => Answer::Reply(payload, Vec::new()),
                     Err(errno) => Answer::Error(errno),
                 },
@@ -311,7 +297,7 @@ impl<'a> Session<'a> {
                 }
             }
             Request::MigDataWrite(write) => {
-                match migration::data_write(&self.port.migration, &self.port.function, &write) {
+                match migration::data_write(&self.port.function, &write) {
                     Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
                     Err(errno) => Answer::Error(errno),
                 }
@@ -378,7 +364,7 @@ impl<'a> Session<'a> {
         // file) are taken, and only reached by message.
         if fds.is_empty()
             && map.flags.contains(DmaMapFlags::WRITE)
-            && self.port.function.function().needs_shared_memory()
+            && self.port.function.needs_shared_memory()
         {
             tracing::warn!(
                 "{}: DMA_MAP of {:#x}+{:#x} without a file descriptor refused: this function \

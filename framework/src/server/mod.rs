@@ -3,14 +3,14 @@
 //!
 //! Where to look: sockets, permissions and accepting clients in this file; a connection's
 //! thread in `connection.rs`; what each command does in `handler.rs`; the migration commands in
-//! `migration.rs`; DMA dirty logging in `logging.rs`; client memory in [`dma`]; client
+//! `migration.rs`; DMA dirty logging in `dma_logging.rs`; client memory in [`dma`]; client
 //! eventfds in [`irq`].
 
 mod connection;
 pub mod dma;
+mod dma_logging;
 mod handler;
 pub mod irq;
-mod logging;
 mod migration;
 
 use std::io;
@@ -18,8 +18,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use crate::vfio_user::dma::DmaLayout;
 use crate::vfio_user::irq::{IRQ_INDEX_ERR, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_INDEX_REQ};
 use crate::vfio_user::socket::peer_credentials;
 use crate::vfio_user::{Limits, ServerOffer};
-use crate::vpci::layout::CapabilityBody;
+use crate::layout::CapabilityBody;
 use dma::DmaTable;
 use irq::IrqTable;
 
@@ -91,26 +91,20 @@ pub struct Port {
     function: Arc<VirtualFunction>,
     dma: Arc<DmaTable>,
     irqs: Arc<IrqTable>,
-    migration: migration::PortMigration,
-    logging: logging::PortLogging,
+    migration: migration::ReplyBuffer,
+    logging: dma_logging::ReportBuffer,
 }
 
-/// Routes a function's interrupts to the current client's eventfds, and INTx to STATUS.
+/// Forwards a function's interrupts to the current client's eventfds.
 struct PortInterrupts {
     irqs: Arc<IrqTable>,
-    function: Weak<VirtualFunction>,
 }
 
 impl InterruptSink for PortInterrupts {
     fn raise(&self, interrupt: Interrupt) {
         match interrupt {
-            Interrupt::Intx(level) => match self.function.upgrade() {
-                Some(f) => {
-                    f.set_intx_pending(level);
-                    self.irqs.set_intx(f.intx_line());
-                }
-                None => self.irqs.set_intx(level),
-            },
+            // The line as the device raises it (COMMAND.INTX_DISABLE applied).
+            Interrupt::Intx(level) => self.irqs.set_intx(level),
             Interrupt::Msi(v) => self.irqs.raise(IRQ_INDEX_MSI, v),
             Interrupt::Msix(v) => self.irqs.raise(IRQ_INDEX_MSIX, v),
             Interrupt::Error => self.irqs.raise(IRQ_INDEX_ERR, 0),
@@ -120,7 +114,7 @@ impl InterruptSink for PortInterrupts {
 }
 
 impl Port {
-    /// Wraps a virtual function and attaches its backend to the port's DMA and interrupts.
+    /// Wraps a virtual function and attaches it to the port's DMA and interrupts.
     /// Its migration streams name no backend or profile; see [`Port::for_backend`].
     pub fn new(name: impl Into<String>, function: Arc<VirtualFunction>) -> Arc<Self> {
         Self::for_backend(name, function, "", "")
@@ -155,11 +149,11 @@ impl Port {
                 .upgrade()
                 .is_some_and(|irqs| irqs.pending(IRQ_INDEX_MSIX, vector))
         })));
-        function.function().attach(FunctionContext {
+        function.set_stream_names(backend, profile);
+        function.attach(FunctionContext {
             dma: Arc::clone(&dma) as _,
             interrupts: Arc::new(PortInterrupts {
                 irqs: Arc::clone(&irqs),
-                function: Arc::downgrade(&function),
             }),
         });
         Arc::new(Self {
@@ -167,15 +161,9 @@ impl Port {
             function,
             dma,
             irqs,
-            migration: migration::PortMigration::new(backend.to_string(), profile.to_string()),
-            logging: logging::PortLogging::default(),
+            migration: migration::ReplyBuffer::default(),
+            logging: dma_logging::ReportBuffer::default(),
         })
-    }
-
-    /// Brings the INTx line to the client in line with the function's condition and
-    /// COMMAND.INTX_DISABLE (after config writes and resets).
-    pub fn sync_intx(&self) {
-        self.irqs.set_intx(self.function.intx_line());
     }
 
     /// The function's name.
@@ -191,7 +179,7 @@ impl Port {
     /// The function's migration state (RUNNING for a function that never migrated): a
     /// source left in STOP after its state moved elsewhere shows here.
     pub fn migration_state(&self) -> crate::migration::MigrationState {
-        self.migration.current(&self.function)
+        self.function.migration_state()
     }
 }
 

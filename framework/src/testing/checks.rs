@@ -15,9 +15,9 @@ use crate::backend::{
 };
 use crate::config::ConfigTemplate;
 use crate::config::template::ByteSource;
+use crate::device::stream::{StreamIdentity, StreamLimits, StreamLoader, StreamWriter};
 use crate::device::{CONFIG_REGION, DeviceError, VirtualFunction};
 use crate::layout::{BarBacking, CapabilityBody};
-use crate::migration::stream::{StreamIdentity, StreamLimits, StreamLoader, StreamWriter};
 use crate::migration::{MigrationFlags, MigrationHooks, MigrationState, is_direct_arc, path};
 use crate::pci::{cap, regs};
 use crate::plugin::abi::{AbiError, PANICKED_PREFIX};

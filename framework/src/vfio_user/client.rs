@@ -123,9 +123,9 @@ impl From<ReadError> for ClientError {
     }
 }
 
-/// A region's info and the fds that came with it (the region's fd when MMAP).
+/// A DEVICE_GET_REGION_INFO reply and the fds that came with it (the region's fd when MMAP).
 #[derive(Debug)]
-pub struct RegionInfo {
+pub struct RegionInfoWithFds {
     /// The reply.
     pub info: RegionInfoReply,
     /// The fds.
@@ -423,7 +423,7 @@ impl Client {
 
     /// DEVICE_GET_REGION_INFO, asking again with the size the server needs when the
     /// capabilities did not fit.
-    pub fn region_info(&mut self, index: u32) -> Result<RegionInfo, ClientError> {
+    pub fn region_info(&mut self, index: u32) -> Result<RegionInfoWithFds, ClientError> {
         let mut argsz = FIRST_INFO_ARGSZ;
         loop {
             let request = RegionInfoRequest { argsz, index };
@@ -440,7 +440,7 @@ impl Client {
                 argsz = self.info_argsz(info.argsz)?;
                 continue;
             }
-            return Ok(RegionInfo { info, fds: msg.fds });
+            return Ok(RegionInfoWithFds { info, fds: msg.fds });
         }
     }
 

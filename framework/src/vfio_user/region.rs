@@ -10,17 +10,6 @@ use super::error::ProtocolError;
 use super::wire::{Reader, put_u16, put_u32, put_u64};
 use super::{Limits, Payload};
 
-/// VFIO PCI region index of BAR0 (BAR1-5 follow).
-pub const REGION_INDEX_BAR0: u32 = 0;
-/// VFIO PCI region index of the expansion ROM.
-pub const REGION_INDEX_ROM: u32 = 6;
-/// VFIO PCI region index of config space.
-pub const REGION_INDEX_CONFIG: u32 = 7;
-/// VFIO PCI region index of the VGA range.
-pub const REGION_INDEX_VGA: u32 = 8;
-/// Number of standard VFIO PCI regions.
-pub const PCI_NUM_REGIONS: u32 = 9;
-
 /// Size of `struct vfio_region_info`, the fixed part of the reply.
 pub const REGION_INFO_SIZE: u32 = 32;
 /// Capability id of VFIO_REGION_INFO_CAP_SPARSE_MMAP (version 1).
@@ -566,7 +555,7 @@ mod tests {
     fn request_round_trip() {
         let req = RegionInfoRequest {
             argsz: 32,
-            index: REGION_INDEX_CONFIG,
+            index: crate::pci::region::CONFIG_REGION,
         };
         let bytes = req.to_bytes();
         assert_eq!(bytes.len(), 32);

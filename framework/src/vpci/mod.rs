@@ -20,7 +20,7 @@ pub mod parse;
 pub mod render;
 
 /// The model, re-exported for the modules above that name it through `vpci`.
-pub use crate::layout::{self, Layout, LayoutError, Location};
+pub use crate::layout::{Layout, LayoutError, Location};
 pub use parse::parse_layout;
 
 /// Most bytes of a layout file (the catalog's are a few KiB).

@@ -18,14 +18,10 @@ use vfio_ioctls::{VfioContainer, VfioDevice, VfioError, VfioRegionInfoCap};
 use super::{PhysicalBar, PhysicalError, PhysicalFunction, check_access};
 use crate::backend::{DirectBar, DirectError, DirectPath, MmapFile};
 use crate::layout::{BarKind, MmapArea};
+use crate::pci::region::{CONFIG_REGION, ROM_REGION};
 use crate::pci::regs;
 use crate::vfio_user::irq::{PCI_NUM_IRQS, SetIrqs, SetIrqsFlags};
 use iommu::{Iommu, IommuMappings};
-
-/// VFIO region index of config space.
-const CONFIG_REGION: u32 = 7;
-/// VFIO region index of the expansion ROM.
-const ROM_REGION: u32 = 6;
 
 /// VFIO region flag: the region may be mmapped (VFIO_REGION_INFO_FLAG_MMAP).
 const REGION_FLAG_MMAP: u32 = 1 << 2;

@@ -28,6 +28,9 @@ pub use destination::{
 };
 pub use source::{Observer, Options, Progress, Report, migrate};
 
+use std::sync::Arc;
+
+use crate::device::{MigrationFailure, VirtualFunction};
 use crate::migration::{MigrationFlags, MigrationState};
 use crate::vfio_user::client::{Client, ClientError};
 
@@ -36,7 +39,7 @@ use crate::vfio_user::client::{Client, ClientError};
 pub enum MigrateError {
     /// The source device failed.
     #[error("source: {0}")]
-    Source(#[source] DeviceError),
+    Source(#[source] CallError),
     /// The destination device failed or refused the state.
     #[error("destination: {0}")]
     Destination(String),
@@ -51,75 +54,82 @@ pub enum MigrateError {
     Unsupported(MigrationFlags),
 }
 
-/// A device call that failed.
+/// A call of the driver on a device that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}{}", reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
-pub struct DeviceError {
+pub struct CallError {
     /// What was asked of the device.
     pub what: String,
-    /// Why it failed.
+    /// Why it failed: a [`ClientError`] over vfio-user, a [`MigrationFailure`] in-process.
     #[source]
-    pub source: ClientError,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+    /// The errno the device answered with (ENOTTY: it does not migrate).
+    pub errno: i32,
     /// The device's own account of a refusal (a vfio-user server's MIGRATION_ERROR).
     pub reason: Option<String>,
 }
 
-/// The calls the driver makes on a migratable device: VFIO migration v2 as vfio-user carries
-/// it. Implemented for a vfio-user [`Client`]; an in-process VMM can implement it over its
-/// own device objects.
+/// The calls the driver makes on a migratable device: VFIO migration v2. Implemented for a
+/// vfio-user [`Client`] (a function served elsewhere) and for a [`VirtualFunction`] (a
+/// function of this process, as a VMM linking the framework holds it).
 pub trait MigratableDevice {
     /// The migration flags the device offers.
-    fn flags(&mut self) -> Result<MigrationFlags, DeviceError>;
+    fn flags(&mut self) -> Result<MigrationFlags, CallError>;
     /// Moves the device to `state` (the device walks multi-step paths itself).
-    fn set_state(&mut self, state: MigrationState) -> Result<(), DeviceError>;
+    fn set_state(&mut self, state: MigrationState) -> Result<(), CallError>;
     /// Reads up to `max` bytes of the state being saved; fewer means no more for now
     /// (pre-copy) or the end (stop-copy).
-    fn read(&mut self, max: u32) -> Result<Vec<u8>, DeviceError>;
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, CallError>;
     /// Gives the device the next bytes of the state being loaded.
-    fn write(&mut self, data: &[u8]) -> Result<(), DeviceError>;
+    fn write(&mut self, data: &[u8]) -> Result<(), CallError>;
     /// Largest read or write the device takes at once.
     fn chunk_size(&self) -> u32;
     /// Puts a destination device back as it was after a refused or abandoned load (a device
     /// reset: the destination was not in use yet).
-    fn recover(&mut self) -> Result<(), DeviceError>;
+    fn recover(&mut self) -> Result<(), CallError>;
 }
 
-fn device_error(what: impl Into<String>) -> impl FnOnce(ClientError) -> DeviceError {
-    move |source| DeviceError {
+fn client_error(what: impl Into<String>) -> impl FnOnce(ClientError) -> CallError {
+    move |source| CallError {
         what: what.into(),
-        source,
+        errno: source.errno(),
+        source: Box::new(source),
         reason: None,
     }
 }
 
 /// `error`, with the server's reason when it refused a migration step and says why.
-fn with_reason(client: &mut Client, mut error: DeviceError) -> DeviceError {
-    if matches!(error.source, ClientError::Remote { .. }) {
+fn with_reason(client: &mut Client, mut error: CallError) -> CallError {
+    let remote = error
+        .source
+        .downcast_ref::<ClientError>()
+        .is_some_and(|e| matches!(e, ClientError::Remote { .. }));
+    if remote {
         error.reason = client.migration_error().ok().filter(|r| !r.is_empty());
     }
     error
 }
 
 impl MigratableDevice for Client {
-    fn flags(&mut self) -> Result<MigrationFlags, DeviceError> {
+    fn flags(&mut self) -> Result<MigrationFlags, CallError> {
         self.migration_flags()
-            .map_err(device_error("MIGRATION feature"))
+            .map_err(client_error("MIGRATION feature"))
     }
 
-    fn set_state(&mut self, state: MigrationState) -> Result<(), DeviceError> {
+    fn set_state(&mut self, state: MigrationState) -> Result<(), CallError> {
         self.set_mig_state(state)
-            .map_err(device_error(format!("set state {state:?}")))
+            .map_err(client_error(format!("set state {state:?}")))
             .map_err(|e| with_reason(self, e))
     }
 
-    fn read(&mut self, max: u32) -> Result<Vec<u8>, DeviceError> {
+    fn read(&mut self, max: u32) -> Result<Vec<u8>, CallError> {
         self.mig_data_read(max)
-            .map_err(device_error("MIG_DATA_READ"))
+            .map_err(client_error("MIG_DATA_READ"))
     }
 
-    fn write(&mut self, data: &[u8]) -> Result<(), DeviceError> {
+    fn write(&mut self, data: &[u8]) -> Result<(), CallError> {
         self.mig_data_write(data)
-            .map_err(device_error("MIG_DATA_WRITE"))
+            .map_err(client_error("MIG_DATA_WRITE"))
             .map_err(|e| with_reason(self, e))
     }
 
@@ -129,7 +139,69 @@ impl MigratableDevice for Client {
         u32::try_from(max.clamp(4096, 1 << 20)).unwrap_or(1 << 20)
     }
 
-    fn recover(&mut self) -> Result<(), DeviceError> {
-        self.reset().map_err(device_error("device reset"))
+    fn recover(&mut self) -> Result<(), CallError> {
+        self.reset().map_err(client_error("device reset"))
     }
 }
+
+/// Largest read or write of an in-process function: the size of a stream record.
+const IN_PROCESS_CHUNK: u32 = 1 << 20;
+
+fn failure(what: impl Into<String>) -> impl FnOnce(MigrationFailure) -> CallError {
+    move |source| CallError {
+        what: what.into(),
+        errno: source.errno(),
+        source: Box::new(source),
+        reason: None,
+    }
+}
+
+/// The driver's calls on a function of this process.
+macro_rules! in_process {
+    ($device:ty) => {
+        impl MigratableDevice for $device {
+            fn flags(&mut self) -> Result<MigrationFlags, CallError> {
+                self.migration_flags()
+                    .ok_or(MigrationFailure::NotMigratable)
+                    .map_err(failure("migration flags"))
+            }
+
+            fn set_state(&mut self, state: MigrationState) -> Result<(), CallError> {
+                self.set_migration_state(state)
+                    .map(drop)
+                    .map_err(failure(format!("set state {state:?}")))
+            }
+
+            fn read(&mut self, max: u32) -> Result<Vec<u8>, CallError> {
+                let mut data = vec![0u8; max as usize];
+                let n = self
+                    .migration_read(&mut data)
+                    .map_err(failure("migration read"))?;
+                data.truncate(n);
+                Ok(data)
+            }
+
+            fn write(&mut self, data: &[u8]) -> Result<(), CallError> {
+                self.migration_write(data)
+                    .map_err(failure("migration write"))
+            }
+
+            fn chunk_size(&self) -> u32 {
+                IN_PROCESS_CHUNK
+            }
+
+            fn recover(&mut self) -> Result<(), CallError> {
+                self.reset().map_err(|source| CallError {
+                    what: "device reset".into(),
+                    errno: source.errno(),
+                    source: Box::new(source),
+                    reason: None,
+                })
+            }
+        }
+    };
+}
+
+in_process!(VirtualFunction);
+// A function shared with the VMM's vCPU threads: the same calls, through the `Arc`.
+in_process!(Arc<VirtualFunction>);

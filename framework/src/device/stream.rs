@@ -41,7 +41,7 @@
 use crate::config::ConfigTemplate;
 use crate::vpci::compat::{Difference, compare, fingerprint};
 
-use super::{MigrationError, MigrationHooks, PrecopyInfo};
+use crate::migration::{MigrationError, MigrationHooks, PrecopyInfo};
 
 /// Version of the stream format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 
 use super::link::{LINK_VERSION, LinkError, Message};
-use super::{DeviceError, MigratableDevice, MigrateError};
+use super::{CallError, MigratableDevice, MigrateError};
 use crate::migration::MigrationState;
 
 /// Where the source side sends the stream.
@@ -32,7 +32,7 @@ impl<'a, D: MigratableDevice + ?Sized> LocalDestination<'a, D> {
     }
 }
 
-fn refused(e: DeviceError) -> MigrateError {
+fn refused(e: CallError) -> MigrateError {
     MigrateError::Destination(e.to_string())
 }
 

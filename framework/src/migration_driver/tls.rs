@@ -235,7 +235,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
-    use crate::migrate::link::{LINK_VERSION, Message};
+    use crate::migration_driver::link::{LINK_VERSION, Message};
 
     /// A CA and certificates it signs, written to a directory.
     struct Pki {
