@@ -64,6 +64,16 @@ impl Drop for Server {
 
 impl Server {
     fn start(name: &str) -> Self {
+        Self::start_with(
+            name,
+            ServerConfig {
+                dma_timeout: DMA_TIMEOUT,
+                ..ServerConfig::default()
+            },
+        )
+    }
+
+    fn start_with(name: &str, config: ServerConfig) -> Self {
         let dir =
             std::env::temp_dir().join(format!("vfio-variant-twin-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -72,10 +82,6 @@ impl Server {
         }
         let mut registry = Registry::new();
         register_builtin(&mut registry).unwrap();
-        let config = ServerConfig {
-            dma_timeout: DMA_TIMEOUT,
-            ..ServerConfig::default()
-        };
         let service = Service::new(registry, dir.join("run"), dir.join("state"), config);
         for (name, backend) in [
             ("blk0", "virtio-blk"),
@@ -612,21 +618,9 @@ impl Witness {
     }
 }
 
-/// A well-behaved twin-socket client has the sample function copy 16 bytes of its private
-/// RAM, then leaves.
-fn good_copy(s: &Server) {
-    let guest = b"sixteen bytes!!!";
-    let mut client = Client::connect_with(
-        s.socket("sample0"),
-        ClientOptions {
-            twin_socket: true,
-            timeout: Some(Duration::from_secs(10)),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
-    let ram = Ram::new();
-    ram.put(GUEST, guest);
+/// Gives the client `ram` as its private RAM (mapped without an fd) and has the sample
+/// function copy its first 16 bytes 4 KiB further.
+fn copy_from_private_ram(client: &mut Client, ram: &Ram) {
     client.set_dma_handler(Box::new(ram.clone()));
     client
         .region_write(CONFIG_REGION, 4, &[0x06, 0x00])
@@ -647,6 +641,24 @@ fn good_copy(s: &Server) {
             .region_write(0, register, &value.to_le_bytes())
             .unwrap();
     }
+}
+
+/// A well-behaved twin-socket client has the sample function copy 16 bytes of its private
+/// RAM, then leaves.
+fn good_copy(s: &Server) {
+    let guest = b"sixteen bytes!!!";
+    let mut client = Client::connect_with(
+        s.socket("sample0"),
+        ClientOptions {
+            twin_socket: true,
+            timeout: Some(Duration::from_secs(10)),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let ram = Ram::new();
+    ram.put(GUEST, guest);
+    copy_from_private_ram(&mut client, &ram);
     eventually("the copy lands", || {
         (ram.get(GUEST + 0x1000, 16) == guest).then_some(())
     });
@@ -761,4 +773,36 @@ fn a_hostile_twin_socket_costs_its_client_a_dma_or_its_connection_only() {
     println!(
         "TWIN hostile: fds {fds_before} -> {fds_after}, threads {threads_before} -> {threads_after}"
     );
+}
+
+/// With the offer turned off, a client asking for the mode gets a reply saying no, and its
+/// DMA goes over the main socket as before.
+#[test]
+fn a_server_that_does_not_offer_it_keeps_one_socket() {
+    let _serial = SERIAL.lock();
+    let mut config = ServerConfig::default();
+    config.offer.twin_socket = false;
+    let s = Server::start_with("off", config);
+    let mut client = Client::connect_with(
+        s.socket("sample0"),
+        ClientOptions {
+            twin_socket: true,
+            timeout: Some(Duration::from_secs(10)),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(!client.twin_socket() && !client.negotiated().twin_socket);
+    let ram = Ram::new();
+    ram.put(GUEST, b"one socket only!");
+    copy_from_private_ram(&mut client, &ram);
+    // Answered while the client polls DMA_STATUS on the main socket.
+    eventually("the copy lands", || {
+        let mut status = [0u8; 4];
+        client
+            .region_read(0, sample::DMA_STATUS, &mut status)
+            .unwrap();
+        (ram.get(GUEST + 0x1000, 16) == b"one socket only!").then_some(())
+    });
+    assert!(ram.accesses.load(Ordering::Relaxed) >= 2);
 }
