@@ -7,7 +7,11 @@
 //!
 //! The first byte chooses what goes before the rest: bit 0 a valid VERSION, so that the
 //! commands after it are served rather than refused; bit 1 then a config write turning on
-//! memory, I/O and bus mastering, so that BAR accesses and DMA reach the function.
+//! memory, I/O and bus mastering, so that BAR accesses and DMA reach the function; bit 2 (with
+//! bit 0) has the VERSION propose twin-socket mode: the next byte then says which share of
+//! the rest goes to the twin socket the reply brings, queued there at once (replies, commands
+//! or garbage, read by the server's twin reader while the main socket's commands run and its
+//! DMA requests go out on the twin socket), the remainder to the main socket as before.
 #![no_main]
 
 use std::io::Write;
@@ -28,7 +32,10 @@ use vfio_variant::migration::{
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::access::RegionWrite;
 use vfio_variant::vfio_user::version::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
-use vfio_variant::vfio_user::{Capabilities, Command, Header, Payload, Version};
+use vfio_variant::vfio_user::version::TwinSocket;
+use vfio_variant::vfio_user::{
+    Capabilities, Command, Header, Limits, Payload, Version, read_message,
+};
 use vfio_variant::vpci::{compile::compile, parse_layout};
 
 /// The function's vPCI layout.
@@ -316,10 +323,17 @@ fn message(header: Header, payload: &[u8]) -> Vec<u8> {
 fn prefix(mode: u8) -> Vec<u8> {
     let mut bytes = Vec::new();
     if mode & 1 != 0 {
+        let twin_socket = (mode & 4 != 0).then_some(TwinSocket {
+            supported: true,
+            fd_index: None,
+        });
         let version = Version {
             major: PROTOCOL_MAJOR,
             minor: PROTOCOL_MINOR,
-            capabilities: Capabilities::qemu_proposal(),
+            capabilities: Capabilities {
+                twin_socket,
+                ..Capabilities::qemu_proposal()
+            },
         }
         .to_bytes();
         bytes.extend(message(
@@ -351,19 +365,47 @@ fuzz_target!(|data: &[u8]| {
         .expect("the fuzz layout needs no physical function");
     let port = Port::new("fuzz", Arc::new(function));
     let (client, server) = UnixStream::pair().expect("socketpair");
+    let rest = &rest[..rest.len().min(MAX_INPUT)];
+    let twin = mode & 5 == 5;
+    let (twin_input, rest) = match rest.split_first() {
+        Some((&share, rest)) if twin => rest.split_at(rest.len() * usize::from(share) / 256),
+        _ => (&[][..], rest),
+    };
 
     // Everything the client sends is queued before the server runs: a full buffer drops the
     // rest instead of blocking.
-    client.set_nonblocking(true).expect("non-blocking");
-    let input = [&prefix(mode)[..], &rest[..rest.len().min(MAX_INPUT)]].concat();
-    let _ = (&client).write_all(&input);
-    client.set_nonblocking(false).expect("blocking");
+    queue(&client, &[&prefix(mode)[..], rest].concat());
     client.shutdown(Shutdown::Write).expect("shutdown");
 
     let config = config();
     let serving = std::thread::spawn(move || serve_connection(&port, &config, server));
+    // In twin-socket mode the VERSION reply, first, brings the twin socket: its input is
+    // queued there, and what the server sends on it is drained until the server closes it
+    // with the connection.
+    let draining = twin.then(|| twin_socket(&client)).flatten().map(|twin| {
+        queue(&twin, twin_input);
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut &twin, &mut std::io::sink());
+        })
+    });
     // Replies until the server closes its end, which it must once the input is consumed (or
     // refused: closing with input unread makes the end of the replies ECONNRESET).
     let _ = std::io::copy(&mut &client, &mut std::io::sink());
     serving.join().expect("the server thread");
+    if let Some(draining) = draining {
+        draining.join().expect("the twin socket's drain");
+    }
 });
+
+/// Writes what fits of `bytes` into `socket`'s buffer without blocking.
+fn queue(socket: &UnixStream, bytes: &[u8]) {
+    socket.set_nonblocking(true).expect("non-blocking");
+    let _ = (&*socket).write_all(bytes);
+    socket.set_nonblocking(false).expect("blocking");
+}
+
+/// The twin socket the VERSION reply brought, if it did.
+fn twin_socket(client: &UnixStream) -> Option<UnixStream> {
+    let reply = read_message(client, &Limits::default()).ok()?;
+    reply.fds.into_iter().next().map(UnixStream::from)
+}

@@ -13,7 +13,12 @@
 //! - `config_read_rtt_polling`: the round trip with the server in polling mode, against the
 //!   blocking ping-pong floor of the same rounds;
 //! - `write_multi_writes_per_second`: the posted writes' values sent as REGION_WRITE_MULTI
-//!   messages of 64 entries.
+//!   messages of 64 entries;
+//! - `private_dma_4k_copy`: a 4 KiB copy by the sample's DMA engine within guest RAM the client
+//!   keeps private (mapped without an fd), from the START write until DMA_STATUS reads done,
+//!   the client answering the DMA_READ and DMA_WRITE on the main socket while it polls, and
+//!   `private_dma_4k_copy_twin` the same in twin-socket mode (answered on the client's twin
+//!   socket thread), its ratio against the first.
 //!
 //! Beside them, libvfio-user's gpio sample (a separate process, see [`libvfio_user`]), reached
 //! with the same client and measured in the same rounds: `libvfio_user_config_read_rtt` (the
@@ -45,9 +50,14 @@ use vfio_variant::device::{CONFIG_REGION, VirtualFunction};
 use vfio_variant::server::{Endpoint, Port, ServerConfig};
 use vfio_variant::vfio_user::access::WriteMultiEntry;
 use vfio_variant::vfio_user::access::{RegionRead, RegionReadReply};
-use vfio_variant::vfio_user::{Client, ClientOptions, Command, HEADER_SIZE, Header, Payload};
+use vfio_variant::vfio_user::dma::{DmaMap, DmaMapFlags};
+use vfio_variant::vfio_user::{
+    Client, ClientOptions, Command, DmaHandler, HEADER_SIZE, Header, Payload,
+};
 use vfio_variant::vpci::{compile::compile, parse_layout};
-use vfio_variant_backends::builtin::sample::registers::SCRATCH;
+use vfio_variant_backends::builtin::sample::registers::{
+    DMA_CMD, DMA_CMD_START, DMA_DST_LO, DMA_LEN, DMA_SRC_LO, DMA_STATUS, DMA_STATUS_BUSY, SCRATCH,
+};
 use vfio_variant_backends::builtin::sample::{LAYOUT, SampleBackend};
 
 use libvfio_user::{BAR as PEER_BAR, Peer};
@@ -76,6 +86,10 @@ const FUNCTIONS: usize = 1024;
 /// File descriptors held per idle function (socket, stop eventfd, shared-memory memfd), with
 /// one to spare.
 const FDS_PER_FUNCTION: u64 = 4;
+/// Bytes of each sample DMA copy in the private-RAM figures.
+const DMA_BYTES: u32 = 4096;
+/// Where the private guest RAM sits in the function's DMA space.
+const RAM_IOVA: u64 = 0x10_0000;
 /// Vendor and device ID of the sample function, as the first config dword reads.
 const SAMPLE_IDS: [u8; 4] = [0x34, 0x12, 0xf8, 0x11];
 
@@ -721,6 +735,7 @@ fn main() {
         ..ServerConfig::default()
     });
     single_function(&split, &polling, "_polling", Some("_polling"), None);
+    private_dma(&split, &config);
 
     // 1024 functions bound on the server's CPU; clients of two of them, the others idle.
     let functions = split.serve(|| many_functions(&config));
@@ -738,5 +753,105 @@ fn main() {
         "_1024_one_cpu",
         Some(("_one_cpu", single_one_cpu)),
         None,
+    );
+}
+
+/// Guest RAM the client keeps to itself, at [`RAM_IOVA`], reached by the server's messages.
+struct PrivateRam(Vec<u8>);
+
+impl PrivateRam {
+    fn range(&self, address: u64, len: usize) -> Result<std::ops::Range<usize>, i32> {
+        let start = address
+            .checked_sub(RAM_IOVA)
+            .and_then(|at| usize::try_from(at).ok())
+            .ok_or(libc::EFAULT)?;
+        let end = start.checked_add(len).ok_or(libc::EFAULT)?;
+        (end <= self.0.len())
+            .then_some(start..end)
+            .ok_or(libc::EFAULT)
+    }
+}
+
+impl DmaHandler for PrivateRam {
+    fn dma_read(&mut self, address: u64, buf: &mut [u8]) -> Result<(), i32> {
+        let range = self.range(address, buf.len())?;
+        buf.copy_from_slice(&self.0[range]);
+        Ok(())
+    }
+
+    fn dma_write(&mut self, address: u64, data: &[u8]) -> Result<(), i32> {
+        let range = self.range(address, data.len())?;
+        self.0[range].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A client of the function of `functions` with private RAM mapped (no fd) and a copy of
+/// [`DMA_BYTES`] programmed; in twin-socket mode with `twin`.
+fn private_ram_client(functions: &Functions, twin: bool) -> Client {
+    let options = ClientOptions {
+        twin_socket: twin,
+        timeout: Some(Duration::from_secs(10)),
+        ..ClientOptions::default()
+    };
+    let mut client = Client::connect_with(functions.endpoints[0].path(), options).expect("connect");
+    assert_eq!(client.twin_socket(), twin, "twin-socket mode as asked");
+    client.set_dma_handler(Box::new(PrivateRam(vec![0x5a; 2 * DMA_BYTES as usize])));
+    client
+        .region_write(CONFIG_REGION, 4, &[0x06, 0x00])
+        .expect("COMMAND");
+    let map = DmaMap::new(
+        RAM_IOVA,
+        2 * u64::from(DMA_BYTES),
+        0,
+        DmaMapFlags::READ | DmaMapFlags::WRITE,
+    );
+    client.dma_map(&map, None).expect("DMA_MAP without an fd");
+    for (register, value) in [
+        (DMA_SRC_LO, RAM_IOVA as u32),
+        (DMA_DST_LO, RAM_IOVA as u32 + DMA_BYTES),
+        (DMA_LEN, DMA_BYTES),
+    ] {
+        client
+            .region_write(0, register, &value.to_le_bytes())
+            .expect("DMA register");
+    }
+    client
+}
+
+/// One copy: START, then DMA_STATUS until the engine is done.
+fn private_copy(client: &mut Client) {
+    client
+        .region_write(0, DMA_CMD, &DMA_CMD_START.to_le_bytes())
+        .expect("START");
+    loop {
+        let mut status = [0u8; 4];
+        client
+            .region_read(0, DMA_STATUS, &mut status)
+            .expect("DMA_STATUS");
+        match u32::from_le_bytes(status) {
+            DMA_STATUS_BUSY => {}
+            0 => return,
+            other => panic!("the copy failed with DMA status {other}"),
+        }
+    }
+}
+
+/// The private-RAM copy with DMA answered on the main socket and on a twin socket, rounds
+/// interleaved.
+fn private_dma(placement: &Placement, config: &Arc<ServerConfig>) {
+    let main_socket = placement.serve(|| Functions::single("private", config));
+    let twin_socket = placement.serve(|| Functions::single("private_twin", config));
+    let mut single = private_ram_client(&main_socket, false);
+    let mut twin = private_ram_client(&twin_socket, true);
+    let figures = measure(&mut [&mut || private_copy(&mut single), &mut || {
+        private_copy(&mut twin)
+    }]);
+    report("private_dma_4k_copy", figures[0], "us", None);
+    report(
+        "private_dma_4k_copy_twin",
+        figures[1],
+        "us",
+        Some(("private_dma_4k_copy", figures[0])),
     );
 }

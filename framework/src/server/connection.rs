@@ -5,13 +5,18 @@
 //! asked for it. Device threads doing such DMA send their request and are handed the answer
 //! by the connection thread, also while that thread waits for a device's worker to finish
 //! (it pumps the socket meanwhile: [`crate::backend::worker`]).
+//!
+//! In twin-socket mode (the client asked for it in VERSION) those requests and their answers
+//! use the second socket instead ([`super::twin`]): the main socket then carries only the
+//! client's commands and the server's replies.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
@@ -21,6 +26,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::dma::RemoteMemory;
 use super::handler::Session;
+use super::twin::Twin;
 use super::{Port, ServerConfig};
 use crate::backend::DmaError;
 use crate::backend::worker::{Pump, with_pump};
@@ -57,6 +63,14 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
+    /// The write side of `stream`.
+    pub fn new(stream: UnixStream) -> Self {
+        Self {
+            stream,
+            lock: Mutex::new(()),
+        }
+    }
+
     /// Sends one message, whole, even when several threads send at once.
     pub fn send(
         &self,
@@ -142,43 +156,69 @@ impl Inbox {
     }
 }
 
+/// What a DMA request waits for: the client's answer, or why there is none.
+pub(super) type Answer = Result<Message, DmaError>;
+
+/// The DMA requests waiting for their answer, by message id.
+#[derive(Default)]
+pub(super) struct Waiters(Mutex<HashMap<u16, SyncSender<Answer>>>);
+
+impl Waiters {
+    /// Registers a request under `id`; its answer comes on the receiver.
+    fn register(&self, id: u16) -> Receiver<Answer> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.0.lock().insert(id, tx);
+        rx
+    }
+
+    /// Forgets the request under `id` (answered, or given up).
+    fn forget(&self, id: u16) {
+        self.0.lock().remove(&id);
+    }
+
+    /// Hands `answer` to the request waiting under `id`; an answer nobody waits for is
+    /// dropped.
+    pub(super) fn deliver(&self, id: u16, answer: Answer) {
+        if let Some(waiter) = self.0.lock().remove(&id) {
+            let _ = waiter.send(answer);
+        } else {
+            tracing::debug!(id, "reply to no pending request dropped");
+        }
+    }
+
+    /// Fails every waiting request at once (their waiters see the channel closed).
+    pub(super) fn clear(&self) {
+        self.0.lock().clear();
+    }
+}
+
 /// Client memory without an fd, reached with DMA_READ/DMA_WRITE on this connection.
 pub(crate) struct RemoteDma {
     outbox: Arc<Outbox>,
     inbox: Arc<Inbox>,
     connection_thread: ThreadId,
-    pending: Mutex<HashMap<u16, SyncSender<Message>>>,
+    waiters: Arc<Waiters>,
     next_id: AtomicU16,
     layout: DmaLayout,
     timeout: Duration,
+    /// The twin socket, once VERSION set twin-socket mode up.
+    twin: OnceLock<Twin>,
 }
 
 impl RemoteDma {
     fn transact(&self, command: Command, payload: &[u8]) -> Result<Message, DmaError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let inline = std::thread::current().id() == self.connection_thread;
-        let waiter = if inline {
-            None
-        } else {
-            let (tx, rx) = mpsc::sync_channel(1);
-            self.pending.lock().insert(id, tx);
-            Some(rx)
-        };
         let header = Header::request(id, command, payload.len());
-        if let Err(e) = self.outbox.send(&header, payload, &[]) {
-            self.pending.lock().remove(&id);
-            return Err(DmaError::Transfer(format!("sending {command:?}: {e}")));
-        }
-        let answer = match waiter {
-            Some(rx) => {
-                let answer = rx.recv_timeout(self.timeout);
-                self.pending.lock().remove(&id);
-                answer.map_err(|_| {
-                    DmaError::Transfer(format!("no answer to {command:?} from the client"))
-                })?
-            }
-            None => self.read_answer(id, command)?,
+        let answer = match self.twin.get() {
+            Some(twin) => self.transact_on_twin(twin, command, &header, payload)?,
+            None => self.transact_on_main(command, &header, payload)?,
         };
+        if answer.header.command != command.raw() {
+            return Err(DmaError::Transfer(format!(
+                "the client answered {command:?} with a reply to command {}",
+                answer.header.command
+            )));
+        }
         if answer.header.is_error() {
             return Err(DmaError::Transfer(format!(
                 "the client refused {command:?} (errno {})",
@@ -188,9 +228,74 @@ impl RemoteDma {
         Ok(answer)
     }
 
+    /// Twin-socket mode: the request goes on the twin socket and its reader hands the
+    /// answer over, whichever thread asks (the main socket is not read for it).
+    fn transact_on_twin(
+        &self,
+        twin: &Twin,
+        command: Command,
+        header: &Header,
+        payload: &[u8],
+    ) -> Answer {
+        let id = header.msg_id;
+        let answer = self.waiters.register(id);
+        if let Err(e) = twin.send(header, payload) {
+            self.waiters.forget(id);
+            return Err(DmaError::Transfer(format!(
+                "sending {command:?} on the twin socket: {e}"
+            )));
+        }
+        let answer = answer.recv_timeout(self.timeout);
+        self.waiters.forget(id);
+        answer.map_err(|_| {
+            DmaError::Transfer(format!(
+                "no answer to {command:?} on the twin socket within {:?}",
+                self.timeout
+            ))
+        })?
+    }
+
+    /// One socket: the request goes on the main socket; the connection thread reads the
+    /// answer itself, other threads are handed it by the connection thread.
+    fn transact_on_main(&self, command: Command, header: &Header, payload: &[u8]) -> Answer {
+        let id = header.msg_id;
+        let inline = std::thread::current().id() == self.connection_thread;
+        let waiter = (!inline).then(|| self.waiters.register(id));
+        if let Err(e) = self.outbox.send(header, payload, &[]) {
+            self.waiters.forget(id);
+            return Err(DmaError::Transfer(format!("sending {command:?}: {e}")));
+        }
+        match waiter {
+            Some(rx) => {
+                let answer = rx.recv_timeout(self.timeout);
+                self.waiters.forget(id);
+                answer.map_err(|_| {
+                    DmaError::Transfer(format!("no answer to {command:?} from the client"))
+                })?
+            }
+            None => self.read_answer(id, command),
+        }
+    }
+
+    /// Sets twin-socket mode up on `stream`, the server's end of the pair whose other end
+    /// went to the client with the VERSION reply.
+    fn attach_twin(&self, stream: UnixStream, main: &UnixStream) -> std::io::Result<()> {
+        let twin = Twin::start(
+            stream,
+            Arc::clone(&self.waiters),
+            Arc::clone(&self.inbox.limits),
+            main.try_clone()?,
+            self.timeout,
+        )?;
+        if let Err(twin) = self.twin.set(twin) {
+            twin.close();
+        }
+        Ok(())
+    }
+
     /// On the connection thread: reads until the answer to `id` comes, queueing commands and
     /// handing other answers to their waiters.
-    fn read_answer(&self, id: u16, command: Command) -> Result<Message, DmaError> {
+    fn read_answer(&self, id: u16, command: Command) -> Answer {
         loop {
             match self.inbox.read() {
                 Incoming::Reply(message) if message.header.msg_id == id => return Ok(message),
@@ -217,21 +322,25 @@ impl RemoteDma {
         }
     }
 
-    /// Hands a reply to the device thread waiting for it; a reply nobody waits for is dropped.
+    /// Hands a reply read on the main socket to the device thread waiting for it. In
+    /// twin-socket mode answers belong on the twin socket: one on the main socket is dropped.
     fn deliver(&self, message: Message) {
-        if let Some(waiter) = self.pending.lock().remove(&message.header.msg_id) {
-            let _ = waiter.send(message);
-        } else {
+        if self.twin.get().is_some() {
             tracing::debug!(
                 id = message.header.msg_id,
-                "reply to no pending request dropped"
+                "reply on the main socket in twin-socket mode dropped"
             );
+            return;
         }
+        self.waiters.deliver(message.header.msg_id, Ok(message));
     }
 
-    /// Fails every waiting request (the connection is going away).
+    /// Ends twin-socket mode and fails every waiting request (the connection is going away).
     fn fail_all(&self) {
-        self.pending.lock().clear();
+        if let Some(twin) = self.twin.get() {
+            twin.close();
+        }
+        self.waiters.clear();
     }
 
     fn chunk(&self) -> usize {
@@ -322,10 +431,7 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
         tracing::warn!("cannot clone the client socket");
         return;
     };
-    let outbox = Arc::new(Outbox {
-        stream: write_side,
-        lock: Mutex::new(()),
-    });
+    let outbox = Arc::new(Outbox::new(write_side));
     let limits = Arc::new(RwLock::new(config.limits.clone()));
     let inbox = Arc::new(Inbox {
         stream: read_side,
@@ -338,10 +444,11 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
         outbox: Arc::clone(&outbox),
         inbox: Arc::clone(&inbox),
         connection_thread: std::thread::current().id(),
-        pending: Mutex::new(HashMap::new()),
+        waiters: Arc::new(Waiters::default()),
         next_id: AtomicU16::new(0),
         layout: config.dma_layout,
         timeout: config.dma_timeout,
+        twin: OnceLock::new(),
     });
     port.dma
         .set_remote(Some(Arc::clone(&remote) as Arc<dyn RemoteMemory>));
@@ -362,6 +469,13 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
             Incoming::Command(message) => {
                 if !with_pump(&pump, || session.handle(message)) {
                     // A fatal protocol error (e.g. an unsupported major version): close.
+                    break;
+                }
+                if let Some(twin) = session.take_twin()
+                    && let Err(e) = remote.attach_twin(twin, &stream)
+                {
+                    // The client was told twin-socket mode is on: without it, close.
+                    tracing::warn!("{}: cannot serve the twin socket: {e}", port.name());
                     break;
                 }
             }

@@ -1,6 +1,7 @@
 //! Runs one command of a connection against its function and answers it.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -25,7 +26,7 @@ use crate::vfio_user::region::{
 };
 use crate::vfio_user::rules;
 use crate::vfio_user::socket::Message;
-use crate::vfio_user::{Limits, Negotiated, Payload, ServerOffer, negotiate};
+use crate::vfio_user::{Limits, Negotiated, Payload, ServerOffer, Version, negotiate};
 
 use super::dma_logging::LogReply;
 use super::migration;
@@ -53,6 +54,8 @@ pub(crate) struct Session<'a> {
     outbox: &'a Outbox,
     limits: &'a RwLock<Limits>,
     negotiated: Option<Negotiated>,
+    /// The server's end of the twin socket VERSION set up, until the connection takes it.
+    twin: Option<UnixStream>,
 }
 
 impl<'a> Session<'a> {
@@ -68,7 +71,14 @@ impl<'a> Session<'a> {
             outbox,
             limits,
             negotiated: None,
+            twin: None,
         }
+    }
+
+    /// The server's end of the twin socket, once, after the VERSION reply that sent the
+    /// client's end.
+    pub fn take_twin(&mut self) -> Option<UnixStream> {
+        self.twin.take()
     }
 
     /// Handles one command; false when the connection must close.
@@ -90,15 +100,7 @@ impl<'a> Session<'a> {
         let (answer, keep) = match request {
             // VERSION comes once, first; a second one changes nothing.
             Request::Version(_) if self.negotiated.is_some() => (Answer::Error(libc::EINVAL), true),
-            Request::Version(proposal) => match negotiate(&proposal, &self.offer()) {
-                Ok((version, negotiated)) => {
-                    *self.limits.write() = negotiated.limits(&self.config.limits);
-                    self.negotiated = Some(negotiated);
-                    (reply(version), true)
-                }
-                // The spec: a server that cannot speak the client's major version closes.
-                Err(e) => (Answer::Error(e.errno()), false),
-            },
+            Request::Version(proposal) => self.version(&proposal, header.no_reply()),
             _ if self.negotiated.is_none() => (Answer::Error(libc::EINVAL), true),
             other => (self.run(other, message.fds), true),
         };
@@ -140,6 +142,46 @@ impl<'a> Session<'a> {
             }
         };
         sent.is_ok() && keep
+    }
+
+    /// VERSION: negotiates and, in twin-socket mode, sends the client's end of a fresh
+    /// socket pair with the reply (fd 0) and keeps the server's end for the connection.
+    /// When no pair can be made the reply says the mode is off.
+    fn version(&mut self, proposal: &Version, no_reply: bool) -> (Answer, bool) {
+        let mut offer = self.offer();
+        let asked = proposal
+            .capabilities
+            .twin_socket
+            .is_some_and(|t| t.supported);
+        // A reply that is not sent cannot carry the client's end.
+        offer.twin_socket &= asked && !no_reply;
+        let pair = if offer.twin_socket {
+            // std's pair is CLOEXEC.
+            UnixStream::pair()
+                .inspect_err(|e| {
+                    tracing::warn!("{}: no twin socket: {e}", self.port.name());
+                    offer.twin_socket = false;
+                })
+                .ok()
+        } else {
+            None
+        };
+        match negotiate(proposal, &offer) {
+            Ok((version, negotiated)) => {
+                *self.limits.write() = negotiated.limits(&self.config.limits);
+                let fds = match pair {
+                    Some((server_end, client_end)) if negotiated.twin_socket => {
+                        self.twin = Some(server_end);
+                        vec![Arc::new(OwnedFd::from(client_end))]
+                    }
+                    _ => Vec::new(),
+                };
+                self.negotiated = Some(negotiated);
+                (Answer::Reply(version.to_bytes(), fds), true)
+            }
+            // The spec: a server that cannot speak the client's major version closes.
+            Err(e) => (Answer::Error(e.errno()), false),
+        }
     }
 
     /// What VERSION offers for this function: the `migration` capability only when the

@@ -3,8 +3,8 @@
 //!
 //! Where to look: sockets, permissions and accepting clients in this file; a connection's
 //! thread in `connection.rs`; what each command does in `handler.rs`; the migration commands in
-//! `migration.rs`; DMA dirty logging in `dma_logging.rs`; client memory in [`dma`]; client
-//! eventfds in [`irq`].
+//! `migration.rs`; DMA dirty logging in `dma_logging.rs`; the twin socket of twin-socket mode
+//! in `twin.rs`; client memory in [`dma`]; client eventfds in [`irq`].
 
 mod connection;
 pub mod dma;
@@ -12,6 +12,7 @@ mod dma_logging;
 mod handler;
 pub mod irq;
 mod migration;
+mod twin;
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -46,7 +47,8 @@ pub struct ServerConfig {
     pub socket_group: Option<u32>,
     /// Peer uids allowed to connect (SO_PEERCRED); empty allows the server's own uid only.
     pub allowed_uids: Vec<u32>,
-    /// What VERSION offers.
+    /// What VERSION offers. Twin-socket mode is offered by default (a client gets it only
+    /// when it asks); `twin_socket: false` turns it off.
     pub offer: ServerOffer,
     /// Bounds on every message before VERSION settles the transfer size.
     pub limits: Limits,
@@ -65,7 +67,10 @@ impl Default for ServerConfig {
             socket_mode: 0o600,
             socket_group: None,
             allowed_uids: Vec::new(),
-            offer: ServerOffer::default(),
+            offer: ServerOffer {
+                twin_socket: true,
+                ..ServerOffer::default()
+            },
             limits: Limits::default(),
             dma_layout: DmaLayout::Spec,
             dma_timeout: Duration::from_secs(5),

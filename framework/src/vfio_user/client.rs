@@ -4,13 +4,21 @@
 //! reply it answers the server's DMA_READ/DMA_WRITE requests through its [`DmaHandler`],
 //! then goes on waiting. Replies are matched by message id and command; a reply with another
 //! id (say, one that arrived after a timeout) is dropped.
+//!
+//! In twin-socket mode ([`ClientOptions::twin_socket`], when the server agrees) the server's
+//! requests come on a second socket instead, answered by a thread of the client's own with
+//! the same handler, whether or not a call is waiting; requests on the main socket are then
+//! refused.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use rustix::io::Errno;
 
@@ -36,8 +44,9 @@ use super::region::{
 use super::socket::{
     Message, ReadError, read_message, write_error_reply, write_message, write_reply,
 };
+use super::twin::TwinServer;
 use super::version::{
-    Capabilities, Negotiated, PROTOCOL_MAJOR, PROTOCOL_MINOR, Version, accept_reply,
+    Capabilities, Negotiated, PROTOCOL_MAJOR, PROTOCOL_MINOR, TwinSocket, Version, accept_reply,
 };
 use super::{Limits, Payload};
 use crate::migration::{MigrationFlags, MigrationState, PrecopyInfo};
@@ -53,7 +62,8 @@ pub trait DmaHandler: Send {
 /// How a [`Client`] connects.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    /// Capabilities proposed in VERSION (`twin_socket` is not supported and is dropped).
+    /// Capabilities proposed in VERSION (`twin_socket` comes from
+    /// [`ClientOptions::twin_socket`]).
     pub capabilities: Capabilities,
     /// Limits for reading the server's messages; the negotiated transfer size replaces
     /// `max_data_xfer_size`, and the proposal's `max_msg_fds` replaces `max_msg_fds`.
@@ -63,6 +73,11 @@ pub struct ClientOptions {
     /// Layout of the server's DMA_WRITE requests and of DMA_READ replies: the spec's by
     /// default, as QEMU 11's client uses it.
     pub dma_layout: DmaLayout,
+    /// Asks for twin-socket mode: the server's DMA requests then come on a second socket,
+    /// answered on a thread of the client's own. Off by default, as QEMU 11 proposes it.
+    /// A server that does not agree leaves the client in one-socket mode
+    /// ([`Negotiated::twin_socket`] says which).
+    pub twin_socket: bool,
 }
 
 impl Default for ClientOptions {
@@ -72,6 +87,7 @@ impl Default for ClientOptions {
             limits: Limits::default(),
             timeout: None,
             dma_layout: DmaLayout::Spec,
+            twin_socket: false,
         }
     }
 }
@@ -99,6 +115,9 @@ pub enum ClientError {
     /// An earlier failure left the connection out of step.
     #[error("connection unusable after an earlier failure")]
     Broken,
+    /// Twin-socket mode was agreed but its socket could not be taken or served.
+    #[error("twin socket: {0}")]
+    Twin(String),
 }
 
 impl ClientError {
@@ -107,6 +126,7 @@ impl ClientError {
         match self {
             Self::Io(e) => e.raw_os_error().unwrap_or(Errno::IO.raw_os_error()),
             Self::Closed | Self::Broken => Errno::CONNRESET.raw_os_error(),
+            Self::Twin(_) => Errno::PROTO.raw_os_error(),
             Self::Protocol(e) => e.errno(),
             Self::Remote { errno, .. } => *errno,
         }
@@ -145,14 +165,19 @@ pub struct RegionIoFds {
 /// needs.
 const FIRST_INFO_ARGSZ: u32 = REGION_INFO_SIZE + 256;
 
+/// The memory the server's DMA requests reach, shared with the twin socket's thread.
+pub(super) type SharedHandler = Arc<Mutex<Option<Box<dyn DmaHandler>>>>;
+
 /// A blocking vfio-user client.
 pub struct Client {
     stream: UnixStream,
     next_id: u16,
     limits: Limits,
     negotiated: Negotiated,
-    dma: Option<Box<dyn DmaHandler>>,
+    dma: SharedHandler,
     dma_layout: DmaLayout,
+    /// The thread answering DMA requests on the twin socket, in twin-socket mode.
+    twin: Option<TwinServer>,
     broken: bool,
     /// Server requests read while waiting for a reply, answered once it came (when set).
     deferred: Option<VecDeque<Message>>,
@@ -166,7 +191,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("next_id", &self.next_id)
             .field("negotiated", &self.negotiated)
-            .field("dma_handler", &self.dma.is_some())
+            .field("dma_handler", &self.dma.lock().is_some())
             .field("broken", &self.broken)
             .finish_non_exhaustive()
     }
@@ -191,7 +216,10 @@ impl Client {
         stream.set_read_timeout(options.timeout)?;
         stream.set_write_timeout(options.timeout)?;
         let mut capabilities = options.capabilities;
-        capabilities.twin_socket = None;
+        capabilities.twin_socket = options.twin_socket.then_some(TwinSocket {
+            supported: true,
+            fd_index: None,
+        });
         let limits = Limits {
             max_msg_fds: usize::try_from(capabilities.max_msg_fds()).unwrap_or(usize::MAX),
             ..options.limits
@@ -219,21 +247,45 @@ impl Client {
         check_reply(&msg.header, Command::Version)?;
         let reply = Version::parse(&msg.payload, &limits)?;
         let negotiated = accept_reply(&proposal, &reply)?;
+        let limits = Limits {
+            max_data_xfer_size: negotiated.max_data_xfer_size,
+            // A DMA_LOGGING_REPORT reply may carry a bitmap of the negotiated size.
+            max_bitmap_size: negotiated
+                .migration
+                .and_then(|m| m.max_bitmap_size)
+                .unwrap_or(limits.max_bitmap_size),
+            ..limits
+        };
+        let dma: SharedHandler = Arc::default();
+        let twin = if negotiated.twin_socket {
+            let index = reply
+                .capabilities
+                .twin_socket
+                .and_then(|t| t.fd_index)
+                .unwrap_or_default();
+            let fd = usize::try_from(index)
+                .ok()
+                .and_then(|i| msg.fds.into_iter().nth(i))
+                .ok_or_else(|| ClientError::Twin(format!("the VERSION reply has no fd {index}")))?;
+            let serving = TwinServer::start(
+                fd,
+                Arc::clone(&dma),
+                limits.clone(),
+                options.dma_layout,
+                options.timeout,
+            );
+            Some(serving.map_err(|e| ClientError::Twin(e.to_string()))?)
+        } else {
+            None
+        };
         Ok(Self {
             stream,
             next_id: 1,
-            limits: Limits {
-                max_data_xfer_size: negotiated.max_data_xfer_size,
-                // A DMA_LOGGING_REPORT reply may carry a bitmap of the negotiated size.
-                max_bitmap_size: negotiated
-                    .migration
-                    .and_then(|m| m.max_bitmap_size)
-                    .unwrap_or(limits.max_bitmap_size),
-                ..limits
-            },
+            limits,
             negotiated,
-            dma: None,
+            dma,
             dma_layout: options.dma_layout,
+            twin,
             broken: false,
             deferred: None,
         })
@@ -245,15 +297,23 @@ impl Client {
     }
 
     /// Sets the memory the server's DMA_READ/DMA_WRITE requests reach. Without one they
-    /// are answered with EFAULT.
+    /// are answered with EFAULT. In twin-socket mode the twin socket's thread uses it from
+    /// then on.
     pub fn set_dma_handler(&mut self, handler: Box<dyn DmaHandler>) {
-        self.dma = Some(handler);
+        *self.dma.lock() = Some(handler);
+    }
+
+    /// Whether the server's DMA requests come on a twin socket, served on a thread of the
+    /// client's own.
+    pub fn twin_socket(&self) -> bool {
+        self.twin.is_some()
     }
 
     /// With `true`, the server's DMA requests that arrive while a call waits for its reply
     /// are answered only once that reply came, as QEMU answers them (its vCPU waits for the
     /// reply holding the lock its DMA handling needs). A server that waits for DMA before it
     /// replies then never gets an answer: the call times out ([`Client::set_timeout`]).
+    /// Requests on a twin socket do not wait for anything.
     pub fn set_deferred_dma(&mut self, deferred: bool) {
         self.deferred = deferred.then(VecDeque::new);
     }
@@ -361,52 +421,21 @@ impl Client {
         }
     }
 
-    /// Answers a command the server sent.
+    /// Answers a command the server sent (refused in twin-socket mode: the server's
+    /// commands belong on the twin socket).
     fn serve(&mut self, msg: Message) -> Result<(), ClientError> {
-        let header = msg.header;
-        let outcome = match header.command() {
-            Ok(Command::DmaRead) => match DmaRead::parse(&msg.payload, &self.limits) {
-                Ok(req) => {
-                    // Bounded by max_data_xfer_size in parse.
-                    let mut data = vec![0u8; req.count as usize];
-                    match self.dma.as_mut() {
-                        Some(handler) => handler.dma_read(req.address, &mut data),
-                        None => Err(Errno::FAULT.raw_os_error()),
-                    }
-                    .map(|()| {
-                        let mut payload = Vec::with_capacity(data.len() + 16);
-                        DmaReadReply {
-                            address: req.address,
-                            data,
-                        }
-                        .encode_layout(&mut payload, self.dma_layout);
-                        payload
-                    })
-                }
-                Err(e) => Err(e.errno()),
-            },
-            Ok(Command::DmaWrite) => {
-                match DmaWrite::parse_layout(&msg.payload, &self.limits, self.dma_layout) {
-                    Ok(req) => match self.dma.as_mut() {
-                        Some(handler) => handler.dma_write(req.address, &req.data),
-                        None => Err(Errno::FAULT.raw_os_error()),
-                    }
-                    .map(|()| {
-                        DmaWriteReply {
-                            address: req.address,
-                            count: req.data.len() as u64,
-                        }
-                        .to_bytes()
-                    }),
-                    Err(e) => Err(e.errno()),
-                }
-            }
-            Ok(_) => Err(Errno::NOTSUP.raw_os_error()),
-            Err(e) => Err(e.errno()),
+        let outcome = if self.twin.is_some() {
+            tracing::debug!(
+                command = msg.header.command,
+                "server command on the main socket in twin-socket mode refused"
+            );
+            Err(Errno::INVAL.raw_os_error())
+        } else {
+            answer_request(&msg, &self.dma, &self.limits, self.dma_layout)
         };
         let sent = match outcome {
-            Ok(payload) => write_reply(&self.stream, &header, &payload, &[]),
-            Err(errno) => write_error_reply(&self.stream, &header, errno),
+            Ok(payload) => write_reply(&self.stream, &msg.header, &payload, &[]),
+            Err(errno) => write_error_reply(&self.stream, &msg.header, errno),
         };
         sent.map_err(|e| self.fail(e))
     }
@@ -829,6 +858,50 @@ impl Client {
 impl AsFd for Client {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.stream.as_fd()
+    }
+}
+
+/// The answer to a command from the server: a DMA_READ or DMA_WRITE reaches `dma` (EFAULT
+/// without one); anything else is EOPNOTSUPP. `Err` is the errno of the error reply.
+pub(super) fn answer_request(
+    msg: &Message,
+    dma: &SharedHandler,
+    limits: &Limits,
+    layout: DmaLayout,
+) -> Result<Vec<u8>, i32> {
+    let no_memory = || Err(Errno::FAULT.raw_os_error());
+    match msg.header.command() {
+        Ok(Command::DmaRead) => {
+            let req = DmaRead::parse(&msg.payload, limits).map_err(|e| e.errno())?;
+            // Bounded by max_data_xfer_size in parse.
+            let mut data = vec![0u8; req.count as usize];
+            match dma.lock().as_mut() {
+                Some(handler) => handler.dma_read(req.address, &mut data),
+                None => no_memory(),
+            }?;
+            let mut payload = Vec::with_capacity(data.len() + 16);
+            DmaReadReply {
+                address: req.address,
+                data,
+            }
+            .encode_layout(&mut payload, layout);
+            Ok(payload)
+        }
+        Ok(Command::DmaWrite) => {
+            let req =
+                DmaWrite::parse_layout(&msg.payload, limits, layout).map_err(|e| e.errno())?;
+            match dma.lock().as_mut() {
+                Some(handler) => handler.dma_write(req.address, &req.data),
+                None => no_memory(),
+            }?;
+            Ok(DmaWriteReply {
+                address: req.address,
+                count: req.data.len() as u64,
+            }
+            .to_bytes())
+        }
+        Ok(_) => Err(Errno::NOTSUP.raw_os_error()),
+        Err(e) => Err(e.errno()),
     }
 }
 
@@ -1380,6 +1453,157 @@ mod tests {
             })
         ));
         drop(client);
+        server.join().unwrap();
+    }
+
+    /// Answers VERSION as a twin-socket server would, with `fds` (the client's end of a
+    /// pair among them) and `fd_index`; returns the main and twin sockets' server ends.
+    fn twin_handshake(fd_index: u64, extra_fds: usize) -> (UnixStream, UnixStream, Client) {
+        let (client_end, server_end) = UnixStream::pair().unwrap();
+        let (twin_client, twin_server) = UnixStream::pair().unwrap();
+        let server = thread::spawn(move || {
+            let limits = Limits::default();
+            let hello = read_message(&server_end, &limits).unwrap();
+            let proposal = Version::parse(&hello.payload, &limits).unwrap();
+            assert_eq!(
+                proposal.capabilities.twin_socket,
+                Some(TwinSocket {
+                    supported: true,
+                    fd_index: None
+                })
+            );
+            let offer = ServerOffer {
+                twin_socket: true,
+                ..ServerOffer::default()
+            };
+            let (mut reply, negotiated) = negotiate(&proposal, &offer).unwrap();
+            assert!(negotiated.twin_socket);
+            reply.capabilities.twin_socket = Some(TwinSocket {
+                supported: true,
+                fd_index: Some(fd_index),
+            });
+            let pipes: Vec<_> = (0..extra_fds).map(|_| io::pipe().unwrap()).collect();
+            let mut fds: Vec<BorrowedFd<'_>> = pipes.iter().map(|(r, _)| r.as_fd()).collect();
+            fds.push(twin_client.as_fd());
+            write_reply(&server_end, &hello.header, &reply.to_bytes(), &fds).unwrap();
+            server_end
+        });
+        let options = ClientOptions {
+            twin_socket: true,
+            timeout: Some(Duration::from_secs(10)),
+            ..ClientOptions::default()
+        };
+        let client = Client::from_stream(client_end, options);
+        let server_end = server.join().unwrap();
+        (server_end, twin_server, client.unwrap())
+    }
+
+    #[test]
+    fn twin_socket_requests_are_answered_without_a_call_waiting() {
+        let base = 0x10_0000;
+        let memory = GuestMemory {
+            base,
+            bytes: Arc::new(Mutex::new(vec![0u8; 4096])),
+        };
+        // The twin socket is the last of two fds.
+        let (main, twin, mut client) = twin_handshake(1, 1);
+        assert!(client.twin_socket() && client.negotiated().twin_socket);
+        client.set_dma_handler(Box::new(memory.clone()));
+        // No call is waiting: the client's own thread answers on the twin socket.
+        let write = DmaWrite {
+            address: base + 8,
+            data: b"by twin".to_vec(),
+        };
+        let answer = ask(&twin, 1, Command::DmaWrite, &write.to_bytes());
+        assert!(!answer.header.is_error());
+        assert_eq!(&memory.bytes.lock().unwrap()[8..15], b"by twin");
+        let read = DmaRead {
+            address: base + 8,
+            count: 7,
+        };
+        let answer = ask(&twin, 2, Command::DmaRead, &read.to_bytes());
+        let got = DmaReadReply::parse(&answer.payload, &Limits::default()).unwrap();
+        assert_eq!(got.data, b"by twin");
+        // Outside the memory, and a command the client does not serve: error replies.
+        let outside = DmaRead {
+            address: 0,
+            count: 4,
+        };
+        assert_eq!(
+            ask(&twin, 3, Command::DmaRead, &outside.to_bytes())
+                .header
+                .errno(),
+            EFAULT
+        );
+        assert_eq!(ask(&twin, 4, Command::DeviceReset, &[]).header.errno(), 95);
+        // A DMA request on the main socket is refused while a call waits.
+        let responder = thread::spawn(move || {
+            let limits = Limits::default();
+            let call = read_message(&main, &limits).unwrap();
+            let answer = ask(&main, 9, Command::DmaRead, &read.to_bytes());
+            assert_eq!(answer.header.errno(), libc::EINVAL);
+            write_error_reply(&main, &call.header, 95).unwrap();
+            main
+        });
+        assert!(matches!(
+            client.reset(),
+            Err(ClientError::Remote { errno: 95, .. })
+        ));
+        let main = responder.join().unwrap();
+        // Dropping the client closes its end of the twin socket and stops its thread.
+        drop(client);
+        assert!(matches!(
+            read_message(&twin, &Limits::default()),
+            Err(ReadError::Closed)
+        ));
+        drop(main);
+    }
+
+    #[test]
+    fn a_twin_socket_reply_without_its_fd_is_refused() {
+        let (client_end, server_end) = UnixStream::pair().unwrap();
+        let server = thread::spawn(move || {
+            let limits = Limits::default();
+            let hello = read_message(&server_end, &limits).unwrap();
+            let proposal = Version::parse(&hello.payload, &limits).unwrap();
+            let offer = ServerOffer {
+                twin_socket: true,
+                ..ServerOffer::default()
+            };
+            let (reply, _) = negotiate(&proposal, &offer).unwrap();
+            // fd_index 0, and no fd.
+            write_reply(&server_end, &hello.header, &reply.to_bytes(), &[]).unwrap();
+        });
+        let options = ClientOptions {
+            twin_socket: true,
+            ..ClientOptions::default()
+        };
+        let err = Client::from_stream(client_end, options).unwrap_err();
+        assert!(matches!(err, ClientError::Twin(_)), "{err}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_twin_socket_fd_that_is_no_socket_is_refused() {
+        let (client_end, server_end) = UnixStream::pair().unwrap();
+        let server = thread::spawn(move || {
+            let limits = Limits::default();
+            let hello = read_message(&server_end, &limits).unwrap();
+            let proposal = Version::parse(&hello.payload, &limits).unwrap();
+            let offer = ServerOffer {
+                twin_socket: true,
+                ..ServerOffer::default()
+            };
+            let (reply, _) = negotiate(&proposal, &offer).unwrap();
+            let (r, _w) = io::pipe().unwrap();
+            write_reply(&server_end, &hello.header, &reply.to_bytes(), &[r.as_fd()]).unwrap();
+        });
+        let options = ClientOptions {
+            twin_socket: true,
+            ..ClientOptions::default()
+        };
+        let err = Client::from_stream(client_end, options).unwrap_err();
+        assert!(matches!(err, ClientError::Twin(_)), "{err}");
         server.join().unwrap();
     }
 }

@@ -12,7 +12,8 @@
 //!   fields, fds per command).
 //! - [`socket`]: framing over a stream socket with fds as SCM_RIGHTS, reply helpers, peer
 //!   credentials.
-//! - [`client`]: a blocking client that also answers the server's DMA_READ/DMA_WRITE.
+//! - [`client`]: a blocking client that also answers the server's DMA_READ/DMA_WRITE, on
+//!   the main socket or, in twin-socket mode, on a thread serving the twin socket.
 //!
 //! Parsing never panics and never allocates more than the input holds: every size and count
 //! is checked against the payload and against [`Limits`]. A [`ProtocolError`] carries the
@@ -31,6 +32,7 @@ pub mod mig_data;
 pub mod region;
 pub mod rules;
 pub mod socket;
+mod twin;
 pub mod version;
 mod wire;
 

@@ -282,6 +282,9 @@ impl Negotiated {
 /// (clamped to what QEMU accepts); `pgsizes` is the intersection. A capability the client did
 /// not name is left out of the reply unless its value differs from the protocol default.
 /// Boolean capabilities and `migration` appear only if the client proposed them.
+/// Twin-socket mode is on when the client proposed `twin_socket.supported`, the server offers
+/// it and the client takes at least one fd; the reply then names fd 0 (`fd_index` of a
+/// proposal means nothing and is ignored).
 /// A different major version is [`ProtocolError::UnsupportedVersion`] (the server then
 /// closes the connection, per the spec).
 pub fn negotiate(
@@ -313,7 +316,10 @@ pub fn negotiate(
     if pgsizes == 0 {
         return Err(ProtocolError::invalid(WHAT, "no common DMA page size"));
     }
-    let twin_socket = client.twin_socket.is_some_and(|t| t.supported) && offer.twin_socket;
+    // The client's end of the twin socket travels as an fd of the reply: a client that
+    // takes no fds cannot have one.
+    let twin_socket =
+        client.twin_socket.is_some_and(|t| t.supported) && offer.twin_socket && max_msg_fds > 0;
     let write_multiple = client.write_multiple.map(|w| w && offer.write_multiple);
     let migration = match (client.migration, offer.migration_max_bitmap_size) {
         (Some(m), Some(server_max)) => {
@@ -685,6 +691,78 @@ mod tests {
         assert_eq!(reply.capabilities.twin_socket.unwrap().fd_index, Some(0));
         assert!(n.twin_socket);
         assert!(accept_reply(&proposal, &reply).unwrap().twin_socket);
+    }
+
+    /// A proposal with `twin_socket` as `json` (and `max_msg_fds` when given), parsed from
+    /// the wire as a client would send it.
+    fn twin_proposal(json: &str, max_msg_fds: Option<u64>) -> Version {
+        let fds = max_msg_fds.map_or(String::new(), |n| format!(",\"max_msg_fds\":{n}"));
+        let doc = format!("{{\"capabilities\":{{\"twin_socket\":{json}{fds}}}}}\0");
+        Version::parse(&payload(0, 0, doc.as_bytes()), &Limits::default()).unwrap()
+    }
+
+    #[test]
+    fn twin_socket_edge_cases() {
+        let offer = ServerOffer {
+            twin_socket: true,
+            ..ServerOffer::default()
+        };
+        let off = TwinSocket {
+            supported: false,
+            fd_index: None,
+        };
+        // Proposed without `supported`, or with it false: not enabled, and said so.
+        for json in ["{}", r#"{"supported":false}"#, r#"{"fd_index":0}"#] {
+            let proposal = twin_proposal(json, None);
+            let (reply, n) = negotiate(&proposal, &offer).unwrap();
+            assert_eq!(reply.capabilities.twin_socket, Some(off), "{json}");
+            assert!(!n.twin_socket, "{json}");
+            assert!(!accept_reply(&proposal, &reply).unwrap().twin_socket);
+        }
+        // A proposal's `fd_index` means nothing: the reply names fd 0.
+        let proposal = twin_proposal(r#"{"supported":true,"fd_index":3}"#, None);
+        let (reply, n) = negotiate(&proposal, &offer).unwrap();
+        assert!(n.twin_socket);
+        assert_eq!(
+            reply.capabilities.twin_socket,
+            Some(TwinSocket {
+                supported: true,
+                fd_index: Some(0)
+            })
+        );
+        // A client that takes no fds cannot receive the socket.
+        let proposal = twin_proposal(r#"{"supported":true}"#, Some(0));
+        let (reply, n) = negotiate(&proposal, &offer).unwrap();
+        assert_eq!(reply.capabilities.twin_socket, Some(off));
+        assert!(!n.twin_socket);
+        // Not proposed (QEMU 11): nothing in the reply, whatever the server offers.
+        let qemu = Version {
+            capabilities: Capabilities::qemu_proposal(),
+            ..Version::default()
+        };
+        let (reply, n) = negotiate(&qemu, &offer).unwrap();
+        assert_eq!(reply.capabilities.twin_socket, None);
+        assert!(!n.twin_socket);
+        // The client: `supported: false` with an index is simply off; enabled without
+        // having asked, or without an index, is refused.
+        let asked = twin_proposal(r#"{"supported":true}"#, None);
+        let mut reply = negotiate(&asked, &offer).unwrap().0;
+        reply.capabilities.twin_socket = Some(TwinSocket {
+            supported: false,
+            fd_index: Some(0),
+        });
+        assert!(!accept_reply(&asked, &reply).unwrap().twin_socket);
+        reply.capabilities.twin_socket = Some(TwinSocket {
+            supported: true,
+            fd_index: None,
+        });
+        assert!(accept_reply(&asked, &reply).is_err());
+        let unasked = twin_proposal(r#"{"supported":false}"#, None);
+        reply.capabilities.twin_socket = Some(TwinSocket {
+            supported: true,
+            fd_index: Some(0),
+        });
+        assert!(accept_reply(&unasked, &reply).is_err());
     }
 
     #[test]
