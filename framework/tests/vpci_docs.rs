@@ -30,6 +30,7 @@ fn catalog_layouts_are_valid() {
         names,
         [
             "idxd-1dwq",
+            "qemu-nvme",
             "mlx-vf",
             "virtio-blk-transitional",
             "virtio-net-transitional"
