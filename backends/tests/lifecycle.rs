@@ -753,3 +753,61 @@ fn define_with_no_free_instance_checks_what_it_can() {
     assert!(host.run(&["destroy", "n2"]).status.success());
     assert!(host.run(&["start", "n3"]).status.success());
 }
+
+#[test]
+fn serve_warns_that_stock_qemu_cannot_carry_a_migratable_functions_state() {
+    use std::io::{BufRead, BufReader};
+    let mut host = Host::idle("stock-qemu");
+    let mut server = host
+        .command(&["serve", "--no-autostart"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = server.stdout.take().unwrap();
+    host.server = Some(server);
+    // The announcement is written once, before the server waits on its control socket: read
+    // it on a thread so a server that never writes it fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.starts_with("Guest RAM")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(e) => panic!("no announcement ({e}): {lines:#?}"),
+        }
+    }
+    let list = host.json(&["list", "--json"]);
+    let (migratable, other): (Vec<&Value>, Vec<&Value>) = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .partition(|i| i["migratable"] == true);
+    let names = |infos: &[&Value]| -> Vec<String> {
+        infos
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (migratable, other) = (names(&migratable), names(&other));
+    assert!(migratable.contains(&"sample0".to_string()), "{list:#}");
+    assert!(!other.is_empty(), "some default function does not migrate: {list:#}");
+    let warnings: Vec<&String> = lines.iter().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{lines:#?}");
+    let warning = warnings[0];
+    assert!(warning.contains("stock QEMU"), "{warning}");
+    let named = warning
+        .trim_start_matches("warning: ")
+        .split(" can migrate")
+        .next()
+        .unwrap();
+    assert_eq!(named, migratable.join(", "), "{warning}");
+}

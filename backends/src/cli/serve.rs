@@ -162,6 +162,24 @@ fn announce(info: &InstanceInfo) {
     outln!("{}  {}", info.name, info.qemu_device);
 }
 
+/// The one-line warning for functions that can migrate: QEMU's vfio-user client (11.1)
+/// carries no device state, so a QEMU live migration leaves such a function behind.
+fn stock_qemu_warning(running: &[InstanceInfo]) -> Option<String> {
+    let names: Vec<&str> = running
+        .iter()
+        .filter(|i| i.migratable)
+        .map(|i| i.name.as_str())
+        .collect();
+    (!names.is_empty()).then(|| {
+        format!(
+            "warning: {} can migrate, but stock QEMU's vfio-user client carries no device state: \
+             a QEMU live migration leaves the function dead on the destination; migrate it with \
+             `vfio-variant migrate` or a VMM using migration_driver (docs/migration.md)",
+            names.join(", ")
+        )
+    })
+}
+
 /// Runs the server.
 pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     let config = match &args.config {
@@ -291,6 +309,9 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     );
     for info in &running {
         announce(info);
+    }
+    if let Some(line) = stock_qemu_warning(&running) {
+        outln!("{line}");
     }
     outln!(
         "Guest RAM shared with the server is fastest, e.g. -object memory-backend-memfd,id=mem0,size=1G,share=on -numa node,memdev=mem0; private RAM works, by DMA messages (slower)"

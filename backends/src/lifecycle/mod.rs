@@ -97,6 +97,9 @@ pub struct InstanceInfo {
     pub defined: bool,
     /// The QEMU `-device` argument that attaches it.
     pub qemu_device: String,
+    /// Whether the function can migrate (its backend offers VFIO migration).
+    #[serde(default)]
+    pub migratable: bool,
 }
 
 fn running() -> String {
@@ -493,6 +496,12 @@ impl Service {
                 .name()
                 .to_string(),
             defined: self.definitions.get(name).is_ok(),
+            migratable: instance
+                .endpoint
+                .port()
+                .function()
+                .migration_flags()
+                .is_some(),
         }
     }
 
