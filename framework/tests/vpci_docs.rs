@@ -30,8 +30,8 @@ fn catalog_layouts_are_valid() {
         names,
         [
             "idxd-1dwq",
-            "qemu-nvme",
             "mlx-vf",
+            "qemu-nvme",
             "virtio-blk-transitional",
             "virtio-net-transitional"
         ]
