@@ -799,7 +799,10 @@ fn serve_warns_that_stock_qemu_cannot_carry_a_migratable_functions_state() {
     };
     let (migratable, other) = (names(&migratable), names(&other));
     assert!(migratable.contains(&"sample0".to_string()), "{list:#}");
-    assert!(!other.is_empty(), "some default function does not migrate: {list:#}");
+    assert!(
+        !other.is_empty(),
+        "some default function does not migrate: {list:#}"
+    );
     let warnings: Vec<&String> = lines.iter().filter(|l| l.starts_with("warning:")).collect();
     assert_eq!(warnings.len(), 1, "{lines:#?}");
     let warning = warnings[0];
