@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::thread::JoinHandle;
@@ -28,10 +28,7 @@ use vfio_variant::vfio_user::irq::{IRQ_INDEX_MSIX, SetIrqs};
 use vfio_variant::vfio_user::region::RegionInfoRequest;
 use vfio_variant::vfio_user::version::{Capabilities, Version};
 use vfio_variant::vfio_user::{Limits, Payload, read_message, write_message};
-use vfio_variant_backends::builtin::register_builtin;
 use vfio_variant_backends::builtin::sample::registers as sample;
-use vfio_variant_backends::lifecycle::{CreateSpec, Service};
-use vfio_variant_backends::registry::Registry;
 use vfio_variant_idxd::hw::completion::{Completion, status};
 use vfio_variant_idxd::hw::descriptor::{Descriptor, flag, op};
 use vfio_variant_idxd::hw::registers as idxd;
@@ -54,62 +51,20 @@ const GUEST: u64 = 0x10_0000;
 const MAX_DMA_MAPS: u64 = 256;
 const MIB: u64 = 1 << 20;
 
-struct Server {
-    service: Service,
-    dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.service.shutdown();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+#[path = "common/service.rs"]
+#[allow(dead_code)]
+mod service;
+use service::{TestService as Server, eventually, open_fds};
 
 impl Server {
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("vfio-variant-hostile-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for sub in ["run", "state"] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        let mut registry = Registry::new();
-        register_builtin(&mut registry, &[]).unwrap();
+    fn start_hostile() -> Self {
         let mut config = ServerConfig::default();
         config.offer.max_dma_maps = MAX_DMA_MAPS;
-        let service = Service::new(registry, dir.join("run"), dir.join("state"), config);
-        for (name, backend) in FUNCTIONS.into_iter().chain([("witness", "sample")]) {
-            service
-                .create(&CreateSpec {
-                    backend: backend.into(),
-                    name: Some(name.into()),
-                    ..CreateSpec::default()
-                })
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-        }
-        Self { service, dir }
-    }
-
-    fn socket(&self, name: &str) -> PathBuf {
-        self.dir.join("run").join(format!("{name}.sock"))
-    }
-
-    fn attached(&self, name: &str) -> bool {
-        self.service
-            .list()
-            .iter()
-            .any(|i| i.name == name && i.attached)
-    }
-
-    /// Waits until no client is attached to `name` any more.
-    fn wait_detached(&self, name: &str) {
-        for _ in 0..2000 {
-            if !self.attached(name) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        panic!("{name} still has its client");
+        let functions: Vec<(&str, &str)> = FUNCTIONS
+            .into_iter()
+            .chain([("witness", "sample")])
+            .collect();
+        Self::start("hostile", config, &functions)
     }
 
     fn client(&self, name: &str) -> Client {
@@ -132,10 +87,6 @@ impl Server {
             self.wait_detached(name);
         }
     }
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 fn rss_kib() -> u64 {
@@ -263,19 +214,6 @@ fn dma_regions_are_bounded_per_function(s: &Server) {
             .unwrap();
         drop(c);
         s.wait_detached(name);
-    }
-}
-
-/// Polls `probe` until it gives `Some`: device work started by a register write runs on the
-/// function's worker after the write is answered. A bound, not a timing check: 10 s.
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within 10 s");
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -766,7 +704,7 @@ macro_rules! quiet {
 
 #[test]
 fn a_hostile_client_takes_down_nothing() {
-    let server = Server::start();
+    let server = Server::start_hostile();
     server.all_serve();
     let witness = Witness::start(&server.socket("witness"));
     while witness.count(0) < 2000 {

@@ -8,13 +8,14 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use vfio_variant::pci::region::CONFIG_REGION;
 use vfio_variant::server::ServerConfig;
 use vfio_variant::vfio_user::access::{RegionRead, RegionWrite};
 use vfio_variant::vfio_user::client::{Client, ClientOptions, DmaHandler};
@@ -24,10 +25,7 @@ use vfio_variant::vfio_user::version::{Capabilities, TwinSocket, Version};
 use vfio_variant::vfio_user::{
     Limits, Message, Payload, ReadError, read_message, write_message, write_reply,
 };
-use vfio_variant_backends::builtin::register_builtin;
 use vfio_variant_backends::builtin::sample::registers as sample;
-use vfio_variant_backends::lifecycle::{CreateSpec, Service};
-use vfio_variant_backends::registry::Registry;
 use vfio_variant_virtio_legacy::hw::blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use vfio_variant_virtio_legacy::hw::transport::legacy;
 use vfio_variant_virtio_legacy::hw::{STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK};
@@ -43,98 +41,37 @@ const USED: u64 = GUEST + 0x2000;
 const HEADER: u64 = GUEST + 0x4000;
 const DATA: u64 = GUEST + 0x5000;
 const STATUS_BYTE: u64 = GUEST + 0x8000;
-const CONFIG_REGION: u32 = 7;
 /// How long the server waits for a DMA answer here.
 const DMA_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The cases share one process's fd and thread counts: they run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Server {
-    service: Service,
-    dir: PathBuf,
+#[path = "common/service.rs"]
+mod service;
+use service::{TestService as Server, eventually, open_fds, threads};
+
+/// The functions every case here serves: the VF under test, the sample function, and a
+/// witness only ever used well.
+const FUNCTIONS: [(&str, &str); 3] = [
+    ("blk0", "virtio-blk"),
+    ("sample0", "sample"),
+    ("witness", "sample"),
+];
+
+/// A server offering twin-socket mode (the default) with a short DMA timeout.
+fn start(tag: &str) -> Server {
+    start_with(
+        tag,
+        ServerConfig {
+            dma_timeout: DMA_TIMEOUT,
+            ..ServerConfig::default()
+        },
+    )
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.service.shutdown();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Server {
-    fn start(name: &str) -> Self {
-        Self::start_with(
-            name,
-            ServerConfig {
-                dma_timeout: DMA_TIMEOUT,
-                ..ServerConfig::default()
-            },
-        )
-    }
-
-    fn start_with(name: &str, config: ServerConfig) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("vfio-variant-twin-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for sub in ["run", "state"] {
-            std::fs::create_dir_all(dir.join(sub)).unwrap();
-        }
-        let mut registry = Registry::new();
-        register_builtin(&mut registry, &[]).unwrap();
-        let service = Service::new(registry, dir.join("run"), dir.join("state"), config);
-        for (name, backend) in [
-            ("blk0", "virtio-blk"),
-            ("sample0", "sample"),
-            ("witness", "sample"),
-        ] {
-            service
-                .create(&CreateSpec {
-                    backend: backend.into(),
-                    name: Some(name.into()),
-                    ..CreateSpec::default()
-                })
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-        }
-        Self { service, dir }
-    }
-
-    fn socket(&self, name: &str) -> PathBuf {
-        self.dir.join("run").join(format!("{name}.sock"))
-    }
-
-    fn attached(&self, name: &str) -> bool {
-        self.service
-            .list()
-            .iter()
-            .any(|i| i.name == name && i.attached)
-    }
-
-    fn wait_detached(&self, name: &str) {
-        eventually(&format!("{name} lets its client go"), || {
-            (!self.attached(name)).then_some(())
-        });
-    }
-}
-
-/// Polls `probe` until it gives `Some`; a bound, not a timing check: 10 s.
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within 10 s");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
+fn start_with(tag: &str, config: ServerConfig) -> Server {
+    Server::start(&format!("twin-{tag}"), config, &FUNCTIONS)
 }
 
 /// The guest's RAM, a memfd only the client holds, reached by the server's messages;
@@ -402,7 +339,7 @@ fn legacy_blk_through_a_relay(s: &Server, twin: bool) -> (Vec<(u16, bool)>, u64)
 #[test]
 fn private_ram_legacy_blk_over_the_twin_socket_keeps_dma_off_the_main_socket() {
     let _serial = SERIAL.lock();
-    let s = Server::start("blk");
+    let s = start("blk");
     let is_dma = |(command, reply): &(u16, bool)| {
         !reply && [Command::DmaRead.raw(), Command::DmaWrite.raw()].contains(command)
     };
@@ -669,7 +606,7 @@ fn good_copy(s: &Server) {
 #[test]
 fn a_hostile_twin_socket_costs_its_client_a_dma_or_its_connection_only() {
     let _serial = SERIAL.lock();
-    let s = Server::start("hostile");
+    let s = start("hostile");
     let witness = Witness::start(&s.socket("witness"));
     // The function's DMA engine thread starts with its first copy: before counting.
     good_copy(&s);
@@ -782,7 +719,7 @@ fn a_server_that_does_not_offer_it_keeps_one_socket() {
     let _serial = SERIAL.lock();
     let mut config = ServerConfig::default();
     config.offer.twin_socket = false;
-    let s = Server::start_with("off", config);
+    let s = start_with("off", config);
     let mut client = Client::connect_with(
         s.socket("sample0"),
         ClientOptions {
