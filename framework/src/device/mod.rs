@@ -32,12 +32,12 @@ use crate::backend::{
 };
 use crate::config::{ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate};
 use crate::device::stream::StreamIdentity;
+use crate::layout::{BarBacking, BarKind, MmapArea, RomBacking};
 use crate::migration::{MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo};
 use crate::pci::regs;
 use crate::physical::PhysicalFunction;
 use crate::vpci::LayoutError;
 use crate::vpci::bind::bind;
-use crate::layout::{BarBacking, BarKind, MmapArea, RomBacking};
 
 /// A virtual PCI function.
 pub struct VirtualFunction {

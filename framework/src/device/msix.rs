@@ -13,8 +13,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::config::ConfigError;
-use crate::pci::cap;
 use crate::layout::{CapabilityBody, Layout};
+use crate::pci::cap;
 
 /// Whether an MSI-X vector is pending.
 pub type PendingFn = dyn Fn(u32) -> bool + Send + Sync;

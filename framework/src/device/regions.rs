@@ -1,7 +1,7 @@
 //! The regions of a virtual function as a VMM sees them (VFIO region info).
 
-use crate::pci::region::{CONFIG_REGION, REGION_COUNT, ROM_REGION};
 use crate::layout::{Layout, MmapArea};
+use crate::pci::region::{CONFIG_REGION, REGION_COUNT, ROM_REGION};
 
 /// One region's description.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -99,11 +99,16 @@ fn drain(
 ) -> Result<u64, MigrateError> {
     let chunk = source.chunk_size();
     let mut moved = 0u64;
+    // One buffer for every read: no fresh pages per chunk.
+    let mut buf = Vec::new();
     loop {
-        let data = source.read(chunk).map_err(MigrateError::Source)?;
+        let range = source
+            .read_into(chunk, &mut buf)
+            .map_err(MigrateError::Source)?;
+        let data = &buf[range];
         moved += data.len() as u64;
         if !data.is_empty() {
-            destination.send(&data)?;
+            destination.send(data)?;
         }
         if data.len() < chunk as usize {
             return Ok(moved);

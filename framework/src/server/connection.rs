@@ -467,7 +467,10 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
         };
         match incoming {
             Incoming::Command(message) => {
-                if !with_pump(&pump, || session.handle(message)) {
+                let mut spent = Vec::new();
+                let keep = with_pump(&pump, || session.handle(message, &mut spent));
+                inbox.reader.lock().recycle(spent);
+                if !keep {
                     // A fatal protocol error (e.g. an unsupported major version): close.
                     break;
                 }

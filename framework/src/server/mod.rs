@@ -29,12 +29,12 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags, eventfd, poll};
 
 use crate::backend::{FunctionContext, Interrupt, InterruptSink};
 use crate::device::VirtualFunction;
+use crate::layout::CapabilityBody;
 use crate::pci::cap;
 use crate::vfio_user::dma::DmaLayout;
 use crate::vfio_user::irq::{IRQ_INDEX_ERR, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_INDEX_REQ};
 use crate::vfio_user::socket::peer_credentials;
 use crate::vfio_user::{Limits, ServerOffer};
-use crate::layout::CapabilityBody;
 use dma::DmaTable;
 use irq::IrqTable;
 

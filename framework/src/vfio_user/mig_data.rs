@@ -139,11 +139,26 @@ pub struct MigDataWrite {
 }
 
 impl MigDataWrite {
-    /// Encodes the request writing `data` into `out` (cleared first), as
-    /// `MigDataWrite::new(data.to_vec()).to_bytes()` does, with one copy of the data.
-    pub fn encode_from(data: &[u8], out: &mut Vec<u8>) {
-        out.clear();
-        encode_with_data(out, MIG_DATA_SIZE, data);
+    /// The fixed part (`argsz`, `size`) of the request writing `len` bytes, which the data
+    /// follows on the wire.
+    pub fn prefix(len: usize) -> [u8; MIG_DATA_SIZE as usize] {
+        let mut out = [0u8; MIG_DATA_SIZE as usize];
+        out[..4].copy_from_slice(&MIG_DATA_SIZE.to_ne_bytes());
+        out[4..].copy_from_slice(&len_u32(len).to_ne_bytes());
+        out
+    }
+
+    /// Parses `payload` as [`Payload::parse`] does, keeping it as the data: the bytes after
+    /// the fixed part are moved to its front, no second buffer is allocated.
+    pub fn from_payload(mut payload: Vec<u8>, limits: &Limits) -> Result<Self, ProtocolError> {
+        let (argsz, data) = parse_with_data("MIG_DATA_WRITE", &payload, limits)?;
+        let end = MIG_DATA_SIZE as usize + data.len();
+        payload.truncate(end);
+        payload.drain(..MIG_DATA_SIZE as usize);
+        Ok(Self {
+            argsz,
+            data: payload,
+        })
     }
 
     /// A request writing `data`.
@@ -207,9 +222,35 @@ mod tests {
         lying[4..8].copy_from_slice(&200u32.to_ne_bytes());
         assert!(MigDataReadReply::data_range(&lying, &Limits::default()).is_err());
 
-        let mut out = vec![7; 3];
-        MigDataWrite::encode_from(&data, &mut out);
-        assert_eq!(out, MigDataWrite::new(data).to_bytes());
+        let encoded = MigDataWrite::new(data.clone()).to_bytes();
+        assert_eq!(
+            [&MigDataWrite::prefix(data.len())[..], &data].concat(),
+            encoded
+        );
+        let taken = MigDataWrite::from_payload(encoded.clone(), &Limits::default()).unwrap();
+        assert_eq!(
+            taken,
+            MigDataWrite::parse(&encoded, &Limits::default()).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_write_taken_in_place_is_refused_as_a_parsed_one_is() {
+        let limits = Limits {
+            max_data_xfer_size: 16,
+            ..Limits::default()
+        };
+        let mut lying = MigDataWrite::new(vec![1; 4]).to_bytes();
+        lying[4..8].copy_from_slice(&8u32.to_ne_bytes());
+        let big = MigDataWrite::new(vec![0; 17]).to_bytes();
+        for bad in [lying, big, vec![0; 7]] {
+            assert_eq!(
+                MigDataWrite::from_payload(bad.clone(), &limits)
+                    .unwrap_err()
+                    .errno(),
+                MigDataWrite::parse(&bad, &limits).unwrap_err().errno()
+            );
+        }
     }
 
     #[test]

@@ -51,6 +51,14 @@ impl Message {
         Request::parse(self.command()?, &self.payload, limits)
     }
 
+    /// Parses the payload as a request, as [`Message::request`] does, taking the payload: a
+    /// MIG_DATA_WRITE keeps it as its data (moved to its front, no second buffer). The
+    /// payload is left empty whether or not it parses.
+    pub fn take_request(&mut self, limits: &Limits) -> Result<Request, ProtocolError> {
+        let command = self.command()?;
+        Request::parse_owned(command, std::mem::take(&mut self.payload), limits)
+    }
+
     /// Parses the payload as a successful reply.
     pub fn reply(&self, limits: &Limits) -> Result<Reply, ProtocolError> {
         Reply::parse(self.command()?, &self.payload, limits)
@@ -158,8 +166,9 @@ impl<'a> Receiver<'a> {
     }
 
     /// Reads `len` bytes, growing the buffer as they arrive.
-    fn read_payload(&mut self, len: usize) -> Result<Vec<u8>, ReadError> {
-        let mut payload = Vec::with_capacity(len.min(RESERVE_LIMIT));
+    fn read_payload(&mut self, len: usize, mut payload: Vec<u8>) -> Result<Vec<u8>, ReadError> {
+        payload.clear();
+        payload.reserve(len.min(RESERVE_LIMIT));
         while payload.len() < len {
             let start = payload.len();
             let chunk = (len - start).min(READ_CHUNK);
@@ -191,6 +200,17 @@ impl<'a> Receiver<'a> {
 /// command nor reply is refused after its payload is read. See [`ReadError`] for what the
 /// caller does next.
 pub fn read_message(socket: impl AsFd, limits: &Limits) -> Result<Message, ReadError> {
+    read_message_into(socket, limits, Vec::new())
+}
+
+/// Reads exactly one message as [`read_message`] does, its payload into `spare`'s memory
+/// (cleared first): a caller that hands back the last payload reads the next one into pages
+/// that are already mapped.
+pub fn read_message_into(
+    socket: impl AsFd,
+    limits: &Limits,
+    spare: Vec<u8>,
+) -> Result<Message, ReadError> {
     let mut rx = Receiver::new(socket.as_fd(), limits.max_msg_fds);
     let mut raw = [0u8; HEADER_SIZE];
     rx.fill(&mut raw, true)?;
@@ -218,7 +238,7 @@ pub fn read_message(socket: impl AsFd, limits: &Limits) -> Result<Message, ReadE
             resynced,
         });
     }
-    let payload = rx.read_payload(len)?;
+    let payload = rx.read_payload(len, spare)?;
     let refuse = |error| ReadError::Invalid {
         header,
         error,
@@ -279,6 +299,9 @@ pub struct MessageReader {
     fds: VecDeque<FdsFor>,
     cmsg: Vec<MaybeUninit<u8>>,
     max_fds: usize,
+    /// A payload handed back ([`MessageReader::recycle`]): the next message larger than the
+    /// buffer is read into its memory, already mapped, instead of fresh pages.
+    spare: Vec<u8>,
 }
 
 impl Default for MessageReader {
@@ -299,6 +322,15 @@ impl MessageReader {
             fds: VecDeque::new(),
             cmsg: Vec::new(),
             max_fds: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Hands back the payload of a handled message: the next message larger than the buffer
+    /// reuses its memory. Only the largest one handed back is kept.
+    pub fn recycle(&mut self, payload: Vec<u8>) {
+        if payload.capacity() > BUFFER_SIZE && payload.capacity() > self.spare.capacity() {
+            self.spare = payload;
         }
     }
 
@@ -524,7 +556,14 @@ impl MessageReader {
                 resynced,
             });
         }
-        let mut payload = Vec::with_capacity(len.min(RESERVE_LIMIT));
+        let mut payload = if len <= BUFFER_SIZE {
+            Vec::with_capacity(len)
+        } else {
+            let mut spare = std::mem::take(&mut self.spare);
+            spare.clear();
+            spare.reserve(len.min(RESERVE_LIMIT));
+            spare
+        };
         if len <= BUFFER_SIZE {
             self.fill_buffer(fd, len, start)?;
             payload.extend_from_slice(&self.buf[self.head..self.head + len]);
@@ -601,8 +640,19 @@ pub fn write_message(
     payload: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
+    write_message_parts(socket, header, &[payload], fds)
+}
+
+/// Writes one message as [`write_message`] does, its payload being `parts` one after the
+/// other (sent as they are, without gathering them into one buffer).
+pub fn write_message_parts(
+    socket: impl AsFd,
+    header: &Header,
+    parts: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     let fd = socket.as_fd();
-    let total = HEADER_SIZE + payload.len();
+    let total = HEADER_SIZE + parts.iter().map(|p| p.len()).sum::<usize>();
     let size = u32::try_from(total)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message above 4 GiB"))?;
     let head = Header { size, ..*header }.encode();
@@ -621,13 +671,19 @@ pub fn write_message(
     }
 
     let mut sent = 0;
+    let mut iov = Vec::with_capacity(parts.len() + 1);
     while sent < total {
-        let (head_part, payload_part) = if sent < HEADER_SIZE {
-            (&head[sent..], payload)
-        } else {
-            (&head[..0], &payload[sent - HEADER_SIZE..])
-        };
-        let iov = [IoSlice::new(head_part), IoSlice::new(payload_part)];
+        // The bytes not sent yet: the rest of the slice `sent` falls in, and those after it.
+        iov.clear();
+        let mut skip = sent;
+        for part in std::iter::once(&head[..]).chain(parts.iter().copied()) {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            iov.push(IoSlice::new(&part[skip..]));
+            skip = 0;
+        }
         let result = if sent == 0 {
             sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL)
         } else {
