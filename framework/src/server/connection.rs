@@ -33,7 +33,7 @@ use crate::backend::worker::{Pump, with_pump};
 use crate::vfio_user::dma::{DmaLayout, DmaRead, DmaReadReply, DmaWrite};
 use crate::vfio_user::header::{Command, Header};
 use crate::vfio_user::socket::{
-    Message, MessageReader, ReadError, write_error_reply, write_message,
+    Message, MessageReader, ReadError, widen_send_buffer, write_error_reply, write_message,
 };
 use crate::vfio_user::{Limits, Payload};
 
@@ -63,6 +63,11 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
+    /// Sizes the socket's send buffer for messages of `limits` (a hint the kernel may cap).
+    pub fn fit(&self, limits: &Limits) {
+        widen_send_buffer(&self.stream, limits);
+    }
+
     /// The write side of `stream`.
     pub fn new(stream: UnixStream) -> Self {
         Self {

@@ -169,7 +169,9 @@ impl<'a> Session<'a> {
         };
         match negotiate(proposal, &offer) {
             Ok((version, negotiated)) => {
-                *self.limits.write() = negotiated.limits(&self.config.limits);
+                let limits = negotiated.limits(&self.config.limits);
+                self.outbox.fit(&limits);
+                *self.limits.write() = limits;
                 let fds = match pair {
                     Some((server_end, client_end)) if negotiated.twin_socket => {
                         self.twin = Some(server_end);

@@ -42,8 +42,8 @@ use super::region::{
     IoFdsReply, IoFdsRequest, REGION_INFO_SIZE, RegionInfoReply, RegionInfoRequest,
 };
 use super::socket::{
-    Message, ReadError, read_message, read_message_into, write_error_reply, write_message,
-    write_message_parts, write_reply,
+    Message, ReadError, read_message, read_message_into, widen_send_buffer, write_error_reply,
+    write_message, write_message_parts, write_reply,
 };
 use super::twin::TwinServer;
 use super::version::{
@@ -279,6 +279,7 @@ impl Client {
         } else {
             None
         };
+        widen_send_buffer(&stream, &limits);
         Ok(Self {
             stream,
             next_id: 1,

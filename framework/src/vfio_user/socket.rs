@@ -704,6 +704,22 @@ pub fn write_message_parts(
     Ok(())
 }
 
+/// Asks the kernel for a send buffer on `socket` that holds a whole message of `limits` (the
+/// kernel caps it at `net.core.wmem_max`): a large MIG_DATA or REGION transfer then goes
+/// out without the sender waiting for the reader every few tens of KiB. Only a hint: the
+/// socket works the same when the kernel refuses it.
+pub fn widen_send_buffer(socket: impl AsFd, limits: &Limits) {
+    let want = usize::try_from(limits.max_message_size()).unwrap_or(usize::MAX);
+    let fd = socket.as_fd();
+    let current = rustix::net::sockopt::socket_send_buffer_size(fd).unwrap_or(0);
+    if current >= want {
+        return;
+    }
+    if let Err(e) = rustix::net::sockopt::set_socket_send_buffer_size(fd, want) {
+        tracing::debug!("socket send buffer of {want} bytes refused: {e}");
+    }
+}
+
 /// Sends the successful reply to `request` with `payload` and `fds`; sends nothing for a
 /// No_reply command.
 pub fn write_reply(
@@ -849,6 +865,75 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(msg.header.size as usize, expected.len() + 16);
         assert_eq!(msg.payload, expected);
+    }
+
+    #[test]
+    fn parts_go_out_as_one_payload_across_partial_sends() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let big: Vec<u8> = (0..(1 << 20) + 7).map(|i| (i * 7) as u8).collect();
+        let parts: Vec<Vec<u8>> = vec![b"head".to_vec(), Vec::new(), big, b"tail".to_vec()];
+        let expected = parts.concat();
+        let sent = parts.clone();
+        let writer = std::thread::spawn(move || {
+            let slices: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+            let header = Header::request(3, Command::MigDataWrite, 0);
+            write_message_parts(&a, &header, &slices, &[]).unwrap();
+        });
+        let msg = read_message(&b, &Limits::default()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(msg.header.size as usize, expected.len() + HEADER_SIZE);
+        assert_eq!(msg.payload, expected);
+    }
+
+    #[test]
+    fn large_payloads_are_read_into_the_memory_handed_back() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let payload = vec![0x5a_u8; 3 * BUFFER_SIZE];
+        let writer = std::thread::spawn(move || {
+            for id in 0..3 {
+                let header = Header::request(id, Command::MigDataWrite, 0);
+                write_message(&a, &header, &payload, &[]).unwrap();
+            }
+        });
+        let mut reader = MessageReader::new();
+        let first = reader.read(&b, &Limits::default()).unwrap();
+        let memory = first.payload.as_ptr();
+        reader.recycle(first.payload);
+        let second = reader.read(&b, &Limits::default()).unwrap();
+        assert_eq!(second.payload.as_ptr(), memory);
+        assert_eq!(second.payload, vec![0x5a; 3 * BUFFER_SIZE]);
+        // Not handed back: the next one gets memory of its own.
+        let third = reader.read(&b, &Limits::default()).unwrap();
+        assert_ne!(third.payload.as_ptr(), second.payload.as_ptr());
+        writer.join().unwrap();
+
+        let (a, b) = UnixStream::pair().unwrap();
+        let spare = Vec::with_capacity(BUFFER_SIZE * 4);
+        let memory = spare.as_ptr();
+        write_message(
+            &a,
+            &Header::request(1, Command::MigDataWrite, 0),
+            &[1; 100],
+            &[],
+        )
+        .unwrap();
+        let msg = read_message_into(&b, &Limits::default(), spare).unwrap();
+        assert_eq!(msg.payload.as_ptr(), memory);
+        assert_eq!(msg.payload, vec![1; 100]);
+    }
+
+    #[test]
+    fn send_buffer_is_widened_for_the_largest_message() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let limits = Limits::default();
+        widen_send_buffer(&a, &limits);
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let want = limits.max_message_size() as usize;
+        let got = rustix::net::sockopt::socket_send_buffer_size(&a).unwrap();
+        assert!(got >= want.min(cap), "{got} < min({want}, {cap})");
     }
 
     #[test]
