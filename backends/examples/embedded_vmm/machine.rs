@@ -13,8 +13,8 @@ use parking_lot::{Mutex, RwLock};
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
 use vfio_variant::backend::{DmaAccess, DmaError, FunctionContext, Interrupt, InterruptSink};
 use vfio_variant::device::{CONFIG_REGION, VirtualFunction};
-use vfio_variant::pci::regs;
 use vfio_variant::layout::BarKind;
+use vfio_variant::pci::regs;
 
 /// The config address port of PCI configuration mechanism #1.
 pub const CONFIG_ADDRESS: u16 = 0xcf8;
