@@ -346,7 +346,7 @@ impl<'a> Session<'a> {
                     Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
                     Err(errno) => Answer::Error(errno),
                 };
-                *spent = write.data;
+                *spent = write.into_buffer();
                 answer
             }
             // Server-to-client commands are not for the server.

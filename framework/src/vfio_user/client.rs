@@ -1291,7 +1291,7 @@ mod tests {
                 MigDataReadReply::new(mig_stream.drain(..n).collect()).to_bytes()
             }
             Request::MigDataWrite(w) => {
-                seen.mig_written.extend_from_slice(&w.data);
+                seen.mig_written.extend_from_slice(w.data());
                 Vec::new()
             }
             other => panic!("unexpected {other:?}"),

@@ -130,15 +130,35 @@ impl Payload for MigDataReadReply {
 }
 
 /// MIG_DATA_WRITE request (reply: no payload).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MigDataWrite {
     /// Largest reply payload.
     pub argsz: u32,
-    /// The data (its length is `size` on the wire).
-    pub data: Vec<u8>,
+    /// The data from `start` on (before it: the fixed part of a payload taken as it came,
+    /// see [`MigDataWrite::from_payload`]).
+    buffer: Vec<u8>,
+    start: usize,
 }
 
+impl PartialEq for MigDataWrite {
+    fn eq(&self, other: &Self) -> bool {
+        self.argsz == other.argsz && self.data() == other.data()
+    }
+}
+
+impl Eq for MigDataWrite {}
+
 impl MigDataWrite {
+    /// The data (its length is `size` on the wire).
+    pub fn data(&self) -> &[u8] {
+        &self.buffer[self.start..]
+    }
+
+    /// The buffer the data is in, for reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buffer
+    }
+
     /// The fixed part (`argsz`, `size`) of the request writing `len` bytes, which the data
     /// follows on the wire.
     pub fn prefix(len: usize) -> [u8; MIG_DATA_SIZE as usize] {
@@ -148,16 +168,16 @@ impl MigDataWrite {
         out
     }
 
-    /// Parses `payload` as [`Payload::parse`] does, keeping it as the data: the bytes after
-    /// the fixed part are moved to its front, no second buffer is allocated.
+    /// Parses `payload` as [`Payload::parse`] does, keeping it as the data's buffer: nothing
+    /// is copied or moved.
     pub fn from_payload(mut payload: Vec<u8>, limits: &Limits) -> Result<Self, ProtocolError> {
         let (argsz, data) = parse_with_data("MIG_DATA_WRITE", &payload, limits)?;
-        let end = MIG_DATA_SIZE as usize + data.len();
-        payload.truncate(end);
-        payload.drain(..MIG_DATA_SIZE as usize);
+        let start = MIG_DATA_SIZE as usize;
+        payload.truncate(start + data.len());
         Ok(Self {
             argsz,
-            data: payload,
+            buffer: payload,
+            start,
         })
     }
 
@@ -165,7 +185,8 @@ impl MigDataWrite {
     pub fn new(data: Vec<u8>) -> Self {
         Self {
             argsz: MIG_DATA_SIZE,
-            data,
+            buffer: data,
+            start: 0,
         }
     }
 }
@@ -175,12 +196,13 @@ impl Payload for MigDataWrite {
         let (argsz, data) = parse_with_data("MIG_DATA_WRITE", payload, limits)?;
         Ok(Self {
             argsz,
-            data: data.to_vec(),
+            buffer: data.to_vec(),
+            start: 0,
         })
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        encode_with_data(out, self.argsz, &self.data);
+        encode_with_data(out, self.argsz, self.data());
     }
 }
 
@@ -227,11 +249,16 @@ mod tests {
             [&MigDataWrite::prefix(data.len())[..], &data].concat(),
             encoded
         );
-        let taken = MigDataWrite::from_payload(encoded.clone(), &Limits::default()).unwrap();
+        let memory = encoded.clone();
+        let at = memory.as_ptr().wrapping_add(MIG_DATA_SIZE as usize);
+        let taken = MigDataWrite::from_payload(memory, &Limits::default()).unwrap();
         assert_eq!(
             taken,
             MigDataWrite::parse(&encoded, &Limits::default()).unwrap()
         );
+        // Taken where it came: not copied, not moved.
+        assert_eq!(taken.data().as_ptr(), at);
+        assert_eq!(taken.data(), &data[..]);
     }
 
     #[test]

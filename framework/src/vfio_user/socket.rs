@@ -165,17 +165,20 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
-    /// Reads `len` bytes, growing the buffer as they arrive.
+    /// Reads `len` bytes into `payload`: over the bytes it holds (not zeroed again), then
+    /// growing it as they arrive.
     fn read_payload(&mut self, len: usize, mut payload: Vec<u8>) -> Result<Vec<u8>, ReadError> {
-        payload.clear();
-        payload.reserve(len.min(RESERVE_LIMIT));
-        while payload.len() < len {
-            let start = payload.len();
-            let chunk = (len - start).min(READ_CHUNK);
-            payload.resize(start + chunk, 0);
-            self.fill(&mut payload[start..], false)?;
+        payload.truncate(len);
+        payload.reserve(len.min(RESERVE_LIMIT) - payload.len().min(RESERVE_LIMIT));
+        let mut done = 0;
+        loop {
+            self.fill(&mut payload[done..], false)?;
+            done = payload.len();
+            if done == len {
+                return Ok(payload);
+            }
+            payload.resize(done + (len - done).min(READ_CHUNK), 0);
         }
-        Ok(payload)
     }
 
     /// Reads and discards `len` bytes.
@@ -559,9 +562,10 @@ impl MessageReader {
         let mut payload = if len <= BUFFER_SIZE {
             Vec::with_capacity(len)
         } else {
+            // Its bytes are read over as they are, not zeroed again.
             let mut spare = std::mem::take(&mut self.spare);
-            spare.clear();
-            spare.reserve(len.min(RESERVE_LIMIT));
+            spare.truncate(len);
+            spare.reserve(len.min(RESERVE_LIMIT) - spare.len().min(RESERVE_LIMIT));
             spare
         };
         if len <= BUFFER_SIZE {
@@ -569,11 +573,16 @@ impl MessageReader {
             payload.extend_from_slice(&self.buf[self.head..self.head + len]);
             self.consume(len);
         } else {
-            // Grown as bytes arrive, so memory follows what was actually received.
-            while payload.len() < len {
-                let from = payload.len();
-                payload.resize(from + (len - from).min(READ_CHUNK), 0);
+            // Read over what the spare holds, then grown as bytes arrive, so memory follows
+            // what was actually received.
+            let mut from = 0;
+            loop {
                 self.read_exact(fd, &mut payload[from..], start)?;
+                from = payload.len();
+                if from == len {
+                    break;
+                }
+                payload.resize(from + (len - from).min(READ_CHUNK), 0);
             }
         }
         let (fds, excess) = self.take_fds(start);
