@@ -898,10 +898,11 @@ mod tests {
     fn large_payloads_are_read_into_the_memory_handed_back() {
         let (a, b) = UnixStream::pair().unwrap();
         let payload = vec![0x5a_u8; 3 * BUFFER_SIZE];
+        let sender = a.try_clone().unwrap();
         let writer = std::thread::spawn(move || {
             for id in 0..3 {
                 let header = Header::request(id, Command::MigDataWrite, 0);
-                write_message(&a, &header, &payload, &[]).unwrap();
+                write_message(&sender, &header, &payload, &[]).unwrap();
             }
         });
         let mut reader = MessageReader::new();
@@ -915,6 +916,18 @@ mod tests {
         let third = reader.read(&b, &Limits::default()).unwrap();
         assert_ne!(third.payload.as_ptr(), second.payload.as_ptr());
         writer.join().unwrap();
+        // A shorter message in the memory of a longer one holds its own bytes only.
+        reader.recycle(third.payload);
+        let short = vec![0xa5_u8; 2 * BUFFER_SIZE + 3];
+        write_message(
+            &a,
+            &Header::request(4, Command::MigDataWrite, 0),
+            &short,
+            &[],
+        )
+        .unwrap();
+        let fourth = reader.read(&b, &Limits::default()).unwrap();
+        assert_eq!(fourth.payload, short);
 
         let (a, b) = UnixStream::pair().unwrap();
         let spare = Vec::with_capacity(BUFFER_SIZE * 4);
