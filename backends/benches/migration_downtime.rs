@@ -157,7 +157,7 @@ struct Pair<D, P> {
 
 /// Migrates the function `driver` drives back and forth between the two of `pairs`
 /// [`MIGRATIONS`] times under write load; the downtimes in ms.
-fn migrations<D: MigratableDevice + Clone, P: GuestAccess>(
+fn migrations<D: MigratableDevice + Clone + Send, P: GuestAccess>(
     mut driver: Driver<P>,
     pairs: &[Pair<D, P>; 2],
 ) -> Vec<f64> {

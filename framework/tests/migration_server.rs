@@ -318,3 +318,35 @@ fn bad_streams_are_never_committed() {
     drop(client);
     server.join().unwrap();
 }
+
+#[test]
+fn a_malformed_large_mig_data_write_is_refused_and_the_connection_goes_on() {
+    use vfio_variant::vfio_user::{Command, Header, Limits, read_message, write_message};
+
+    let stream = saved_stream();
+    let dest = Served::new(true, 7);
+    let (mut client, server) = dest.connect();
+    client.set_mig_state(MigrationState::Resuming).unwrap();
+    // Larger than the server's read buffer (it goes to the reused payload memory), its size
+    // field claiming more than the message carries.
+    let data = vec![0xee_u8; 200 << 10];
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&8u32.to_ne_bytes());
+    payload.extend_from_slice(&(data.len() as u32 + 1).to_ne_bytes());
+    payload.extend_from_slice(&data);
+    let header = Header::request(0x7777, Command::MigDataWrite, payload.len());
+    write_message(client.stream(), &header, &payload, &[]).unwrap();
+    let reply = read_message(client.stream(), &Limits::default()).unwrap();
+    assert_eq!(reply.header.msg_id, 0x7777);
+    assert!(reply.header.is_error());
+    assert_eq!(reply.header.error, libc::EINVAL as u32);
+    assert_eq!(dest.with(|i| (i.loads, i.value)), (0, 7));
+    assert_eq!(client.mig_state().unwrap(), MigrationState::Resuming);
+
+    // The stream that follows, on the same connection, is taken whole.
+    client.mig_data_write(&stream).unwrap();
+    client.set_mig_state(MigrationState::Running).unwrap();
+    assert_eq!(dest.with(|i| i.value), 42);
+    drop(client);
+    server.join().unwrap();
+}

@@ -1,6 +1,7 @@
 //! Arbitrary bytes as a stream of vfio-user messages (header + payload): every parser, chosen
 //! by command number, must refuse or accept without panicking, and whatever it accepts must
-//! encode to bytes that parse to an equal value.
+//! encode to bytes that parse to an equal value. A request taken with its payload
+//! (`Request::parse_owned`) is accepted or refused as the parsed copy is.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -41,6 +42,15 @@ fn check_errno(error: &ProtocolError) {
 }
 
 fn check_payload(command: Command, payload: &[u8], limits: &Limits) {
+    // Taking the payload (what the server does) accepts and refuses exactly as parsing a copy.
+    match (
+        Request::parse(command, payload, limits),
+        Request::parse_owned(command, payload.to_vec(), limits),
+    ) {
+        (Ok(copied), Ok(taken)) => assert_eq!(copied, taken),
+        (Err(copied), Err(taken)) => assert_eq!(copied.errno(), taken.errno()),
+        (copied, taken) => panic!("parse {copied:?} but parse_owned {taken:?}"),
+    }
     match Request::parse(command, payload, limits) {
         Ok(request) => {
             assert_eq!(request.command(), command);

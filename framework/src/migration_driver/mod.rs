@@ -80,6 +80,17 @@ pub trait MigratableDevice {
     /// Reads up to `max` bytes of the state being saved; fewer means no more for now
     /// (pre-copy) or the end (stop-copy).
     fn read(&mut self, max: u32) -> Result<Vec<u8>, CallError>;
+    /// Reads as [`MigratableDevice::read`] does, into `buf`'s memory (its contents replaced):
+    /// the data is `buf[range]`. The driver hands the same `buf` to every read, so a device
+    /// that overrides this fills memory that is already mapped.
+    fn read_into(
+        &mut self,
+        max: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>, CallError> {
+        *buf = self.read(max)?;
+        Ok(0..buf.len())
+    }
     /// Gives the device the next bytes of the state being loaded.
     fn write(&mut self, data: &[u8]) -> Result<(), CallError>;
     /// Largest read or write the device takes at once.
@@ -124,6 +135,15 @@ impl MigratableDevice for Client {
 
     fn read(&mut self, max: u32) -> Result<Vec<u8>, CallError> {
         self.mig_data_read(max)
+            .map_err(client_error("MIG_DATA_READ"))
+    }
+
+    fn read_into(
+        &mut self,
+        max: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>, CallError> {
+        self.mig_data_read_into(max, buf)
             .map_err(client_error("MIG_DATA_READ"))
     }
 
@@ -173,12 +193,23 @@ macro_rules! in_process {
             }
 
             fn read(&mut self, max: u32) -> Result<Vec<u8>, CallError> {
-                let mut data = vec![0u8; max as usize];
-                let n = self
-                    .migration_read(&mut data)
-                    .map_err(failure("migration read"))?;
-                data.truncate(n);
+                let mut data = Vec::new();
+                let range = self.read_into(max, &mut data)?;
+                data.truncate(range.end);
                 Ok(data)
+            }
+
+            fn read_into(
+                &mut self,
+                max: u32,
+                buf: &mut Vec<u8>,
+            ) -> Result<std::ops::Range<usize>, CallError> {
+                // Only bytes past the previous length are zeroed (and faulted in) again.
+                buf.resize(max as usize, 0);
+                let n = self
+                    .migration_read(buf)
+                    .map_err(failure("migration read"))?;
+                Ok(0..n)
             }
 
             fn write(&mut self, data: &[u8]) -> Result<(), CallError> {

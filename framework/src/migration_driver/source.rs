@@ -1,5 +1,7 @@
 //! The source side: pre-copy rounds until they converge, stop-copy, and the downtime.
 
+use std::ops::Range;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::destination::Destination;
@@ -92,29 +94,65 @@ impl Report {
     }
 }
 
-/// Reads what the source has now (all of it in stop-copy) and sends it on.
+/// Buffers in flight while draining: one being read from the source, one being sent on.
+const PIPELINE_BUFFERS: usize = 2;
+
+/// Reads what the source has now (all of it in stop-copy) and sends it on: the next chunk is
+/// read from the source (on a thread of its own) while the last one is sent to the
+/// destination, through [`PIPELINE_BUFFERS`] buffers that go round (no fresh pages per
+/// chunk). A failure on either side stops both; the source's failure is reported first.
 fn drain(
-    source: &mut (impl MigratableDevice + ?Sized),
+    source: &mut (impl MigratableDevice + Send + ?Sized),
     destination: &mut dyn Destination,
 ) -> Result<u64, MigrateError> {
     let chunk = source.chunk_size();
-    let mut moved = 0u64;
-    loop {
-        let data = source.read(chunk).map_err(MigrateError::Source)?;
-        moved += data.len() as u64;
-        if !data.is_empty() {
-            destination.send(&data)?;
-        }
-        if data.len() < chunk as usize {
-            return Ok(moved);
-        }
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, Range<usize>)>(PIPELINE_BUFFERS);
+    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..PIPELINE_BUFFERS {
+        empty_tx.send(Vec::new()).expect("the receiver is here");
     }
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> Result<(), MigrateError> {
+            // Ends when the sending side stops taking chunks (it failed).
+            while let Ok(mut buf) = empty_rx.recv() {
+                let range = source
+                    .read_into(chunk, &mut buf)
+                    .map_err(MigrateError::Source)?;
+                let last = range.len() < chunk as usize;
+                if full_tx.send((buf, range)).is_err() || last {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        let mut moved = 0u64;
+        let mut sent = Ok(());
+        // Ends when the reader is done (the last chunk, or a failure).
+        for (buf, range) in full_rx.iter() {
+            moved += range.len() as u64;
+            if !range.is_empty()
+                && let Err(e) = destination.send(&buf[range])
+            {
+                sent = Err(e);
+                break;
+            }
+            // The reader may have finished: then the buffer is not needed.
+            let _ = empty_tx.send(buf);
+        }
+        // Unblocks a reader waiting for a buffer or for room.
+        drop(full_rx);
+        drop(empty_tx);
+        let read = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        read.and(sent).map(|()| moved)
+    })
 }
 
 /// Migrates the state of `source` into `destination`. On success the destination runs and
 /// the source is STOP; on failure the source runs again and the destination is put back.
 pub fn migrate(
-    source: &mut (impl MigratableDevice + ?Sized),
+    source: &mut (impl MigratableDevice + Send + ?Sized),
     destination: &mut dyn Destination,
     options: &Options,
     observer: &mut dyn Observer,
@@ -164,7 +202,7 @@ pub fn migrate(
 
 /// The rounds and the stop-copy; returns the stop-copy bytes.
 fn run(
-    source: &mut (impl MigratableDevice + ?Sized),
+    source: &mut (impl MigratableDevice + Send + ?Sized),
     destination: &mut dyn Destination,
     options: &Options,
     observer: &mut dyn Observer,
@@ -199,4 +237,129 @@ fn run(
     observer.source_stopped().map_err(MigrateError::Abandoned)?;
     destination.finish()?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::migration_driver::CallError;
+
+    const CHUNK: u32 = 16;
+
+    /// A source of `chunks` full chunks then a short one, failing its read number `fail_at`.
+    struct Chunks {
+        chunks: usize,
+        reads: Arc<AtomicUsize>,
+        fail_at: Option<usize>,
+    }
+
+    impl MigratableDevice for Chunks {
+        fn flags(&mut self) -> Result<MigrationFlags, CallError> {
+            Ok(MigrationFlags::STOP_COPY)
+        }
+        fn set_state(&mut self, _: MigrationState) -> Result<(), CallError> {
+            Ok(())
+        }
+        fn read(&mut self, max: u32) -> Result<Vec<u8>, CallError> {
+            let n = self.reads.fetch_add(1, Ordering::SeqCst);
+            if self.fail_at == Some(n) {
+                return Err(CallError {
+                    what: "read".into(),
+                    source: "broken".into(),
+                    errno: libc::EIO,
+                    reason: None,
+                });
+            }
+            let len = if n < self.chunks { max as usize } else { 3 };
+            Ok(vec![n as u8; len])
+        }
+        fn write(&mut self, _: &[u8]) -> Result<(), CallError> {
+            Ok(())
+        }
+        fn chunk_size(&self) -> u32 {
+            CHUNK
+        }
+        fn recover(&mut self) -> Result<(), CallError> {
+            Ok(())
+        }
+    }
+
+    /// Keeps what it is sent; refuses its send number `fail_at`.
+    #[derive(Default)]
+    struct Sink {
+        got: Vec<u8>,
+        sends: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl Destination for Sink {
+        fn begin(&mut self) -> Result<(), MigrateError> {
+            Ok(())
+        }
+        fn send(&mut self, data: &[u8]) -> Result<(), MigrateError> {
+            self.sends += 1;
+            if self.fail_at == Some(self.sends - 1) {
+                return Err(MigrateError::Destination("full".into()));
+            }
+            self.got.extend_from_slice(data);
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), MigrateError> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), MigrateError> {
+            Ok(())
+        }
+        fn abort(&mut self) {}
+    }
+
+    fn source(chunks: usize, fail_at: Option<usize>) -> (Chunks, Arc<AtomicUsize>) {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let source = Chunks {
+            chunks,
+            reads: Arc::clone(&reads),
+            fail_at,
+        };
+        (source, reads)
+    }
+
+    #[test]
+    fn every_chunk_arrives_in_order_and_reading_stops_at_the_short_one() {
+        let (mut source, reads) = source(50, None);
+        let mut sink = Sink::default();
+        let moved = drain(&mut source, &mut sink).unwrap();
+        let expected: Vec<u8> = (0..50u8)
+            .flat_map(|n| vec![n; CHUNK as usize])
+            .chain([50; 3])
+            .collect();
+        assert_eq!(sink.got, expected);
+        assert_eq!(moved, expected.len() as u64);
+        assert_eq!(reads.load(Ordering::SeqCst), 51);
+    }
+
+    #[test]
+    fn a_destination_failure_stops_the_reads_from_the_source() {
+        let (mut source, reads) = source(1000, None);
+        let mut sink = Sink {
+            fail_at: Some(1),
+            ..Sink::default()
+        };
+        let e = drain(&mut source, &mut sink).unwrap_err();
+        assert!(matches!(e, MigrateError::Destination(_)), "{e}");
+        // The chunk sent, the refused one, and at most those in flight.
+        assert!(reads.load(Ordering::SeqCst) <= 2 + PIPELINE_BUFFERS + 1);
+        assert_eq!(sink.got, vec![0; CHUNK as usize]);
+    }
+
+    #[test]
+    fn a_source_failure_is_reported_after_what_was_read_is_sent() {
+        let (mut source, _) = source(1000, Some(3));
+        let mut sink = Sink::default();
+        let e = drain(&mut source, &mut sink).unwrap_err();
+        assert!(matches!(e, MigrateError::Source(_)), "{e}");
+        assert_eq!(sink.got.len(), 3 * CHUNK as usize);
+    }
 }

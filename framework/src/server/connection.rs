@@ -33,7 +33,7 @@ use crate::backend::worker::{Pump, with_pump};
 use crate::vfio_user::dma::{DmaLayout, DmaRead, DmaReadReply, DmaWrite};
 use crate::vfio_user::header::{Command, Header};
 use crate::vfio_user::socket::{
-    Message, MessageReader, ReadError, write_error_reply, write_message,
+    Message, MessageReader, ReadError, widen_send_buffer, write_error_reply, write_message,
 };
 use crate::vfio_user::{Limits, Payload};
 
@@ -63,6 +63,11 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
+    /// Sizes the socket's send buffer for messages of `limits` (a hint the kernel may cap).
+    pub fn fit(&self, limits: &Limits) {
+        widen_send_buffer(&self.stream, limits);
+    }
+
     /// The write side of `stream`.
     pub fn new(stream: UnixStream) -> Self {
         Self {
@@ -467,7 +472,10 @@ pub(crate) fn serve(port: Arc<Port>, config: Arc<ServerConfig>, stream: UnixStre
         };
         match incoming {
             Incoming::Command(message) => {
-                if !with_pump(&pump, || session.handle(message)) {
+                let mut spent = Vec::new();
+                let keep = with_pump(&pump, || session.handle(message, &mut spent));
+                inbox.reader.lock().recycle(spent);
+                if !keep {
                     // A fatal protocol error (e.g. an unsupported major version): close.
                     break;
                 }

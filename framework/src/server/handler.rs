@@ -81,11 +81,12 @@ impl<'a> Session<'a> {
         self.twin.take()
     }
 
-    /// Handles one command; false when the connection must close.
-    pub fn handle(&mut self, message: Message) -> bool {
+    /// Handles one command; false when the connection must close. `spent` receives the
+    /// buffer a MIG_DATA_WRITE's data came in, for the reader to reuse.
+    pub fn handle(&mut self, mut message: Message, spent: &mut Vec<u8>) -> bool {
         let header = message.header;
         let limits = self.limits.read().clone();
-        let request = match message.request(&limits) {
+        let request = match message.take_request(&limits) {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!("refused command: {e}");
@@ -102,7 +103,7 @@ impl<'a> Session<'a> {
             Request::Version(_) if self.negotiated.is_some() => (Answer::Error(libc::EINVAL), true),
             Request::Version(proposal) => self.version(&proposal, header.no_reply()),
             _ if self.negotiated.is_none() => (Answer::Error(libc::EINVAL), true),
-            other => (self.run(other, message.fds), true),
+            other => (self.run(other, message.fds, spent), true),
         };
         let sent = match answer {
             Answer::Reply(payload, fds) => {
@@ -168,7 +169,9 @@ impl<'a> Session<'a> {
         };
         match negotiate(proposal, &offer) {
             Ok((version, negotiated)) => {
-                *self.limits.write() = negotiated.limits(&self.config.limits);
+                let limits = negotiated.limits(&self.config.limits);
+                self.outbox.fit(&limits);
+                *self.limits.write() = limits;
                 let fds = match pair {
                     Some((server_end, client_end)) if negotiated.twin_socket => {
                         self.twin = Some(server_end);
@@ -208,7 +211,7 @@ impl<'a> Session<'a> {
             .unwrap_or(self.config.limits.max_bitmap_size)
     }
 
-    fn run(&mut self, request: Request, fds: Vec<OwnedFd>) -> Answer {
+    fn run(&mut self, request: Request, fds: Vec<OwnedFd>, spent: &mut Vec<u8>) -> Answer {
         let vf = &self.port.function;
         match request {
             Request::Version(_) => Answer::Error(libc::EINVAL),
@@ -339,10 +342,12 @@ impl<'a> Session<'a> {
                 }
             }
             Request::MigDataWrite(write) => {
-                match migration::data_write(&self.port.function, &write) {
+                let answer = match migration::data_write(&self.port.function, &write) {
                     Ok(()) => Answer::Reply(Vec::new(), Vec::new()),
                     Err(errno) => Answer::Error(errno),
-                }
+                };
+                *spent = write.into_buffer();
+                answer
             }
             // Server-to-client commands are not for the server.
             Request::DmaRead(_) | Request::DmaWrite(_) => Answer::Error(libc::EINVAL),

@@ -142,7 +142,7 @@ pub(super) fn data_read(
 /// MIG_DATA_WRITE: the next bytes of the stream while resuming.
 pub(super) fn data_write(function: &VirtualFunction, request: &MigDataWrite) -> Result<(), i32> {
     function
-        .migration_write(&request.data)
+        .migration_write(request.data())
         .map_err(|e| e.errno())
 }
 

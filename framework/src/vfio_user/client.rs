@@ -42,7 +42,8 @@ use super::region::{
     IoFdsReply, IoFdsRequest, REGION_INFO_SIZE, RegionInfoReply, RegionInfoRequest,
 };
 use super::socket::{
-    Message, ReadError, read_message, write_error_reply, write_message, write_reply,
+    Message, ReadError, read_message, read_message_into, widen_send_buffer, write_error_reply,
+    write_message, write_message_parts, write_reply,
 };
 use super::twin::TwinServer;
 use super::version::{
@@ -278,6 +279,7 @@ impl Client {
         } else {
             None
         };
+        widen_send_buffer(&stream, &limits);
         Ok(Self {
             stream,
             next_id: 1,
@@ -337,6 +339,17 @@ impl Client {
         fds: &[BorrowedFd<'_>],
         flags: HeaderFlags,
     ) -> Result<u16, ClientError> {
+        self.send_parts(command, &[payload], fds, flags)
+    }
+
+    /// Sends a request whose payload is `parts` one after the other.
+    fn send_parts(
+        &mut self,
+        command: Command,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+        flags: HeaderFlags,
+    ) -> Result<u16, ClientError> {
         if self.broken {
             return Err(ClientError::Broken);
         }
@@ -349,9 +362,10 @@ impl Client {
         }
         let id = self.next_id;
         self.next_id = id.wrapping_add(1);
-        let mut header = Header::request(id, command, payload.len());
+        let len = parts.iter().map(|p| p.len()).sum();
+        let mut header = Header::request(id, command, len);
         header.flags |= flags;
-        write_message(&self.stream, &header, payload, fds).map_err(|e| self.fail(e))?;
+        write_message_parts(&self.stream, &header, parts, fds).map_err(|e| self.fail(e))?;
         Ok(id)
     }
 
@@ -367,8 +381,20 @@ impl Client {
     }
 
     fn wait(&mut self, id: u16, command: Command) -> Result<Message, ClientError> {
+        self.wait_into(id, command, Vec::new())
+    }
+
+    /// Waits for the reply to `id` as [`Client::wait`] does, reading the first message that
+    /// arrives into `spare`'s memory.
+    fn wait_into(
+        &mut self,
+        id: u16,
+        command: Command,
+        mut spare: Vec<u8>,
+    ) -> Result<Message, ClientError> {
         loop {
-            let msg = match read_message(&self.stream, &self.limits) {
+            let read = read_message_into(&self.stream, &self.limits, std::mem::take(&mut spare));
+            let msg = match read {
                 Ok(msg) => msg,
                 Err(ReadError::Invalid {
                     header,
@@ -812,6 +838,22 @@ impl Client {
 
     /// MIG_DATA_READ of up to `size` bytes; fewer means the end of the data (for now).
     pub fn mig_data_read(&mut self, size: u32) -> Result<Vec<u8>, ClientError> {
+        let mut data = Vec::new();
+        let range = self.mig_data_read_into(size, &mut data)?;
+        // The data moved to the front of the received payload: no second buffer.
+        data.truncate(range.end);
+        data.drain(..range.start);
+        Ok(data)
+    }
+
+    /// MIG_DATA_READ of up to `size` bytes, the reply received into `buf`'s memory (its
+    /// contents replaced): the data is `buf[range]`. Handing the same `buf` to every read
+    /// keeps the reply in memory that is already mapped.
+    pub fn mig_data_read_into(
+        &mut self,
+        size: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<std::ops::Range<usize>, ClientError> {
         if u64::from(size) > self.limits.max_data_xfer_size {
             return Err(ProtocolError::too_large(
                 "MIG_DATA_READ",
@@ -820,31 +862,32 @@ impl Client {
             )
             .into());
         }
-        let msg = self.call(
-            Command::MigDataRead,
-            &MigDataRead::new(size).to_bytes(),
-            &[],
-        )?;
-        let range = MigDataReadReply::data_range(&msg.payload, &self.limits)?;
+        let request = MigDataRead::new(size).to_bytes();
+        let id = self.send(Command::MigDataRead, &request, &[], HeaderFlags::empty())?;
+        let msg = self.wait_into(id, Command::MigDataRead, std::mem::take(buf))?;
+        *buf = msg.payload;
+        let range = MigDataReadReply::data_range(buf, &self.limits)?;
         if range.len() > size as usize {
             return Err(
                 ProtocolError::invalid("MIG_DATA_READ reply", "more data than asked").into(),
             );
         }
-        // The data moved to the front of the received payload: no second buffer.
-        let mut data = msg.payload;
-        data.truncate(range.end);
-        data.drain(..range.start);
-        Ok(data)
+        Ok(range)
     }
 
     /// MIG_DATA_WRITE of `data`, split at the negotiated transfer size.
     pub fn mig_data_write(&mut self, data: &[u8]) -> Result<(), ClientError> {
         let chunk = self.xfer_chunk();
-        let mut payload = Vec::new();
         for part in data.chunks(chunk) {
-            MigDataWrite::encode_from(part, &mut payload);
-            self.call(Command::MigDataWrite, &payload, &[])?;
+            // The fixed part and the data go out as they are: the data is not copied.
+            let prefix = MigDataWrite::prefix(part.len());
+            let id = self.send_parts(
+                Command::MigDataWrite,
+                &[&prefix, part],
+                &[],
+                HeaderFlags::empty(),
+            )?;
+            self.wait(id, Command::MigDataWrite)?;
         }
         Ok(())
     }
@@ -1248,7 +1291,7 @@ mod tests {
                 MigDataReadReply::new(mig_stream.drain(..n).collect()).to_bytes()
             }
             Request::MigDataWrite(w) => {
-                seen.mig_written.extend_from_slice(&w.data);
+                seen.mig_written.extend_from_slice(w.data());
                 Vec::new()
             }
             other => panic!("unexpected {other:?}"),

@@ -61,6 +61,21 @@ impl Request {
         Ok(request)
     }
 
+    /// Parses like [`Request::parse`], taking the payload: a MIG_DATA_WRITE keeps it as its
+    /// data (moved to its front) rather than copying it into a new buffer.
+    pub fn parse_owned(
+        command: Command,
+        payload: Vec<u8>,
+        limits: &Limits,
+    ) -> Result<Self, ProtocolError> {
+        if command != Command::MigDataWrite {
+            return Self::parse(command, &payload, limits);
+        }
+        let request = Self::MigDataWrite(MigDataWrite::from_payload(payload, limits)?);
+        super::rules::check(&request)?;
+        Ok(request)
+    }
+
     fn parse_layout(
         command: Command,
         payload: &[u8],

@@ -130,27 +130,63 @@ impl Payload for MigDataReadReply {
 }
 
 /// MIG_DATA_WRITE request (reply: no payload).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MigDataWrite {
     /// Largest reply payload.
     pub argsz: u32,
-    /// The data (its length is `size` on the wire).
-    pub data: Vec<u8>,
+    /// The data from `start` on (before it: the fixed part of a payload taken as it came,
+    /// see [`MigDataWrite::from_payload`]).
+    buffer: Vec<u8>,
+    start: usize,
 }
 
+impl PartialEq for MigDataWrite {
+    fn eq(&self, other: &Self) -> bool {
+        self.argsz == other.argsz && self.data() == other.data()
+    }
+}
+
+impl Eq for MigDataWrite {}
+
 impl MigDataWrite {
-    /// Encodes the request writing `data` into `out` (cleared first), as
-    /// `MigDataWrite::new(data.to_vec()).to_bytes()` does, with one copy of the data.
-    pub fn encode_from(data: &[u8], out: &mut Vec<u8>) {
-        out.clear();
-        encode_with_data(out, MIG_DATA_SIZE, data);
+    /// The data (its length is `size` on the wire).
+    pub fn data(&self) -> &[u8] {
+        &self.buffer[self.start..]
+    }
+
+    /// The buffer the data is in, for reuse.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buffer
+    }
+
+    /// The fixed part (`argsz`, `size`) of the request writing `len` bytes, which the data
+    /// follows on the wire.
+    pub fn prefix(len: usize) -> [u8; MIG_DATA_SIZE as usize] {
+        let mut out = [0u8; MIG_DATA_SIZE as usize];
+        out[..4].copy_from_slice(&MIG_DATA_SIZE.to_ne_bytes());
+        out[4..].copy_from_slice(&len_u32(len).to_ne_bytes());
+        out
+    }
+
+    /// Parses `payload` as [`Payload::parse`] does, keeping it as the data's buffer: nothing
+    /// is copied or moved.
+    pub fn from_payload(mut payload: Vec<u8>, limits: &Limits) -> Result<Self, ProtocolError> {
+        let (argsz, data) = parse_with_data("MIG_DATA_WRITE", &payload, limits)?;
+        let start = MIG_DATA_SIZE as usize;
+        payload.truncate(start + data.len());
+        Ok(Self {
+            argsz,
+            buffer: payload,
+            start,
+        })
     }
 
     /// A request writing `data`.
     pub fn new(data: Vec<u8>) -> Self {
         Self {
             argsz: MIG_DATA_SIZE,
-            data,
+            buffer: data,
+            start: 0,
         }
     }
 }
@@ -160,12 +196,13 @@ impl Payload for MigDataWrite {
         let (argsz, data) = parse_with_data("MIG_DATA_WRITE", payload, limits)?;
         Ok(Self {
             argsz,
-            data: data.to_vec(),
+            buffer: data.to_vec(),
+            start: 0,
         })
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
-        encode_with_data(out, self.argsz, &self.data);
+        encode_with_data(out, self.argsz, self.data());
     }
 }
 
@@ -207,9 +244,40 @@ mod tests {
         lying[4..8].copy_from_slice(&200u32.to_ne_bytes());
         assert!(MigDataReadReply::data_range(&lying, &Limits::default()).is_err());
 
-        let mut out = vec![7; 3];
-        MigDataWrite::encode_from(&data, &mut out);
-        assert_eq!(out, MigDataWrite::new(data).to_bytes());
+        let encoded = MigDataWrite::new(data.clone()).to_bytes();
+        assert_eq!(
+            [&MigDataWrite::prefix(data.len())[..], &data].concat(),
+            encoded
+        );
+        let memory = encoded.clone();
+        let at = memory.as_ptr().wrapping_add(MIG_DATA_SIZE as usize);
+        let taken = MigDataWrite::from_payload(memory, &Limits::default()).unwrap();
+        assert_eq!(
+            taken,
+            MigDataWrite::parse(&encoded, &Limits::default()).unwrap()
+        );
+        // Taken where it came: not copied, not moved.
+        assert_eq!(taken.data().as_ptr(), at);
+        assert_eq!(taken.data(), &data[..]);
+    }
+
+    #[test]
+    fn a_write_taken_in_place_is_refused_as_a_parsed_one_is() {
+        let limits = Limits {
+            max_data_xfer_size: 16,
+            ..Limits::default()
+        };
+        let mut lying = MigDataWrite::new(vec![1; 4]).to_bytes();
+        lying[4..8].copy_from_slice(&8u32.to_ne_bytes());
+        let big = MigDataWrite::new(vec![0; 17]).to_bytes();
+        for bad in [lying, big, vec![0; 7]] {
+            assert_eq!(
+                MigDataWrite::from_payload(bad.clone(), &limits)
+                    .unwrap_err()
+                    .errno(),
+                MigDataWrite::parse(&bad, &limits).unwrap_err().errno()
+            );
+        }
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub use header::{Command, HEADER_SIZE, Header, HeaderFlags};
 pub use message::{Reply, Request};
 pub use socket::{
     Message, MessageReader, PeerCredentials, ReadError, peer_credentials, read_message,
-    write_error_reply, write_message, write_reply,
+    read_message_into, widen_send_buffer, write_error_reply, write_message, write_message_parts,
+    write_reply,
 };
 pub use version::{Capabilities, Negotiated, ServerOffer, Version, accept_reply, negotiate};
 

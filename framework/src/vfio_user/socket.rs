@@ -51,6 +51,14 @@ impl Message {
         Request::parse(self.command()?, &self.payload, limits)
     }
 
+    /// Parses the payload as a request, as [`Message::request`] does, taking the payload: a
+    /// MIG_DATA_WRITE keeps it as its data (moved to its front, no second buffer). The
+    /// payload is left empty whether or not it parses.
+    pub fn take_request(&mut self, limits: &Limits) -> Result<Request, ProtocolError> {
+        let command = self.command()?;
+        Request::parse_owned(command, std::mem::take(&mut self.payload), limits)
+    }
+
     /// Parses the payload as a successful reply.
     pub fn reply(&self, limits: &Limits) -> Result<Reply, ProtocolError> {
         Reply::parse(self.command()?, &self.payload, limits)
@@ -157,16 +165,20 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
-    /// Reads `len` bytes, growing the buffer as they arrive.
-    fn read_payload(&mut self, len: usize) -> Result<Vec<u8>, ReadError> {
-        let mut payload = Vec::with_capacity(len.min(RESERVE_LIMIT));
-        while payload.len() < len {
-            let start = payload.len();
-            let chunk = (len - start).min(READ_CHUNK);
-            payload.resize(start + chunk, 0);
-            self.fill(&mut payload[start..], false)?;
+    /// Reads `len` bytes into `payload`: over the bytes it holds (not zeroed again), then
+    /// growing it as they arrive.
+    fn read_payload(&mut self, len: usize, mut payload: Vec<u8>) -> Result<Vec<u8>, ReadError> {
+        payload.truncate(len);
+        payload.reserve(len.min(RESERVE_LIMIT) - payload.len().min(RESERVE_LIMIT));
+        let mut done = 0;
+        loop {
+            self.fill(&mut payload[done..], false)?;
+            done = payload.len();
+            if done == len {
+                return Ok(payload);
+            }
+            payload.resize(done + (len - done).min(READ_CHUNK), 0);
         }
-        Ok(payload)
     }
 
     /// Reads and discards `len` bytes.
@@ -191,6 +203,17 @@ impl<'a> Receiver<'a> {
 /// command nor reply is refused after its payload is read. See [`ReadError`] for what the
 /// caller does next.
 pub fn read_message(socket: impl AsFd, limits: &Limits) -> Result<Message, ReadError> {
+    read_message_into(socket, limits, Vec::new())
+}
+
+/// Reads exactly one message as [`read_message`] does, its payload into `spare`'s memory
+/// (cleared first): a caller that hands back the last payload reads the next one into pages
+/// that are already mapped.
+pub fn read_message_into(
+    socket: impl AsFd,
+    limits: &Limits,
+    spare: Vec<u8>,
+) -> Result<Message, ReadError> {
     let mut rx = Receiver::new(socket.as_fd(), limits.max_msg_fds);
     let mut raw = [0u8; HEADER_SIZE];
     rx.fill(&mut raw, true)?;
@@ -218,7 +241,7 @@ pub fn read_message(socket: impl AsFd, limits: &Limits) -> Result<Message, ReadE
             resynced,
         });
     }
-    let payload = rx.read_payload(len)?;
+    let payload = rx.read_payload(len, spare)?;
     let refuse = |error| ReadError::Invalid {
         header,
         error,
@@ -279,6 +302,9 @@ pub struct MessageReader {
     fds: VecDeque<FdsFor>,
     cmsg: Vec<MaybeUninit<u8>>,
     max_fds: usize,
+    /// A payload handed back ([`MessageReader::recycle`]): the next message larger than the
+    /// buffer is read into its memory, already mapped, instead of fresh pages.
+    spare: Vec<u8>,
 }
 
 impl Default for MessageReader {
@@ -299,6 +325,15 @@ impl MessageReader {
             fds: VecDeque::new(),
             cmsg: Vec::new(),
             max_fds: 0,
+            spare: Vec::new(),
+        }
+    }
+
+    /// Hands back the payload of a handled message: the next message larger than the buffer
+    /// reuses its memory. Only the largest one handed back is kept.
+    pub fn recycle(&mut self, payload: Vec<u8>) {
+        if payload.capacity() > BUFFER_SIZE && payload.capacity() > self.spare.capacity() {
+            self.spare = payload;
         }
     }
 
@@ -524,17 +559,30 @@ impl MessageReader {
                 resynced,
             });
         }
-        let mut payload = Vec::with_capacity(len.min(RESERVE_LIMIT));
+        let mut payload = if len <= BUFFER_SIZE {
+            Vec::with_capacity(len)
+        } else {
+            // Its bytes are read over as they are, not zeroed again.
+            let mut spare = std::mem::take(&mut self.spare);
+            spare.truncate(len);
+            spare.reserve(len.min(RESERVE_LIMIT) - spare.len().min(RESERVE_LIMIT));
+            spare
+        };
         if len <= BUFFER_SIZE {
             self.fill_buffer(fd, len, start)?;
             payload.extend_from_slice(&self.buf[self.head..self.head + len]);
             self.consume(len);
         } else {
-            // Grown as bytes arrive, so memory follows what was actually received.
-            while payload.len() < len {
-                let from = payload.len();
-                payload.resize(from + (len - from).min(READ_CHUNK), 0);
+            // Read over what the spare holds, then grown as bytes arrive, so memory follows
+            // what was actually received.
+            let mut from = 0;
+            loop {
                 self.read_exact(fd, &mut payload[from..], start)?;
+                from = payload.len();
+                if from == len {
+                    break;
+                }
+                payload.resize(from + (len - from).min(READ_CHUNK), 0);
             }
         }
         let (fds, excess) = self.take_fds(start);
@@ -601,8 +649,19 @@ pub fn write_message(
     payload: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
+    write_message_parts(socket, header, &[payload], fds)
+}
+
+/// Writes one message as [`write_message`] does, its payload being `parts` one after the
+/// other (sent as they are, without gathering them into one buffer).
+pub fn write_message_parts(
+    socket: impl AsFd,
+    header: &Header,
+    parts: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
     let fd = socket.as_fd();
-    let total = HEADER_SIZE + payload.len();
+    let total = HEADER_SIZE + parts.iter().map(|p| p.len()).sum::<usize>();
     let size = u32::try_from(total)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message above 4 GiB"))?;
     let head = Header { size, ..*header }.encode();
@@ -621,13 +680,19 @@ pub fn write_message(
     }
 
     let mut sent = 0;
+    let mut iov = Vec::with_capacity(parts.len() + 1);
     while sent < total {
-        let (head_part, payload_part) = if sent < HEADER_SIZE {
-            (&head[sent..], payload)
-        } else {
-            (&head[..0], &payload[sent - HEADER_SIZE..])
-        };
-        let iov = [IoSlice::new(head_part), IoSlice::new(payload_part)];
+        // The bytes not sent yet: the rest of the slice `sent` falls in, and those after it.
+        iov.clear();
+        let mut skip = sent;
+        for part in std::iter::once(&head[..]).chain(parts.iter().copied()) {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            iov.push(IoSlice::new(&part[skip..]));
+            skip = 0;
+        }
         let result = if sent == 0 {
             sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL)
         } else {
@@ -646,6 +711,22 @@ pub fn write_message(
         }
     }
     Ok(())
+}
+
+/// Asks the kernel for a send buffer on `socket` that holds a whole message of `limits` (the
+/// kernel caps it at `net.core.wmem_max`): a large MIG_DATA or REGION transfer then goes
+/// out without the sender waiting for the reader every few tens of KiB. Only a hint: the
+/// socket works the same when the kernel refuses it.
+pub fn widen_send_buffer(socket: impl AsFd, limits: &Limits) {
+    let want = usize::try_from(limits.max_message_size()).unwrap_or(usize::MAX);
+    let fd = socket.as_fd();
+    let current = rustix::net::sockopt::socket_send_buffer_size(fd).unwrap_or(0);
+    if current >= want {
+        return;
+    }
+    if let Err(e) = rustix::net::sockopt::set_socket_send_buffer_size(fd, want) {
+        tracing::debug!("socket send buffer of {want} bytes refused: {e}");
+    }
 }
 
 /// Sends the successful reply to `request` with `payload` and `fds`; sends nothing for a
@@ -793,6 +874,88 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(msg.header.size as usize, expected.len() + 16);
         assert_eq!(msg.payload, expected);
+    }
+
+    #[test]
+    fn parts_go_out_as_one_payload_across_partial_sends() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let big: Vec<u8> = (0..(1 << 20) + 7).map(|i| (i * 7) as u8).collect();
+        let parts: Vec<Vec<u8>> = vec![b"head".to_vec(), Vec::new(), big, b"tail".to_vec()];
+        let expected = parts.concat();
+        let sent = parts.clone();
+        let writer = std::thread::spawn(move || {
+            let slices: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+            let header = Header::request(3, Command::MigDataWrite, 0);
+            write_message_parts(&a, &header, &slices, &[]).unwrap();
+        });
+        let msg = read_message(&b, &Limits::default()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(msg.header.size as usize, expected.len() + HEADER_SIZE);
+        assert_eq!(msg.payload, expected);
+    }
+
+    #[test]
+    fn large_payloads_are_read_into_the_memory_handed_back() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let payload = vec![0x5a_u8; 3 * BUFFER_SIZE];
+        let sender = a.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            for id in 0..3 {
+                let header = Header::request(id, Command::MigDataWrite, 0);
+                write_message(&sender, &header, &payload, &[]).unwrap();
+            }
+        });
+        let mut reader = MessageReader::new();
+        let first = reader.read(&b, &Limits::default()).unwrap();
+        let memory = first.payload.as_ptr();
+        reader.recycle(first.payload);
+        let second = reader.read(&b, &Limits::default()).unwrap();
+        assert_eq!(second.payload.as_ptr(), memory);
+        assert_eq!(second.payload, vec![0x5a; 3 * BUFFER_SIZE]);
+        // Not handed back: the next one gets memory of its own.
+        let third = reader.read(&b, &Limits::default()).unwrap();
+        assert_ne!(third.payload.as_ptr(), second.payload.as_ptr());
+        writer.join().unwrap();
+        // A shorter message in the memory of a longer one holds its own bytes only.
+        reader.recycle(third.payload);
+        let short = vec![0xa5_u8; 2 * BUFFER_SIZE + 3];
+        write_message(
+            &a,
+            &Header::request(4, Command::MigDataWrite, 0),
+            &short,
+            &[],
+        )
+        .unwrap();
+        let fourth = reader.read(&b, &Limits::default()).unwrap();
+        assert_eq!(fourth.payload, short);
+
+        let (a, b) = UnixStream::pair().unwrap();
+        let spare = Vec::with_capacity(BUFFER_SIZE * 4);
+        let memory = spare.as_ptr();
+        write_message(
+            &a,
+            &Header::request(1, Command::MigDataWrite, 0),
+            &[1; 100],
+            &[],
+        )
+        .unwrap();
+        let msg = read_message_into(&b, &Limits::default(), spare).unwrap();
+        assert_eq!(msg.payload.as_ptr(), memory);
+        assert_eq!(msg.payload, vec![1; 100]);
+    }
+
+    #[test]
+    fn send_buffer_is_widened_for_the_largest_message() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let limits = Limits::default();
+        widen_send_buffer(&a, &limits);
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let want = limits.max_message_size() as usize;
+        let got = rustix::net::sockopt::socket_send_buffer_size(&a).unwrap();
+        assert!(got >= want.min(cap), "{got} < min({want}, {cap})");
     }
 
     #[test]
