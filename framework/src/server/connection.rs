@@ -407,15 +407,19 @@ impl Pump for ConnectionPump {
             // No room to queue what comes: stop reading (the worker's DMA times out).
             return false;
         }
-        let mut fds = [
-            PollFd::new(&self.inbox.stream, PollFlags::IN),
-            PollFd::from_borrowed_fd(wake, PollFlags::IN),
-        ];
-        match poll(&mut fds, None) {
-            Ok(_) if !fds[1].revents().is_empty() => return true,
-            Ok(_) if !fds[0].revents().is_empty() => {}
-            Ok(_) | Err(rustix::io::Errno::INTR) => return true,
-            Err(_) => return false,
+        // A message read along with the one before it sits in the reader, and the socket
+        // then looks idle: polling for it would wait until the worker gave up.
+        if !self.inbox.reader.lock().has_message() {
+            let mut fds = [
+                PollFd::new(&self.inbox.stream, PollFlags::IN),
+                PollFd::from_borrowed_fd(wake, PollFlags::IN),
+            ];
+            match poll(&mut fds, None) {
+                Ok(_) if !fds[1].revents().is_empty() => return true,
+                Ok(_) if !fds[0].revents().is_empty() => {}
+                Ok(_) | Err(rustix::io::Errno::INTR) => return true,
+                Err(_) => return false,
+            }
         }
         match self.inbox.read() {
             Incoming::Reply(message) => self.remote.deliver(message),
@@ -521,6 +525,56 @@ mod tests {
                 .map(|_| rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap())
                 .collect(),
         }
+    }
+
+    /// A command and the answer to a device's DMA request that arrive in one read: the
+    /// pump hands the buffered answer over at once instead of polling the idle socket.
+    #[test]
+    fn the_pump_hands_over_an_answer_already_read_with_the_command_before_it() {
+        let (server, mut client) = UnixStream::pair().unwrap();
+        let inbox = Arc::new(Inbox {
+            stream: server.try_clone().unwrap(),
+            limits: Arc::new(RwLock::new(Limits::default())),
+            poll: None,
+            queued: Mutex::new(VecDeque::new()),
+            reader: Mutex::new(MessageReader::new()),
+        });
+        let outbox = Arc::new(Outbox::new(server));
+        let remote = Arc::new(RemoteDma {
+            outbox: Arc::clone(&outbox),
+            inbox: Arc::clone(&inbox),
+            connection_thread: std::thread::current().id(),
+            waiters: Arc::new(Waiters::default()),
+            next_id: AtomicU16::new(0),
+            layout: DmaLayout::Spec,
+            timeout: Duration::from_secs(1),
+            twin: OnceLock::new(),
+        });
+        let answer = remote.waiters.register(7);
+        let mut bytes = Header::request(1, Command::DeviceReset, 0)
+            .encode()
+            .to_vec();
+        bytes.extend_from_slice(&Header::request(7, Command::DmaWrite, 0).reply(0).encode());
+        std::io::Write::write_all(&mut client, &bytes).unwrap();
+        assert!(matches!(inbox.read(), Incoming::Command(_)));
+        assert!(inbox.reader.lock().has_message(), "both were read at once");
+
+        let pump = ConnectionPump {
+            inbox,
+            outbox,
+            remote: Arc::clone(&remote),
+        };
+        // The worker's wake-up fd never fires here: only the buffered answer can end the
+        // pump's turn (a pump that polled the socket would block for good).
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            let wake = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+            done_tx.send(pump.pump(wake.as_fd())).unwrap();
+        });
+        assert_eq!(done.recv_timeout(Duration::from_secs(30)), Ok(true));
+        let delivered = answer.try_recv().expect("answer handed over").unwrap();
+        assert_eq!(delivered.header.msg_id, 7);
+        drop(client);
     }
 
     #[test]
