@@ -1,8 +1,10 @@
 //! `cargo xtask layers`: the framework's top-level modules in import order, bottom first, and
 //! every import that runs upward (any module imported by one it imports, directly or not).
 //!
-//! An import is a `crate::MODULE` path outside comments in a module's files; the order is a
-//! topological sort of those imports (ties by name). Modules that import each other, directly
+//! An import is a `crate::MODULE` path outside `//` comments in a module's files (test code
+//! included), or each first name of a `crate::{..}` group; `super::` paths that climb to the
+//! crate root are not followed. The order is a topological sort of those imports (ties by
+//! name). Modules that import each other, directly
 //! or not, share a level: one import of each such cycle runs upward, and the command fails
 //! naming them.
 
