@@ -5,9 +5,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use vfio_variant::config::{ConfigSpace, NoBacking};
+use vfio_variant::config::{ConfigSpace, NoBacking, PhysicalBacking};
+use vfio_variant::physical::PhysicalDescription;
 use vfio_variant::physical::captured::CapturedFunction;
-use vfio_variant::physical::{PhysicalBacking, PhysicalDescription};
 use vfio_variant::vpci::{compile::compile, parse_layout};
 
 const ITERATIONS: u32 = 2_000_000;

@@ -7,8 +7,13 @@
 //! Layers, top to bottom: server (vfio-user) → device (compiled layout + config emulation +
 //! region routing) → backend ([`backend::Backend`]) → physical function
 //! ([`physical::PhysicalFunction`]: kernel VFIO or an emulated hardware model). Under all of
-//! them sit the vocabularies: [`pci`] (registers and the capability table) and [`layout`] (the
-//! data model of a layout file, which [`vpci`] reads and writes).
+//! them sit the vocabularies: [`migration`], [`pci`] (registers and the capability table),
+//! [`layout`] (the data model of a layout file, which [`vpci`] reads and writes) and
+//! [`vfio_user`] (the protocol).
+//!
+//! The modules in import order, bottom first (`cargo xtask layers` checks that no import runs
+//! upward): [`migration`], [`pci`], [`layout`], [`vfio_user`], [`physical`], [`config`],
+//! [`vpci`], [`backend`], [`device`], [`migration_driver`], [`plugin`], [`server`], `testing`.
 
 pub mod backend;
 pub mod config;

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
-use vfio_variant::backend::{
-    DirectBar, DirectError, DirectPath, Function, FunctionError, MmapFile,
-};
+use vfio_variant::backend::{Function, FunctionError};
 use vfio_variant::device::VirtualFunction;
 use vfio_variant::layout::{BarKind, MmapArea};
 use vfio_variant::physical::captured::CapturedFunction;
-use vfio_variant::physical::{PhysicalBar, PhysicalDescription, PhysicalFunction};
+use vfio_variant::physical::{
+    DirectBar, DirectError, DirectPath, MmapFile, PhysicalBar, PhysicalDescription,
+    PhysicalFunction,
+};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::dma::{DmaMap, DmaMapFlags};
 use vfio_variant::vfio_user::irq::{IRQ_INDEX_MSIX, SetIrqs, SetIrqsFlags};

@@ -40,6 +40,8 @@ pub fn run() -> Result<(), String> {
             "warnings",
         ]),
     )?;
+    eprintln!("==> framework layers (no import runs upward)");
+    crate::layers::run().map_err(|e| format!("framework layers: {e}"))?;
     for manifest in &side {
         run_step(
             &format!("clippy {manifest}"),

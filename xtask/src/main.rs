@@ -14,7 +14,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  ci               everything CI checks: fmt, clippy -D warnings, tests, docs, fuzz build, e2e
+  ci               everything CI checks: fmt, clippy -D warnings, layers, tests, docs, fuzz build, e2e
   e2e [--kernel RELEASE | nested]
                    boot QEMU guests on the vfio-user server and check its functions from
                    unmodified kernels (Debian sid's and Debian 12's, or the chroot's kernel

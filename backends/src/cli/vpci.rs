@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use vfio_variant::config::{ConfigError, ConfigSpace, ConfigTemplate, NoBacking};
+use vfio_variant::config::{ConfigError, ConfigSpace, ConfigTemplate, NoBacking, PhysicalBacking};
 use vfio_variant::layout::{BarBacking, BarKind, ChainItem};
 use vfio_variant::physical::PhysicalDescription;
+use vfio_variant::physical::PhysicalFunction;
 use vfio_variant::physical::captured::CapturedFunction;
 use vfio_variant::physical::sysfs::{describe_files, describe_sysfs_dir};
 use vfio_variant::physical::vfio::VfioPhysicalFunction;
-use vfio_variant::physical::{PhysicalBacking, PhysicalFunction};
 use vfio_variant::vpci::compat::{Difference, compare, fingerprint, warnings};
 use vfio_variant::vpci::derive::{DEFAULT_QUIRKS, DeriveOptions, derive};
 use vfio_variant::vpci::{Layout, bind::bind, compile::compile, load_layout, render};

@@ -44,16 +44,13 @@
 //!   (except non-volatile storage the device documents).
 
 mod context;
-pub mod direct;
 pub mod emulated;
 pub mod layout_check;
 pub mod pool;
 pub mod worker;
 
 pub use context::{DmaAccess, DmaError, FunctionContext, Interrupt, InterruptSink};
-pub use direct::{DirectBar, DirectError, DirectPath};
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -61,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigEvent;
 use crate::layout::{Layout, LayoutError};
 use crate::migration::MigrationHooks;
-use crate::physical::{PhysicalError, PhysicalFunction};
+use crate::physical::{DirectPath, MmapFile, PhysicalError, PhysicalFunction};
 
 /// A persona a backend can give a function, with how many can be created now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,16 +84,6 @@ pub struct CreateRequest {
     pub layout: Arc<Layout>,
     /// Ordered attributes applied while provisioning (backend-specific `key = value`).
     pub attributes: Vec<(String, String)>,
-}
-
-/// A file a VMM may mmap to reach a BAR's mmappable areas (the layout's `[[bar.mmap]]`)
-/// without a message per access.
-#[derive(Debug, Clone)]
-pub struct MmapFile {
-    /// The file (typically a memfd the device model also maps).
-    pub fd: Arc<OwnedFd>,
-    /// Where byte 0 of the BAR is in the file.
-    pub offset: u64,
 }
 
 /// Why a backend refused or failed.

@@ -1,13 +1,16 @@
 //! Config-space emulation: a compiled template (reset values and per-bit rules, shared by every
 //! function of a layout) and the per-function runtime that serves guest accesses.
 //!
-//! Where to look: the per-byte rules in [`template`], the access algorithm in [`space`], what
-//! a write can report to the interrupt layer in [`event`].
+//! Where to look: the per-byte rules in [`template`], the access algorithm in [`space`], where
+//! the bits the layout does not hold come from in [`backing`], what a write can report to the
+//! interrupt layer in [`event`].
 
+pub mod backing;
 pub mod event;
 pub mod space;
 pub mod template;
 
+pub use backing::{ConfigBacking, NoBacking, PhysicalBacking};
 pub use event::ConfigEvent;
-pub use space::{ConfigBacking, ConfigError, ConfigSpace, NoBacking};
+pub use space::{ConfigError, ConfigSpace};
 pub use template::ConfigTemplate;

@@ -28,14 +28,16 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::backend::{
-    Backend, BackendError, CreateRequest, DirectPath, Function, FunctionContext, MmapFile,
+    Backend, BackendError, CreateRequest, Function, FunctionContext, FunctionError,
 };
-use crate::config::{ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate};
+use crate::config::{
+    ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate, PhysicalBacking,
+};
 use crate::device::stream::StreamIdentity;
 use crate::layout::{BarBacking, BarKind, MmapArea, RomBacking};
 use crate::migration::{MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo};
 use crate::pci::regs;
-use crate::physical::PhysicalFunction;
+use crate::physical::{DirectPath, MmapFile, PhysicalFunction};
 use crate::vpci::LayoutError;
 use crate::vpci::bind::bind;
 
@@ -55,42 +57,44 @@ pub struct VirtualFunction {
 
 /// Sends config bits the layout does not hold to the physical function or the backend.
 struct Backing<'a> {
-    physical: Option<&'a dyn PhysicalFunction>,
+    physical: Option<PhysicalBacking<'a>>,
     function: &'a dyn Function,
 }
 
 impl ConfigBacking for Backing<'_> {
     fn read_physical(&self, offset: u16, data: &mut [u8]) -> Result<(), ConfigError> {
-        let physical = self.physical.ok_or(ConfigError::NoPhysical(offset))?;
-        physical
-            .config_read(offset, data)
-            .map_err(|e| backing_error(offset, "physical function", e))
+        let physical = self
+            .physical
+            .as_ref()
+            .ok_or(ConfigError::NoPhysical(offset))?;
+        physical.read_physical(offset, data)
     }
 
     fn write_physical(&self, offset: u16, data: &[u8]) -> Result<(), ConfigError> {
-        let physical = self.physical.ok_or(ConfigError::NoPhysical(offset))?;
-        physical
-            .config_write(offset, data)
-            .map_err(|e| backing_error(offset, "physical function", e))
+        let physical = self
+            .physical
+            .as_ref()
+            .ok_or(ConfigError::NoPhysical(offset))?;
+        physical.write_physical(offset, data)
     }
 
     fn read_computed(&self, offset: u16, data: &mut [u8]) -> Result<(), ConfigError> {
         self.function
             .config_read(offset, data)
-            .map_err(|e| backing_error(offset, "backend", e))
+            .map_err(|e| backend_error(offset, e))
     }
 
     fn write_computed(&self, offset: u16, data: &[u8]) -> Result<(), ConfigError> {
         self.function
             .config_write(offset, data)
-            .map_err(|e| backing_error(offset, "backend", e))
+            .map_err(|e| backend_error(offset, e))
     }
 }
 
-fn backing_error(offset: u16, what: &'static str, e: impl std::fmt::Display) -> ConfigError {
+fn backend_error(offset: u16, e: FunctionError) -> ConfigError {
     ConfigError::Backing {
         offset,
-        what,
+        what: "backend",
         message: e.to_string(),
     }
 }
@@ -197,7 +201,7 @@ impl VirtualFunction {
 
     fn backing(&self) -> Backing<'_> {
         Backing {
-            physical: self.function.physical(),
+            physical: self.function.physical().map(PhysicalBacking),
             function: &*self.function,
         }
     }

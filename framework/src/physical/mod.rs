@@ -6,8 +6,11 @@
 //! from a captured config space in [`captured`].
 
 pub mod captured;
+pub mod direct;
 pub mod sysfs;
 pub mod vfio;
+
+pub use direct::{DirectBar, DirectError, DirectPath, MmapFile};
 
 use crate::layout::BarKind;
 use crate::pci::regs;
@@ -129,43 +132,5 @@ pub(crate) fn check_access(
             offset,
             len,
         }),
-    }
-}
-
-/// Serves a config space's physical bits from a physical function. Backend-computed
-/// registers are refused: a layout with those needs its backend's function.
-pub struct PhysicalBacking<'a>(pub &'a dyn PhysicalFunction);
-
-impl crate::config::ConfigBacking for PhysicalBacking<'_> {
-    fn read_physical(
-        &self,
-        offset: u16,
-        data: &mut [u8],
-    ) -> Result<(), crate::config::ConfigError> {
-        self.0
-            .config_read(offset, data)
-            .map_err(|e| backing_error(offset, e))
-    }
-
-    fn write_physical(&self, offset: u16, data: &[u8]) -> Result<(), crate::config::ConfigError> {
-        self.0
-            .config_write(offset, data)
-            .map_err(|e| backing_error(offset, e))
-    }
-
-    fn read_computed(&self, offset: u16, _: &mut [u8]) -> Result<(), crate::config::ConfigError> {
-        Err(crate::config::ConfigError::NoPhysical(offset))
-    }
-
-    fn write_computed(&self, offset: u16, _: &[u8]) -> Result<(), crate::config::ConfigError> {
-        Err(crate::config::ConfigError::NoPhysical(offset))
-    }
-}
-
-fn backing_error(offset: u16, e: PhysicalError) -> crate::config::ConfigError {
-    crate::config::ConfigError::Backing {
-        offset,
-        what: "physical function",
-        message: e.to_string(),
     }
 }

@@ -5,12 +5,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::backend::{
-    Function, FunctionContext, FunctionError, Interrupt, InterruptSink, MmapFile,
-};
+use crate::backend::{Function, FunctionContext, FunctionError, Interrupt, InterruptSink};
 use crate::config::ConfigEvent;
 use crate::migration::MigrationHooks;
-use crate::physical::PhysicalFunction;
+use crate::physical::{MmapFile, PhysicalFunction};
 
 /// Where an access reached the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

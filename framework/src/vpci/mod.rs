@@ -1,11 +1,12 @@
 //! The vPCI text file: one TOML file per instance type stating exactly the config space and
 //! BARs a guest sees, independent of the physical function underneath.
 //!
-//! The file's model (what a layout states) is [`crate::layout`], below this module so that
-//! `config` and `physical` use it without importing upward. Where to look here: reading it in [`parse`] (field by field) and
-//! [`checks`] (rules across items), compiling it to a config-space template in [`compile`],
-//! checking it against a physical function in [`bind`], deriving one from a physical function in
-//! [`derive`](mod@derive), writing one out in [`emit`], comparing two in [`compat`], printing in [`render`].
+//! The file's model (what a layout states) is [`crate::layout`], below `physical` and `config`,
+//! which this module builds on. Where to look here: reading it in [`parse`] (field by field)
+//! and [`checks`] (rules across items), compiling it to a config-space template in
+//! [`compile`], checking it against a physical function in [`bind`], deriving one from a
+//! physical function in [`derive`](mod@derive), writing one out in [`emit`], comparing two in
+//! [`compat`], printing in [`render`].
 
 pub mod bind;
 pub mod checks;

@@ -1,10 +1,10 @@
 //! A passthrough function: a real device on kernel VFIO behind its layout.
 
-use vfio_variant::backend::{DirectPath, Function, FunctionError};
+use vfio_variant::backend::{Function, FunctionError};
 use vfio_variant::config::ConfigEvent;
 use vfio_variant::pci::regs;
-use vfio_variant::physical::PhysicalFunction;
 use vfio_variant::physical::vfio::VfioPhysicalFunction;
+use vfio_variant::physical::{DirectPath, PhysicalFunction};
 
 use super::host::Binding;
 use super::{Lease, Provisioned};

@@ -23,10 +23,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use vfio_variant::backend::{
-    Backend, BackendError, CreateRequest, DirectPath, Function, ProfileInfo,
-};
+use vfio_variant::backend::{Backend, BackendError, CreateRequest, Function, ProfileInfo};
 use vfio_variant::layout::{BarBacking, CapabilityBody, Layout};
+use vfio_variant::physical::DirectPath;
 use vfio_variant::physical::sysfs::describe_sysfs_dir;
 use vfio_variant::physical::vfio::VfioPhysicalFunction;
 use vfio_variant::vfio_user::irq::IRQ_INDEX_MSIX;

@@ -13,10 +13,11 @@ use std::sync::{Arc, OnceLock, Weak};
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
 use vfio_variant::backend::worker::Worker;
-use vfio_variant::backend::{Function, FunctionContext, FunctionError, Interrupt, MmapFile};
+use vfio_variant::backend::{Function, FunctionContext, FunctionError, Interrupt};
 use vfio_variant::config::ConfigEvent;
 use vfio_variant::migration::MigrationHooks;
 use vfio_variant::pci::regs::COMMAND_BUS_MASTER;
+use vfio_variant::physical::MmapFile;
 
 use super::migration::SampleMigration;
 use super::registers::*;

@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
 
-use crate::backend::DirectError;
+use crate::physical::DirectError;
 
 /// The IOMMU of a function's device (a VFIO container).
 pub(super) trait Iommu: Send + Sync {

@@ -1,7 +1,7 @@
 //! A real physical function driven through kernel VFIO (group/container API, vfio-ioctls),
 //! with the data path vfio-pci-core gives a kernel variant driver: client memory in the
 //! device's IOMMU (`iommu.rs`), the client's eventfds wired to the device's interrupts, and
-//! BAR mmaps of the device file (see [`crate::backend::DirectPath`]).
+//! BAR mmaps of the device file (see [`DirectPath`]).
 //!
 //! Only the group/container API is used: the guest kernels this is tested on have no iommufd
 //! (CONFIG_IOMMUFD is not set), so the cdev path is not offered.
@@ -15,8 +15,10 @@ use std::sync::Arc;
 
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioError, VfioRegionInfoCap};
 
-use super::{PhysicalBar, PhysicalError, PhysicalFunction, check_access};
-use crate::backend::{DirectBar, DirectError, DirectPath, MmapFile};
+use super::{
+    DirectBar, DirectError, DirectPath, MmapFile, PhysicalBar, PhysicalError, PhysicalFunction,
+    check_access,
+};
 use crate::layout::{BarKind, MmapArea};
 use crate::pci::region::{CONFIG_REGION, ROM_REGION};
 use crate::pci::regs;

@@ -3,13 +3,13 @@
 //! to the device's interrupts, and BAR pages are mmapped by the VMM, so neither DMA, nor
 //! interrupts, nor doorbell writes pass through the server.
 //!
-//! A [`Function`](super::Function) that has one returns it from
-//! [`Function::direct`](super::Function::direct); the server then sends DMA_MAP/UNMAP,
-//! SET_IRQS and passthrough BAR region info there instead of to its own tables.
+//! Kernel VFIO ([`super::vfio`]) implements it; a backend's function on such a device returns it
+//! from [`Function::direct`](crate::backend::Function::direct), and the server then sends
+//! DMA_MAP/UNMAP, SET_IRQS and passthrough BAR region info there instead of to its own tables.
 
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
-use super::MmapFile;
 use crate::layout::MmapArea;
 use crate::vfio_user::irq::SetIrqs;
 
@@ -95,6 +95,16 @@ impl DirectError {
             Self::Kernel { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
         }
     }
+}
+
+/// A file a VMM may mmap to reach a BAR's mmappable areas (the layout's `[[bar.mmap]]`)
+/// without a message per access.
+#[derive(Debug, Clone)]
+pub struct MmapFile {
+    /// The file (a device file, or a memfd an emulated model also maps).
+    pub fd: Arc<OwnedFd>,
+    /// Where byte 0 of the BAR is in the file.
+    pub offset: u64,
 }
 
 /// Where a passthrough BAR can be mmapped: the device's file at the region's offset, and the
