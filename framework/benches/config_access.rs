@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use vfio_variant::config::{ConfigSpace, NoBacking, PhysicalBacking};
+use vfio_variant::config::{ConfigSpace, NoBacking, PhysicalFunctionBacking};
 use vfio_variant::physical::PhysicalDescription;
 use vfio_variant::physical::captured::CapturedFunction;
 use vfio_variant::vpci::{compile::compile, parse_layout};
@@ -100,7 +100,7 @@ fn main() {
             rom_size: None,
         },
     );
-    let backing = PhysicalBacking(&physical);
+    let backing = PhysicalFunctionBacking(&physical);
     let mixed = measure(|offset| {
         let mut value = [0u8; 4];
         black_box(&space)

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use vfio_variant::config::{ConfigError, ConfigEvent, ConfigSpace, NoBacking, PhysicalBacking};
+use vfio_variant::config::{
+    ConfigError, ConfigEvent, ConfigSpace, NoBacking, PhysicalFunctionBacking,
+};
 use vfio_variant::pci::regs;
 use vfio_variant::physical::captured::CapturedFunction;
 use vfio_variant::physical::{PhysicalDescription, PhysicalFunction};
@@ -85,7 +87,7 @@ fn write(
 ) -> Vec<ConfigEvent> {
     let mut events = Vec::new();
     space
-        .write(offset, data, &PhysicalBacking(physical), &mut |e| {
+        .write(offset, data, &PhysicalFunctionBacking(physical), &mut |e| {
             events.push(e)
         })
         .unwrap();
@@ -95,7 +97,7 @@ fn write(
 fn read(space: &ConfigSpace, physical: &CapturedFunction, offset: u64, len: usize) -> Vec<u8> {
     let mut data = vec![0u8; len];
     space
-        .read(offset, &mut data, &PhysicalBacking(physical))
+        .read(offset, &mut data, &PhysicalFunctionBacking(physical))
         .unwrap();
     data
 }

@@ -10,7 +10,7 @@ use pci_driver::config::PciConfig;
 use pci_driver::config::caps::Capability;
 use pci_driver::config::ext_caps::ExtendedCapability;
 use pci_driver::regions::{AsPciSubregion, BackedByPciSubregion, PciMemoryRegion};
-use vfio_variant::config::{ConfigSpace, PhysicalBacking};
+use vfio_variant::config::{ConfigSpace, PhysicalFunctionBacking};
 use vfio_variant::layout::BarKind;
 use vfio_variant::pci::cap;
 use vfio_variant::physical::PhysicalDescription;
@@ -79,7 +79,10 @@ fn standard_has_pcie(pci: &PciConfig<'_>) -> bool {
         .any(|c| c.header().capability_id().read().unwrap() == cap::CAP_PCIE)
 }
 
-fn sized_bars(space: &mut ConfigSpace, backing: &PhysicalBacking<'_>) -> Vec<Option<(u64, u32)>> {
+fn sized_bars(
+    space: &mut ConfigSpace,
+    backing: &PhysicalFunctionBacking<'_>,
+) -> Vec<Option<(u64, u32)>> {
     for i in 0..6u64 {
         space
             .write(0x10 + 4 * i, &[0xff; 4], backing, &mut |_| {})
@@ -162,7 +165,7 @@ fn derived_layouts_read_back_like_the_source() {
             Arc::new(parse_layout(&name, &text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}")));
         bind(&layout, &description).unwrap_or_else(|e| panic!("{name}: {e}"));
         let function = CapturedFunction::new(name.clone(), description.clone());
-        let backing = PhysicalBacking(&function);
+        let backing = PhysicalFunctionBacking(&function);
         let mut space = ConfigSpace::new(Arc::new(compile(Arc::clone(&layout))));
         let mut virtual_config = vec![0u8; space.size()];
         space.read(0, &mut virtual_config, &backing).unwrap();

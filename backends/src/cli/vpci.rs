@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use vfio_variant::config::{ConfigError, ConfigSpace, ConfigTemplate, NoBacking, PhysicalBacking};
+use vfio_variant::config::{
+    ConfigError, ConfigSpace, ConfigTemplate, NoBacking, PhysicalFunctionBacking,
+};
 use vfio_variant::layout::{BarBacking, BarKind, ChainItem};
 use vfio_variant::physical::PhysicalDescription;
 use vfio_variant::physical::PhysicalFunction;
@@ -197,7 +199,7 @@ fn read_config(
     let result = match physical {
         Some(p) => {
             let function = CapturedFunction::new("physical function", p.clone());
-            space.read(0, &mut config, &PhysicalBacking(&function))
+            space.read(0, &mut config, &PhysicalFunctionBacking(&function))
         }
         None => space.read(0, &mut config, &NoBacking),
     };

@@ -1,6 +1,6 @@
 //! Where the config bits a layout does not hold come from: the [`ConfigBacking`] a config
 //! space reads and writes them through, for a purely virtual layout ([`NoBacking`]) and for a
-//! physical function alone ([`PhysicalBacking`], as tools and tests use it; the device adds the
+//! physical function alone ([`PhysicalFunctionBacking`], as tools and tests use it; the device adds the
 //! backend's computed registers).
 
 use super::space::ConfigError;
@@ -39,9 +39,9 @@ impl ConfigBacking for NoBacking {
 
 /// Serves a config space's physical bits from a physical function. Backend-computed
 /// registers are refused: a layout with those needs its backend's function.
-pub struct PhysicalBacking<'a>(pub &'a dyn PhysicalFunction);
+pub struct PhysicalFunctionBacking<'a>(pub &'a dyn PhysicalFunction);
 
-impl ConfigBacking for PhysicalBacking<'_> {
+impl ConfigBacking for PhysicalFunctionBacking<'_> {
     fn read_physical(&self, offset: u16, data: &mut [u8]) -> Result<(), ConfigError> {
         self.0
             .config_read(offset, data)

@@ -10,7 +10,7 @@ pub mod event;
 pub mod space;
 pub mod template;
 
-pub use backing::{ConfigBacking, NoBacking, PhysicalBacking};
+pub use backing::{ConfigBacking, NoBacking, PhysicalFunctionBacking};
 pub use event::ConfigEvent;
 pub use space::{ConfigError, ConfigSpace};
 pub use template::ConfigTemplate;

@@ -31,7 +31,7 @@ use crate::backend::{
     Backend, BackendError, CreateRequest, Function, FunctionContext, FunctionError,
 };
 use crate::config::{
-    ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate, PhysicalBacking,
+    ConfigBacking, ConfigError, ConfigEvent, ConfigSpace, ConfigTemplate, PhysicalFunctionBacking,
 };
 use crate::device::stream::StreamIdentity;
 use crate::layout::{BarBacking, BarKind, MmapArea, RomBacking};
@@ -57,7 +57,7 @@ pub struct VirtualFunction {
 
 /// Sends config bits the layout does not hold to the physical function or the backend.
 struct Backing<'a> {
-    physical: Option<PhysicalBacking<'a>>,
+    physical: Option<PhysicalFunctionBacking<'a>>,
     function: &'a dyn Function,
 }
 
@@ -201,7 +201,7 @@ impl VirtualFunction {
 
     fn backing(&self) -> Backing<'_> {
         Backing {
-            physical: self.function.physical().map(PhysicalBacking),
+            physical: self.function.physical().map(PhysicalFunctionBacking),
             function: &*self.function,
         }
     }
