@@ -3,9 +3,15 @@
 //!
 //! - `stop_copy_stream_1gib`: the framed stream read in-process from the `VirtualFunction`
 //!   (what a Rust VMM linking the framework reads), 1 MiB reads;
-//! - `stop_copy_read_1gib`: the framed stream read over vfio-user (MIG_DATA_READ) by a VMM;
+//! - `stop_copy_read_1gib`: the framed stream read over vfio-user (MIG_DATA_READ) by a VMM on
+//!   the same host, with `mig_data_memfd` and the largest reads the server allows (64 MiB):
+//!   each reply is a sealed memfd the client checks and maps read-only (populated: the
+//!   bytes are readable without page faults; they are not copied again);
 //! - `stop_copy_migrate_1gib`: the whole move with the migration driver, into a second
-//!   function that checks the stream and loads the state.
+//!   function that checks the stream and loads the state, both over vfio-user with
+//!   `mig_data_memfd`: the source's memfds are passed on to the destination;
+//! - `stop_copy_read_inline_1gib`, `stop_copy_migrate_inline_1gib`: the same without
+//!   `mig_data_memfd`, with 1 MiB transfers, as a client that does not ask (QEMU) gets.
 //!
 //! Prints `BENCH name value unit ratio=.. vs=..`; ratios are throughput over memcpy's.
 
@@ -22,7 +28,7 @@ use vfio_variant::migration::{
 };
 use vfio_variant::migration_driver::{LocalDestination, Options, migrate};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
-use vfio_variant::vfio_user::{Client, ClientOptions};
+use vfio_variant::vfio_user::{Capabilities, Client, ClientOptions, ServerOffer};
 use vfio_variant::vpci::{compile::compile, parse_layout};
 
 const STATE: usize = 1 << 30;
@@ -79,7 +85,17 @@ impl MigrationHooks for Bulk {
     }
 }
 
-fn function(fill: u8) -> (Client, Arc<VirtualFunction>) {
+/// Largest transfer offered and asked for with `mig_data_memfd` (QEMU's bound).
+const LARGE_XFER: u64 = 64 << 20;
+
+/// How the bench's client connects: as QEMU does, or asking for memfds and large transfers.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Inline,
+    Memfd,
+}
+
+fn function(fill: u8, mode: Mode) -> (Client, Arc<VirtualFunction>) {
     let template = Arc::new(compile(Arc::new(
         parse_layout("bulk", LAYOUT).expect("bench layout"),
     )));
@@ -90,8 +106,27 @@ fn function(fill: u8) -> (Client, Arc<VirtualFunction>) {
     let vf = Arc::new(VirtualFunction::new(template, Box::new(bulk)).expect("bench function"));
     let port = Port::new("bulk", Arc::clone(&vf));
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    std::thread::spawn(move || serve_connection(&port, &Arc::new(ServerConfig::default()), theirs));
-    let client = Client::from_stream(ours, ClientOptions::default()).expect("negotiation");
+    let config = ServerConfig {
+        offer: ServerOffer {
+            max_data_xfer_size: LARGE_XFER,
+            ..ServerConfig::default().offer
+        },
+        ..ServerConfig::default()
+    };
+    std::thread::spawn(move || serve_connection(&port, &Arc::new(config), theirs));
+    let options = match mode {
+        Mode::Inline => ClientOptions::default(),
+        Mode::Memfd => ClientOptions {
+            capabilities: Capabilities {
+                max_data_xfer_size: Some(LARGE_XFER),
+                ..Capabilities::qemu_proposal()
+            },
+            mig_data_memfd: true,
+            ..ClientOptions::default()
+        },
+    };
+    let client = Client::from_stream(ours, options).expect("negotiation");
+    assert_eq!(client.negotiated().mig_data_memfd, mode == Mode::Memfd);
     (client, vf)
 }
 
@@ -118,7 +153,7 @@ fn main() {
     println!("BENCH memcpy_1gib {memcpy:.2} GiB/s");
     drop((source, target));
 
-    let (_client, vf) = function(0x11);
+    let (_client, vf) = function(0x11, Mode::Inline);
     vf.set_migration_state(MigrationState::StopCopy)
         .expect("stop-copy");
     let mut chunk = vec![0u8; 1 << 20];
@@ -137,34 +172,56 @@ fn main() {
     report("stop_copy_stream_1gib", stream, memcpy);
     drop((_client, vf));
 
-    let (mut client, _vf) = function(0x11);
+    for mode in [Mode::Memfd, Mode::Inline] {
+        let suffix = if mode == Mode::Memfd { "" } else { "_inline" };
+        let read = read_over_vfio_user(mode);
+        report(&format!("stop_copy_read{suffix}_1gib"), read, memcpy);
+        let (total, downtime) = migrate_over_vfio_user(mode);
+        report(&format!("stop_copy_migrate{suffix}_1gib"), total, memcpy);
+        println!(
+            "BENCH stop_copy_migrate{suffix}_1gib_downtime {:.1} ms",
+            downtime.as_secs_f64() * 1e3
+        );
+    }
+}
+
+/// Reads the whole stop-copy stream over vfio-user; GiB/s.
+fn read_over_vfio_user(mode: Mode) -> f64 {
+    let (mut client, _vf) = function(0x11, mode);
     client
         .set_mig_state(MigrationState::StopCopy)
         .expect("stop-copy");
+    let size = match mode {
+        Mode::Inline => 1 << 20,
+        Mode::Memfd => u32::try_from(LARGE_XFER).expect("64 MiB"),
+    };
     let start = Instant::now();
     let mut bytes = 0usize;
-    // One buffer for every reply, as a VMM keeps it.
+    // One buffer for every inline reply, as a VMM keeps it.
     let mut reply = Vec::new();
     loop {
-        let range = client
-            .mig_data_read_into(1 << 20, &mut reply)
+        let chunk = client
+            .mig_data_read_chunk(size, &mut reply)
             .expect("MIG_DATA_READ");
-        black_box(&reply[range.clone()]);
-        bytes += range.len();
-        if range.len() < 1 << 20 {
+        black_box(chunk.bytes(&reply));
+        bytes += chunk.len();
+        if chunk.len() < size as usize {
             break;
         }
     }
     let read = gib_per_s(start.elapsed());
     assert!(bytes > STATE, "the whole state and its framing");
-    report("stop_copy_read_1gib", read, memcpy);
     client
         .set_mig_state(MigrationState::Running)
         .expect("resume");
-    drop(client);
+    read
+}
 
-    let (mut source, _source_vf) = function(0x22);
-    let (mut destination, _destination_vf) = function(0x01);
+/// Migrates 1 GiB between two functions over vfio-user; GiB/s over the whole move, and the
+/// downtime.
+fn migrate_over_vfio_user(mode: Mode) -> (f64, Duration) {
+    let (mut source, _source_vf) = function(0x22, mode);
+    let (mut destination, _destination_vf) = function(0x01, mode);
     let options = Options {
         precopy: false,
         ..Options::default()
@@ -176,10 +233,5 @@ fn main() {
         &mut (),
     )
     .expect("migration");
-    let total = gib_per_s(moved.total);
-    report("stop_copy_migrate_1gib", total, memcpy);
-    println!(
-        "BENCH stop_copy_migrate_1gib_downtime {:.1} ms",
-        moved.downtime.as_secs_f64() * 1e3
-    );
+    (gib_per_s(moved.total), moved.downtime)
 }
