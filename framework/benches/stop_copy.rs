@@ -3,15 +3,15 @@
 //!
 //! - `stop_copy_stream_1gib`: the framed stream read in-process from the `VirtualFunction`
 //!   (what a Rust VMM linking the framework reads), 1 MiB reads;
-//! - `stop_copy_read_1gib`: the framed stream read over vfio-user (MIG_DATA_READ) by a VMM on
-//!   the same host, with `mig_data_memfd` and the largest reads the server allows (64 MiB):
-//!   each reply is a sealed memfd the client checks and maps read-only (populated: the
-//!   bytes are readable without page faults; they are not copied again);
+//! - `stop_copy_read_1gib`: the framed stream read over vfio-user (MIG_DATA_READ) by a VMM
+//!   that asks for nothing more than QEMU does: 1 MiB reads, inline bytes;
 //! - `stop_copy_migrate_1gib`: the whole move with the migration driver, into a second
-//!   function that checks the stream and loads the state, both over vfio-user with
-//!   `mig_data_memfd`: the source's memfds are passed on to the destination;
-//! - `stop_copy_read_inline_1gib`, `stop_copy_migrate_inline_1gib`: the same without
-//!   `mig_data_memfd`, with 1 MiB transfers, as a client that does not ask (QEMU) gets.
+//!   function that checks the stream and loads the state, both over vfio-user as above;
+//! - `..._large_1gib`: the same with the largest transfers the server allows (64 MiB), inline;
+//! - `..._memfd_1gib`: the same with 64 MiB transfers and `mig_data_memfd`: each read reply is
+//!   a fresh sealed memfd the client checks and maps read-only (populated: its bytes are
+//!   readable without page faults, and are not copied again), and the driver passes the
+//!   source's memfds on to the destination, which maps them and loads from them.
 //!
 //! Prints `BENCH name value unit ratio=.. vs=..`; ratios are throughput over memcpy's.
 
@@ -88,11 +88,32 @@ impl MigrationHooks for Bulk {
 /// Largest transfer offered and asked for with `mig_data_memfd` (QEMU's bound).
 const LARGE_XFER: u64 = 64 << 20;
 
-/// How the bench's client connects: as QEMU does, or asking for memfds and large transfers.
+/// How the bench's client connects: as QEMU does, asking for large transfers, or for large
+/// transfers in memfds.
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Inline,
+    Large,
     Memfd,
+}
+
+impl Mode {
+    /// The figures' infix.
+    fn infix(self) -> &'static str {
+        match self {
+            Self::Inline => "",
+            Self::Large => "_large",
+            Self::Memfd => "_memfd",
+        }
+    }
+
+    /// The transfer size asked for.
+    fn xfer(self) -> u64 {
+        match self {
+            Self::Inline => 1 << 20,
+            Self::Large | Self::Memfd => LARGE_XFER,
+        }
+    }
 }
 
 fn function(fill: u8, mode: Mode) -> (Client, Arc<VirtualFunction>) {
@@ -116,12 +137,12 @@ fn function(fill: u8, mode: Mode) -> (Client, Arc<VirtualFunction>) {
     std::thread::spawn(move || serve_connection(&port, &Arc::new(config), theirs));
     let options = match mode {
         Mode::Inline => ClientOptions::default(),
-        Mode::Memfd => ClientOptions {
+        Mode::Large | Mode::Memfd => ClientOptions {
             capabilities: Capabilities {
                 max_data_xfer_size: Some(LARGE_XFER),
                 ..Capabilities::qemu_proposal()
             },
-            mig_data_memfd: true,
+            mig_data_memfd: mode == Mode::Memfd,
             ..ClientOptions::default()
         },
     };
@@ -172,8 +193,8 @@ fn main() {
     report("stop_copy_stream_1gib", stream, memcpy);
     drop((_client, vf));
 
-    for mode in [Mode::Memfd, Mode::Inline] {
-        let suffix = if mode == Mode::Memfd { "" } else { "_inline" };
+    for mode in [Mode::Inline, Mode::Large, Mode::Memfd] {
+        let suffix = mode.infix();
         let read = read_over_vfio_user(mode);
         report(&format!("stop_copy_read{suffix}_1gib"), read, memcpy);
         let (total, downtime) = migrate_over_vfio_user(mode);
@@ -191,10 +212,7 @@ fn read_over_vfio_user(mode: Mode) -> f64 {
     client
         .set_mig_state(MigrationState::StopCopy)
         .expect("stop-copy");
-    let size = match mode {
-        Mode::Inline => 1 << 20,
-        Mode::Memfd => u32::try_from(LARGE_XFER).expect("64 MiB"),
-    };
+    let size = u32::try_from(mode.xfer()).expect("at most 64 MiB");
     let start = Instant::now();
     let mut bytes = 0usize;
     // One buffer for every inline reply, as a VMM keeps it.

@@ -349,3 +349,31 @@ fn a_connection_that_did_not_ask_refuses_memfds() {
     assert_eq!(target.function.migration_state(), MigrationState::Resuming);
     assert_eq!(open_fds(), before, "fds left open");
 }
+
+#[test]
+fn a_transport_that_cannot_pass_fds_never_agrees() {
+    let _serial = SERIAL.lock();
+    // The server's end of a TCP connection, served as if it were a Unix socket.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let template = Arc::new(compile(Arc::new(
+        parse_layout("bulk", LAYOUT).expect("layout"),
+    )));
+    let bulk = Bulk {
+        memory: Arc::new(Mutex::new(vec![0; 16])),
+        cursor: Mutex::new(0),
+        loaded: Arc::new(Mutex::new(0)),
+    };
+    let function = Arc::new(VirtualFunction::new(template, Box::new(bulk)).expect("function"));
+    let port = Port::new("bulk", function);
+    let server = UnixStream::from(OwnedFd::from(server));
+    std::thread::spawn(move || serve_connection(&port, &Arc::new(ServerConfig::default()), server));
+    let options = ClientOptions {
+        mig_data_memfd: true,
+        ..ClientOptions::default()
+    };
+    let client = Client::from_stream(UnixStream::from(OwnedFd::from(client)), options)
+        .expect("negotiation over TCP");
+    assert!(!client.negotiated().mig_data_memfd);
+}

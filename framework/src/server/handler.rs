@@ -215,7 +215,7 @@ impl<'a> Session<'a> {
     }
 
     /// What VERSION offers for this function: the `migration` capability only when the
-    /// function migrates.
+    /// function migrates; `mig_data_memfd` only on a connection that passes fds.
     fn offer(&self) -> ServerOffer {
         let migrates = self.port.function.migration_flags().is_some();
         ServerOffer {
@@ -224,6 +224,7 @@ impl<'a> Session<'a> {
                 .offer
                 .migration_max_bitmap_size
                 .filter(|_| migrates),
+            mig_data_memfd: self.config.offer.mig_data_memfd && self.outbox.passes_fds(),
             ..self.config.offer.clone()
         }
     }
