@@ -16,7 +16,7 @@ use vfio_variant::migration::{
 };
 use vfio_variant::migration_driver::{LocalDestination, Options, migrate};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
-use vfio_variant::vfio_user::memfd::MemfdWriter;
+use vfio_variant::vfio_user::memfd::sealed_memfd;
 use vfio_variant::vfio_user::mig_data::{MigDataMemfd, MigDataRead};
 use vfio_variant::vfio_user::socket::{read_message, write_message};
 use vfio_variant::vfio_user::{
@@ -153,7 +153,10 @@ fn a_migration_through_memfds_moves_the_state_byte_for_byte() {
     let chunk = source.client.mig_data_read_chunk(4096, &mut buf).unwrap();
     assert!(matches!(chunk, MigChunk::Sealed(_)), "{chunk:?}");
     drop(chunk);
-    source.client.set_mig_state(MigrationState::Running).unwrap();
+    source
+        .client
+        .set_mig_state(MigrationState::Running)
+        .unwrap();
 
     let before = open_fds();
     let options = Options {
@@ -170,21 +173,24 @@ fn a_migration_through_memfds_moves_the_state_byte_for_byte() {
     assert!(report.stop_copy_bytes > STATE as u64);
     assert_eq!(*destination.loaded.lock(), STATE);
     assert!(*destination.memory.lock() == pattern(7), "state differs");
-    assert_eq!(destination.function.migration_state(), MigrationState::Running);
+    assert_eq!(
+        destination.function.migration_state(),
+        MigrationState::Running
+    );
     assert_eq!(open_fds(), before, "fds left open");
 }
 
 /// Sends MIG_DATA_WRITE (or `command`) with `payload` and `fds` on the client's socket and
 /// returns the errno of the reply (0: success).
-fn raw(
-    client: &Client,
-    id: u16,
-    command: Command,
-    payload: &[u8],
-    fds: &[BorrowedFd<'_>],
-) -> i32 {
+fn raw(client: &Client, id: u16, command: Command, payload: &[u8], fds: &[BorrowedFd<'_>]) -> i32 {
     let stream = client.stream();
-    write_message(stream, &Header::request(id, command, payload.len()), payload, fds).unwrap();
+    write_message(
+        stream,
+        &Header::request(id, command, payload.len()),
+        payload,
+        fds,
+    )
+    .unwrap();
     let reply = read_message(stream, &Limits::default()).unwrap();
     assert_eq!(reply.header.msg_id, id);
     assert!(reply.fds.is_empty());
@@ -196,14 +202,12 @@ fn raw(
 }
 
 fn sealed(bytes: &[u8]) -> OwnedFd {
-    let mut writer = MemfdWriter::new(bytes.len()).unwrap();
-    writer.as_mut_slice().copy_from_slice(bytes);
-    writer.seal(bytes.len()).unwrap()
+    sealed_memfd(bytes).unwrap()
 }
 
 fn memfd(bytes: &[u8], seals: SealFlags) -> OwnedFd {
-    let fd = rustix::fs::memfd_create("test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-        .unwrap();
+    let fd =
+        rustix::fs::memfd_create("test", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
     rustix::io::write(&fd, bytes).unwrap();
     if !seals.is_empty() {
         rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
@@ -244,7 +248,10 @@ fn untrusted_fds_are_refused_and_the_connection_goes_on() {
         let all_seals = SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL;
         // An unsealed memfd, and ones missing one seal each.
         let unsealed = memfd(&first, SealFlags::empty());
-        assert_eq!(raw(c, 0x7000, write, &fixed(size), &[unsealed.as_fd()]), libc::EINVAL);
+        assert_eq!(
+            raw(c, 0x7000, write, &fixed(size), &[unsealed.as_fd()]),
+            libc::EINVAL
+        );
         for missing in [
             SealFlags::WRITE,
             SealFlags::SHRINK,
@@ -260,13 +267,25 @@ fn untrusted_fds_are_refused_and_the_connection_goes_on() {
         }
         // A regular file, and a socket.
         let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
-        assert_eq!(raw(c, 0x7002, write, &fixed(size), &[file.as_fd()]), libc::EINVAL);
+        assert_eq!(
+            raw(c, 0x7002, write, &fixed(size), &[file.as_fd()]),
+            libc::EINVAL
+        );
         let (socket, _peer) = UnixStream::pair().unwrap();
-        assert_eq!(raw(c, 0x7003, write, &fixed(size), &[socket.as_fd()]), libc::EINVAL);
+        assert_eq!(
+            raw(c, 0x7003, write, &fixed(size), &[socket.as_fd()]),
+            libc::EINVAL
+        );
         // A sealed memfd of another size than stated, and one above the bound.
         let good = sealed(&first);
-        assert_eq!(raw(c, 0x7004, write, &fixed(size + 1), &[good.as_fd()]), libc::EINVAL);
-        assert_eq!(raw(c, 0x7005, write, &fixed(size - 1), &[good.as_fd()]), libc::EINVAL);
+        assert_eq!(
+            raw(c, 0x7004, write, &fixed(size + 1), &[good.as_fd()]),
+            libc::EINVAL
+        );
+        assert_eq!(
+            raw(c, 0x7005, write, &fixed(size - 1), &[good.as_fd()]),
+            libc::EINVAL
+        );
         let big = sealed(&vec![0; XFER as usize + 1]);
         assert_eq!(
             raw(c, 0x7006, write, &fixed(XFER as u32 + 1), &[big.as_fd()]),
@@ -275,12 +294,21 @@ fn untrusted_fds_are_refused_and_the_connection_goes_on() {
         // Two fds; inline bytes beside the memfd.
         let other = sealed(&first);
         assert_eq!(
-            raw(c, 0x7007, write, &fixed(size), &[good.as_fd(), other.as_fd()]),
+            raw(
+                c,
+                0x7007,
+                write,
+                &fixed(size),
+                &[good.as_fd(), other.as_fd()]
+            ),
             libc::EINVAL
         );
         let mut inline = fixed(size);
         inline.extend_from_slice(&first);
-        assert_eq!(raw(c, 0x7008, write, &inline, &[good.as_fd()]), libc::EINVAL);
+        assert_eq!(
+            raw(c, 0x7008, write, &inline, &[good.as_fd()]),
+            libc::EINVAL
+        );
         // An fd where none is allowed: with MIG_DATA_READ.
         let read = MigDataRead::new(4096).to_bytes();
         assert_ne!(
@@ -322,7 +350,13 @@ fn a_connection_that_did_not_ask_refuses_memfds() {
     let good = sealed(&[1; 4096]);
     let read = MigDataRead::new(4096).to_bytes();
     assert_eq!(
-        raw(&target.client, 0x7100, Command::MigDataRead, &read, &[good.as_fd()]),
+        raw(
+            &target.client,
+            0x7100,
+            Command::MigDataRead,
+            &read,
+            &[good.as_fd()]
+        ),
         libc::EINVAL
     );
     let mut buf = Vec::new();

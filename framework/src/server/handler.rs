@@ -16,11 +16,11 @@ use crate::vfio_user::dma::{DmaMap, DmaMapFlags, DmaUnmap};
 use crate::vfio_user::feature::{
     FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP, words_as_bytes,
 };
+use crate::vfio_user::header::Command;
 use crate::vfio_user::irq::{
     IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_INDEX_REQ, IrqInfo, IrqInfoFlags,
     PCI_NUM_IRQS, SetIrqs,
 };
-use crate::vfio_user::header::Command;
 use crate::vfio_user::message::Request;
 use crate::vfio_user::region::{
     IoFdsReply, RegionCap, RegionFlags, RegionInfoReply, SparseMmapArea,
@@ -153,10 +153,7 @@ impl<'a> Session<'a> {
     /// agreed, refused otherwise (the fds are closed either way).
     fn mig_data_write_memfd(&self, message: Message, limits: &Limits) -> bool {
         let header = message.header;
-        let allowed = self
-            .negotiated
-            .as_ref()
-            .is_some_and(|n| n.mig_data_memfd);
+        let allowed = self.negotiated.as_ref().is_some_and(|n| n.mig_data_memfd);
         let done = migration::data_write_memfd(
             &self.port.function,
             allowed,
@@ -363,8 +360,10 @@ impl<'a> Session<'a> {
                     Err(errno) => Answer::Error(errno),
                 },
             },
-            Request::MigDataRead(read) if self.negotiated.as_ref().is_some_and(|n| n.mig_data_memfd) => {
-                match migration::data_read_memfd(&self.port.function, &read) {
+            Request::MigDataRead(read)
+                if self.negotiated.as_ref().is_some_and(|n| n.mig_data_memfd) =>
+            {
+                match migration::data_read_memfd(&self.port.migration, &self.port.function, &read) {
                     Ok((payload, fd)) => {
                         Answer::Reply(payload, fd.map(Arc::new).into_iter().collect())
                     }

@@ -18,7 +18,7 @@ use crate::vfio_user::feature::{
 };
 use std::os::fd::OwnedFd;
 
-use crate::vfio_user::memfd::{MemfdWriter, SealedData};
+use crate::vfio_user::memfd::{SealedData, sealed_memfd};
 use crate::vfio_user::mig_data::{MigDataMemfd, MigDataRead, MigDataReadReply, MigDataWrite};
 use crate::vfio_user::{Limits, Payload};
 
@@ -144,30 +144,33 @@ pub(super) fn data_read(
 
 /// MIG_DATA_READ with `mig_data_memfd`: the next bytes of the stream in a fresh sealed memfd
 /// (the reply's payload is the fixed part, the memfd its fd); no more bytes for now get an
-/// empty reply without an fd, as without memfds.
+/// empty reply without an fd, as without memfds. The bytes are saved into the buffer the
+/// inline replies use, which stays mapped from one read to the next, then written into the
+/// memfd.
 pub(super) fn data_read_memfd(
+    buffer: &ReplyBuffer,
     function: &VirtualFunction,
     request: &MigDataRead,
 ) -> Result<(Vec<u8>, Option<OwnedFd>), i32> {
     function.migration_flags().ok_or(libc::ENOTTY)?;
-    if request.size == 0 {
-        return Ok((MigDataReadReply::new(Vec::new()).to_bytes(), None));
-    }
-    let memfd = |e: crate::vfio_user::memfd::MemfdError| {
-        tracing::warn!("MIG_DATA_READ into a memfd: {e}");
-        e.errno()
-    };
-    let mut writer = MemfdWriter::new(request.size as usize).map_err(memfd)?;
-    let n = function
-        .migration_read(writer.as_mut_slice())
-        .map_err(|e| e.errno())?;
-    if n == 0 {
-        return Ok((MigDataReadReply::new(Vec::new()).to_bytes(), None));
-    }
-    // At most `request.size` bytes were read.
-    let size = u32::try_from(n).map_err(|_| libc::EIO)?;
-    let fd = writer.seal(n).map_err(memfd)?;
-    Ok((MigDataMemfd::new(size).to_bytes(), Some(fd)))
+    let mut saved = std::mem::take(&mut *buffer.spare.lock());
+    // Only the bytes past the previous length are zeroed (and faulted in) again.
+    saved.resize(request.size as usize, 0);
+    let read = function.migration_read(&mut saved).map_err(|e| e.errno());
+    let reply = read.and_then(|n| {
+        if n == 0 {
+            return Ok((MigDataReadReply::new(Vec::new()).to_bytes(), None));
+        }
+        // At most `request.size` bytes were read.
+        let size = u32::try_from(n).map_err(|_| libc::EIO)?;
+        let fd = sealed_memfd(&saved[..n]).map_err(|e| {
+            tracing::warn!("MIG_DATA_READ into a memfd: {e}");
+            e.errno()
+        })?;
+        Ok((MigDataMemfd::new(size).to_bytes(), Some(fd)))
+    });
+    buffer.recycle(function, saved);
+    reply
 }
 
 /// MIG_DATA_WRITE with a memfd: `payload` is the fixed part, `fds` what came with it. The fd

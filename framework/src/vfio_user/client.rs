@@ -42,7 +42,7 @@ use super::feature::{
 };
 use super::header::{Command, Header, HeaderFlags};
 use super::irq::{IrqInfo, SetIrqs, SetIrqsFlags};
-use super::memfd::{MemfdError, MemfdWriter, SealedData};
+use super::memfd::{MemfdError, SealedData, sealed_memfd};
 use super::mig_data::{MigDataMemfd, MigDataRead, MigDataReadReply, MigDataWrite};
 use super::region::{
     IoFdsReply, IoFdsRequest, REGION_INFO_SIZE, RegionInfoReply, RegionInfoRequest,
@@ -967,9 +967,7 @@ impl Client {
         let chunk = self.xfer_chunk();
         for part in data.chunks(chunk) {
             if self.negotiated.mig_data_memfd && part.len() >= MIN_MEMFD_WRITE {
-                let mut writer = MemfdWriter::new(part.len())?;
-                writer.as_mut_slice().copy_from_slice(part);
-                let fd = writer.seal(part.len())?;
+                let fd = sealed_memfd(part)?;
                 self.send_memfd(fd.as_fd(), part.len())?;
                 continue;
             }
@@ -998,9 +996,8 @@ impl Client {
     }
 
     fn send_memfd(&mut self, fd: BorrowedFd<'_>, len: usize) -> Result<(), ClientError> {
-        let size = u32::try_from(len).map_err(|_| {
-            ProtocolError::too_large("MIG_DATA_WRITE", len as u64, u32::MAX.into())
-        })?;
+        let size = u32::try_from(len)
+            .map_err(|_| ProtocolError::too_large("MIG_DATA_WRITE", len as u64, u32::MAX.into()))?;
         let fixed = MigDataMemfd::new(size).to_bytes();
         let id = self.send(Command::MigDataWrite, &fixed, &[fd], HeaderFlags::empty())?;
         self.wait(id, Command::MigDataWrite)?;

@@ -220,7 +220,10 @@ impl Payload for MigDataMemfd {
         let argsz = r.u32()?;
         let size = r.u32()?;
         if !r.rest().is_empty() {
-            return Err(ProtocolError::invalid(WHAT, "inline bytes beside the memfd"));
+            return Err(ProtocolError::invalid(
+                WHAT,
+                "inline bytes beside the memfd",
+            ));
         }
         if argsz < MIG_DATA_SIZE {
             return Err(ProtocolError::invalid(
@@ -336,7 +339,10 @@ mod tests {
         round_trip(&MigDataMemfd::new(16));
         assert_eq!(MigDataMemfd::new(3).to_bytes().len(), 8);
         let too_big = MigDataMemfd::new(17).to_bytes();
-        assert_eq!(MigDataMemfd::parse(&too_big, &limits).unwrap_err().errno(), 7);
+        assert_eq!(
+            MigDataMemfd::parse(&too_big, &limits).unwrap_err().errno(),
+            7
+        );
         let mut inline = MigDataMemfd::new(1).to_bytes();
         inline.push(0);
         assert!(MigDataMemfd::parse(&inline, &limits).is_err());

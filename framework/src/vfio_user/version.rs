@@ -852,7 +852,12 @@ mod tests {
         assert_eq!(reply.capabilities.mig_data_memfd, Some(false));
         assert!(!accept_reply(&asked, &reply).unwrap().mig_data_memfd);
         // No fds, no memfds.
-        assert!(!negotiate(&proposal(Some(true), 0), &offer).unwrap().1.mig_data_memfd);
+        assert!(
+            !negotiate(&proposal(Some(true), 0), &offer)
+                .unwrap()
+                .1
+                .mig_data_memfd
+        );
         // A client that does not ask (QEMU) sees nothing of it.
         let quiet = proposal(None, 16);
         let (reply, negotiated) = negotiate(&quiet, &offer).unwrap();
