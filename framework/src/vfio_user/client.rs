@@ -1749,4 +1749,76 @@ mod tests {
         let (r, _w) = io::pipe().unwrap();
         twin_reply_with(Some(r.into()));
     }
+
+    /// Replies to the MIG_DATA_READ calls with what the `replies` say, in turn: the fixed
+    /// part's stated size and the fds to send.
+    fn memfd_replies(
+        memfd: bool,
+        replies: Vec<(u32, Vec<OwnedFd>)>,
+    ) -> (Client, thread::JoinHandle<()>) {
+        let mut replies = replies.into_iter();
+        let (stream, server) = responder(ServerOffer::default(), move |s, msg| {
+            let (size, fds) = replies.next().expect("a reply for each call");
+            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+            let payload = MigDataMemfd::new(size).to_bytes();
+            write_reply(s, &msg.header, &payload, &borrowed).unwrap();
+        });
+        let options = ClientOptions {
+            mig_data_memfd: memfd,
+            ..ClientOptions::default()
+        };
+        let client = Client::from_stream(stream, options).unwrap();
+        assert_eq!(client.negotiated().mig_data_memfd, memfd);
+        (client, server)
+    }
+
+    #[test]
+    fn the_client_refuses_untrusted_memfds_and_goes_on() {
+        let sealed = || sealed_memfd(&[7u8; 100]).unwrap();
+        let unsealed = || {
+            let fd = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+            rustix::fs::ftruncate(&fd, 100).unwrap();
+            fd
+        };
+        let socket = || OwnedFd::from(UnixStream::pair().unwrap().0);
+        let (mut client, server) = memfd_replies(
+            true,
+            vec![
+                (100, vec![unsealed()]),
+                (100, vec![socket()]),
+                (99, vec![sealed()]),
+                // More than the 64 bytes asked below.
+                (100, vec![sealed()]),
+                (100, vec![sealed(), sealed()]),
+                (100, vec![sealed()]),
+            ],
+        );
+        let mut buf = Vec::new();
+        for case in 0..4 {
+            let asked = if case == 3 { 64 } else { 4096 };
+            let err = client.mig_data_read_chunk(asked, &mut buf).unwrap_err();
+            assert!(matches!(err, ClientError::Memfd(_)), "case {case}: {err:?}");
+        }
+        let err = client.mig_data_read_chunk(4096, &mut buf).unwrap_err();
+        assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+        // The connection goes on (a refused fd is closed as its `OwnedFd` drops).
+        match client.mig_data_read_chunk(4096, &mut buf).unwrap() {
+            MigChunk::Sealed(data) => assert_eq!(data.as_slice(), &[7u8; 100][..]),
+            other => panic!("{other:?}"),
+        }
+        drop(client);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_memfd_the_client_did_not_agree_to_is_refused() {
+        let (mut client, server) =
+            memfd_replies(false, vec![(100, vec![sealed_memfd(&[1; 100]).unwrap()])]);
+        let err = client
+            .mig_data_read_chunk(4096, &mut Vec::new())
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+        drop(client);
+        server.join().unwrap();
+    }
 }
