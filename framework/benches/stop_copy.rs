@@ -3,9 +3,15 @@
 //!
 //! - `stop_copy_stream_1gib`: the framed stream read in-process from the `VirtualFunction`
 //!   (what a Rust VMM linking the framework reads), 1 MiB reads;
-//! - `stop_copy_read_1gib`: the framed stream read over vfio-user (MIG_DATA_READ) by a VMM;
+//! - `stop_copy_read_1gib`: the framed stream read over vfio-user (MIG_DATA_READ) by a VMM
+//!   that asks for nothing more than QEMU does: 1 MiB reads, inline bytes;
 //! - `stop_copy_migrate_1gib`: the whole move with the migration driver, into a second
-//!   function that checks the stream and loads the state.
+//!   function that checks the stream and loads the state, both over vfio-user as above;
+//! - `..._large_1gib`: the same with the largest transfers the server allows (64 MiB), inline;
+//! - `..._memfd_1gib`: the same with 64 MiB transfers and `mig_data_memfd`: each read reply is
+//!   a fresh sealed memfd the client checks and maps read-only (populated: its bytes are
+//!   readable without page faults, and are not copied again), and the driver passes the
+//!   source's memfds on to the destination, which maps them and loads from them.
 //!
 //! Prints `BENCH name value unit ratio=.. vs=..`; ratios are throughput over memcpy's.
 
@@ -22,7 +28,7 @@ use vfio_variant::migration::{
 };
 use vfio_variant::migration_driver::{LocalDestination, Options, migrate};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
-use vfio_variant::vfio_user::{Client, ClientOptions};
+use vfio_variant::vfio_user::{Capabilities, Client, ClientOptions, ServerOffer};
 use vfio_variant::vpci::{compile::compile, parse_layout};
 
 const STATE: usize = 1 << 30;
@@ -79,7 +85,38 @@ impl MigrationHooks for Bulk {
     }
 }
 
-fn function(fill: u8) -> (Client, Arc<VirtualFunction>) {
+/// Largest transfer offered and asked for with `mig_data_memfd` (QEMU's bound).
+const LARGE_XFER: u64 = 64 << 20;
+
+/// How the bench's client connects: as QEMU does, asking for large transfers, or for large
+/// transfers in memfds.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Inline,
+    Large,
+    Memfd,
+}
+
+impl Mode {
+    /// The figures' infix.
+    fn infix(self) -> &'static str {
+        match self {
+            Self::Inline => "",
+            Self::Large => "_large",
+            Self::Memfd => "_memfd",
+        }
+    }
+
+    /// The transfer size asked for.
+    fn xfer(self) -> u64 {
+        match self {
+            Self::Inline => 1 << 20,
+            Self::Large | Self::Memfd => LARGE_XFER,
+        }
+    }
+}
+
+fn function(fill: u8, mode: Mode) -> (Client, Arc<VirtualFunction>) {
     let template = Arc::new(compile(Arc::new(
         parse_layout("bulk", LAYOUT).expect("bench layout"),
     )));
@@ -90,8 +127,27 @@ fn function(fill: u8) -> (Client, Arc<VirtualFunction>) {
     let vf = Arc::new(VirtualFunction::new(template, Box::new(bulk)).expect("bench function"));
     let port = Port::new("bulk", Arc::clone(&vf));
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    std::thread::spawn(move || serve_connection(&port, &Arc::new(ServerConfig::default()), theirs));
-    let client = Client::from_stream(ours, ClientOptions::default()).expect("negotiation");
+    let config = ServerConfig {
+        offer: ServerOffer {
+            max_data_xfer_size: LARGE_XFER,
+            ..ServerConfig::default().offer
+        },
+        ..ServerConfig::default()
+    };
+    std::thread::spawn(move || serve_connection(&port, &Arc::new(config), theirs));
+    let options = match mode {
+        Mode::Inline => ClientOptions::default(),
+        Mode::Large | Mode::Memfd => ClientOptions {
+            capabilities: Capabilities {
+                max_data_xfer_size: Some(LARGE_XFER),
+                ..Capabilities::qemu_proposal()
+            },
+            mig_data_memfd: mode == Mode::Memfd,
+            ..ClientOptions::default()
+        },
+    };
+    let client = Client::from_stream(ours, options).expect("negotiation");
+    assert_eq!(client.negotiated().mig_data_memfd, mode == Mode::Memfd);
     (client, vf)
 }
 
@@ -118,7 +174,7 @@ fn main() {
     println!("BENCH memcpy_1gib {memcpy:.2} GiB/s");
     drop((source, target));
 
-    let (_client, vf) = function(0x11);
+    let (_client, vf) = function(0x11, Mode::Inline);
     vf.set_migration_state(MigrationState::StopCopy)
         .expect("stop-copy");
     let mut chunk = vec![0u8; 1 << 20];
@@ -137,34 +193,53 @@ fn main() {
     report("stop_copy_stream_1gib", stream, memcpy);
     drop((_client, vf));
 
-    let (mut client, _vf) = function(0x11);
+    for mode in [Mode::Inline, Mode::Large, Mode::Memfd] {
+        let suffix = mode.infix();
+        let read = read_over_vfio_user(mode);
+        report(&format!("stop_copy_read{suffix}_1gib"), read, memcpy);
+        let (total, downtime) = migrate_over_vfio_user(mode);
+        report(&format!("stop_copy_migrate{suffix}_1gib"), total, memcpy);
+        println!(
+            "BENCH stop_copy_migrate{suffix}_1gib_downtime {:.1} ms",
+            downtime.as_secs_f64() * 1e3
+        );
+    }
+}
+
+/// Reads the whole stop-copy stream over vfio-user; GiB/s.
+fn read_over_vfio_user(mode: Mode) -> f64 {
+    let (mut client, _vf) = function(0x11, mode);
     client
         .set_mig_state(MigrationState::StopCopy)
         .expect("stop-copy");
+    let size = u32::try_from(mode.xfer()).expect("at most 64 MiB");
     let start = Instant::now();
     let mut bytes = 0usize;
-    // One buffer for every reply, as a VMM keeps it.
+    // One buffer for every inline reply, as a VMM keeps it.
     let mut reply = Vec::new();
     loop {
-        let range = client
-            .mig_data_read_into(1 << 20, &mut reply)
+        let chunk = client
+            .mig_data_read_chunk(size, &mut reply)
             .expect("MIG_DATA_READ");
-        black_box(&reply[range.clone()]);
-        bytes += range.len();
-        if range.len() < 1 << 20 {
+        black_box(chunk.bytes(&reply));
+        bytes += chunk.len();
+        if chunk.len() < size as usize {
             break;
         }
     }
     let read = gib_per_s(start.elapsed());
     assert!(bytes > STATE, "the whole state and its framing");
-    report("stop_copy_read_1gib", read, memcpy);
     client
         .set_mig_state(MigrationState::Running)
         .expect("resume");
-    drop(client);
+    read
+}
 
-    let (mut source, _source_vf) = function(0x22);
-    let (mut destination, _destination_vf) = function(0x01);
+/// Migrates 1 GiB between two functions over vfio-user; GiB/s over the whole move, and the
+/// downtime.
+fn migrate_over_vfio_user(mode: Mode) -> (f64, Duration) {
+    let (mut source, _source_vf) = function(0x22, mode);
+    let (mut destination, _destination_vf) = function(0x01, mode);
     let options = Options {
         precopy: false,
         ..Options::default()
@@ -176,10 +251,5 @@ fn main() {
         &mut (),
     )
     .expect("migration");
-    let total = gib_per_s(moved.total);
-    report("stop_copy_migrate_1gib", total, memcpy);
-    println!(
-        "BENCH stop_copy_migrate_1gib_downtime {:.1} ms",
-        moved.downtime.as_secs_f64() * 1e3
-    );
+    (gib_per_s(moved.total), moved.downtime)
 }

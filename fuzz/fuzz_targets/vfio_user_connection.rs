@@ -12,12 +12,19 @@
 //! the rest goes to the twin socket the reply brings, queued there at once (replies, commands
 //! or garbage, read by the server's twin reader while the main socket's commands run and its
 //! DMA requests go out on the twin socket), the remainder to the main socket as before.
+//! Bit 3 (with bit 0) has the VERSION propose `mig_data_memfd`; whatever the VERSION, bits 4
+//! and 5 then send one MIG_DATA_WRITE carrying an fd first, before the rest: a memfd sealed as
+//! the extension wants, one unsealed, or a socket, of the size and stated size the next two
+//! input bytes choose (in KiB), to be taken, refused as untrusted, or refused as not agreed.
 #![no_main]
 
 use std::io::Write;
 use std::net::Shutdown;
 use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+
+use rustix::fs::MemfdFlags;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -33,8 +40,10 @@ use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::access::RegionWrite;
 use vfio_variant::vfio_user::version::TwinSocket;
 use vfio_variant::vfio_user::version::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
+use vfio_variant::vfio_user::memfd::sealed_memfd;
+use vfio_variant::vfio_user::mig_data::MigDataMemfd;
 use vfio_variant::vfio_user::{
-    Capabilities, Command, Header, Limits, Payload, Version, read_message,
+    Capabilities, Command, Header, Limits, Payload, Version, read_message, write_message,
 };
 use vfio_variant::vpci::{compile::compile, parse_layout};
 
@@ -327,11 +336,13 @@ fn prefix(mode: u8) -> Vec<u8> {
             supported: true,
             fd_index: None,
         });
+        let mig_data_memfd = (mode & 8 != 0).then_some(true);
         let version = Version {
             major: PROTOCOL_MAJOR,
             minor: PROTOCOL_MINOR,
             capabilities: Capabilities {
                 twin_socket,
+                mig_data_memfd,
                 ..Capabilities::qemu_proposal()
             },
         }
@@ -374,7 +385,12 @@ fuzz_target!(|data: &[u8]| {
 
     // Everything the client sends is queued before the server runs: a full buffer drops the
     // rest instead of blocking.
-    queue(&client, &[&prefix(mode)[..], rest].concat());
+    queue(&client, &prefix(mode));
+    let rest = match (mode >> 4) & 3 {
+        0 => rest,
+        kind => send_fd(&client, kind, rest),
+    };
+    queue(&client, rest);
     client.shutdown(Shutdown::Write).expect("shutdown");
 
     let config = config();
@@ -396,6 +412,31 @@ fuzz_target!(|data: &[u8]| {
         draining.join().expect("the twin socket's drain");
     }
 });
+
+/// Sends a MIG_DATA_WRITE with an fd of `kind` (1: a sealed memfd, 2: an unsealed memfd,
+/// 3: a socket) whose size and stated size come from the first two bytes of `rest` (in KiB,
+/// so that the stated size may pass the transfer bound); returns the rest after them.
+fn send_fd<'a>(client: &UnixStream, kind: u8, rest: &'a [u8]) -> &'a [u8] {
+    let (sizes, rest) = rest.split_at(rest.len().min(2));
+    let len = usize::from(sizes.first().copied().unwrap_or(1)) << 10;
+    let stated = u32::from(sizes.get(1).copied().unwrap_or(1)) << 10;
+    let fd: OwnedFd = match kind {
+        1 => match sealed_memfd(&vec![0xa5; len]) {
+            Ok(fd) => fd,
+            Err(_) => return rest,
+        },
+        2 => {
+            let fd = rustix::fs::memfd_create("fuzz", MemfdFlags::CLOEXEC).expect("memfd");
+            rustix::fs::ftruncate(&fd, len as u64).expect("ftruncate");
+            fd
+        }
+        _ => UnixStream::pair().expect("socketpair").0.into(),
+    };
+    let fixed = MigDataMemfd::new(stated).to_bytes();
+    let header = Header::request(0x7fff, Command::MigDataWrite, fixed.len());
+    let _ = write_message(client, &header, &fixed, &[fd.as_fd()]);
+    rest
+}
 
 /// Writes what fits of `bytes` into `socket`'s buffer without blocking.
 fn queue(socket: &UnixStream, bytes: &[u8]) {

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use super::link::{LINK_VERSION, LinkError, Message};
 use super::{CallError, MigratableDevice, MigrateError};
 use crate::migration::MigrationState;
+use crate::vfio_user::memfd::SealedData;
 
 /// Where the source side sends the stream.
 pub trait Destination {
@@ -12,6 +13,11 @@ pub trait Destination {
     fn begin(&mut self) -> Result<(), MigrateError>;
     /// The next bytes of the stream.
     fn send(&mut self, data: &[u8]) -> Result<(), MigrateError>;
+    /// The next bytes of the stream, in a sealed memfd the source sent. A destination on this
+    /// host may pass the memfd on; one across a link sends the bytes (the default).
+    fn send_sealed(&mut self, data: &SealedData) -> Result<(), MigrateError> {
+        self.send(data.as_slice())
+    }
     /// Returns once everything sent so far is loaded, or with the destination's refusal.
     fn sync(&mut self) -> Result<(), MigrateError>;
     /// The stream is complete: the destination checks it and runs.
@@ -45,6 +51,10 @@ impl<D: MigratableDevice + ?Sized> Destination for LocalDestination<'_, D> {
 
     fn send(&mut self, data: &[u8]) -> Result<(), MigrateError> {
         self.device.write(data).map_err(refused)
+    }
+
+    fn send_sealed(&mut self, data: &SealedData) -> Result<(), MigrateError> {
+        self.device.write_sealed(data).map_err(refused)
     }
 
     fn sync(&mut self) -> Result<(), MigrateError> {

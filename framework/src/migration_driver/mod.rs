@@ -32,7 +32,9 @@ use std::sync::Arc;
 
 use crate::device::{MigrationFailure, VirtualFunction};
 use crate::migration::{MigrationFlags, MigrationState};
-use crate::vfio_user::client::{Client, ClientError};
+use crate::vfio_user::client::{Client, ClientError, MigChunk};
+use crate::vfio_user::memfd::SealedData;
+use crate::vfio_user::version::QEMU_MAX_DATA_XFER_SIZE;
 
 /// A migration that did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +93,19 @@ pub trait MigratableDevice {
         *buf = self.read(max)?;
         Ok(0..buf.len())
     }
+    /// Reads as [`MigratableDevice::read_into`] does; a device that can hand its bytes over
+    /// in a sealed memfd (a vfio-user server on this host, `mig_data_memfd`) does so, and the
+    /// driver passes the memfd on to a destination that takes one.
+    fn read_chunk(&mut self, max: u32, buf: &mut Vec<u8>) -> Result<MigChunk, CallError> {
+        self.read_into(max, buf).map(MigChunk::Inline)
+    }
     /// Gives the device the next bytes of the state being loaded.
     fn write(&mut self, data: &[u8]) -> Result<(), CallError>;
+    /// Gives the device the bytes of a sealed memfd, passing the memfd itself on where the
+    /// device takes one.
+    fn write_sealed(&mut self, data: &SealedData) -> Result<(), CallError> {
+        self.write(data.as_slice())
+    }
     /// Largest read or write the device takes at once.
     fn chunk_size(&self) -> u32;
     /// Puts a destination device back as it was after a refused or abandoned load (a device
@@ -147,16 +160,32 @@ impl MigratableDevice for Client {
             .map_err(client_error("MIG_DATA_READ"))
     }
 
+    fn read_chunk(&mut self, max: u32, buf: &mut Vec<u8>) -> Result<MigChunk, CallError> {
+        self.mig_data_read_chunk(max, buf)
+            .map_err(client_error("MIG_DATA_READ"))
+    }
+
     fn write(&mut self, data: &[u8]) -> Result<(), CallError> {
         self.mig_data_write(data)
             .map_err(client_error("MIG_DATA_WRITE"))
             .map_err(|e| with_reason(self, e))
     }
 
+    fn write_sealed(&mut self, data: &SealedData) -> Result<(), CallError> {
+        self.mig_data_write_sealed(data)
+            .map_err(client_error("MIG_DATA_WRITE"))
+            .map_err(|e| with_reason(self, e))
+    }
+
     fn chunk_size(&self) -> u32 {
-        // Leave room for the message header and MIG_DATA's own fields.
-        let max = self.negotiated().max_data_xfer_size.saturating_sub(64);
-        u32::try_from(max.clamp(4096, 1 << 20)).unwrap_or(1 << 20)
+        // The largest read the server allows (bounded as QEMU bounds it), leaving room for
+        // the message header and MIG_DATA's own fields.
+        let max = self
+            .negotiated()
+            .max_data_xfer_size
+            .min(QEMU_MAX_DATA_XFER_SIZE)
+            .saturating_sub(64);
+        u32::try_from(max.max(4096)).unwrap_or(1 << 20)
     }
 
     fn recover(&mut self) -> Result<(), CallError> {

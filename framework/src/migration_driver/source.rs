@@ -1,12 +1,12 @@
 //! The source side: pre-copy rounds until they converge, stop-copy, and the downtime.
 
-use std::ops::Range;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::destination::Destination;
 use super::{MigratableDevice, MigrateError};
 use crate::migration::{MigrationFlags, MigrationState};
+use crate::vfio_user::client::MigChunk;
 
 /// How to run a migration.
 #[derive(Debug, Clone)]
@@ -100,13 +100,14 @@ const PIPELINE_BUFFERS: usize = 2;
 /// Reads what the source has now (all of it in stop-copy) and sends it on: the next chunk is
 /// read from the source (on a thread of its own) while the last one is sent to the
 /// destination, through [`PIPELINE_BUFFERS`] buffers that go round (no fresh pages per
-/// chunk). A failure on either side stops both; the source's failure is reported first.
+/// chunk), or as sealed memfds passed from source to destination when both are vfio-user
+/// servers on this host that agreed to `mig_data_memfd`. A failure on either side stops both; the source's failure is reported first.
 fn drain(
     source: &mut (impl MigratableDevice + Send + ?Sized),
     destination: &mut dyn Destination,
 ) -> Result<u64, MigrateError> {
     let chunk = source.chunk_size();
-    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, Range<usize>)>(PIPELINE_BUFFERS);
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, MigChunk)>(PIPELINE_BUFFERS);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
     for _ in 0..PIPELINE_BUFFERS {
         empty_tx.send(Vec::new()).expect("the receiver is here");
@@ -115,11 +116,11 @@ fn drain(
         let reader = scope.spawn(move || -> Result<(), MigrateError> {
             // Ends when the sending side stops taking chunks (it failed).
             while let Ok(mut buf) = empty_rx.recv() {
-                let range = source
-                    .read_into(chunk, &mut buf)
+                let chunk_read = source
+                    .read_chunk(chunk, &mut buf)
                     .map_err(MigrateError::Source)?;
-                let last = range.len() < chunk as usize;
-                if full_tx.send((buf, range)).is_err() || last {
+                let last = chunk_read.len() < chunk as usize;
+                if full_tx.send((buf, chunk_read)).is_err() || last {
                     break;
                 }
             }
@@ -128,11 +129,16 @@ fn drain(
         let mut moved = 0u64;
         let mut sent = Ok(());
         // Ends when the reader is done (the last chunk, or a failure).
-        for (buf, range) in full_rx.iter() {
-            moved += range.len() as u64;
-            if !range.is_empty()
-                && let Err(e) = destination.send(&buf[range])
-            {
+        for (buf, chunk_read) in full_rx.iter() {
+            moved += chunk_read.len() as u64;
+            let result = match &chunk_read {
+                MigChunk::Inline(range) if range.is_empty() => Ok(()),
+                MigChunk::Inline(range) => destination.send(&buf[range.clone()]),
+                // A sealed memfd from the source goes on as it is where the destination
+                // takes one: its bytes are not copied here.
+                MigChunk::Sealed(data) => destination.send_sealed(data),
+            };
+            if let Err(e) = result {
                 sent = Err(e);
                 break;
             }

@@ -68,6 +68,13 @@ impl Outbox {
         widen_send_buffer(&self.stream, limits);
     }
 
+    /// Whether the connection can carry fds: only a Unix socket passes them (SCM_RIGHTS),
+    /// whatever type the stream was wrapped in.
+    pub fn passes_fds(&self) -> bool {
+        rustix::net::sockopt::socket_domain(&self.stream)
+            .is_ok_and(|domain| domain == rustix::net::AddressFamily::UNIX)
+    }
+
     /// The write side of `stream`.
     pub fn new(stream: UnixStream) -> Self {
         Self {

@@ -16,6 +16,7 @@ use crate::vfio_user::dma::{DmaMap, DmaMapFlags, DmaUnmap};
 use crate::vfio_user::feature::{
     FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP, words_as_bytes,
 };
+use crate::vfio_user::header::Command;
 use crate::vfio_user::irq::{
     IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_INDEX_REQ, IrqInfo, IrqInfoFlags,
     PCI_NUM_IRQS, SetIrqs,
@@ -86,6 +87,9 @@ impl<'a> Session<'a> {
     pub fn handle(&mut self, mut message: Message, spent: &mut Vec<u8>) -> bool {
         let header = message.header;
         let limits = self.limits.read().clone();
+        if header.command == Command::MigDataWrite.raw() && !message.fds.is_empty() {
+            return self.mig_data_write_memfd(message, &limits);
+        }
         let request = match message.take_request(&limits) {
             Ok(r) => r,
             Err(e) => {
@@ -145,6 +149,26 @@ impl<'a> Session<'a> {
         sent.is_ok() && keep
     }
 
+    /// MIG_DATA_WRITE carrying fds: its bytes in a sealed memfd when `mig_data_memfd` was
+    /// agreed, refused otherwise (the fds are closed either way).
+    fn mig_data_write_memfd(&self, message: Message, limits: &Limits) -> bool {
+        let header = message.header;
+        let allowed = self.negotiated.as_ref().is_some_and(|n| n.mig_data_memfd);
+        let done = migration::data_write_memfd(
+            &self.port.function,
+            allowed,
+            &message.payload,
+            message.fds,
+            limits,
+        );
+        let sent = match done {
+            Ok(()) if header.no_reply() => Ok(()),
+            Ok(()) => self.outbox.send(&header.reply(0), &[], &[]),
+            Err(errno) => self.outbox.error(&header, errno),
+        };
+        sent.is_ok()
+    }
+
     /// VERSION: negotiates and, in twin-socket mode, sends the client's end of a fresh
     /// socket pair with the reply (fd 0) and keeps the server's end for the connection.
     /// When no pair can be made the reply says the mode is off.
@@ -188,7 +212,7 @@ impl<'a> Session<'a> {
     }
 
     /// What VERSION offers for this function: the `migration` capability only when the
-    /// function migrates.
+    /// function migrates; `mig_data_memfd` only on a connection that passes fds.
     fn offer(&self) -> ServerOffer {
         let migrates = self.port.function.migration_flags().is_some();
         ServerOffer {
@@ -197,6 +221,7 @@ impl<'a> Session<'a> {
                 .offer
                 .migration_max_bitmap_size
                 .filter(|_| migrates),
+            mig_data_memfd: self.config.offer.mig_data_memfd && self.outbox.passes_fds(),
             ..self.config.offer.clone()
         }
     }
@@ -335,6 +360,16 @@ impl<'a> Session<'a> {
                     Err(errno) => Answer::Error(errno),
                 },
             },
+            Request::MigDataRead(read)
+                if self.negotiated.as_ref().is_some_and(|n| n.mig_data_memfd) =>
+            {
+                match migration::data_read_memfd(&self.port.migration, &self.port.function, &read) {
+                    Ok((payload, fd)) => {
+                        Answer::Reply(payload, fd.map(Arc::new).into_iter().collect())
+                    }
+                    Err(errno) => Answer::Error(errno),
+                }
+            }
             Request::MigDataRead(read) => {
                 match migration::data_read(&self.port.migration, &self.port.function, &read) {
                     Ok(payload) => Answer::MigData(payload),

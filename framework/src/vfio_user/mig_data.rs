@@ -191,6 +191,56 @@ impl MigDataWrite {
     }
 }
 
+/// The fixed part of a MIG_DATA_READ reply or MIG_DATA_WRITE request whose bytes travel in
+/// a sealed memfd (`mig_data_memfd`, [`super::memfd`]): `argsz` and `size` only, the memfd
+/// holding `size` bytes as the message's one fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigDataMemfd {
+    /// Size of the payload (8).
+    pub argsz: u32,
+    /// Bytes in the memfd.
+    pub size: u32,
+}
+
+impl MigDataMemfd {
+    /// The fixed part for a memfd of `size` bytes.
+    pub fn new(size: u32) -> Self {
+        Self {
+            argsz: MIG_DATA_SIZE,
+            size,
+        }
+    }
+}
+
+impl Payload for MigDataMemfd {
+    /// Refuses inline bytes after the fixed part and a `size` above `max_data_xfer_size`.
+    fn parse(payload: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
+        const WHAT: &str = "MIG_DATA with a memfd";
+        let mut r = Reader::new(WHAT, payload);
+        let argsz = r.u32()?;
+        let size = r.u32()?;
+        if !r.rest().is_empty() {
+            return Err(ProtocolError::invalid(
+                WHAT,
+                "inline bytes beside the memfd",
+            ));
+        }
+        if argsz < MIG_DATA_SIZE {
+            return Err(ProtocolError::invalid(
+                WHAT,
+                format!("argsz {argsz} is below {MIG_DATA_SIZE}"),
+            ));
+        }
+        check_size(WHAT, size, limits)?;
+        Ok(Self { argsz, size })
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.argsz);
+        put_u32(out, self.size);
+    }
+}
+
 impl Payload for MigDataWrite {
     fn parse(payload: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
         let (argsz, data) = parse_with_data("MIG_DATA_WRITE", payload, limits)?;
@@ -278,6 +328,26 @@ mod tests {
                 MigDataWrite::parse(&bad, &limits).unwrap_err().errno()
             );
         }
+    }
+
+    #[test]
+    fn memfd_fixed_part() {
+        let limits = Limits {
+            max_data_xfer_size: 16,
+            ..Limits::default()
+        };
+        round_trip(&MigDataMemfd::new(16));
+        assert_eq!(MigDataMemfd::new(3).to_bytes().len(), 8);
+        let too_big = MigDataMemfd::new(17).to_bytes();
+        assert_eq!(
+            MigDataMemfd::parse(&too_big, &limits).unwrap_err().errno(),
+            7
+        );
+        let mut inline = MigDataMemfd::new(1).to_bytes();
+        inline.push(0);
+        assert!(MigDataMemfd::parse(&inline, &limits).is_err());
+        let small_argsz = MigDataMemfd { argsz: 4, size: 1 }.to_bytes();
+        assert!(MigDataMemfd::parse(&small_argsz, &limits).is_err());
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   [`access`] (REGION_READ/WRITE, WRITE_MULTI), [`irq`], [`feature`] (DEVICE_FEATURE and the
 //!   migration / DMA logging payloads, and this project's PRECOPY_INFO extension:
 //!   [`feature::FEATURE_PRECOPY_INFO`] `0xf001`, GET only, `{initial_bytes u64, dirty_bytes
-//!   u64}`, valid in PRE_COPY and PRE_COPY_P2P only), [`mig_data`].
+//!   u64}`, valid in PRE_COPY and PRE_COPY_P2P only), [`mig_data`] (with [`memfd`]: the
+//!   project's `mig_data_memfd` extension, migration data in sealed memfds).
 //! - [`message`]: [`Request`] and [`Reply`], dispatching on the command number; [`rules`]:
 //!   what VFIO asks of a request's fields beyond their layout (argsz minimums, reserved
 //!   fields, fds per command).
@@ -27,6 +28,7 @@ pub mod error;
 pub mod feature;
 pub mod header;
 pub mod irq;
+pub mod memfd;
 pub mod message;
 pub mod mig_data;
 pub mod region;
@@ -36,7 +38,7 @@ mod twin;
 pub mod version;
 mod wire;
 
-pub use client::{Client, ClientError, ClientOptions, DmaHandler};
+pub use client::{Client, ClientError, ClientOptions, DmaHandler, MigChunk};
 pub use error::ProtocolError;
 pub use header::{Command, HEADER_SIZE, Header, HeaderFlags};
 pub use message::{Reply, Request};

@@ -57,6 +57,10 @@ pub struct Capabilities {
     /// Migration parameters (sent by QEMU and libvfio-user, not in the spec's table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationCapability>,
+    /// A project extension: MIG_DATA_READ replies and MIG_DATA_WRITE requests may carry their
+    /// bytes in a sealed memfd instead of inline (same host only; [`super::memfd`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_data_memfd: Option<bool>,
 }
 
 /// The `twin_socket` capability.
@@ -96,6 +100,7 @@ impl Capabilities {
                 pgsize: Some(DEFAULT_PGSIZES),
                 max_bitmap_size: Some(DEFAULT_MAX_BITMAP_SIZE),
             }),
+            mig_data_memfd: None,
         }
     }
 
@@ -225,6 +230,9 @@ pub struct ServerOffer {
     /// Largest dirty bitmap (DMA_LOGGING_REPORT) the server sends; `None` keeps `migration`
     /// out of the reply. The device server offers it only for functions that migrate.
     pub migration_max_bitmap_size: Option<u64>,
+    /// Whether MIG_DATA_READ/WRITE may carry their bytes in sealed memfds (the project's
+    /// `mig_data_memfd`); only a transport that passes fds (a Unix socket) offers it.
+    pub mig_data_memfd: bool,
 }
 
 impl Default for ServerOffer {
@@ -238,6 +246,7 @@ impl Default for ServerOffer {
             twin_socket: false,
             write_multiple: true,
             migration_max_bitmap_size: Some(DEFAULT_MAX_BITMAP_SIZE),
+            mig_data_memfd: true,
         }
     }
 }
@@ -263,6 +272,8 @@ pub struct Negotiated {
     pub write_multiple: bool,
     /// Migration parameters, when both sides have them.
     pub migration: Option<MigrationCapability>,
+    /// MIG_DATA_READ/WRITE may carry their bytes in sealed memfds.
+    pub mig_data_memfd: bool,
 }
 
 impl Negotiated {
@@ -282,6 +293,8 @@ impl Negotiated {
 /// (clamped to what QEMU accepts); `pgsizes` is the intersection. A capability the client did
 /// not name is left out of the reply unless its value differs from the protocol default.
 /// Boolean capabilities and `migration` appear only if the client proposed them.
+/// `mig_data_memfd` (the project's extension) is on when the client proposed `true`, the
+/// server offers it and the client takes at least one fd.
 /// Twin-socket mode is on when the client proposed `twin_socket.supported`, the server offers
 /// it and the client takes at least one fd; the reply then names fd 0 (`fd_index` of a
 /// proposal means nothing and is ignored).
@@ -321,6 +334,10 @@ pub fn negotiate(
     let twin_socket =
         client.twin_socket.is_some_and(|t| t.supported) && offer.twin_socket && max_msg_fds > 0;
     let write_multiple = client.write_multiple.map(|w| w && offer.write_multiple);
+    // A memfd travels as an fd: a client that takes no fds cannot have one.
+    let mig_data_memfd = client
+        .mig_data_memfd
+        .map(|m| m && offer.mig_data_memfd && max_msg_fds > 0);
     let migration = match (client.migration, offer.migration_max_bitmap_size) {
         (Some(m), Some(server_max)) => {
             let pgsize = m.pgsize.unwrap_or(DEFAULT_PGSIZES);
@@ -354,6 +371,7 @@ pub fn negotiate(
         }),
         write_multiple,
         migration,
+        mig_data_memfd,
     };
     let reply = Version {
         major: PROTOCOL_MAJOR,
@@ -369,6 +387,7 @@ pub fn negotiate(
         pgsizes,
         twin_socket,
         write_multiple: write_multiple.unwrap_or(false),
+        mig_data_memfd: mig_data_memfd.unwrap_or(false),
         migration,
     };
     Ok((reply, negotiated))
@@ -435,6 +454,12 @@ pub fn accept_reply(proposal: &Version, reply: &Version) -> Result<Negotiated, P
     if theirs.write_multiple.is_some() && ours.write_multiple.is_none() {
         return Err(ProtocolError::invalid(WHAT, "write_multiple not proposed"));
     }
+    if theirs.mig_data_memfd.is_some() && ours.mig_data_memfd.is_none() {
+        return Err(ProtocolError::invalid(WHAT, "mig_data_memfd not proposed"));
+    }
+    let max_msg_fds = theirs.max_msg_fds().min(ours.max_msg_fds());
+    let mig_data_memfd =
+        theirs.mig_data_memfd == Some(true) && ours.mig_data_memfd == Some(true) && max_msg_fds > 0;
     let migration = match (ours.migration, theirs.migration) {
         (Some(_), Some(m)) => Some(m),
         (None, Some(_)) => {
@@ -445,13 +470,14 @@ pub fn accept_reply(proposal: &Version, reply: &Version) -> Result<Negotiated, P
     Ok(Negotiated {
         major: reply.major,
         minor: reply.minor,
-        max_msg_fds: theirs.max_msg_fds().min(ours.max_msg_fds()),
+        max_msg_fds,
         max_data_xfer_size,
         max_dma_maps: theirs.max_dma_maps().min(ours.max_dma_maps()),
         pgsizes,
         twin_socket,
         write_multiple,
         migration,
+        mig_data_memfd,
     })
 }
 
@@ -795,5 +821,57 @@ mod tests {
             fd_index: Some(0),
         });
         assert!(accept_reply(&proposal, &r).is_err());
+    }
+
+    #[test]
+    fn mig_data_memfd_needs_both_sides_and_fds() {
+        let proposal = |memfd: Option<bool>, fds: u64| Version {
+            capabilities: Capabilities {
+                mig_data_memfd: memfd,
+                max_msg_fds: Some(fds),
+                ..Capabilities::qemu_proposal()
+            },
+            ..Version::default()
+        };
+        let offer = ServerOffer::default();
+        let refusing = ServerOffer {
+            mig_data_memfd: false,
+            ..ServerOffer::default()
+        };
+        let asked = proposal(Some(true), 16);
+        let (reply, negotiated) = negotiate(&asked, &offer).unwrap();
+        assert!(negotiated.mig_data_memfd);
+        assert_eq!(reply.capabilities.mig_data_memfd, Some(true));
+        assert!(accept_reply(&asked, &reply).unwrap().mig_data_memfd);
+        // The JSON name on the wire.
+        let json = String::from_utf8(reply.to_bytes()[4..].to_vec()).unwrap();
+        assert!(json.contains(r#""mig_data_memfd":true"#), "{json}");
+        // The server refuses: the reply says false and neither side uses memfds.
+        let (reply, negotiated) = negotiate(&asked, &refusing).unwrap();
+        assert!(!negotiated.mig_data_memfd);
+        assert_eq!(reply.capabilities.mig_data_memfd, Some(false));
+        assert!(!accept_reply(&asked, &reply).unwrap().mig_data_memfd);
+        // No fds, no memfds.
+        assert!(
+            !negotiate(&proposal(Some(true), 0), &offer)
+                .unwrap()
+                .1
+                .mig_data_memfd
+        );
+        // A client that does not ask (QEMU) sees nothing of it.
+        let quiet = proposal(None, 16);
+        let (reply, negotiated) = negotiate(&quiet, &offer).unwrap();
+        assert!(!negotiated.mig_data_memfd);
+        assert_eq!(reply.capabilities.mig_data_memfd, None);
+        // The client refuses a reply that grants what it did not ask, and may refuse itself.
+        let mut granted = reply.clone();
+        granted.capabilities.mig_data_memfd = Some(true);
+        assert!(accept_reply(&quiet, &granted).is_err());
+        let declined = proposal(Some(false), 16);
+        let (reply, negotiated) = negotiate(&declined, &offer).unwrap();
+        assert!(!negotiated.mig_data_memfd);
+        let mut forced = reply.clone();
+        forced.capabilities.mig_data_memfd = Some(true);
+        assert!(!accept_reply(&declined, &forced).unwrap().mig_data_memfd);
     }
 }
