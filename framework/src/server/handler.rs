@@ -14,7 +14,8 @@ use crate::vfio_user::access::{RegionReadReply, RegionWriteReply, WriteMultiRepl
 use crate::vfio_user::device::{DEVICE_INFO_SIZE, DeviceFlags, DeviceInfo};
 use crate::vfio_user::dma::{DmaMap, DmaMapFlags, DmaUnmap};
 use crate::vfio_user::feature::{
-    FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP, words_as_bytes,
+    DeviceFeature, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START,
+    FEATURE_DMA_LOGGING_STOP, FEATURE_MIG_DATA_BUFFER, FeatureOps, words_as_bytes,
 };
 use crate::vfio_user::header::Command;
 use crate::vfio_user::irq::{
@@ -22,10 +23,12 @@ use crate::vfio_user::irq::{
     PCI_NUM_IRQS, SetIrqs,
 };
 use crate::vfio_user::message::Request;
+use crate::vfio_user::mig_data::MigDataShared;
 use crate::vfio_user::region::{
     IoFdsReply, RegionCap, RegionFlags, RegionInfoReply, SparseMmapArea,
 };
 use crate::vfio_user::rules;
+use crate::vfio_user::shared_buf::SharedBuffer;
 use crate::vfio_user::socket::Message;
 use crate::vfio_user::{Limits, Negotiated, Payload, ServerOffer, Version, negotiate};
 
@@ -57,6 +60,9 @@ pub(crate) struct Session<'a> {
     negotiated: Option<Negotiated>,
     /// The server's end of the twin socket VERSION set up, until the connection takes it.
     twin: Option<UnixStream>,
+    /// The shared migration data buffer the client registered (`mig_data_shared`), mapped
+    /// until the connection ends.
+    mig_buffer: Option<SharedBuffer>,
 }
 
 impl<'a> Session<'a> {
@@ -73,6 +79,7 @@ impl<'a> Session<'a> {
             limits,
             negotiated: None,
             twin: None,
+            mig_buffer: None,
         }
     }
 
@@ -89,6 +96,14 @@ impl<'a> Session<'a> {
         let limits = self.limits.read().clone();
         if header.command == Command::MigDataWrite.raw() && !message.fds.is_empty() {
             return self.mig_data_write_memfd(message, &limits);
+        }
+        if header.command == Command::DeviceFeature.raw() && !message.fds.is_empty() {
+            return self.register_buffer(message, &limits);
+        }
+        let mig_data = header.command == Command::MigDataRead.raw()
+            || header.command == Command::MigDataWrite.raw();
+        if mig_data && self.mig_buffer.is_some() {
+            return self.mig_data_shared(message, &limits, spent);
         }
         let request = match message.take_request(&limits) {
             Ok(r) => r,
@@ -169,6 +184,76 @@ impl<'a> Session<'a> {
         sent.is_ok()
     }
 
+    /// DEVICE_FEATURE carrying fds: the registration of the shared migration data buffer
+    /// (FEATURE_MIG_DATA_BUFFER SET) when `mig_data_shared` was agreed and none is registered
+    /// yet, refused otherwise (the fds are closed).
+    fn register_buffer(&mut self, mut message: Message, limits: &Limits) -> bool {
+        let header = message.header;
+        let allowed = self.negotiated.as_ref().is_some_and(|n| n.mig_data_shared);
+        let done = DeviceFeature::parse(&message.payload, limits)
+            .map_err(|e| e.errno())
+            .and_then(|request| {
+                if request.feature != FEATURE_MIG_DATA_BUFFER
+                    || request.ops != FeatureOps::SET
+                    || !request.data.is_empty()
+                    || !allowed
+                    || message.fds.len() != 1
+                {
+                    return Err(libc::EINVAL);
+                }
+                self.port.function.migration_flags().ok_or(libc::ENOTTY)?;
+                if self.mig_buffer.is_some() {
+                    return Err(libc::EBUSY);
+                }
+                let fd = message.fds.pop().ok_or(libc::EINVAL)?;
+                let max = limits.max_data_xfer_size.saturating_mul(2);
+                let buffer = SharedBuffer::check(fd, max)
+                    .inspect_err(|e| tracing::debug!("migration data buffer refused: {e}"))
+                    .map_err(|e| e.errno())?;
+                self.mig_buffer = Some(buffer);
+                Ok(request.reply_with(Vec::new()).to_bytes())
+            });
+        let sent = match done {
+            Ok(_) if header.no_reply() => Ok(()),
+            Ok(payload) => self
+                .outbox
+                .send(&header.reply(payload.len()), &payload, &[]),
+            Err(errno) => self.outbox.error(&header, errno),
+        };
+        sent.is_ok()
+    }
+
+    /// MIG_DATA_READ or MIG_DATA_WRITE on a connection with a shared buffer: the request
+    /// names bytes in it ([`MigDataShared`]) and carries no fds.
+    fn mig_data_shared(&self, message: Message, limits: &Limits, spent: &mut Vec<u8>) -> bool {
+        let header = message.header;
+        let Some(shared) = self.mig_buffer.as_ref() else {
+            return self.outbox.error(&header, libc::EINVAL).is_ok();
+        };
+        let request = match MigDataShared::parse(&message.payload, limits) {
+            Ok(r) if message.fds.is_empty() => r,
+            Ok(_) => return self.outbox.error(&header, libc::EINVAL).is_ok(),
+            Err(e) => {
+                tracing::debug!("refused command: {e}");
+                return self.outbox.error(&header, e.errno()).is_ok();
+            }
+        };
+        let function = &self.port.function;
+        let done = if header.command == Command::MigDataRead.raw() {
+            migration::data_read_shared(&self.port.migration, function, shared, &request)
+        } else {
+            migration::data_write_shared(function, shared, &request, spent).map(|()| Vec::new())
+        };
+        let sent = match done {
+            Ok(_) if header.no_reply() => Ok(()),
+            Ok(payload) => self
+                .outbox
+                .send(&header.reply(payload.len()), &payload, &[]),
+            Err(errno) => self.outbox.error(&header, errno),
+        };
+        sent.is_ok()
+    }
+
     /// VERSION: negotiates and, in twin-socket mode, sends the client's end of a fresh
     /// socket pair with the reply (fd 0) and keeps the server's end for the connection.
     /// When no pair can be made the reply says the mode is off.
@@ -212,7 +297,8 @@ impl<'a> Session<'a> {
     }
 
     /// What VERSION offers for this function: the `migration` capability only when the
-    /// function migrates; `mig_data_memfd` only on a connection that passes fds.
+    /// function migrates; `mig_data_memfd` and `mig_data_shared` only on a connection that
+    /// passes fds.
     fn offer(&self) -> ServerOffer {
         let migrates = self.port.function.migration_flags().is_some();
         ServerOffer {
@@ -222,6 +308,7 @@ impl<'a> Session<'a> {
                 .migration_max_bitmap_size
                 .filter(|_| migrates),
             mig_data_memfd: self.config.offer.mig_data_memfd && self.outbox.passes_fds(),
+            mig_data_shared: self.config.offer.mig_data_shared && self.outbox.passes_fds(),
             ..self.config.offer.clone()
         }
     }

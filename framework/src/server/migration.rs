@@ -19,7 +19,10 @@ use crate::vfio_user::feature::{
 use std::os::fd::OwnedFd;
 
 use crate::vfio_user::memfd::{SealedData, sealed_memfd};
-use crate::vfio_user::mig_data::{MigDataMemfd, MigDataRead, MigDataReadReply, MigDataWrite};
+use crate::vfio_user::mig_data::{
+    MigDataMemfd, MigDataRead, MigDataReadReply, MigDataShared, MigDataWrite,
+};
+use crate::vfio_user::shared_buf::SharedBuffer;
 use crate::vfio_user::{Limits, Payload};
 
 /// The payload buffer of the last MIG_DATA_READ reply, sent and handed back
@@ -197,6 +200,58 @@ pub(super) fn data_write_memfd(
     function
         .migration_write(data.as_slice())
         .map_err(|e| e.errno())
+}
+
+/// MIG_DATA_READ into the shared buffer: the next bytes of the stream, saved into the buffer
+/// the inline replies use (memory the client cannot write) and copied to `request.offset`
+/// in `shared`; the reply payload states how many.
+pub(super) fn data_read_shared(
+    buffer: &ReplyBuffer,
+    function: &VirtualFunction,
+    shared: &SharedBuffer,
+    request: &MigDataShared,
+) -> Result<Vec<u8>, i32> {
+    function.migration_flags().ok_or(libc::ENOTTY)?;
+    // Checked before the device gives up a byte: a refused read loses nothing.
+    shared
+        .range(request.offset, request.size.into())
+        .map_err(|e| e.errno())?;
+    let mut saved = std::mem::take(&mut *buffer.spare.lock());
+    // Only the bytes past the previous length are zeroed (and faulted in) again.
+    saved.resize(request.size as usize, 0);
+    let reply = function
+        .migration_read(&mut saved)
+        .map_err(|e| e.errno())
+        .and_then(|n| {
+            shared
+                .copy_in(request.offset, &saved[..n])
+                .map_err(|e| e.errno())?;
+            // At most `request.size` bytes were read.
+            let size = u32::try_from(n).map_err(|_| libc::EIO)?;
+            Ok(MigDataMemfd::new(size).to_bytes())
+        });
+    buffer.recycle(function, saved);
+    reply
+}
+
+/// MIG_DATA_WRITE from the shared buffer: the bytes at `request.offset` are copied into
+/// `scratch` (the server's own memory: the client may still be writing the buffer) before
+/// the device sees them.
+pub(super) fn data_write_shared(
+    function: &VirtualFunction,
+    shared: &SharedBuffer,
+    request: &MigDataShared,
+    scratch: &mut Vec<u8>,
+) -> Result<(), i32> {
+    function.migration_flags().ok_or(libc::ENOTTY)?;
+    shared
+        .range(request.offset, request.size.into())
+        .map_err(|e| e.errno())?;
+    scratch.resize(request.size as usize, 0);
+    shared
+        .copy_out(request.offset, scratch)
+        .map_err(|e| e.errno())?;
+    function.migration_write(scratch).map_err(|e| e.errno())
 }
 
 /// MIG_DATA_WRITE: the next bytes of the stream while resuming.

@@ -37,13 +37,14 @@ use super::feature::{
     DEVICE_FEATURE_SIZE, DeviceFeature, DmaLoggingControl, DmaLoggingRange, DmaLoggingReport,
     DmaLoggingReportReply, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START,
     FEATURE_DMA_LOGGING_STOP, FEATURE_MIG_DATA_SIZE, FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION,
-    FEATURE_MIGRATION_ERROR, FEATURE_PRECOPY_INFO, FeatureOps, MAX_MIGRATION_ERROR, MigDataSize,
+    FEATURE_MIG_DATA_BUFFER, FEATURE_MIGRATION_ERROR, FEATURE_PRECOPY_INFO, FeatureOps, MAX_MIGRATION_ERROR, MigDataSize,
     MigDeviceState, MigrationFeature,
 };
 use super::header::{Command, Header, HeaderFlags};
 use super::irq::{IrqInfo, SetIrqs, SetIrqsFlags};
 use super::memfd::{MemfdError, SealedData, sealed_memfd};
-use super::mig_data::{MigDataMemfd, MigDataRead, MigDataReadReply, MigDataWrite};
+use super::mig_data::{MigDataMemfd, MigDataRead, MigDataReadReply, MigDataShared, MigDataWrite};
+use super::shared_buf::{SharedBuffer, SharedBufferError};
 use super::region::{
     IoFdsReply, IoFdsRequest, REGION_INFO_SIZE, RegionInfoReply, RegionInfoRequest,
 };
@@ -52,6 +53,7 @@ use super::socket::{
     write_message, write_message_parts, write_reply,
 };
 use super::twin::TwinServer;
+use super::wire::len_u32;
 use super::version::{
     Capabilities, Negotiated, PROTOCOL_MAJOR, PROTOCOL_MINOR, TwinSocket, Version, accept_reply,
 };
@@ -89,6 +91,10 @@ pub struct ClientOptions {
     /// rather than inline, for a server on the same host. Off by default (QEMU does not ask);
     /// [`Negotiated::mig_data_memfd`] says whether the server agreed.
     pub mig_data_memfd: bool,
+    /// Asks for `mig_data_shared` (a project extension): migration data through one buffer
+    /// registered with [`Client::register_mig_buffer`], for a server on the same host. Off
+    /// by default; [`Negotiated::mig_data_shared`] says whether the server agreed.
+    pub mig_data_shared: bool,
 }
 
 impl Default for ClientOptions {
@@ -100,6 +106,7 @@ impl Default for ClientOptions {
             dma_layout: DmaLayout::Spec,
             twin_socket: false,
             mig_data_memfd: false,
+            mig_data_shared: false,
         }
     }
 }
@@ -169,6 +176,9 @@ pub enum ClientError {
     /// A memfd of migration data could not be made, or the server's was refused.
     #[error("migration data memfd: {0}")]
     Memfd(#[from] MemfdError),
+    /// The shared migration data buffer refused an offset.
+    #[error("shared migration data buffer: {0}")]
+    SharedBuffer(#[source] SharedBufferError),
 }
 
 impl ClientError {
@@ -179,6 +189,7 @@ impl ClientError {
             Self::Closed | Self::Broken => Errno::CONNRESET.raw_os_error(),
             Self::Twin(_) => Errno::PROTO.raw_os_error(),
             Self::Memfd(e) => e.errno(),
+            Self::SharedBuffer(e) => e.errno(),
             Self::Protocol(e) => e.errno(),
             Self::Remote { errno, .. } => *errno,
         }
@@ -233,6 +244,8 @@ pub struct Client {
     broken: bool,
     /// Server requests read while waiting for a reply, answered once it came (when set).
     deferred: Option<VecDeque<Message>>,
+    /// The shared migration data buffer registered with the server, if any.
+    mig_buffer: Option<Arc<SharedBuffer>>,
 }
 
 /// Server requests a deferring client holds while it waits for one reply.
@@ -273,6 +286,7 @@ impl Client {
             fd_index: None,
         });
         capabilities.mig_data_memfd = options.mig_data_memfd.then_some(true);
+        capabilities.mig_data_shared = options.mig_data_shared.then_some(true);
         let limits = Limits {
             max_msg_fds: usize::try_from(capabilities.max_msg_fds()).unwrap_or(usize::MAX),
             ..options.limits
@@ -342,6 +356,7 @@ impl Client {
             twin,
             broken: false,
             deferred: None,
+            mig_buffer: None,
         })
     }
 
@@ -935,6 +950,12 @@ impl Client {
             )
             .into());
         }
+        if let Some(shared) = self.mig_buffer.clone() {
+            let n = self.mig_data_read_shared(0, size.min(len_u32(shared.len())))?;
+            buf.resize(n as usize, 0);
+            shared.copy_out(0, buf).map_err(ClientError::SharedBuffer)?;
+            return Ok(MigChunk::Inline(0..buf.len()));
+        }
         let request = MigDataRead::new(size).to_bytes();
         let id = self.send(Command::MigDataRead, &request, &[], HeaderFlags::empty())?;
         let mut msg = self.wait_into(id, Command::MigDataRead, std::mem::take(buf))?;
@@ -964,6 +985,13 @@ impl Client {
     /// MIG_DATA_WRITE of `data`, split at the negotiated transfer size. With
     /// `mig_data_memfd`, pieces of at least [`MIN_MEMFD_WRITE`] bytes go in sealed memfds.
     pub fn mig_data_write(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        if let Some(shared) = self.mig_buffer.clone() {
+            for part in data.chunks(self.xfer_chunk().min(shared.len())) {
+                shared.copy_in(0, part).map_err(ClientError::SharedBuffer)?;
+                self.mig_data_write_shared(0, len_u32(part.len()))?;
+            }
+            return Ok(());
+        }
         let chunk = self.xfer_chunk();
         for part in data.chunks(chunk) {
             if self.negotiated.mig_data_memfd && part.len() >= MIN_MEMFD_WRITE {
@@ -1000,6 +1028,48 @@ impl Client {
             .map_err(|_| ProtocolError::too_large("MIG_DATA_WRITE", len as u64, u32::MAX.into()))?;
         let fixed = MigDataMemfd::new(size).to_bytes();
         let id = self.send(Command::MigDataWrite, &fixed, &[fd], HeaderFlags::empty())?;
+        self.wait(id, Command::MigDataWrite)?;
+        Ok(())
+    }
+
+    /// Registers `buffer` as this connection's shared migration data buffer
+    /// (`mig_data_shared`, FEATURE_MIG_DATA_BUFFER): from then on MIG_DATA_READ and
+    /// MIG_DATA_WRITE name bytes in it, and [`Client::mig_data_read`] and
+    /// [`Client::mig_data_write`] move their bytes through its start. The same buffer may be
+    /// registered with several servers (a source and a destination), whose reads and writes
+    /// then meet in it with no copy in between.
+    pub fn register_mig_buffer(&mut self, buffer: Arc<SharedBuffer>) -> Result<(), ClientError> {
+        let request = DeviceFeature::set(FEATURE_MIG_DATA_BUFFER, Vec::new()).to_bytes();
+        let id = self.send(
+            Command::DeviceFeature,
+            &request,
+            &[buffer.fd()],
+            HeaderFlags::empty(),
+        )?;
+        self.wait(id, Command::DeviceFeature)?;
+        self.mig_buffer = Some(buffer);
+        Ok(())
+    }
+
+    /// MIG_DATA_READ into the registered buffer: up to `size` bytes of the stream at
+    /// `offset`; returns how many the server wrote there (fewer: the end, for now).
+    pub fn mig_data_read_shared(&mut self, offset: u64, size: u32) -> Result<u32, ClientError> {
+        let request = MigDataShared::new(offset, size).to_bytes();
+        let id = self.send(Command::MigDataRead, &request, &[], HeaderFlags::empty())?;
+        let msg = self.wait(id, Command::MigDataRead)?;
+        let reply = MigDataMemfd::parse(&msg.payload, &self.limits)?;
+        if reply.size > size {
+            return Err(
+                ProtocolError::invalid("MIG_DATA_READ reply", "more data than asked").into(),
+            );
+        }
+        Ok(reply.size)
+    }
+
+    /// MIG_DATA_WRITE of the `size` bytes at `offset` in the registered buffer.
+    pub fn mig_data_write_shared(&mut self, offset: u64, size: u32) -> Result<(), ClientError> {
+        let request = MigDataShared::new(offset, size).to_bytes();
+        let id = self.send(Command::MigDataWrite, &request, &[], HeaderFlags::empty())?;
         self.wait(id, Command::MigDataWrite)?;
         Ok(())
     }

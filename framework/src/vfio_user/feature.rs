@@ -30,6 +30,18 @@
 //!   MIG_DATA_READ or MIG_DATA_WRITE, as UTF-8 text, cut to what `argsz` leaves room for
 //!   (at most [`MAX_MIGRATION_ERROR`] bytes); empty when nothing was refused since the last
 //!   reset; ENOTTY from a function that does not migrate.
+//!
+//! # Project extension: MIG_DATA_BUFFER
+//!
+//! With `mig_data_shared` agreed in VERSION, [`FEATURE_MIG_DATA_BUFFER`] (`0xf003`) registers
+//! the connection's shared migration data buffer ([`super::shared_buf`]):
+//!
+//! - SET only, no data, the buffer's memfd as the message's one fd; once per connection
+//!   (a second one: EBUSY); EINVAL when `mig_data_shared` was not agreed or the fd is not a
+//!   memfd sealed against resizing, E2BIG when its size is outside one page to twice
+//!   `max_data_xfer_size`; ENOTTY from a function that does not migrate.
+//! - From then on MIG_DATA_READ and MIG_DATA_WRITE requests name bytes in the buffer
+//!   ([`super::mig_data::MigDataShared`]).
 
 use bitflags::bitflags;
 
@@ -59,6 +71,10 @@ pub const FEATURE_PRECOPY_INFO: u16 = 0xf001;
 /// Project extension (not in Linux): the reason of the last refused migration step, as text;
 /// see the module documentation.
 pub const FEATURE_MIGRATION_ERROR: u16 = 0xf002;
+
+/// Project extension (not in Linux): registers the shared migration data buffer; see the
+/// module documentation.
+pub const FEATURE_MIG_DATA_BUFFER: u16 = 0xf003;
 /// Longest MIGRATION_ERROR text.
 pub const MAX_MIGRATION_ERROR: u32 = 4096;
 

@@ -3,7 +3,7 @@
 //! Sizes are bounded by `max_data_xfer_size` like the other data transfers.
 
 use super::error::ProtocolError;
-use super::wire::{Reader, len_u32, put_u32};
+use super::wire::{Reader, len_u32, put_u32, put_u64};
 use super::{Limits, Payload};
 
 /// Size of the fixed part of MIG_DATA_READ/WRITE (`argsz`, `size`).
@@ -191,6 +191,65 @@ impl MigDataWrite {
     }
 }
 
+/// Size of a MIG_DATA_READ or MIG_DATA_WRITE request naming bytes in the shared buffer
+/// (`argsz`, `size`, `offset`).
+pub const MIG_DATA_SHARED_SIZE: u32 = 16;
+
+/// A MIG_DATA_READ or MIG_DATA_WRITE request on a connection that registered a shared buffer
+/// (`mig_data_shared`, [`super::shared_buf`]): `size` bytes at `offset` in the buffer, which
+/// a read fills (its reply is [`MigDataMemfd`]'s fixed part alone, `size` the bytes written
+/// there) and a write takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigDataShared {
+    /// Size of the payload (16).
+    pub argsz: u32,
+    /// Bytes wanted (read) or given (write).
+    pub size: u32,
+    /// Where they are in the shared buffer.
+    pub offset: u64,
+}
+
+impl MigDataShared {
+    /// A request naming `size` bytes at `offset`.
+    pub fn new(offset: u64, size: u32) -> Self {
+        Self {
+            argsz: MIG_DATA_SHARED_SIZE,
+            size,
+            offset,
+        }
+    }
+}
+
+impl Payload for MigDataShared {
+    /// Refuses any other length than 16 and a `size` above `max_data_xfer_size` (whether the
+    /// bytes lie within the buffer is the buffer's check).
+    fn parse(payload: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
+        const WHAT: &str = "MIG_DATA in the shared buffer";
+        let mut r = Reader::new(WHAT, payload);
+        let argsz = r.u32()?;
+        let size = r.u32()?;
+        let offset = r.u64()?;
+        if !r.rest().is_empty() {
+            return Err(ProtocolError::invalid(
+                WHAT,
+                "inline bytes beside the shared buffer",
+            ));
+        }
+        check_size(WHAT, size, limits)?;
+        Ok(Self {
+            argsz,
+            size,
+            offset,
+        })
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.argsz);
+        put_u32(out, self.size);
+        put_u64(out, self.offset);
+    }
+}
+
 /// The fixed part of a MIG_DATA_READ reply or MIG_DATA_WRITE request whose bytes travel in
 /// a sealed memfd (`mig_data_memfd`, [`super::memfd`]): `argsz` and `size` only, the memfd
 /// holding `size` bytes as the message's one fd.
@@ -348,6 +407,23 @@ mod tests {
         assert!(MigDataMemfd::parse(&inline, &limits).is_err());
         let small_argsz = MigDataMemfd { argsz: 4, size: 1 }.to_bytes();
         assert!(MigDataMemfd::parse(&small_argsz, &limits).is_err());
+    }
+
+    #[test]
+    fn shared_requests() {
+        let limits = Limits {
+            max_data_xfer_size: 16,
+            ..Limits::default()
+        };
+        let request = MigDataShared::new(1 << 40, 16);
+        assert_eq!(request.to_bytes().len(), 16);
+        assert_eq!(MigDataShared::parse(&request.to_bytes(), &limits).unwrap(), request);
+        let too_big = MigDataShared::new(0, 17).to_bytes();
+        assert_eq!(MigDataShared::parse(&too_big, &limits).unwrap_err().errno(), 7);
+        let mut inline = request.to_bytes();
+        inline.push(0);
+        assert!(MigDataShared::parse(&inline, &limits).is_err());
+        assert!(MigDataShared::parse(&request.to_bytes()[..12], &limits).is_err());
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod message;
 pub mod mig_data;
 pub mod region;
 pub mod rules;
+pub mod shared_buf;
 pub mod socket;
 mod twin;
 pub mod version;

@@ -61,6 +61,11 @@ pub struct Capabilities {
     /// bytes in a sealed memfd instead of inline (same host only; [`super::memfd`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mig_data_memfd: Option<bool>,
+    /// A project extension: the client may register one shared buffer, and MIG_DATA_READ
+    /// and MIG_DATA_WRITE then name bytes in it instead of carrying them (same host only;
+    /// [`super::shared_buf`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_data_shared: Option<bool>,
 }
 
 /// The `twin_socket` capability.
@@ -101,6 +106,7 @@ impl Capabilities {
                 max_bitmap_size: Some(DEFAULT_MAX_BITMAP_SIZE),
             }),
             mig_data_memfd: None,
+            mig_data_shared: None,
         }
     }
 
@@ -233,6 +239,9 @@ pub struct ServerOffer {
     /// Whether MIG_DATA_READ/WRITE may carry their bytes in sealed memfds (the project's
     /// `mig_data_memfd`); only a transport that passes fds (a Unix socket) offers it.
     pub mig_data_memfd: bool,
+    /// Whether a client may register a shared migration data buffer (the project's
+    /// `mig_data_shared`); only a transport that passes fds (a Unix socket) offers it.
+    pub mig_data_shared: bool,
 }
 
 impl Default for ServerOffer {
@@ -247,6 +256,7 @@ impl Default for ServerOffer {
             write_multiple: true,
             migration_max_bitmap_size: Some(DEFAULT_MAX_BITMAP_SIZE),
             mig_data_memfd: true,
+            mig_data_shared: true,
         }
     }
 }
@@ -274,6 +284,8 @@ pub struct Negotiated {
     pub migration: Option<MigrationCapability>,
     /// MIG_DATA_READ/WRITE may carry their bytes in sealed memfds.
     pub mig_data_memfd: bool,
+    /// The client may register a shared migration data buffer.
+    pub mig_data_shared: bool,
 }
 
 impl Negotiated {
@@ -294,7 +306,7 @@ impl Negotiated {
 /// not name is left out of the reply unless its value differs from the protocol default.
 /// Boolean capabilities and `migration` appear only if the client proposed them.
 /// `mig_data_memfd` (the project's extension) is on when the client proposed `true`, the
-/// server offers it and the client takes at least one fd.
+/// server offers it and the client takes at least one fd; so is `mig_data_shared`.
 /// Twin-socket mode is on when the client proposed `twin_socket.supported`, the server offers
 /// it and the client takes at least one fd; the reply then names fd 0 (`fd_index` of a
 /// proposal means nothing and is ignored).
@@ -338,6 +350,10 @@ pub fn negotiate(
     let mig_data_memfd = client
         .mig_data_memfd
         .map(|m| m && offer.mig_data_memfd && max_msg_fds > 0);
+    // So does the shared buffer.
+    let mig_data_shared = client
+        .mig_data_shared
+        .map(|m| m && offer.mig_data_shared && max_msg_fds > 0);
     let migration = match (client.migration, offer.migration_max_bitmap_size) {
         (Some(m), Some(server_max)) => {
             let pgsize = m.pgsize.unwrap_or(DEFAULT_PGSIZES);
@@ -372,6 +388,7 @@ pub fn negotiate(
         write_multiple,
         migration,
         mig_data_memfd,
+        mig_data_shared,
     };
     let reply = Version {
         major: PROTOCOL_MAJOR,
@@ -388,6 +405,7 @@ pub fn negotiate(
         twin_socket,
         write_multiple: write_multiple.unwrap_or(false),
         mig_data_memfd: mig_data_memfd.unwrap_or(false),
+        mig_data_shared: mig_data_shared.unwrap_or(false),
         migration,
     };
     Ok((reply, negotiated))
@@ -457,7 +475,13 @@ pub fn accept_reply(proposal: &Version, reply: &Version) -> Result<Negotiated, P
     if theirs.mig_data_memfd.is_some() && ours.mig_data_memfd.is_none() {
         return Err(ProtocolError::invalid(WHAT, "mig_data_memfd not proposed"));
     }
+    if theirs.mig_data_shared.is_some() && ours.mig_data_shared.is_none() {
+        return Err(ProtocolError::invalid(WHAT, "mig_data_shared not proposed"));
+    }
     let max_msg_fds = theirs.max_msg_fds().min(ours.max_msg_fds());
+    let mig_data_shared = theirs.mig_data_shared == Some(true)
+        && ours.mig_data_shared == Some(true)
+        && max_msg_fds > 0;
     let mig_data_memfd =
         theirs.mig_data_memfd == Some(true) && ours.mig_data_memfd == Some(true) && max_msg_fds > 0;
     let migration = match (ours.migration, theirs.migration) {
@@ -478,6 +502,7 @@ pub fn accept_reply(proposal: &Version, reply: &Version) -> Result<Negotiated, P
         write_multiple,
         migration,
         mig_data_memfd,
+        mig_data_shared,
     })
 }
 
@@ -873,5 +898,39 @@ mod tests {
         let mut forced = reply.clone();
         forced.capabilities.mig_data_memfd = Some(true);
         assert!(!accept_reply(&declined, &forced).unwrap().mig_data_memfd);
+    }
+
+    #[test]
+    fn mig_data_shared_needs_both_sides_and_fds() {
+        let proposal = |shared: Option<bool>, fds: u64| Version {
+            capabilities: Capabilities {
+                mig_data_shared: shared,
+                max_msg_fds: Some(fds),
+                ..Capabilities::qemu_proposal()
+            },
+            ..Version::default()
+        };
+        let offer = ServerOffer::default();
+        let asked = proposal(Some(true), 16);
+        let (reply, negotiated) = negotiate(&asked, &offer).unwrap();
+        assert!(negotiated.mig_data_shared);
+        assert!(accept_reply(&asked, &reply).unwrap().mig_data_shared);
+        let json = String::from_utf8(reply.to_bytes()[4..].to_vec()).unwrap();
+        assert!(json.contains(r#""mig_data_shared":true"#), "{json}");
+        let refusing = ServerOffer {
+            mig_data_shared: false,
+            ..ServerOffer::default()
+        };
+        let (reply, negotiated) = negotiate(&asked, &refusing).unwrap();
+        assert!(!negotiated.mig_data_shared);
+        assert!(!accept_reply(&asked, &reply).unwrap().mig_data_shared);
+        let no_fds = negotiate(&proposal(Some(true), 0), &offer).unwrap().1;
+        assert!(!no_fds.mig_data_shared);
+        let quiet = proposal(None, 16);
+        let (mut reply, negotiated) = negotiate(&quiet, &offer).unwrap();
+        assert!(!negotiated.mig_data_shared);
+        assert_eq!(reply.capabilities.mig_data_shared, None);
+        reply.capabilities.mig_data_shared = Some(true);
+        assert!(accept_reply(&quiet, &reply).is_err());
     }
 }

@@ -1,0 +1,285 @@
+//! The migration data buffer of `mig_data_shared` (a project extension, docs/migration.md):
+//! one memfd a client registers once per connection, that both sides map shared and
+//! read-write, and that MIG_DATA_READ replies and MIG_DATA_WRITE requests then name by
+//! offset and size instead of carrying the bytes.
+//!
+//! The client makes it ([`SharedBuffer::create`]) and seals it against shrinking, growing and
+//! further sealing, but not against writing: both sides write it. The server trusts nothing
+//! about the fd ([`SharedBuffer::check`]): it must be a memfd carrying those seals, of a
+//! size within bounds; only then is it mapped.
+//!
+//! Why the seals make the mapping safe: if the peer could shrink the file, touching the
+//! mapping past the new end would raise SIGBUS and kill the server. The peer can still write
+//! the bytes at any time, so the bytes are only ever copied in or out
+//! ([`SharedBuffer::copy_out`], [`SharedBuffer::copy_in`]) and checked in the copy, never in
+//! place.
+
+use std::ops::Range;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{FileType, MemfdFlags, SealFlags};
+
+/// The seals a shared buffer must carry before it is mapped.
+pub const SHARED_SEALS: SealFlags = SealFlags::SHRINK
+    .union(SealFlags::GROW)
+    .union(SealFlags::SEAL);
+
+/// Smallest shared buffer taken: one page.
+pub const MIN_SHARED_BUFFER: u64 = 4096;
+
+/// Why a shared buffer was not made, or was refused, or an offset in it was.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedBufferError {
+    /// Creating, sizing, sealing or mapping failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The step that failed.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The fd is not a regular file (a socket, a pipe, a device...).
+    #[error("the fd is not a memfd (file type {0:?})")]
+    NotAFile(FileType),
+    /// The fd is a file that cannot be sealed (not a memfd).
+    #[error("the fd is not a memfd (no seals: {0})")]
+    NotSealable(std::io::Error),
+    /// The memfd lacks some of [`SHARED_SEALS`].
+    #[error("the memfd is not sealed against resizing (seals {0:?})")]
+    Unsealed(SealFlags),
+    /// The buffer's size is outside [[`MIN_SHARED_BUFFER`], `max`].
+    #[error("a buffer of {size} bytes is outside {min}..={max}")]
+    Size {
+        /// The buffer's size.
+        size: u64,
+        /// The smallest taken.
+        min: u64,
+        /// The largest taken.
+        max: u64,
+    },
+    /// An offset and size that do not lie within the buffer.
+    #[error("{size} bytes at offset {offset} do not lie within a buffer of {len} bytes")]
+    OutOfRange {
+        /// The offset named.
+        offset: u64,
+        /// The size named.
+        size: u64,
+        /// The buffer's size.
+        len: usize,
+    },
+}
+
+impl SharedBufferError {
+    /// The errno of the error reply refusing it.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Self::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Self::Size { .. } => libc::E2BIG,
+            Self::OutOfRange { .. } => libc::ERANGE,
+            _ => libc::EINVAL,
+        }
+    }
+}
+
+fn io(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> SharedBufferError {
+    move |e| SharedBufferError::Io {
+        what,
+        source: e.into(),
+    }
+}
+
+/// A memfd mapped shared and read-write, sealed with [`SHARED_SEALS`].
+pub struct SharedBuffer {
+    fd: OwnedFd,
+    map: MmapRaw,
+}
+
+impl std::fmt::Debug for SharedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBuffer")
+            .field("len", &self.map.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedBuffer {
+    /// A fresh buffer of `len` bytes (a client's, to register), its pages faulted in once.
+    pub fn create(len: u64) -> Result<Self, SharedBufferError> {
+        let fd = rustix::fs::memfd_create(
+            "vfio-user-mig-buffer",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(io("memfd_create"))?;
+        rustix::fs::ftruncate(&fd, len).map_err(io("sizing the memfd"))?;
+        rustix::fs::fcntl_add_seals(&fd, SHARED_SEALS).map_err(io("sealing the memfd"))?;
+        Self::check(fd, len)
+    }
+
+    /// Takes `fd` as a peer's buffer of at most `max` bytes: refused unless it is a memfd
+    /// sealed with [`SHARED_SEALS`] of [`MIN_SHARED_BUFFER`] to `max` bytes. A refused fd is
+    /// closed.
+    pub fn check(fd: OwnedFd, max: u64) -> Result<Self, SharedBufferError> {
+        let stat = rustix::fs::fstat(&fd).map_err(io("fstat of the memfd"))?;
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(SharedBufferError::NotAFile(kind));
+        }
+        // Only memfds (and other shmem files) answer F_GET_SEALS; a shmem file made without
+        // MFD_ALLOW_SEALING answers SEAL alone and is refused below.
+        let seals = rustix::fs::fcntl_get_seals(&fd)
+            .map_err(|e| SharedBufferError::NotSealable(e.into()))?;
+        if !seals.contains(SHARED_SEALS) {
+            return Err(SharedBufferError::Unsealed(seals));
+        }
+        // Read once sealed: the size can no longer change.
+        let size = rustix::fs::fstat(&fd)
+            .map(|s| u64::try_from(s.st_size).unwrap_or(0))
+            .map_err(io("fstat of the memfd"))?;
+        let refused = SharedBufferError::Size {
+            size,
+            min: MIN_SHARED_BUFFER,
+            max,
+        };
+        if !(MIN_SHARED_BUFFER..=max).contains(&size) {
+            return Err(refused);
+        }
+        let len = usize::try_from(size).map_err(|_| refused)?;
+        let map = MmapOptions::new()
+            .len(len)
+            .populate()
+            .map_raw(&fd)
+            .map_err(|source| SharedBufferError::Io {
+                what: "mapping the memfd",
+                source,
+            })?;
+        Ok(Self { fd, map })
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Always false: a buffer holds at least [`MIN_SHARED_BUFFER`] bytes.
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// The memfd, to register it with a server.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Where `size` bytes at `offset` are, if they lie within the buffer.
+    pub fn range(&self, offset: u64, size: u64) -> Result<Range<usize>, SharedBufferError> {
+        let len = self.map.len();
+        match offset.checked_add(size) {
+            // Both fit in `len`, a usize.
+            Some(end) if end <= len as u64 => Ok(offset as usize..end as usize),
+            _ => Err(SharedBufferError::OutOfRange { offset, size, len }),
+        }
+    }
+
+    /// Copies `dst.len()` bytes at `offset` out of the buffer.
+    pub fn copy_out(&self, offset: u64, dst: &mut [u8]) -> Result<(), SharedBufferError> {
+        let range = self.range(offset, dst.len() as u64)?;
+        // SAFETY: `range` lies within the mapping, which lives as long as `self` and cannot
+        // lose pages (the memfd is sealed against shrinking); `dst` is our own memory, apart
+        // from the mapping. The peer may write the same bytes meanwhile: the copy is then
+        // torn, which is why nothing is checked before it is done.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(range.start),
+                dst.as_mut_ptr(),
+                dst.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Copies `src` into the buffer at `offset`.
+    pub fn copy_in(&self, offset: u64, src: &[u8]) -> Result<(), SharedBufferError> {
+        let range = self.range(offset, src.len() as u64)?;
+        // SAFETY: as in `copy_out`; the mapping is writable (shared, read-write).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                self.map.as_mut_ptr().add(range.start),
+                src.len(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_sides_see_each_others_bytes() {
+        let ours = SharedBuffer::create(8192).unwrap();
+        let dup = rustix::io::fcntl_dupfd_cloexec(ours.fd(), 0).unwrap();
+        let theirs = SharedBuffer::check(dup, 1 << 20).unwrap();
+        ours.copy_in(4096, b"state").unwrap();
+        let mut got = [0u8; 5];
+        theirs.copy_out(4096, &mut got).unwrap();
+        assert_eq!(&got, b"state");
+    }
+
+    #[test]
+    fn bad_fds_and_ranges_are_refused() {
+        let check = |fd: OwnedFd| SharedBuffer::check(fd, 1 << 16).unwrap_err();
+        let memfd = |len: u64, seals: SealFlags, flags: MemfdFlags| {
+            let fd = rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | flags).unwrap();
+            rustix::fs::ftruncate(&fd, len).unwrap();
+            if !seals.is_empty() {
+                rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+            }
+            fd
+        };
+        let sealing = MemfdFlags::ALLOW_SEALING;
+        assert!(matches!(
+            check(memfd(8192, SealFlags::empty(), sealing)),
+            SharedBufferError::Unsealed(_)
+        ));
+        assert!(matches!(
+            check(memfd(8192, SealFlags::GROW | SealFlags::SEAL, sealing)),
+            SharedBufferError::Unsealed(_)
+        ));
+        assert!(matches!(
+            check(memfd(8192, SealFlags::empty(), MemfdFlags::empty())),
+            SharedBufferError::Unsealed(_)
+        ));
+        assert!(matches!(
+            check(memfd(100, SHARED_SEALS, sealing)),
+            SharedBufferError::Size { .. }
+        ));
+        assert!(matches!(
+            check(memfd((1 << 16) + 4096, SHARED_SEALS, sealing)),
+            SharedBufferError::Size { .. }
+        ));
+        let (socket, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(matches!(
+            check(OwnedFd::from(socket)),
+            SharedBufferError::NotAFile(_)
+        ));
+        let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        assert!(matches!(
+            check(OwnedFd::from(file)),
+            SharedBufferError::NotSealable(_)
+        ));
+
+        let buffer = SharedBuffer::create(8192).unwrap();
+        assert_eq!(buffer.range(4096, 4096).unwrap(), 4096..8192);
+        for (offset, size) in [(4097, 4096), (8192, 1), (u64::MAX, 2), (0, 8193)] {
+            assert!(matches!(
+                buffer.range(offset, size),
+                Err(SharedBufferError::OutOfRange { .. })
+            ));
+        }
+        assert!(buffer.copy_in(8190, b"abc").is_err());
+    }
+}
