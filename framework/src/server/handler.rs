@@ -14,8 +14,8 @@ use crate::vfio_user::access::{RegionReadReply, RegionWriteReply, WriteMultiRepl
 use crate::vfio_user::device::{DEVICE_INFO_SIZE, DeviceFlags, DeviceInfo};
 use crate::vfio_user::dma::{DmaMap, DmaMapFlags, DmaUnmap};
 use crate::vfio_user::feature::{
-    DeviceFeature, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START,
-    FEATURE_DMA_LOGGING_STOP, FEATURE_MIG_DATA_BUFFER, FeatureOps, words_as_bytes,
+    DeviceFeature, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP,
+    FEATURE_MIG_DATA_BUFFER, FeatureOps, words_as_bytes,
 };
 use crate::vfio_user::header::Command;
 use crate::vfio_user::irq::{

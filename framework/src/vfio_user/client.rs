@@ -36,27 +36,27 @@ use super::error::ProtocolError;
 use super::feature::{
     DEVICE_FEATURE_SIZE, DeviceFeature, DmaLoggingControl, DmaLoggingRange, DmaLoggingReport,
     DmaLoggingReportReply, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START,
-    FEATURE_DMA_LOGGING_STOP, FEATURE_MIG_DATA_SIZE, FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION,
-    FEATURE_MIG_DATA_BUFFER, FEATURE_MIGRATION_ERROR, FEATURE_PRECOPY_INFO, FeatureOps, MAX_MIGRATION_ERROR, MigDataSize,
-    MigDeviceState, MigrationFeature,
+    FEATURE_DMA_LOGGING_STOP, FEATURE_MIG_DATA_BUFFER, FEATURE_MIG_DATA_SIZE,
+    FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION, FEATURE_MIGRATION_ERROR, FEATURE_PRECOPY_INFO,
+    FeatureOps, MAX_MIGRATION_ERROR, MigDataSize, MigDeviceState, MigrationFeature,
 };
 use super::header::{Command, Header, HeaderFlags};
 use super::irq::{IrqInfo, SetIrqs, SetIrqsFlags};
 use super::memfd::{MemfdError, SealedData, sealed_memfd};
 use super::mig_data::{MigDataMemfd, MigDataRead, MigDataReadReply, MigDataShared, MigDataWrite};
-use super::shared_buf::{SharedBuffer, SharedBufferError};
 use super::region::{
     IoFdsReply, IoFdsRequest, REGION_INFO_SIZE, RegionInfoReply, RegionInfoRequest,
 };
+use super::shared_buf::{SharedBuffer, SharedBufferError};
 use super::socket::{
     Message, ReadError, read_message, read_message_into, widen_send_buffer, write_error_reply,
     write_message, write_message_parts, write_reply,
 };
 use super::twin::TwinServer;
-use super::wire::len_u32;
 use super::version::{
     Capabilities, Negotiated, PROTOCOL_MAJOR, PROTOCOL_MINOR, TwinSocket, Version, accept_reply,
 };
+use super::wire::len_u32;
 use super::{Limits, Payload};
 use crate::migration::{MigrationFlags, MigrationState, PrecopyInfo};
 

@@ -221,8 +221,9 @@ impl MigDataShared {
 }
 
 impl Payload for MigDataShared {
-    /// Refuses any other length than 16 and a `size` above `max_data_xfer_size` (whether the
-    /// bytes lie within the buffer is the buffer's check).
+    /// Refuses any other length than 16, an `argsz` other than 16 (which tells this form from
+    /// an inline request of the same length) and a `size` above `max_data_xfer_size`
+    /// (whether the bytes lie within the buffer is the buffer's check).
     fn parse(payload: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
         const WHAT: &str = "MIG_DATA in the shared buffer";
         let mut r = Reader::new(WHAT, payload);
@@ -233,6 +234,12 @@ impl Payload for MigDataShared {
             return Err(ProtocolError::invalid(
                 WHAT,
                 "inline bytes beside the shared buffer",
+            ));
+        }
+        if argsz != MIG_DATA_SHARED_SIZE {
+            return Err(ProtocolError::invalid(
+                WHAT,
+                format!("argsz {argsz} is not {MIG_DATA_SHARED_SIZE}"),
             ));
         }
         check_size(WHAT, size, limits)?;
@@ -417,13 +424,23 @@ mod tests {
         };
         let request = MigDataShared::new(1 << 40, 16);
         assert_eq!(request.to_bytes().len(), 16);
-        assert_eq!(MigDataShared::parse(&request.to_bytes(), &limits).unwrap(), request);
+        assert_eq!(
+            MigDataShared::parse(&request.to_bytes(), &limits).unwrap(),
+            request
+        );
         let too_big = MigDataShared::new(0, 17).to_bytes();
-        assert_eq!(MigDataShared::parse(&too_big, &limits).unwrap_err().errno(), 7);
+        assert_eq!(
+            MigDataShared::parse(&too_big, &limits).unwrap_err().errno(),
+            7
+        );
         let mut inline = request.to_bytes();
         inline.push(0);
         assert!(MigDataShared::parse(&inline, &limits).is_err());
         assert!(MigDataShared::parse(&request.to_bytes()[..12], &limits).is_err());
+        // An inline write of 8 bytes has the same length.
+        let inline = MigDataWrite::new(vec![0; 8]).to_bytes();
+        assert_eq!(inline.len(), 16);
+        assert!(MigDataShared::parse(&inline, &limits).is_err());
     }
 
     #[test]

@@ -1,0 +1,499 @@
+//! Migration data through one shared buffer (`mig_data_shared`) over real vfio-user sockets:
+//! a state moved between two servers that share one registered buffer arrives byte for
+//! byte, and every buffer, offset or size the server must not trust is refused with an error
+//! reply, on a connection that keeps working, with the device unchanged, no fd left open and
+//! no mapping left once the connection ends.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+use rustix::fs::{MemfdFlags, SealFlags};
+use vfio_variant::backend::{Function, FunctionError};
+use vfio_variant::device::VirtualFunction;
+use vfio_variant::migration::{
+    MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
+};
+use vfio_variant::server::{Port, ServerConfig, serve_connection};
+use vfio_variant::vfio_user::feature::{DeviceFeature, FEATURE_MIG_DATA_BUFFER};
+use vfio_variant::vfio_user::mig_data::{MigDataRead, MigDataShared, MigDataWrite};
+use vfio_variant::vfio_user::shared_buf::{SHARED_SEALS, SharedBuffer};
+use vfio_variant::vfio_user::socket::{read_message, write_message};
+use vfio_variant::vfio_user::{
+    Capabilities, Client, ClientOptions, Command, Header, Limits, Payload,
+};
+use vfio_variant::vpci::{compile::compile, parse_layout};
+
+const LAYOUT: &str = "[vpci]\nformat = 1\nname = \"bulk\"\nconfig_size = 256\n[identity]\n\
+                      vendor_id = 0x1af4\ndevice_id = 0x10ff\nclass_code = 0xff0000\n";
+
+/// Device state: 3 MiB and a bit, so that transfers use both halves of the buffer.
+const STATE: usize = (3 << 20) + 4321;
+/// The transfer size both sides agree on; the buffer holds two.
+const XFER: u64 = 1 << 20;
+
+/// Serializes the tests: they count this process's open fds and mappings.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A function whose device state is one buffer; `loads` counts the bytes it was given.
+struct Bulk {
+    memory: Arc<Mutex<Vec<u8>>>,
+    cursor: Mutex<usize>,
+    loaded: Arc<Mutex<usize>>,
+}
+
+impl Function for Bulk {
+    fn reset(&self) -> Result<(), FunctionError> {
+        Ok(())
+    }
+    fn migration(&self) -> Option<&dyn MigrationHooks> {
+        Some(self)
+    }
+}
+
+impl MigrationHooks for Bulk {
+    fn flags(&self) -> MigrationFlags {
+        MigrationFlags::STOP_COPY | MigrationFlags::P2P
+    }
+    fn transition(&self, _: MigrationState, _: MigrationState) -> Result<(), MigrationError> {
+        *self.cursor.lock() = 0;
+        Ok(())
+    }
+    fn save(&self, buf: &mut [u8]) -> Result<usize, MigrationError> {
+        let mut cursor = self.cursor.lock();
+        let memory = self.memory.lock();
+        let n = (memory.len() - *cursor).min(buf.len());
+        buf[..n].copy_from_slice(&memory[*cursor..*cursor + n]);
+        *cursor += n;
+        Ok(n)
+    }
+    fn load(&self, data: &[u8]) -> Result<(), MigrationError> {
+        let mut cursor = self.cursor.lock();
+        let mut memory = self.memory.lock();
+        let end = *cursor + data.len();
+        if end > memory.len() {
+            return Err(MigrationError::InvalidData("too much state".into()));
+        }
+        memory[*cursor..end].copy_from_slice(data);
+        *cursor = end;
+        *self.loaded.lock() += data.len();
+        Ok(())
+    }
+    fn precopy_info(&self) -> Result<PrecopyInfo, MigrationError> {
+        Err(MigrationError::Device("no pre-copy".into()))
+    }
+    fn stop_copy_size(&self) -> Result<u64, MigrationError> {
+        Ok(STATE as u64)
+    }
+}
+
+struct Served {
+    client: Client,
+    memory: Arc<Mutex<Vec<u8>>>,
+    loaded: Arc<Mutex<usize>>,
+    function: Arc<VirtualFunction>,
+    server: JoinHandle<()>,
+}
+
+impl Served {
+    /// Closes the connection and waits for the server to finish with it.
+    fn close(self) {
+        drop(self.client);
+        self.server.join().unwrap();
+    }
+}
+
+fn serve(memory: Vec<u8>, shared: bool) -> Served {
+    let template = Arc::new(compile(Arc::new(
+        parse_layout("bulk", LAYOUT).expect("layout"),
+    )));
+    let memory = Arc::new(Mutex::new(memory));
+    let loaded = Arc::new(Mutex::new(0));
+    let bulk = Bulk {
+        memory: Arc::clone(&memory),
+        cursor: Mutex::new(0),
+        loaded: Arc::clone(&loaded),
+    };
+    let function = Arc::new(VirtualFunction::new(template, Box::new(bulk)).expect("function"));
+    let port = Port::new("bulk", Arc::clone(&function));
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || {
+        serve_connection(&port, &Arc::new(ServerConfig::default()), theirs);
+    });
+    let options = ClientOptions {
+        capabilities: Capabilities {
+            max_data_xfer_size: Some(XFER),
+            ..Capabilities::qemu_proposal()
+        },
+        mig_data_shared: shared,
+        ..ClientOptions::default()
+    };
+    let client = Client::from_stream(ours, options).expect("negotiation");
+    Served {
+        client,
+        memory,
+        loaded,
+        function,
+        server,
+    }
+}
+
+fn pattern(seed: u8) -> Vec<u8> {
+    (0..STATE)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
+        .collect()
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Mappings of migration data buffers in this process.
+fn buffer_maps() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("vfio-user-mig-buffer") || l.contains("memfd:test-buffer"))
+        .count()
+}
+
+#[test]
+fn a_migration_through_one_shared_buffer_moves_the_state_byte_for_byte() {
+    let _serial = SERIAL.lock();
+    let (fds, maps) = (open_fds(), buffer_maps());
+    {
+        let mut source = serve(pattern(7), true);
+        let mut destination = serve(vec![0; STATE], true);
+        assert!(source.client.negotiated().mig_data_shared);
+        let buffer = Arc::new(SharedBuffer::create(2 * XFER).unwrap());
+        source
+            .client
+            .register_mig_buffer(Arc::clone(&buffer))
+            .unwrap();
+        destination
+            .client
+            .register_mig_buffer(Arc::clone(&buffer))
+            .unwrap();
+        source
+            .client
+            .set_mig_state(MigrationState::StopCopy)
+            .unwrap();
+        destination
+            .client
+            .set_mig_state(MigrationState::Resuming)
+            .unwrap();
+        // The source fills one half, the destination takes it from there: the bytes never
+        // pass through this process.
+        let mut half = 0;
+        loop {
+            let offset = half * XFER;
+            let n = source
+                .client
+                .mig_data_read_shared(offset, XFER as u32)
+                .unwrap();
+            if n > 0 {
+                destination.client.mig_data_write_shared(offset, n).unwrap();
+            }
+            if u64::from(n) < XFER {
+                break;
+            }
+            half ^= 1;
+        }
+        destination
+            .client
+            .set_mig_state(MigrationState::Running)
+            .unwrap();
+        assert_eq!(*destination.loaded.lock(), STATE);
+        assert!(*destination.memory.lock() == pattern(7), "state differs");
+        // The inline calls go through the buffer too once it is registered.
+        source
+            .client
+            .set_mig_state(MigrationState::Running)
+            .unwrap();
+        source
+            .client
+            .set_mig_state(MigrationState::StopCopy)
+            .unwrap();
+        let read = source.client.mig_data_read(16).unwrap();
+        let mut there = [0u8; 16];
+        buffer.copy_out(0, &mut there).unwrap();
+        assert_eq!(read, there);
+        drop(buffer);
+        source.close();
+        destination.close();
+    }
+    assert_eq!(open_fds(), fds, "fds left open");
+    assert_eq!(buffer_maps(), maps, "buffers left mapped");
+}
+
+/// Sends `command` with `payload` and `fds` on the client's socket and returns the errno of
+/// the reply (0: success).
+fn raw(client: &Client, id: u16, command: Command, payload: &[u8], fds: &[BorrowedFd<'_>]) -> i32 {
+    let stream = client.stream();
+    write_message(
+        stream,
+        &Header::request(id, command, payload.len()),
+        payload,
+        fds,
+    )
+    .unwrap();
+    let reply = read_message(stream, &Limits::default()).unwrap();
+    assert_eq!(reply.header.msg_id, id);
+    assert!(reply.fds.is_empty());
+    if reply.header.is_error() {
+        reply.header.errno()
+    } else {
+        0
+    }
+}
+
+fn memfd(len: u64, seals: SealFlags) -> OwnedFd {
+    let fd = rustix::fs::memfd_create(
+        "test-buffer",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    rustix::fs::ftruncate(&fd, len).unwrap();
+    if !seals.is_empty() {
+        rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+    }
+    fd
+}
+
+fn register() -> Vec<u8> {
+    DeviceFeature::set(FEATURE_MIG_DATA_BUFFER, Vec::new()).to_bytes()
+}
+
+#[test]
+fn untrusted_buffers_offsets_and_sizes_are_refused_and_the_connection_goes_on() {
+    let _serial = SERIAL.lock();
+    let (fds, maps) = (open_fds(), buffer_maps());
+    let state = pattern(3);
+    // The stream the device saves, read inline from another server.
+    let stream = {
+        let mut s = serve(state.clone(), false);
+        s.client.set_mig_state(MigrationState::StopCopy).unwrap();
+        let mut all = Vec::new();
+        loop {
+            let part = s.client.mig_data_read(XFER as u32).unwrap();
+            all.extend_from_slice(&part);
+            if part.len() < XFER as usize {
+                break;
+            }
+        }
+        s.close();
+        all
+    };
+    {
+        let mut target = serve(state.clone(), true);
+        let feature = Command::DeviceFeature;
+        let c = &target.client;
+        // Buffers that must not be mapped: unsealed, missing SHRINK or GROW, too small, too
+        // large, a regular file, a socket; two fds at once.
+        let refused = [
+            (memfd(2 * XFER, SealFlags::empty()), libc::EINVAL),
+            (
+                memfd(2 * XFER, SHARED_SEALS - SealFlags::SHRINK),
+                libc::EINVAL,
+            ),
+            (
+                memfd(2 * XFER, SHARED_SEALS - SealFlags::GROW),
+                libc::EINVAL,
+            ),
+            (memfd(100, SHARED_SEALS), libc::E2BIG),
+            (memfd(2 * XFER + 4096, SHARED_SEALS), libc::E2BIG),
+            (
+                OwnedFd::from(std::fs::File::open(std::env::current_exe().unwrap()).unwrap()),
+                libc::EINVAL,
+            ),
+            (OwnedFd::from(UnixStream::pair().unwrap().0), libc::EINVAL),
+        ];
+        for (i, (fd, errno)) in refused.iter().enumerate() {
+            assert_eq!(
+                raw(c, 0x7000 + i as u16, feature, &register(), &[fd.as_fd()]),
+                *errno,
+                "case {i}"
+            );
+        }
+        let good = memfd(2 * XFER, SHARED_SEALS);
+        let other = memfd(2 * XFER, SHARED_SEALS);
+        assert_eq!(
+            raw(
+                c,
+                0x7010,
+                feature,
+                &register(),
+                &[good.as_fd(), other.as_fd()]
+            ),
+            libc::EINVAL
+        );
+        // Another feature number with an fd.
+        let wrong = DeviceFeature::set(FEATURE_MIG_DATA_BUFFER - 1, Vec::new()).to_bytes();
+        assert_eq!(
+            raw(c, 0x7011, feature, &wrong, &[good.as_fd()]),
+            libc::EINVAL
+        );
+        drop(refused);
+        // Nothing registered: MIG_DATA_READ still answers inline.
+        target
+            .client
+            .set_mig_state(MigrationState::StopCopy)
+            .unwrap();
+        assert_eq!(target.client.mig_data_read(8).unwrap(), stream[..8]);
+
+        // A good buffer registers once; a second registration is refused.
+        let buffer = Arc::new(SharedBuffer::create(2 * XFER).unwrap());
+        target
+            .client
+            .register_mig_buffer(Arc::clone(&buffer))
+            .unwrap();
+        let c = &target.client;
+        assert_eq!(
+            raw(c, 0x7020, feature, &register(), &[good.as_fd()]),
+            libc::EBUSY
+        );
+        // Offsets and sizes outside the buffer, overflowing, or above the transfer bound; the
+        // inline form; an fd beside the request.
+        let read = Command::MigDataRead;
+        let len = 2 * XFER;
+        for (i, (offset, size, errno)) in [
+            (len, 1, libc::ERANGE),
+            (len - 4, 8, libc::ERANGE),
+            (u64::MAX, 2, libc::ERANGE),
+            (XFER + 1, XFER as u32, libc::ERANGE),
+            (0, XFER as u32 + 1, libc::E2BIG),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let request = MigDataShared::new(offset, size).to_bytes();
+            assert_eq!(
+                raw(c, 0x7030 + i as u16, read, &request, &[]),
+                errno,
+                "read {i}"
+            );
+        }
+        let inline = MigDataRead::new(8).to_bytes();
+        assert_eq!(raw(c, 0x7040, read, &inline, &[]), libc::EINVAL);
+        let request = MigDataShared::new(0, 8).to_bytes();
+        assert_eq!(
+            raw(c, 0x7041, read, &request, &[good.as_fd()]),
+            libc::EINVAL
+        );
+        // No byte of the stream was lost to the refused reads.
+        assert_eq!(target.client.mig_data_read_shared(XFER, 8).unwrap(), 8);
+        let mut got = [0u8; 8];
+        buffer.copy_out(XFER, &mut got).unwrap();
+        assert_eq!(got, stream[8..16]);
+
+        // The same refusals for writes, while resuming: the device sees nothing.
+        target
+            .client
+            .set_mig_state(MigrationState::Running)
+            .unwrap();
+        *target.memory.lock() = vec![0; STATE];
+        target
+            .client
+            .set_mig_state(MigrationState::Resuming)
+            .unwrap();
+        let c = &target.client;
+        let write = Command::MigDataWrite;
+        for (i, (offset, size, errno)) in [
+            (len, 1, libc::ERANGE),
+            (len - 4, 8, libc::ERANGE),
+            (u64::MAX, 2, libc::ERANGE),
+            (0, XFER as u32 + 1, libc::E2BIG),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let request = MigDataShared::new(offset, size).to_bytes();
+            assert_eq!(
+                raw(c, 0x7050 + i as u16, write, &request, &[]),
+                errno,
+                "write {i}"
+            );
+        }
+        let inline = MigDataWrite::new(stream[..8].to_vec()).to_bytes();
+        assert_eq!(raw(c, 0x7060, write, &inline, &[]), libc::EINVAL);
+        assert_eq!(*target.loaded.lock(), 0);
+        assert_eq!(target.function.migration_state(), MigrationState::Resuming);
+
+        // The connection goes on: the whole state loads through the buffer.
+        target.client.mig_data_write(&stream).unwrap();
+        target
+            .client
+            .set_mig_state(MigrationState::Running)
+            .unwrap();
+        assert!(*target.memory.lock() == state, "state differs");
+        drop((good, other, buffer));
+        target.close();
+    }
+    assert_eq!(open_fds(), fds, "fds left open");
+    assert_eq!(buffer_maps(), maps, "buffers left mapped");
+}
+
+#[test]
+fn a_connection_that_did_not_agree_refuses_a_buffer() {
+    let _serial = SERIAL.lock();
+    let fds = open_fds();
+    {
+        let mut target = serve(vec![0; 16], false);
+        assert!(!target.client.negotiated().mig_data_shared);
+        let buffer = memfd(2 * XFER, SHARED_SEALS);
+        assert_eq!(
+            raw(
+                &target.client,
+                0x7000,
+                Command::DeviceFeature,
+                &register(),
+                &[buffer.as_fd()]
+            ),
+            libc::EINVAL
+        );
+        // Inline migration data goes on as before.
+        target
+            .client
+            .set_mig_state(MigrationState::StopCopy)
+            .unwrap();
+        assert_eq!(target.client.mig_data_read(4).unwrap().len(), 4);
+        drop(buffer);
+        target.close();
+    }
+    assert_eq!(open_fds(), fds, "fds left open");
+}
+
+#[test]
+fn a_transport_that_cannot_pass_fds_never_agrees() {
+    let _serial = SERIAL.lock();
+    // The server's end of a TCP connection, served as if it were a Unix socket.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let template = Arc::new(compile(Arc::new(
+        parse_layout("bulk", LAYOUT).expect("layout"),
+    )));
+    let bulk = Bulk {
+        memory: Arc::new(Mutex::new(vec![0; 16])),
+        cursor: Mutex::new(0),
+        loaded: Arc::new(Mutex::new(0)),
+    };
+    let function = Arc::new(VirtualFunction::new(template, Box::new(bulk)).expect("function"));
+    let port = Port::new("bulk", function);
+    let server = UnixStream::from(OwnedFd::from(server));
+    let served = std::thread::spawn(move || {
+        serve_connection(&port, &Arc::new(ServerConfig::default()), server);
+    });
+    let options = ClientOptions {
+        mig_data_shared: true,
+        ..ClientOptions::default()
+    };
+    let client = Client::from_stream(UnixStream::from(OwnedFd::from(client)), options)
+        .expect("negotiation over TCP");
+    assert!(!client.negotiated().mig_data_shared);
+    // The next test counts fds: this one leaves none behind.
+    drop((client, listener));
+    served.join().unwrap();
+}
