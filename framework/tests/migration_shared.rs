@@ -16,6 +16,7 @@ use vfio_variant::device::VirtualFunction;
 use vfio_variant::migration::{
     MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
 };
+use vfio_variant::migration_driver::{LocalDestination, Options, migrate, share_buffer};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::feature::{DeviceFeature, FEATURE_MIG_DATA_BUFFER};
 use vfio_variant::vfio_user::mig_data::{MigDataRead, MigDataShared, MigDataWrite};
@@ -226,6 +227,74 @@ fn a_migration_through_one_shared_buffer_moves_the_state_byte_for_byte() {
     }
     assert_eq!(open_fds(), fds, "fds left open");
     assert_eq!(buffer_maps(), maps, "buffers left mapped");
+}
+
+#[test]
+fn the_driver_pipelines_through_both_halves_of_one_buffer() {
+    let _serial = SERIAL.lock();
+    let (fds, maps) = (open_fds(), buffer_maps());
+    {
+        let mut source = serve(pattern(9), true);
+        let mut destination = serve(vec![0; STATE], true);
+        let buffer = share_buffer(&mut source.client, &mut destination.client)
+            .unwrap()
+            .expect("both agreed");
+        let options = Options {
+            precopy: false,
+            ..Options::default()
+        };
+        let report = migrate(
+            &mut source.client,
+            &mut LocalDestination::new(&mut destination.client),
+            &options,
+            &mut (),
+        )
+        .expect("migration");
+        assert!(report.stop_copy_bytes > STATE as u64);
+        assert_eq!(*destination.loaded.lock(), STATE);
+        assert!(*destination.memory.lock() == pattern(9), "state differs");
+        // Both halves carried chunks (inline transfers through the buffer use its start).
+        let mut second = vec![0u8; 4096];
+        buffer
+            .copy_out(buffer.len() as u64 / 2, &mut second)
+            .unwrap();
+        assert!(
+            second.iter().any(|&b| b != 0),
+            "the second half was not used"
+        );
+        drop(buffer);
+        source.close();
+        destination.close();
+    }
+    assert_eq!(open_fds(), fds, "fds left open");
+    assert_eq!(buffer_maps(), maps, "buffers left mapped");
+}
+
+#[test]
+fn the_driver_shares_no_buffer_with_a_server_that_did_not_agree() {
+    let _serial = SERIAL.lock();
+    let mut source = serve(pattern(5), true);
+    let mut destination = serve(vec![0; STATE], false);
+    assert!(
+        share_buffer(&mut source.client, &mut destination.client)
+            .unwrap()
+            .is_none()
+    );
+    assert!(source.client.mig_buffer().is_none());
+    let options = Options {
+        precopy: false,
+        ..Options::default()
+    };
+    migrate(
+        &mut source.client,
+        &mut LocalDestination::new(&mut destination.client),
+        &options,
+        &mut (),
+    )
+    .expect("migration");
+    assert!(*destination.memory.lock() == pattern(5), "state differs");
+    source.close();
+    destination.close();
 }
 
 /// Sends `command` with `payload` and `fds` on the client's socket and returns the errno of

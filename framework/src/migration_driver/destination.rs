@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use super::link::{LINK_VERSION, LinkError, Message};
 use super::{CallError, MigratableDevice, MigrateError};
 use crate::migration::MigrationState;
-use crate::vfio_user::memfd::SealedData;
+use std::sync::Arc;
+
+use crate::vfio_user::shared_buf::SharedBuffer;
 
 /// Where the source side sends the stream.
 pub trait Destination {
@@ -13,10 +15,18 @@ pub trait Destination {
     fn begin(&mut self) -> Result<(), MigrateError>;
     /// The next bytes of the stream.
     fn send(&mut self, data: &[u8]) -> Result<(), MigrateError>;
-    /// The next bytes of the stream, in a sealed memfd the source sent. A destination on this
-    /// host may pass the memfd on; one across a link sends the bytes (the default).
-    fn send_sealed(&mut self, data: &SealedData) -> Result<(), MigrateError> {
-        self.send(data.as_slice())
+    /// The next bytes of the stream, `len` at `offset` in a buffer shared with the source's
+    /// server. A destination on this host that registered the same buffer takes them from
+    /// there; one across a link sends a copy (the default).
+    fn send_shared(
+        &mut self,
+        buffer: &Arc<SharedBuffer>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), MigrateError> {
+        let bytes = super::copy_shared(buffer, offset, len)
+            .map_err(|e| MigrateError::Destination(e.to_string()))?;
+        self.send(&bytes)
     }
     /// Returns once everything sent so far is loaded, or with the destination's refusal.
     fn sync(&mut self) -> Result<(), MigrateError>;
@@ -53,8 +63,15 @@ impl<D: MigratableDevice + ?Sized> Destination for LocalDestination<'_, D> {
         self.device.write(data).map_err(refused)
     }
 
-    fn send_sealed(&mut self, data: &SealedData) -> Result<(), MigrateError> {
-        self.device.write_sealed(data).map_err(refused)
+    fn send_shared(
+        &mut self,
+        buffer: &Arc<SharedBuffer>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), MigrateError> {
+        self.device
+            .write_shared(buffer, offset, len)
+            .map_err(refused)
     }
 
     fn sync(&mut self) -> Result<(), MigrateError> {

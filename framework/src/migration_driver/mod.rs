@@ -33,8 +33,43 @@ use std::sync::Arc;
 use crate::device::{MigrationFailure, VirtualFunction};
 use crate::migration::{MigrationFlags, MigrationState};
 use crate::vfio_user::client::{Client, ClientError, MigChunk};
-use crate::vfio_user::memfd::SealedData;
+use crate::vfio_user::shared_buf::{SharedBuffer, SharedBufferError};
 use crate::vfio_user::version::QEMU_MAX_DATA_XFER_SIZE;
+
+/// The `len` bytes at `offset` in `buffer`, copied out.
+pub(crate) fn copy_shared(
+    buffer: &SharedBuffer,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, SharedBufferError> {
+    let mut bytes = vec![0; len];
+    buffer.copy_out(offset, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Registers one fresh shared buffer with both `source` and `destination` (vfio-user servers
+/// on this host that agreed to `mig_data_shared`), two source chunks large, so that the
+/// source writes each chunk into one half and the destination takes it from there while the
+/// source fills the other half: the driver copies nothing. `None` when either side did not
+/// agree, or the destination's transfer bound is below the source's chunk; the migration
+/// then moves inline bytes.
+pub fn share_buffer(
+    source: &mut Client,
+    destination: &mut Client,
+) -> Result<Option<Arc<SharedBuffer>>, ClientError> {
+    if !source.negotiated().mig_data_shared || !destination.negotiated().mig_data_shared {
+        return Ok(None);
+    }
+    let chunk = u64::from(source.chunk_size());
+    if chunk > destination.negotiated().max_data_xfer_size {
+        return Ok(None);
+    }
+    let len = (2 * chunk).next_multiple_of(4096);
+    let buffer = Arc::new(SharedBuffer::create(len).map_err(ClientError::SharedBuffer)?);
+    source.register_mig_buffer(Arc::clone(&buffer))?;
+    destination.register_mig_buffer(Arc::clone(&buffer))?;
+    Ok(Some(buffer))
+}
 
 /// A migration that did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -93,18 +128,36 @@ pub trait MigratableDevice {
         *buf = self.read(max)?;
         Ok(0..buf.len())
     }
-    /// Reads as [`MigratableDevice::read_into`] does; a device that can hand its bytes over
-    /// in a sealed memfd (a vfio-user server on this host, `mig_data_memfd`) does so, and the
-    /// driver passes the memfd on to a destination that takes one.
-    fn read_chunk(&mut self, max: u32, buf: &mut Vec<u8>) -> Result<MigChunk, CallError> {
+    /// Reads as [`MigratableDevice::read_into`] does, for pipeline slot `slot` (0 or 1: the
+    /// driver reads into one slot while the other is being loaded). A vfio-user server with
+    /// a shared buffer ([`share_buffer`]) writes the bytes into that slot's half of it, and
+    /// the driver has the destination take them from there.
+    fn read_chunk(
+        &mut self,
+        slot: usize,
+        max: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<MigChunk, CallError> {
+        let _ = slot;
         self.read_into(max, buf).map(MigChunk::Inline)
     }
     /// Gives the device the next bytes of the state being loaded.
     fn write(&mut self, data: &[u8]) -> Result<(), CallError>;
-    /// Gives the device the bytes of a sealed memfd, passing the memfd itself on where the
-    /// device takes one.
-    fn write_sealed(&mut self, data: &SealedData) -> Result<(), CallError> {
-        self.write(data.as_slice())
+    /// Gives the device the `len` bytes at `offset` in a shared buffer; a vfio-user server
+    /// that registered the same buffer takes them from there, any other device gets a copy.
+    fn write_shared(
+        &mut self,
+        buffer: &Arc<SharedBuffer>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), CallError> {
+        let bytes = copy_shared(buffer, offset, len).map_err(|e| CallError {
+            what: "copying out of the shared buffer".into(),
+            errno: e.errno(),
+            source: Box::new(e),
+            reason: None,
+        })?;
+        self.write(&bytes)
     }
     /// Largest read or write the device takes at once.
     fn chunk_size(&self) -> u32;
@@ -160,9 +213,24 @@ impl MigratableDevice for Client {
             .map_err(client_error("MIG_DATA_READ"))
     }
 
-    fn read_chunk(&mut self, max: u32, buf: &mut Vec<u8>) -> Result<MigChunk, CallError> {
-        self.mig_data_read_chunk(max, buf)
-            .map_err(client_error("MIG_DATA_READ"))
+    fn read_chunk(
+        &mut self,
+        slot: usize,
+        max: u32,
+        buf: &mut Vec<u8>,
+    ) -> Result<MigChunk, CallError> {
+        let Some(buffer) = self.mig_buffer().cloned() else {
+            return self.read_into(max, buf).map(MigChunk::Inline);
+        };
+        let offset = ((slot % 2) * (buffer.len() / 2)) as u64;
+        let n = self
+            .mig_data_read_shared(offset, max)
+            .map_err(client_error("MIG_DATA_READ"))?;
+        Ok(MigChunk::Shared {
+            buffer,
+            offset,
+            len: n as usize,
+        })
     }
 
     fn write(&mut self, data: &[u8]) -> Result<(), CallError> {
@@ -171,8 +239,24 @@ impl MigratableDevice for Client {
             .map_err(|e| with_reason(self, e))
     }
 
-    fn write_sealed(&mut self, data: &SealedData) -> Result<(), CallError> {
-        self.mig_data_write_sealed(data)
+    fn write_shared(
+        &mut self,
+        buffer: &Arc<SharedBuffer>,
+        offset: u64,
+        len: usize,
+    ) -> Result<(), CallError> {
+        if !self.mig_buffer().is_some_and(|b| Arc::ptr_eq(b, buffer)) {
+            let bytes = copy_shared(buffer, offset, len).map_err(|e| CallError {
+                what: "copying out of the shared buffer".into(),
+                errno: e.errno(),
+                source: Box::new(e),
+                reason: None,
+            })?;
+            return self.write(&bytes);
+        }
+        // At most one chunk, which is a u32.
+        let size = u32::try_from(len).unwrap_or(u32::MAX);
+        self.mig_data_write_shared(offset, size)
             .map_err(client_error("MIG_DATA_WRITE"))
             .map_err(|e| with_reason(self, e))
     }

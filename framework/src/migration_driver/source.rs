@@ -99,28 +99,34 @@ const PIPELINE_BUFFERS: usize = 2;
 
 /// Reads what the source has now (all of it in stop-copy) and sends it on: the next chunk is
 /// read from the source (on a thread of its own) while the last one is sent to the
-/// destination, through [`PIPELINE_BUFFERS`] buffers that go round (no fresh pages per
-/// chunk), or as sealed memfds passed from source to destination when both are vfio-user
-/// servers on this host that agreed to `mig_data_memfd`. A failure on either side stops both; the source's failure is reported first.
+/// destination, through [`PIPELINE_BUFFERS`] buffers (slots) that go round (no fresh pages
+/// per chunk). When source and destination are vfio-user servers sharing one buffer
+/// ([`super::share_buffer`]), each slot is a half of it: the source's server writes a chunk
+/// there and the destination's takes it from there. A slot is read into again only once the
+/// destination took what it held. A failure on either side stops both; the source's
+/// failure is reported first.
 fn drain(
     source: &mut (impl MigratableDevice + Send + ?Sized),
     destination: &mut dyn Destination,
 ) -> Result<u64, MigrateError> {
     let chunk = source.chunk_size();
-    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, MigChunk)>(PIPELINE_BUFFERS);
-    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
-    for _ in 0..PIPELINE_BUFFERS {
-        empty_tx.send(Vec::new()).expect("the receiver is here");
+    type Slot = (usize, Vec<u8>);
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Slot, MigChunk)>(PIPELINE_BUFFERS);
+    let (empty_tx, empty_rx) = mpsc::channel::<Slot>();
+    for slot in 0..PIPELINE_BUFFERS {
+        empty_tx
+            .send((slot, Vec::new()))
+            .expect("the receiver is here");
     }
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> Result<(), MigrateError> {
             // Ends when the sending side stops taking chunks (it failed).
-            while let Ok(mut buf) = empty_rx.recv() {
+            while let Ok((slot, mut buf)) = empty_rx.recv() {
                 let chunk_read = source
-                    .read_chunk(chunk, &mut buf)
+                    .read_chunk(slot, chunk, &mut buf)
                     .map_err(MigrateError::Source)?;
                 let last = chunk_read.len() < chunk as usize;
-                if full_tx.send((buf, chunk_read)).is_err() || last {
+                if full_tx.send(((slot, buf), chunk_read)).is_err() || last {
                     break;
                 }
             }
@@ -129,21 +135,26 @@ fn drain(
         let mut moved = 0u64;
         let mut sent = Ok(());
         // Ends when the reader is done (the last chunk, or a failure).
-        for (buf, chunk_read) in full_rx.iter() {
+        for ((slot, buf), chunk_read) in full_rx.iter() {
             moved += chunk_read.len() as u64;
             let result = match &chunk_read {
                 MigChunk::Inline(range) if range.is_empty() => Ok(()),
                 MigChunk::Inline(range) => destination.send(&buf[range.clone()]),
-                // A sealed memfd from the source goes on as it is where the destination
-                // takes one: its bytes are not copied here.
-                MigChunk::Sealed(data) => destination.send_sealed(data),
+                MigChunk::Shared { len: 0, .. } => Ok(()),
+                // Bytes the source's server wrote into the shared buffer: the destination's
+                // takes them from there, they are not copied here.
+                MigChunk::Shared {
+                    buffer,
+                    offset,
+                    len,
+                } => destination.send_shared(buffer, *offset, *len),
             };
             if let Err(e) = result {
                 sent = Err(e);
                 break;
             }
             // The reader may have finished: then the buffer is not needed.
-            let _ = empty_tx.send(buf);
+            let _ = empty_tx.send((slot, buf));
         }
         // Unblocks a reader waiting for a buffer or for room.
         drop(full_rx);

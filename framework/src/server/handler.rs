@@ -94,9 +94,6 @@ impl<'a> Session<'a> {
     pub fn handle(&mut self, mut message: Message, spent: &mut Vec<u8>) -> bool {
         let header = message.header;
         let limits = self.limits.read().clone();
-        if header.command == Command::MigDataWrite.raw() && !message.fds.is_empty() {
-            return self.mig_data_write_memfd(message, &limits);
-        }
         if header.command == Command::DeviceFeature.raw() && !message.fds.is_empty() {
             return self.register_buffer(message, &limits);
         }
@@ -162,26 +159,6 @@ impl<'a> Session<'a> {
             }
         };
         sent.is_ok() && keep
-    }
-
-    /// MIG_DATA_WRITE carrying fds: its bytes in a sealed memfd when `mig_data_memfd` was
-    /// agreed, refused otherwise (the fds are closed either way).
-    fn mig_data_write_memfd(&self, message: Message, limits: &Limits) -> bool {
-        let header = message.header;
-        let allowed = self.negotiated.as_ref().is_some_and(|n| n.mig_data_memfd);
-        let done = migration::data_write_memfd(
-            &self.port.function,
-            allowed,
-            &message.payload,
-            message.fds,
-            limits,
-        );
-        let sent = match done {
-            Ok(()) if header.no_reply() => Ok(()),
-            Ok(()) => self.outbox.send(&header.reply(0), &[], &[]),
-            Err(errno) => self.outbox.error(&header, errno),
-        };
-        sent.is_ok()
     }
 
     /// DEVICE_FEATURE carrying fds: the registration of the shared migration data buffer
@@ -297,8 +274,7 @@ impl<'a> Session<'a> {
     }
 
     /// What VERSION offers for this function: the `migration` capability only when the
-    /// function migrates; `mig_data_memfd` and `mig_data_shared` only on a connection that
-    /// passes fds.
+    /// function migrates; `mig_data_shared` only on a connection that passes fds.
     fn offer(&self) -> ServerOffer {
         let migrates = self.port.function.migration_flags().is_some();
         ServerOffer {
@@ -307,7 +283,6 @@ impl<'a> Session<'a> {
                 .offer
                 .migration_max_bitmap_size
                 .filter(|_| migrates),
-            mig_data_memfd: self.config.offer.mig_data_memfd && self.outbox.passes_fds(),
             mig_data_shared: self.config.offer.mig_data_shared && self.outbox.passes_fds(),
             ..self.config.offer.clone()
         }
@@ -447,16 +422,6 @@ impl<'a> Session<'a> {
                     Err(errno) => Answer::Error(errno),
                 },
             },
-            Request::MigDataRead(read)
-                if self.negotiated.as_ref().is_some_and(|n| n.mig_data_memfd) =>
-            {
-                match migration::data_read_memfd(&self.port.migration, &self.port.function, &read) {
-                    Ok((payload, fd)) => {
-                        Answer::Reply(payload, fd.map(Arc::new).into_iter().collect())
-                    }
-                    Err(errno) => Answer::Error(errno),
-                }
-            }
             Request::MigDataRead(read) => {
                 match migration::data_read(&self.port.migration, &self.port.function, &read) {
                     Ok(payload) => Answer::MigData(payload),

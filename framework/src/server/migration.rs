@@ -16,11 +16,8 @@ use crate::vfio_user::feature::{
     FEATURE_MIGRATION, FEATURE_MIGRATION_ERROR, FEATURE_PRECOPY_INFO, FeatureOps,
     MAX_MIGRATION_ERROR, MigDataSize, MigDeviceState, MigrationFeature,
 };
-use std::os::fd::OwnedFd;
-
-use crate::vfio_user::memfd::{SealedData, sealed_memfd};
 use crate::vfio_user::mig_data::{
-    MigDataMemfd, MigDataRead, MigDataReadReply, MigDataShared, MigDataWrite,
+    MigDataRead, MigDataReadReply, MigDataShared, MigDataSharedReply, MigDataWrite,
 };
 use crate::vfio_user::shared_buf::SharedBuffer;
 use crate::vfio_user::{Limits, Payload};
@@ -145,63 +142,6 @@ pub(super) fn data_read(
     Ok(payload)
 }
 
-/// MIG_DATA_READ with `mig_data_memfd`: the next bytes of the stream in a fresh sealed memfd
-/// (the reply's payload is the fixed part, the memfd its fd); no more bytes for now get an
-/// empty reply without an fd, as without memfds. The bytes are saved into the buffer the
-/// inline replies use, which stays mapped from one read to the next, then written into the
-/// memfd.
-pub(super) fn data_read_memfd(
-    buffer: &ReplyBuffer,
-    function: &VirtualFunction,
-    request: &MigDataRead,
-) -> Result<(Vec<u8>, Option<OwnedFd>), i32> {
-    function.migration_flags().ok_or(libc::ENOTTY)?;
-    let mut saved = std::mem::take(&mut *buffer.spare.lock());
-    // Only the bytes past the previous length are zeroed (and faulted in) again.
-    saved.resize(request.size as usize, 0);
-    let read = function.migration_read(&mut saved).map_err(|e| e.errno());
-    let reply = read.and_then(|n| {
-        if n == 0 {
-            return Ok((MigDataReadReply::new(Vec::new()).to_bytes(), None));
-        }
-        // At most `request.size` bytes were read.
-        let size = u32::try_from(n).map_err(|_| libc::EIO)?;
-        let fd = sealed_memfd(&saved[..n]).map_err(|e| {
-            tracing::warn!("MIG_DATA_READ into a memfd: {e}");
-            e.errno()
-        })?;
-        Ok((MigDataMemfd::new(size).to_bytes(), Some(fd)))
-    });
-    buffer.recycle(function, saved);
-    reply
-}
-
-/// MIG_DATA_WRITE with a memfd: `payload` is the fixed part, `fds` what came with it. The fd
-/// is taken only when `allowed` (`mig_data_memfd` was agreed), alone, and when it is a memfd
-/// sealed against writing and resizing that holds the stated bytes; anything else is refused
-/// before the device sees a byte (and the fds are closed).
-pub(super) fn data_write_memfd(
-    function: &VirtualFunction,
-    allowed: bool,
-    payload: &[u8],
-    mut fds: Vec<OwnedFd>,
-    limits: &Limits,
-) -> Result<(), i32> {
-    function.migration_flags().ok_or(libc::ENOTTY)?;
-    if !allowed || fds.len() != 1 {
-        tracing::debug!(allowed, fds = fds.len(), "MIG_DATA_WRITE with fds refused");
-        return Err(libc::EINVAL);
-    }
-    let fixed = MigDataMemfd::parse(payload, limits).map_err(|e| e.errno())?;
-    let fd = fds.pop().ok_or(libc::EINVAL)?;
-    let data = SealedData::check(fd, fixed.size.into(), limits.max_data_xfer_size)
-        .inspect_err(|e| tracing::debug!("MIG_DATA_WRITE memfd refused: {e}"))
-        .map_err(|e| e.errno())?;
-    function
-        .migration_write(data.as_slice())
-        .map_err(|e| e.errno())
-}
-
 /// MIG_DATA_READ into the shared buffer: the next bytes of the stream, saved into the buffer
 /// the inline replies use (memory the client cannot write) and copied to `request.offset`
 /// in `shared`; the reply payload states how many.
@@ -228,7 +168,7 @@ pub(super) fn data_read_shared(
                 .map_err(|e| e.errno())?;
             // At most `request.size` bytes were read.
             let size = u32::try_from(n).map_err(|_| libc::EIO)?;
-            Ok(MigDataMemfd::new(size).to_bytes())
+            Ok(MigDataSharedReply::new(size).to_bytes())
         });
     buffer.recycle(function, saved);
     reply

@@ -10,10 +10,9 @@
 //! the same handler, whether or not a call is waiting; requests on the main socket are then
 //! refused.
 //!
-//! With [`ClientOptions::mig_data_memfd`], when the server agrees, migration data moves in
-//! sealed memfds rather than through the socket ([`Client::mig_data_read_chunk`],
-//! [`Client::mig_data_write_sealed`]); every memfd the server sends is checked as the server
-//! checks the client's ([`SealedData::check`]).
+//! With [`ClientOptions::mig_data_shared`], when the server agrees, migration data moves
+//! through one buffer shared with the server ([`Client::register_mig_buffer`]) rather than
+//! through the socket.
 
 use std::collections::VecDeque;
 use std::io;
@@ -42,8 +41,9 @@ use super::feature::{
 };
 use super::header::{Command, Header, HeaderFlags};
 use super::irq::{IrqInfo, SetIrqs, SetIrqsFlags};
-use super::memfd::{MemfdError, SealedData, sealed_memfd};
-use super::mig_data::{MigDataMemfd, MigDataRead, MigDataReadReply, MigDataShared, MigDataWrite};
+use super::mig_data::{
+    MigDataRead, MigDataReadReply, MigDataShared, MigDataSharedReply, MigDataWrite,
+};
 use super::region::{
     IoFdsReply, IoFdsRequest, REGION_INFO_SIZE, RegionInfoReply, RegionInfoRequest,
 };
@@ -87,10 +87,6 @@ pub struct ClientOptions {
     /// A server that does not agree leaves the client in one-socket mode
     /// ([`Negotiated::twin_socket`] says which).
     pub twin_socket: bool,
-    /// Asks for `mig_data_memfd` (a project extension): migration data in sealed memfds
-    /// rather than inline, for a server on the same host. Off by default (QEMU does not ask);
-    /// [`Negotiated::mig_data_memfd`] says whether the server agreed.
-    pub mig_data_memfd: bool,
     /// Asks for `mig_data_shared` (a project extension): migration data through one buffer
     /// registered with [`Client::register_mig_buffer`], for a server on the same host. Off
     /// by default; [`Negotiated::mig_data_shared`] says whether the server agreed.
@@ -105,39 +101,33 @@ impl Default for ClientOptions {
             timeout: None,
             dma_layout: DmaLayout::Spec,
             twin_socket: false,
-            mig_data_memfd: false,
             mig_data_shared: false,
         }
     }
 }
-
-/// Smallest MIG_DATA_WRITE sent in a memfd: below it, making and mapping a memfd costs more
-/// than the copy through the socket it saves.
-pub const MIN_MEMFD_WRITE: usize = 64 << 10;
 
 /// What a MIG_DATA_READ brought.
 #[derive(Debug)]
 pub enum MigChunk {
     /// Inline bytes, at this range of the caller's buffer.
     Inline(std::ops::Range<usize>),
-    /// Bytes in a sealed memfd the server sent, checked and mapped read-only.
-    Sealed(SealedData),
+    /// Bytes the server wrote into the shared buffer (`mig_data_shared`).
+    Shared {
+        /// The buffer.
+        buffer: Arc<SharedBuffer>,
+        /// Where the bytes start in it.
+        offset: u64,
+        /// How many.
+        len: usize,
+    },
 }
 
 impl MigChunk {
-    /// The bytes, `buf` being the buffer the read was given.
-    pub fn bytes<'a>(&'a self, buf: &'a [u8]) -> &'a [u8] {
-        match self {
-            Self::Inline(range) => &buf[range.clone()],
-            Self::Sealed(data) => data.as_slice(),
-        }
-    }
-
     /// How many bytes.
     pub fn len(&self) -> usize {
         match self {
             Self::Inline(range) => range.len(),
-            Self::Sealed(data) => data.as_slice().len(),
+            Self::Shared { len, .. } => *len,
         }
     }
 
@@ -173,10 +163,7 @@ pub enum ClientError {
     /// Twin-socket mode was agreed but its socket could not be taken or served.
     #[error("twin socket: {0}")]
     Twin(String),
-    /// A memfd of migration data could not be made, or the server's was refused.
-    #[error("migration data memfd: {0}")]
-    Memfd(#[from] MemfdError),
-    /// The shared migration data buffer refused an offset.
+    /// The shared migration data buffer could not be made, or refused an offset.
     #[error("shared migration data buffer: {0}")]
     SharedBuffer(#[source] SharedBufferError),
 }
@@ -188,7 +175,6 @@ impl ClientError {
             Self::Io(e) => e.raw_os_error().unwrap_or(Errno::IO.raw_os_error()),
             Self::Closed | Self::Broken => Errno::CONNRESET.raw_os_error(),
             Self::Twin(_) => Errno::PROTO.raw_os_error(),
-            Self::Memfd(e) => e.errno(),
             Self::SharedBuffer(e) => e.errno(),
             Self::Protocol(e) => e.errno(),
             Self::Remote { errno, .. } => *errno,
@@ -285,7 +271,6 @@ impl Client {
             supported: true,
             fd_index: None,
         });
-        capabilities.mig_data_memfd = options.mig_data_memfd.then_some(true);
         capabilities.mig_data_shared = options.mig_data_shared.then_some(true);
         let limits = Limits {
             max_msg_fds: usize::try_from(capabilities.max_msg_fds()).unwrap_or(usize::MAX),
@@ -915,33 +900,14 @@ impl Client {
 
     /// MIG_DATA_READ of up to `size` bytes, the reply received into `buf`'s memory (its
     /// contents replaced): the data is `buf[range]`. Handing the same `buf` to every read
-    /// keeps the reply in memory that is already mapped. Bytes that came in a memfd are
-    /// copied into `buf` ([`Client::mig_data_read_chunk`] maps them instead).
+    /// keeps the reply in memory that is already mapped. With a registered shared buffer the
+    /// bytes come through its start and are copied into `buf`
+    /// ([`Client::mig_data_read_shared`] leaves them there).
     pub fn mig_data_read_into(
         &mut self,
         size: u32,
         buf: &mut Vec<u8>,
     ) -> Result<std::ops::Range<usize>, ClientError> {
-        match self.mig_data_read_chunk(size, buf)? {
-            MigChunk::Inline(range) => Ok(range),
-            MigChunk::Sealed(data) => {
-                buf.clear();
-                buf.extend_from_slice(data.as_slice());
-                Ok(0..buf.len())
-            }
-        }
-    }
-
-    /// MIG_DATA_READ of up to `size` bytes: inline bytes are received into `buf`'s memory as
-    /// with [`Client::mig_data_read_into`]; with `mig_data_memfd` the server may send them in
-    /// a sealed memfd, which is checked (a memfd sealed against writing and resizing, of the
-    /// size the reply states, no larger than asked) and mapped read-only. A reply with an fd
-    /// that fails the checks, or with more than one fd, is an error; the connection goes on.
-    pub fn mig_data_read_chunk(
-        &mut self,
-        size: u32,
-        buf: &mut Vec<u8>,
-    ) -> Result<MigChunk, ClientError> {
         if u64::from(size) > self.limits.max_data_xfer_size {
             return Err(ProtocolError::too_large(
                 "MIG_DATA_READ",
@@ -954,24 +920,18 @@ impl Client {
             let n = self.mig_data_read_shared(0, size.min(len_u32(shared.len())))?;
             buf.resize(n as usize, 0);
             shared.copy_out(0, buf).map_err(ClientError::SharedBuffer)?;
-            return Ok(MigChunk::Inline(0..buf.len()));
+            return Ok(0..buf.len());
         }
         let request = MigDataRead::new(size).to_bytes();
         let id = self.send(Command::MigDataRead, &request, &[], HeaderFlags::empty())?;
-        let mut msg = self.wait_into(id, Command::MigDataRead, std::mem::take(buf))?;
-        let mut fds = std::mem::take(&mut msg.fds);
+        let msg = self.wait_into(id, Command::MigDataRead, std::mem::take(buf))?;
         *buf = msg.payload;
-        if let Some(fd) = fds.pop() {
-            if !fds.is_empty() || !self.negotiated.mig_data_memfd {
-                return Err(ProtocolError::invalid(
-                    "MIG_DATA_READ reply",
-                    format!("{} fds", fds.len() + 1),
-                )
-                .into());
-            }
-            let fixed = MigDataMemfd::parse(buf, &self.limits)?;
-            let data = SealedData::check(fd, fixed.size.into(), size.into())?;
-            return Ok(MigChunk::Sealed(data));
+        if !msg.fds.is_empty() {
+            return Err(ProtocolError::invalid(
+                "MIG_DATA_READ reply",
+                format!("{} fds", msg.fds.len()),
+            )
+            .into());
         }
         let range = MigDataReadReply::data_range(buf, &self.limits)?;
         if range.len() > size as usize {
@@ -979,11 +939,11 @@ impl Client {
                 ProtocolError::invalid("MIG_DATA_READ reply", "more data than asked").into(),
             );
         }
-        Ok(MigChunk::Inline(range))
+        Ok(range)
     }
 
-    /// MIG_DATA_WRITE of `data`, split at the negotiated transfer size. With
-    /// `mig_data_memfd`, pieces of at least [`MIN_MEMFD_WRITE`] bytes go in sealed memfds.
+    /// MIG_DATA_WRITE of `data`, split at the negotiated transfer size. With a registered
+    /// shared buffer the pieces go through its start.
     pub fn mig_data_write(&mut self, data: &[u8]) -> Result<(), ClientError> {
         if let Some(shared) = self.mig_buffer.clone() {
             for part in data.chunks(self.xfer_chunk().min(shared.len())) {
@@ -994,11 +954,6 @@ impl Client {
         }
         let chunk = self.xfer_chunk();
         for part in data.chunks(chunk) {
-            if self.negotiated.mig_data_memfd && part.len() >= MIN_MEMFD_WRITE {
-                let fd = sealed_memfd(part)?;
-                self.send_memfd(fd.as_fd(), part.len())?;
-                continue;
-            }
             // The fixed part and the data go out as they are: the data is not copied.
             let prefix = MigDataWrite::prefix(part.len());
             let id = self.send_parts(
@@ -1009,26 +964,6 @@ impl Client {
             )?;
             self.wait(id, Command::MigDataWrite)?;
         }
-        Ok(())
-    }
-
-    /// MIG_DATA_WRITE of the bytes of a sealed memfd (say, one a source server sent): the
-    /// memfd itself is passed on when `mig_data_memfd` was agreed and it fits the transfer
-    /// size; otherwise its bytes go as [`Client::mig_data_write`] sends them.
-    pub fn mig_data_write_sealed(&mut self, data: &SealedData) -> Result<(), ClientError> {
-        let len = data.as_slice().len();
-        if !self.negotiated.mig_data_memfd || len as u64 > self.limits.max_data_xfer_size {
-            return self.mig_data_write(data.as_slice());
-        }
-        self.send_memfd(data.fd().as_fd(), len)
-    }
-
-    fn send_memfd(&mut self, fd: BorrowedFd<'_>, len: usize) -> Result<(), ClientError> {
-        let size = u32::try_from(len)
-            .map_err(|_| ProtocolError::too_large("MIG_DATA_WRITE", len as u64, u32::MAX.into()))?;
-        let fixed = MigDataMemfd::new(size).to_bytes();
-        let id = self.send(Command::MigDataWrite, &fixed, &[fd], HeaderFlags::empty())?;
-        self.wait(id, Command::MigDataWrite)?;
         Ok(())
     }
 
@@ -1051,13 +986,25 @@ impl Client {
         Ok(())
     }
 
+    /// The shared migration data buffer registered with the server, if any.
+    pub fn mig_buffer(&self) -> Option<&Arc<SharedBuffer>> {
+        self.mig_buffer.as_ref()
+    }
+
     /// MIG_DATA_READ into the registered buffer: up to `size` bytes of the stream at
     /// `offset`; returns how many the server wrote there (fewer: the end, for now).
     pub fn mig_data_read_shared(&mut self, offset: u64, size: u32) -> Result<u32, ClientError> {
         let request = MigDataShared::new(offset, size).to_bytes();
         let id = self.send(Command::MigDataRead, &request, &[], HeaderFlags::empty())?;
         let msg = self.wait(id, Command::MigDataRead)?;
-        let reply = MigDataMemfd::parse(&msg.payload, &self.limits)?;
+        if !msg.fds.is_empty() {
+            return Err(ProtocolError::invalid(
+                "MIG_DATA_READ reply",
+                format!("{} fds", msg.fds.len()),
+            )
+            .into());
+        }
+        let reply = MigDataSharedReply::parse(&msg.payload, &self.limits)?;
         if reply.size > size {
             return Err(
                 ProtocolError::invalid("MIG_DATA_READ reply", "more data than asked").into(),
@@ -1820,74 +1767,36 @@ mod tests {
         twin_reply_with(Some(r.into()));
     }
 
-    /// Replies to the MIG_DATA_READ calls with what the `replies` say, in turn: the fixed
-    /// part's stated size and the fds to send.
-    fn memfd_replies(
-        memfd: bool,
-        replies: Vec<(u32, Vec<OwnedFd>)>,
-    ) -> (Client, thread::JoinHandle<()>) {
-        let mut replies = replies.into_iter();
+    #[test]
+    fn a_mig_data_read_reply_with_fds_or_more_than_asked_is_refused() {
+        let mut calls = 0;
         let (stream, server) = responder(ServerOffer::default(), move |s, msg| {
-            let (size, fds) = replies.next().expect("a reply for each call");
-            let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-            let payload = MigDataMemfd::new(size).to_bytes();
-            write_reply(s, &msg.header, &payload, &borrowed).unwrap();
+            calls += 1;
+            let (r, _w) = io::pipe().unwrap();
+            let fd = OwnedFd::from(r);
+            match calls {
+                // An fd beside inline bytes; then too many bytes for a shared read.
+                1 => {
+                    let payload = MigDataReadReply::new(vec![1; 4]).to_bytes();
+                    write_reply(s, &msg.header, &payload, &[fd.as_fd()]).unwrap();
+                }
+                2 => {
+                    let payload = MigDataSharedReply::new(65).to_bytes();
+                    write_reply(s, &msg.header, &payload, &[]).unwrap();
+                }
+                _ => {
+                    let payload = MigDataReadReply::new(vec![1; 4]).to_bytes();
+                    write_reply(s, &msg.header, &payload, &[]).unwrap();
+                }
+            }
         });
-        let options = ClientOptions {
-            mig_data_memfd: memfd,
-            ..ClientOptions::default()
-        };
-        let client = Client::from_stream(stream, options).unwrap();
-        assert_eq!(client.negotiated().mig_data_memfd, memfd);
-        (client, server)
-    }
-
-    #[test]
-    fn the_client_refuses_untrusted_memfds_and_goes_on() {
-        let sealed = || sealed_memfd(&[7u8; 100]).unwrap();
-        let unsealed = || {
-            let fd = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-            rustix::fs::ftruncate(&fd, 100).unwrap();
-            fd
-        };
-        let socket = || OwnedFd::from(UnixStream::pair().unwrap().0);
-        let (mut client, server) = memfd_replies(
-            true,
-            vec![
-                (100, vec![unsealed()]),
-                (100, vec![socket()]),
-                (99, vec![sealed()]),
-                // More than the 64 bytes asked below.
-                (100, vec![sealed()]),
-                (100, vec![sealed(), sealed()]),
-                (100, vec![sealed()]),
-            ],
-        );
-        let mut buf = Vec::new();
-        for case in 0..4 {
-            let asked = if case == 3 { 64 } else { 4096 };
-            let err = client.mig_data_read_chunk(asked, &mut buf).unwrap_err();
-            assert!(matches!(err, ClientError::Memfd(_)), "case {case}: {err:?}");
-        }
-        let err = client.mig_data_read_chunk(4096, &mut buf).unwrap_err();
+        let mut client = Client::from_stream(stream, ClientOptions::default()).unwrap();
+        let err = client.mig_data_read(4096).unwrap_err();
         assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
-        // The connection goes on (a refused fd is closed as its `OwnedFd` drops).
-        match client.mig_data_read_chunk(4096, &mut buf).unwrap() {
-            MigChunk::Sealed(data) => assert_eq!(data.as_slice(), &[7u8; 100][..]),
-            other => panic!("{other:?}"),
-        }
-        drop(client);
-        server.join().unwrap();
-    }
-
-    #[test]
-    fn a_memfd_the_client_did_not_agree_to_is_refused() {
-        let (mut client, server) =
-            memfd_replies(false, vec![(100, vec![sealed_memfd(&[1; 100]).unwrap()])]);
-        let err = client
-            .mig_data_read_chunk(4096, &mut Vec::new())
-            .unwrap_err();
+        let err = client.mig_data_read_shared(0, 64).unwrap_err();
         assert!(matches!(err, ClientError::Protocol(_)), "{err:?}");
+        // The connection goes on.
+        assert_eq!(client.mig_data_read(4096).unwrap(), vec![1; 4]);
         drop(client);
         server.join().unwrap();
     }

@@ -197,8 +197,7 @@ pub const MIG_DATA_SHARED_SIZE: u32 = 16;
 
 /// A MIG_DATA_READ or MIG_DATA_WRITE request on a connection that registered a shared buffer
 /// (`mig_data_shared`, [`super::shared_buf`]): `size` bytes at `offset` in the buffer, which
-/// a read fills (its reply is [`MigDataMemfd`]'s fixed part alone, `size` the bytes written
-/// there) and a write takes.
+/// a read fills (its reply is [`MigDataSharedReply`]) and a write takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MigDataShared {
     /// Size of the payload (16).
@@ -257,19 +256,18 @@ impl Payload for MigDataShared {
     }
 }
 
-/// The fixed part of a MIG_DATA_READ reply or MIG_DATA_WRITE request whose bytes travel in
-/// a sealed memfd (`mig_data_memfd`, [`super::memfd`]): `argsz` and `size` only, the memfd
-/// holding `size` bytes as the message's one fd.
+/// The MIG_DATA_READ reply to a [`MigDataShared`] request: `argsz` and `size` only, the
+/// server having written `size` bytes into the shared buffer at the request's offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MigDataMemfd {
+pub struct MigDataSharedReply {
     /// Size of the payload (8).
     pub argsz: u32,
-    /// Bytes in the memfd.
+    /// Bytes written into the shared buffer.
     pub size: u32,
 }
 
-impl MigDataMemfd {
-    /// The fixed part for a memfd of `size` bytes.
+impl MigDataSharedReply {
+    /// The reply stating `size` bytes.
     pub fn new(size: u32) -> Self {
         Self {
             argsz: MIG_DATA_SIZE,
@@ -278,17 +276,17 @@ impl MigDataMemfd {
     }
 }
 
-impl Payload for MigDataMemfd {
+impl Payload for MigDataSharedReply {
     /// Refuses inline bytes after the fixed part and a `size` above `max_data_xfer_size`.
     fn parse(payload: &[u8], limits: &Limits) -> Result<Self, ProtocolError> {
-        const WHAT: &str = "MIG_DATA with a memfd";
+        const WHAT: &str = "MIG_DATA_READ reply in the shared buffer";
         let mut r = Reader::new(WHAT, payload);
         let argsz = r.u32()?;
         let size = r.u32()?;
         if !r.rest().is_empty() {
             return Err(ProtocolError::invalid(
                 WHAT,
-                "inline bytes beside the memfd",
+                "inline bytes beside the shared buffer",
             ));
         }
         if argsz < MIG_DATA_SIZE {
@@ -397,23 +395,25 @@ mod tests {
     }
 
     #[test]
-    fn memfd_fixed_part() {
+    fn shared_reply() {
         let limits = Limits {
             max_data_xfer_size: 16,
             ..Limits::default()
         };
-        round_trip(&MigDataMemfd::new(16));
-        assert_eq!(MigDataMemfd::new(3).to_bytes().len(), 8);
-        let too_big = MigDataMemfd::new(17).to_bytes();
+        round_trip(&MigDataSharedReply::new(16));
+        assert_eq!(MigDataSharedReply::new(3).to_bytes().len(), 8);
+        let too_big = MigDataSharedReply::new(17).to_bytes();
         assert_eq!(
-            MigDataMemfd::parse(&too_big, &limits).unwrap_err().errno(),
+            MigDataSharedReply::parse(&too_big, &limits)
+                .unwrap_err()
+                .errno(),
             7
         );
-        let mut inline = MigDataMemfd::new(1).to_bytes();
+        let mut inline = MigDataSharedReply::new(1).to_bytes();
         inline.push(0);
-        assert!(MigDataMemfd::parse(&inline, &limits).is_err());
-        let small_argsz = MigDataMemfd { argsz: 4, size: 1 }.to_bytes();
-        assert!(MigDataMemfd::parse(&small_argsz, &limits).is_err());
+        assert!(MigDataSharedReply::parse(&inline, &limits).is_err());
+        let small_argsz = MigDataSharedReply { argsz: 4, size: 1 }.to_bytes();
+        assert!(MigDataSharedReply::parse(&small_argsz, &limits).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!   migration / DMA logging payloads, and this project's PRECOPY_INFO extension:
 //!   [`feature::FEATURE_PRECOPY_INFO`] `0xf001`, GET only, `{initial_bytes u64, dirty_bytes
 //!   u64}`, valid in PRE_COPY and PRE_COPY_P2P only), [`mig_data`] (with [`memfd`]: the
-//!   project's `mig_data_memfd` extension, migration data in sealed memfds).
+//!   project's `mig_data_shared` extension, migration data through one shared buffer).
 //! - [`message`]: [`Request`] and [`Reply`], dispatching on the command number; [`rules`]:
 //!   what VFIO asks of a request's fields beyond their layout (argsz minimums, reserved
 //!   fields, fds per command).
@@ -28,7 +28,6 @@ pub mod error;
 pub mod feature;
 pub mod header;
 pub mod irq;
-pub mod memfd;
 pub mod message;
 pub mod mig_data;
 pub mod region;

@@ -57,10 +57,6 @@ pub struct Capabilities {
     /// Migration parameters (sent by QEMU and libvfio-user, not in the spec's table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationCapability>,
-    /// A project extension: MIG_DATA_READ replies and MIG_DATA_WRITE requests may carry their
-    /// bytes in a sealed memfd instead of inline (same host only; [`super::memfd`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mig_data_memfd: Option<bool>,
     /// A project extension: the client may register one shared buffer, and MIG_DATA_READ
     /// and MIG_DATA_WRITE then name bytes in it instead of carrying them (same host only;
     /// [`super::shared_buf`]).
@@ -105,7 +101,6 @@ impl Capabilities {
                 pgsize: Some(DEFAULT_PGSIZES),
                 max_bitmap_size: Some(DEFAULT_MAX_BITMAP_SIZE),
             }),
-            mig_data_memfd: None,
             mig_data_shared: None,
         }
     }
@@ -236,9 +231,6 @@ pub struct ServerOffer {
     /// Largest dirty bitmap (DMA_LOGGING_REPORT) the server sends; `None` keeps `migration`
     /// out of the reply. The device server offers it only for functions that migrate.
     pub migration_max_bitmap_size: Option<u64>,
-    /// Whether MIG_DATA_READ/WRITE may carry their bytes in sealed memfds (the project's
-    /// `mig_data_memfd`); only a transport that passes fds (a Unix socket) offers it.
-    pub mig_data_memfd: bool,
     /// Whether a client may register a shared migration data buffer (the project's
     /// `mig_data_shared`); only a transport that passes fds (a Unix socket) offers it.
     pub mig_data_shared: bool,
@@ -255,7 +247,6 @@ impl Default for ServerOffer {
             twin_socket: false,
             write_multiple: true,
             migration_max_bitmap_size: Some(DEFAULT_MAX_BITMAP_SIZE),
-            mig_data_memfd: true,
             mig_data_shared: true,
         }
     }
@@ -282,8 +273,6 @@ pub struct Negotiated {
     pub write_multiple: bool,
     /// Migration parameters, when both sides have them.
     pub migration: Option<MigrationCapability>,
-    /// MIG_DATA_READ/WRITE may carry their bytes in sealed memfds.
-    pub mig_data_memfd: bool,
     /// The client may register a shared migration data buffer.
     pub mig_data_shared: bool,
 }
@@ -305,8 +294,8 @@ impl Negotiated {
 /// (clamped to what QEMU accepts); `pgsizes` is the intersection. A capability the client did
 /// not name is left out of the reply unless its value differs from the protocol default.
 /// Boolean capabilities and `migration` appear only if the client proposed them.
-/// `mig_data_memfd` (the project's extension) is on when the client proposed `true`, the
-/// server offers it and the client takes at least one fd; so is `mig_data_shared`.
+/// `mig_data_shared` (the project's extension) is on when the client proposed `true`, the
+/// server offers it and the client takes at least one fd.
 /// Twin-socket mode is on when the client proposed `twin_socket.supported`, the server offers
 /// it and the client takes at least one fd; the reply then names fd 0 (`fd_index` of a
 /// proposal means nothing and is ignored).
@@ -346,11 +335,7 @@ pub fn negotiate(
     let twin_socket =
         client.twin_socket.is_some_and(|t| t.supported) && offer.twin_socket && max_msg_fds > 0;
     let write_multiple = client.write_multiple.map(|w| w && offer.write_multiple);
-    // A memfd travels as an fd: a client that takes no fds cannot have one.
-    let mig_data_memfd = client
-        .mig_data_memfd
-        .map(|m| m && offer.mig_data_memfd && max_msg_fds > 0);
-    // So does the shared buffer.
+    // The shared buffer travels as an fd: a client that takes no fds cannot have one.
     let mig_data_shared = client
         .mig_data_shared
         .map(|m| m && offer.mig_data_shared && max_msg_fds > 0);
@@ -387,7 +372,6 @@ pub fn negotiate(
         }),
         write_multiple,
         migration,
-        mig_data_memfd,
         mig_data_shared,
     };
     let reply = Version {
@@ -404,7 +388,6 @@ pub fn negotiate(
         pgsizes,
         twin_socket,
         write_multiple: write_multiple.unwrap_or(false),
-        mig_data_memfd: mig_data_memfd.unwrap_or(false),
         mig_data_shared: mig_data_shared.unwrap_or(false),
         migration,
     };
@@ -472,9 +455,6 @@ pub fn accept_reply(proposal: &Version, reply: &Version) -> Result<Negotiated, P
     if theirs.write_multiple.is_some() && ours.write_multiple.is_none() {
         return Err(ProtocolError::invalid(WHAT, "write_multiple not proposed"));
     }
-    if theirs.mig_data_memfd.is_some() && ours.mig_data_memfd.is_none() {
-        return Err(ProtocolError::invalid(WHAT, "mig_data_memfd not proposed"));
-    }
     if theirs.mig_data_shared.is_some() && ours.mig_data_shared.is_none() {
         return Err(ProtocolError::invalid(WHAT, "mig_data_shared not proposed"));
     }
@@ -482,8 +462,6 @@ pub fn accept_reply(proposal: &Version, reply: &Version) -> Result<Negotiated, P
     let mig_data_shared = theirs.mig_data_shared == Some(true)
         && ours.mig_data_shared == Some(true)
         && max_msg_fds > 0;
-    let mig_data_memfd =
-        theirs.mig_data_memfd == Some(true) && ours.mig_data_memfd == Some(true) && max_msg_fds > 0;
     let migration = match (ours.migration, theirs.migration) {
         (Some(_), Some(m)) => Some(m),
         (None, Some(_)) => {
@@ -501,7 +479,6 @@ pub fn accept_reply(proposal: &Version, reply: &Version) -> Result<Negotiated, P
         twin_socket,
         write_multiple,
         migration,
-        mig_data_memfd,
         mig_data_shared,
     })
 }
@@ -846,58 +823,6 @@ mod tests {
             fd_index: Some(0),
         });
         assert!(accept_reply(&proposal, &r).is_err());
-    }
-
-    #[test]
-    fn mig_data_memfd_needs_both_sides_and_fds() {
-        let proposal = |memfd: Option<bool>, fds: u64| Version {
-            capabilities: Capabilities {
-                mig_data_memfd: memfd,
-                max_msg_fds: Some(fds),
-                ..Capabilities::qemu_proposal()
-            },
-            ..Version::default()
-        };
-        let offer = ServerOffer::default();
-        let refusing = ServerOffer {
-            mig_data_memfd: false,
-            ..ServerOffer::default()
-        };
-        let asked = proposal(Some(true), 16);
-        let (reply, negotiated) = negotiate(&asked, &offer).unwrap();
-        assert!(negotiated.mig_data_memfd);
-        assert_eq!(reply.capabilities.mig_data_memfd, Some(true));
-        assert!(accept_reply(&asked, &reply).unwrap().mig_data_memfd);
-        // The JSON name on the wire.
-        let json = String::from_utf8(reply.to_bytes()[4..].to_vec()).unwrap();
-        assert!(json.contains(r#""mig_data_memfd":true"#), "{json}");
-        // The server refuses: the reply says false and neither side uses memfds.
-        let (reply, negotiated) = negotiate(&asked, &refusing).unwrap();
-        assert!(!negotiated.mig_data_memfd);
-        assert_eq!(reply.capabilities.mig_data_memfd, Some(false));
-        assert!(!accept_reply(&asked, &reply).unwrap().mig_data_memfd);
-        // No fds, no memfds.
-        assert!(
-            !negotiate(&proposal(Some(true), 0), &offer)
-                .unwrap()
-                .1
-                .mig_data_memfd
-        );
-        // A client that does not ask (QEMU) sees nothing of it.
-        let quiet = proposal(None, 16);
-        let (reply, negotiated) = negotiate(&quiet, &offer).unwrap();
-        assert!(!negotiated.mig_data_memfd);
-        assert_eq!(reply.capabilities.mig_data_memfd, None);
-        // The client refuses a reply that grants what it did not ask, and may refuse itself.
-        let mut granted = reply.clone();
-        granted.capabilities.mig_data_memfd = Some(true);
-        assert!(accept_reply(&quiet, &granted).is_err());
-        let declined = proposal(Some(false), 16);
-        let (reply, negotiated) = negotiate(&declined, &offer).unwrap();
-        assert!(!negotiated.mig_data_memfd);
-        let mut forced = reply.clone();
-        forced.capabilities.mig_data_memfd = Some(true);
-        assert!(!accept_reply(&declined, &forced).unwrap().mig_data_memfd);
     }
 
     #[test]
