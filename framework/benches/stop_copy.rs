@@ -8,10 +8,12 @@
 //! - `stop_copy_migrate_1gib`: the whole move with the migration driver, into a second
 //!   function that checks the stream and loads the state, both over vfio-user as above;
 //! - `..._large_1gib`: the same with the largest transfers the server allows (64 MiB), inline;
-//! - `..._memfd_1gib`: the same with 64 MiB transfers and `mig_data_memfd`: each read reply is
-//!   a fresh sealed memfd the client checks and maps read-only (populated: its bytes are
-//!   readable without page faults, and are not copied again), and the driver passes the
-//!   source's memfds on to the destination, which maps them and loads from them.
+//! - `..._shared_1gib`: 1 MiB transfers through one buffer shared with the server
+//!   (`mig_data_shared`, 2 MiB: two halves): the server writes each chunk into the buffer,
+//!   the reader copies it out (a VMM's use of the bytes); the driver registers one buffer
+//!   with both servers, the source's writes a chunk into one half while the destination's
+//!   copies the other half's into its own memory and loads it;
+//! - `..._shared_large_1gib`: the same with 64 MiB transfers (a 128 MiB buffer).
 //!
 //! Prints `BENCH name value unit ratio=.. vs=..`; ratios are throughput over memcpy's.
 
@@ -26,8 +28,9 @@ use vfio_variant::device::VirtualFunction;
 use vfio_variant::migration::{
     MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
 };
-use vfio_variant::migration_driver::{LocalDestination, Options, migrate};
+use vfio_variant::migration_driver::{LocalDestination, Options, migrate, share_buffer};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
+use vfio_variant::vfio_user::shared_buf::SharedBuffer;
 use vfio_variant::vfio_user::{Capabilities, Client, ClientOptions, ServerOffer};
 use vfio_variant::vpci::{compile::compile, parse_layout};
 
@@ -85,16 +88,17 @@ impl MigrationHooks for Bulk {
     }
 }
 
-/// Largest transfer offered and asked for with `mig_data_memfd` (QEMU's bound).
+/// Largest transfer offered and asked for (QEMU's bound).
 const LARGE_XFER: u64 = 64 << 20;
 
-/// How the bench's client connects: as QEMU does, asking for large transfers, or for large
-/// transfers in memfds.
+/// How the bench's client connects: as QEMU does, asking for large transfers, or through a
+/// shared buffer with either transfer size.
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Inline,
     Large,
-    Memfd,
+    Shared,
+    SharedLarge,
 }
 
 impl Mode {
@@ -103,15 +107,16 @@ impl Mode {
         match self {
             Self::Inline => "",
             Self::Large => "_large",
-            Self::Memfd => "_memfd",
+            Self::Shared => "_shared",
+            Self::SharedLarge => "_shared_large",
         }
     }
 
     /// The transfer size asked for.
     fn xfer(self) -> u64 {
         match self {
-            Self::Inline => 1 << 20,
-            Self::Large | Self::Memfd => LARGE_XFER,
+            Self::Inline | Self::Shared => 1 << 20,
+            Self::Large | Self::SharedLarge => LARGE_XFER,
         }
     }
 }
@@ -135,19 +140,17 @@ fn function(fill: u8, mode: Mode) -> (Client, Arc<VirtualFunction>) {
         ..ServerConfig::default()
     };
     std::thread::spawn(move || serve_connection(&port, &Arc::new(config), theirs));
-    let options = match mode {
-        Mode::Inline => ClientOptions::default(),
-        Mode::Large | Mode::Memfd => ClientOptions {
-            capabilities: Capabilities {
-                max_data_xfer_size: Some(LARGE_XFER),
-                ..Capabilities::qemu_proposal()
-            },
-            mig_data_memfd: mode == Mode::Memfd,
-            ..ClientOptions::default()
+    let shared = matches!(mode, Mode::Shared | Mode::SharedLarge);
+    let options = ClientOptions {
+        capabilities: Capabilities {
+            max_data_xfer_size: Some(mode.xfer()),
+            ..Capabilities::qemu_proposal()
         },
+        mig_data_shared: shared,
+        ..ClientOptions::default()
     };
     let client = Client::from_stream(ours, options).expect("negotiation");
-    assert_eq!(client.negotiated().mig_data_memfd, mode == Mode::Memfd);
+    assert_eq!(client.negotiated().mig_data_shared, shared);
     (client, vf)
 }
 
@@ -193,7 +196,7 @@ fn main() {
     report("stop_copy_stream_1gib", stream, memcpy);
     drop((_client, vf));
 
-    for mode in [Mode::Inline, Mode::Large, Mode::Memfd] {
+    for mode in [Mode::Inline, Mode::Large, Mode::Shared, Mode::SharedLarge] {
         let suffix = mode.infix();
         let read = read_over_vfio_user(mode);
         report(&format!("stop_copy_read{suffix}_1gib"), read, memcpy);
@@ -213,17 +216,38 @@ fn read_over_vfio_user(mode: Mode) -> f64 {
         .set_mig_state(MigrationState::StopCopy)
         .expect("stop-copy");
     let size = u32::try_from(mode.xfer()).expect("at most 64 MiB");
+    let shared = client.negotiated().mig_data_shared.then(|| {
+        let buffer = Arc::new(SharedBuffer::create(2 * mode.xfer()).expect("shared buffer"));
+        client
+            .register_mig_buffer(Arc::clone(&buffer))
+            .expect("registration");
+        buffer
+    });
     let start = Instant::now();
     let mut bytes = 0usize;
-    // One buffer for every inline reply, as a VMM keeps it.
+    // One buffer for every reply (or copy out of the shared buffer), as a VMM keeps it.
     let mut reply = Vec::new();
+    let mut half = 0;
     loop {
-        let chunk = client
-            .mig_data_read_chunk(size, &mut reply)
-            .expect("MIG_DATA_READ");
-        black_box(chunk.bytes(&reply));
-        bytes += chunk.len();
-        if chunk.len() < size as usize {
+        let n = match &shared {
+            Some(buffer) => {
+                let offset = half * mode.xfer();
+                half ^= 1;
+                let n = client
+                    .mig_data_read_shared(offset, size)
+                    .expect("MIG_DATA_READ") as usize;
+                reply.resize(n, 0);
+                buffer.copy_out(offset, &mut reply).expect("in the buffer");
+                n
+            }
+            None => client
+                .mig_data_read_into(size, &mut reply)
+                .expect("MIG_DATA_READ")
+                .len(),
+        };
+        black_box(&reply);
+        bytes += n;
+        if n < size as usize {
             break;
         }
     }
@@ -240,6 +264,11 @@ fn read_over_vfio_user(mode: Mode) -> f64 {
 fn migrate_over_vfio_user(mode: Mode) -> (f64, Duration) {
     let (mut source, _source_vf) = function(0x22, mode);
     let (mut destination, _destination_vf) = function(0x01, mode);
+    let shared = share_buffer(&mut source, &mut destination).expect("shared buffer");
+    assert_eq!(
+        shared.is_some(),
+        matches!(mode, Mode::Shared | Mode::SharedLarge)
+    );
     let options = Options {
         precopy: false,
         ..Options::default()

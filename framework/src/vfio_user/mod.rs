@@ -6,7 +6,7 @@
 //!   [`access`] (REGION_READ/WRITE, WRITE_MULTI), [`irq`], [`feature`] (DEVICE_FEATURE and the
 //!   migration / DMA logging payloads, and this project's PRECOPY_INFO extension:
 //!   [`feature::FEATURE_PRECOPY_INFO`] `0xf001`, GET only, `{initial_bytes u64, dirty_bytes
-//!   u64}`, valid in PRE_COPY and PRE_COPY_P2P only), [`mig_data`] (with [`memfd`]: the
+//!   u64}`, valid in PRE_COPY and PRE_COPY_P2P only), [`mig_data`] (with [`shared_buf`]: the
 //!   project's `mig_data_shared` extension, migration data through one shared buffer).
 //! - [`message`]: [`Request`] and [`Reply`], dispatching on the command number; [`rules`]:
 //!   what VFIO asks of a request's fields beyond their layout (argsz minimums, reserved
