@@ -12,10 +12,12 @@
 //! the rest goes to the twin socket the reply brings, queued there at once (replies, commands
 //! or garbage, read by the server's twin reader while the main socket's commands run and its
 //! DMA requests go out on the twin socket), the remainder to the main socket as before.
-//! Bit 3 (with bit 0) has the VERSION propose `mig_data_memfd`; whatever the VERSION, bits 4
-//! and 5 then send one MIG_DATA_WRITE carrying an fd first, before the rest: a memfd sealed as
-//! the extension wants, one unsealed, or a socket, of the size and stated size the next two
-//! input bytes choose (in KiB), to be taken, refused as untrusted, or refused as not agreed.
+//! Bit 3 (with bit 0) has the VERSION propose `mig_data_shared`; whatever the VERSION, bits 4
+//! and 5 then register a shared migration data buffer first (DEVICE_FEATURE
+//! MIG_DATA_BUFFER with an fd), before the rest: a memfd sealed as the extension wants, one
+//! unsealed, or a socket, of the size the next input byte chooses (in 16 KiB, so that it may
+//! pass the bound), to be taken, refused as untrusted, or refused as not agreed. Once one is
+//! taken, the MIG_DATA_READ and MIG_DATA_WRITE in the rest name offsets and sizes in it.
 #![no_main]
 
 use std::io::Write;
@@ -24,7 +26,7 @@ use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use rustix::fs::MemfdFlags;
+use rustix::fs::{MemfdFlags, SealFlags};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -40,8 +42,8 @@ use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::access::RegionWrite;
 use vfio_variant::vfio_user::version::TwinSocket;
 use vfio_variant::vfio_user::version::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
-use vfio_variant::vfio_user::memfd::sealed_memfd;
-use vfio_variant::vfio_user::mig_data::MigDataMemfd;
+use vfio_variant::vfio_user::feature::{DeviceFeature, FEATURE_MIG_DATA_BUFFER};
+use vfio_variant::vfio_user::shared_buf::SHARED_SEALS;
 use vfio_variant::vfio_user::{
     Capabilities, Command, Header, Limits, Payload, Version, read_message, write_message,
 };
@@ -336,13 +338,13 @@ fn prefix(mode: u8) -> Vec<u8> {
             supported: true,
             fd_index: None,
         });
-        let mig_data_memfd = (mode & 8 != 0).then_some(true);
+        let mig_data_shared = (mode & 8 != 0).then_some(true);
         let version = Version {
             major: PROTOCOL_MAJOR,
             minor: PROTOCOL_MINOR,
             capabilities: Capabilities {
                 twin_socket,
-                mig_data_memfd,
+                mig_data_shared,
                 ..Capabilities::qemu_proposal()
             },
         }
@@ -413,28 +415,30 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// Sends a MIG_DATA_WRITE with an fd of `kind` (1: a sealed memfd, 2: an unsealed memfd,
-/// 3: a socket) whose size and stated size come from the first two bytes of `rest` (in KiB,
-/// so that the stated size may pass the transfer bound); returns the rest after them.
+/// Registers a shared buffer with an fd of `kind` (1: a memfd sealed against resizing, 2:
+/// an unsealed memfd, 3: a socket) whose size comes from the first byte of `rest` (in 16 KiB);
+/// returns the rest after it.
 fn send_fd<'a>(client: &UnixStream, kind: u8, rest: &'a [u8]) -> &'a [u8] {
-    let (sizes, rest) = rest.split_at(rest.len().min(2));
-    let len = usize::from(sizes.first().copied().unwrap_or(1)) << 10;
-    let stated = u32::from(sizes.get(1).copied().unwrap_or(1)) << 10;
+    let (size, rest) = rest.split_at(rest.len().min(1));
+    let len = u64::from(size.first().copied().unwrap_or(1)) << 14;
     let fd: OwnedFd = match kind {
-        1 => match sealed_memfd(&vec![0xa5; len]) {
-            Ok(fd) => fd,
-            Err(_) => return rest,
-        },
-        2 => {
-            let fd = rustix::fs::memfd_create("fuzz", MemfdFlags::CLOEXEC).expect("memfd");
-            rustix::fs::ftruncate(&fd, len as u64).expect("ftruncate");
+        1 | 2 => {
+            let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+            let fd = rustix::fs::memfd_create("fuzz", flags).expect("memfd");
+            rustix::fs::ftruncate(&fd, len).expect("ftruncate");
+            let seals = if kind == 1 {
+                SHARED_SEALS
+            } else {
+                SealFlags::empty()
+            };
+            rustix::fs::fcntl_add_seals(&fd, seals).expect("seals");
             fd
         }
         _ => UnixStream::pair().expect("socketpair").0.into(),
     };
-    let fixed = MigDataMemfd::new(stated).to_bytes();
-    let header = Header::request(0x7fff, Command::MigDataWrite, fixed.len());
-    let _ = write_message(client, &header, &fixed, &[fd.as_fd()]);
+    let request = DeviceFeature::set(FEATURE_MIG_DATA_BUFFER, Vec::new()).to_bytes();
+    let header = Header::request(0x7fff, Command::DeviceFeature, request.len());
+    let _ = write_message(client, &header, &request, &[fd.as_fd()]);
     rest
 }
 
