@@ -63,6 +63,9 @@ pub(crate) struct Session<'a> {
     /// The shared migration data buffer the client registered (`mig_data_shared`), mapped
     /// until the connection ends.
     mig_buffer: Option<SharedBuffer>,
+    /// Where a MIG_DATA_WRITE's bytes are copied out of the shared buffer: kept from one
+    /// write to the next, so that no write fills fresh pages.
+    mig_scratch: Vec<u8>,
 }
 
 impl<'a> Session<'a> {
@@ -80,6 +83,7 @@ impl<'a> Session<'a> {
             negotiated: None,
             twin: None,
             mig_buffer: None,
+            mig_scratch: Vec::new(),
         }
     }
 
@@ -100,7 +104,7 @@ impl<'a> Session<'a> {
         let mig_data = header.command == Command::MigDataRead.raw()
             || header.command == Command::MigDataWrite.raw();
         if mig_data && self.mig_buffer.is_some() {
-            return self.mig_data_shared(message, &limits, spent);
+            return self.mig_data_shared(message, &limits);
         }
         let request = match message.take_request(&limits) {
             Ok(r) => r,
@@ -202,7 +206,7 @@ impl<'a> Session<'a> {
 
     /// MIG_DATA_READ or MIG_DATA_WRITE on a connection with a shared buffer: the request
     /// names bytes in it ([`MigDataShared`]) and carries no fds.
-    fn mig_data_shared(&self, message: Message, limits: &Limits, spent: &mut Vec<u8>) -> bool {
+    fn mig_data_shared(&mut self, message: Message, limits: &Limits) -> bool {
         let header = message.header;
         let Some(shared) = self.mig_buffer.as_ref() else {
             return self.outbox.error(&header, libc::EINVAL).is_ok();
@@ -219,7 +223,8 @@ impl<'a> Session<'a> {
         let done = if header.command == Command::MigDataRead.raw() {
             migration::data_read_shared(&self.port.migration, function, shared, &request)
         } else {
-            migration::data_write_shared(function, shared, &request, spent).map(|()| Vec::new())
+            migration::data_write_shared(function, shared, &request, &mut self.mig_scratch)
+                .map(|()| Vec::new())
         };
         let sent = match done {
             Ok(_) if header.no_reply() => Ok(()),
