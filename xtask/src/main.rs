@@ -16,7 +16,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   ci               everything CI checks: fmt, clippy -D warnings, tests, docs, fuzz build, e2e
-  e2e [--kernel RELEASE | nested]
+  e2e [--kernel RELEASE | nested | migration]
                    boot QEMU guests on the vfio-user server and check its functions from
                    unmodified kernels (Debian sid's and Debian 12's, or the chroot's kernel
                    RELEASE alone), and a real nvme and igb VF through kernel VFIO one VM

@@ -13,6 +13,7 @@ pub mod guest;
 pub mod initramfs;
 pub mod kernels;
 pub mod nested;
+pub mod qemu_migration;
 pub mod server;
 pub mod vfio;
 pub mod virtio;
