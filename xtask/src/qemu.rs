@@ -67,6 +67,10 @@ const BUILT_MARKER: &str = ".vfio-variant-built";
 const DEB_SRC_LIST: &str = "etc/apt/sources.list.d/vfio-variant-deb-src.list";
 const DEB_SRC_LINE: &str = "deb-src http://deb.debian.org/debian sid main\n";
 
+/// The QEMU arguments that let the binary find its firmware: the chroot's Debian packages
+/// (seabios, qemu-system-data), since the DFSG source ships none.
+pub const FIRMWARE_ARGS: &[&str] = &["-L", "/usr/share/seabios", "-L", "/usr/share/qemu"];
+
 /// The patched QEMU, ready in the chroot.
 pub struct PatchedQemu {
     /// The binary, as a path inside the chroot.

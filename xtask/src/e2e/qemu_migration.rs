@@ -5,7 +5,8 @@
 //! 1. **Blocker.** A QEMU attached to a function that cannot migrate (the embedded default's
 //!    `idxd0`) refuses QMP `migrate` with the patch's message.
 //! 2. **Live migration mid-I/O.** Two servers share the virtio-blk VF's image, as two hosts
-//!    share storage. A guest on the source QEMU, attached to the source server's transitional
+//!    share storage, and the two QEMUs run in two network namespaces joined by a veth pair
+//!    (two hosts; the migration stream goes over TCP between them). A guest on the source QEMU, attached to the source server's transitional
 //!    `virtio-blk0`, binds it with the unmodified legacy driver (`virtio_pci.force_legacy=1`)
 //!    and writes generation after generation of blocks (`migration/init.sh`). Once it has
 //!    written one, the host migrates the VM (QMP `migrate`) to a second QEMU started with
@@ -58,6 +59,11 @@ const BLOCK: u64 = 4096;
 /// Size of the disk images (that of the VF's image, the backend's `BLK_IMAGE_SIZE`).
 const IMAGE_SIZE: u64 = 64 << 20;
 
+/// The two hosts' addresses on their veth link, and the destination's migration port.
+const SOURCE_IP: &str = "10.99.7.1";
+const DESTINATION_IP: &str = "10.99.7.2";
+const MIGRATION_PORT: u16 = 4444;
+
 /// How long a guest may run, the migration may take, and QMP may take to answer.
 const GUEST_TIMEOUT: Duration = Duration::from_secs(400);
 const MIGRATE_TIMEOUT: Duration = Duration::from_secs(180);
@@ -96,8 +102,10 @@ pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<Outcome, Strin
     let mut source = Server::start_named(binary, root, "info", "migsrc", Some(&shared))?;
     let mut destination = Server::start_named(binary, root, "info", "migdst", Some(&shared))?;
     let _mounts = Mounts::new(root)?;
+    let hosts = Hosts::new()?;
     let setup = Setup {
         root,
+        hosts: &hosts,
         qemu: &qemu,
         kernel,
         initrd: &initrd,
@@ -123,6 +131,7 @@ pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<Outcome, Strin
 /// What every VM of this part shares.
 struct Setup<'a> {
     root: &'a Path,
+    hosts: &'a Hosts,
     qemu: &'a PatchedQemu,
     kernel: &'a Kernel,
     initrd: &'a str,
@@ -164,8 +173,7 @@ fn all_parts(
 /// `qemu-system-x86_64`) with the binary's path and its firmware directories.
 fn patched(qemu: &PatchedQemu, mut args: Vec<String>) -> Vec<String> {
     args[0] = qemu.binary.clone();
-    let firmware = ["-L", "/usr/share/seabios", "-L", "/usr/share/qemu"];
-    args.splice(1..1, firmware.iter().map(|arg| arg.to_string()));
+    args.splice(1..1, qemu::FIRMWARE_ARGS.iter().map(|arg| arg.to_string()));
     args
 }
 
@@ -242,7 +250,7 @@ fn blocker(setup: &Setup, server: &Server) -> Result<usize, String> {
     .map(|arg| arg.to_string())
     .collect();
     args.extend(ram_args(true));
-    let mut vm = Vm::start(setup, "blocker", patched(setup.qemu, args))?;
+    let mut vm = Vm::start(setup, "blocker", None, patched(setup.qemu, args))?;
     let mut qmp = vm.qmp()?;
     let refused = qmp.execute("migrate", r#"{"uri":"exec:cat > /dev/null"}"#);
     let _ = qmp.execute("quit", "{}");
@@ -295,10 +303,10 @@ fn migrate_guest(setup: &Setup, attach: &Attach, image: &Path) -> Result<Migrate
         .args(attach.args(side == "destination"));
         patched(setup.qemu, guest.qemu_args())
     };
-    let stream = setup.dir.join(format!("migrate-{name}.sock"));
+    let stream = format!("tcp:{DESTINATION_IP}:{MIGRATION_PORT}");
     let mut destination_args = guest("destination");
     destination_args.push("-incoming".into());
-    destination_args.push(format!("unix:{}", in_chroot(&stream, setup.root)?));
+    destination_args.push(stream.clone());
     let mut source_args = guest("source");
     let trace = setup.dir.join(format!("trace-{name}.log"));
     source_args.extend([
@@ -307,17 +315,25 @@ fn migrate_guest(setup: &Setup, attach: &Attach, image: &Path) -> Result<Migrate
         "-D".to_string(),
         in_chroot(&trace, setup.root)?,
     ]);
-    let mut destination = Vm::start(setup, &format!("{name}-destination"), destination_args)?;
-    let mut source = Vm::start(setup, &format!("{name}-source"), source_args)?;
+    let [source_host, destination_host] = &setup.hosts.names;
+    let mut destination = Vm::start(
+        setup,
+        &format!("{name}-destination"),
+        Some(destination_host),
+        destination_args,
+    )?;
+    let mut source = Vm::start(
+        setup,
+        &format!("{name}-source"),
+        Some(source_host),
+        source_args,
+    )?;
     source.wait_for_console("written=1", GUEST_TIMEOUT)?;
     let mut qmp = source.qmp()?;
     let started = Instant::now();
     eprintln!("==> migrating the {name} guest mid-I/O");
-    qmp.execute(
-        "migrate",
-        &format!(r#"{{"uri":"unix:{}"}}"#, in_chroot(&stream, setup.root)?),
-    )
-    .map_err(|e| format!("migrate ({name}) failed: {e}"))?;
+    qmp.execute("migrate", &format!(r#"{{"uri":"{stream}"}}"#))
+        .map_err(|e| format!("migrate ({name}) failed: {e}"))?;
     let info = loop {
         let info = qmp
             .execute("query-migrate", "{}")
@@ -514,8 +530,13 @@ struct Vm {
 
 impl Vm {
     /// Starts QEMU with `args` (its first word the binary, a path inside the chroot) and a
-    /// QMP socket.
-    fn start(setup: &Setup, name: &str, mut args: Vec<String>) -> Result<Vm, String> {
+    /// QMP socket, in the network namespace `host` if given.
+    fn start(
+        setup: &Setup,
+        name: &str,
+        host: Option<&str>,
+        mut args: Vec<String>,
+    ) -> Result<Vm, String> {
         let qmp = setup.dir.join(format!("qmp-{name}.sock"));
         let _ = fs::remove_file(&qmp);
         args.push("-qmp".into());
@@ -532,7 +553,14 @@ impl Vm {
         let create = |path: &Path| {
             fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))
         };
-        let mut command = Command::new("chroot");
+        let mut command = match host {
+            Some(host) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", host, "chroot"]);
+                command
+            }
+            None => Command::new("chroot"),
+        };
         command
             .arg(setup.root)
             .args(&args)
@@ -641,6 +669,62 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = fs::remove_file(&self.qmp);
+    }
+}
+
+/// Two network namespaces (two hosts) joined by a veth pair; removed on drop.
+struct Hosts {
+    names: [String; 2],
+}
+
+impl Hosts {
+    fn new() -> Result<Hosts, String> {
+        let id = std::process::id();
+        let hosts = Hosts {
+            names: [format!("vvq-src-{id}"), format!("vvq-dst-{id}")],
+        };
+        let ip = |args: &[&str]| {
+            super::output(
+                &format!("ip {}", args.join(" ")),
+                Command::new("ip").args(args),
+            )
+            .map(drop)
+        };
+        for name in &hosts.names {
+            let _ = ip(&["netns", "del", name]);
+            ip(&["netns", "add", name])?;
+            ip(&["-n", name, "link", "set", "lo", "up"])?;
+        }
+        let links = [format!("vqs{id}"), format!("vqd{id}")];
+        ip(&[
+            "link", "add", &links[0], "type", "veth", "peer", "name", &links[1],
+        ])?;
+        for ((link, host), address) in links
+            .iter()
+            .zip(&hosts.names)
+            .zip([SOURCE_IP, DESTINATION_IP])
+        {
+            ip(&["link", "set", link, "netns", host])?;
+            ip(&[
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("{address}/24"),
+                "dev",
+                link,
+            ])?;
+            ip(&["-n", host, "link", "set", link, "up"])?;
+        }
+        Ok(hosts)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
     }
 }
 
