@@ -40,8 +40,7 @@ const CONFIGURE: &[&str] = &[
     "--disable-tools",
 ];
 
-/// What the build needs in the chroot. No bzip2: with it, configure wants the EDK2 firmware
-/// images, which the DFSG source package does not ship.
+/// What the build needs in the chroot.
 const BUILD_DEPENDS: &[&str] = &[
     "build-essential",
     "ninja-build",
@@ -154,12 +153,16 @@ fn build(
         unpack(root, tree)?;
     }
     apply(&src, patches)?;
+    // With bzip2 on the PATH, configure unpacks the EDK2 firmware images for x86_64, which
+    // the DFSG source package does not ship, and fails. build-essential brings bzip2 (through
+    // dpkg-dev), so the build hides it behind /dev/null, in its own mount namespace.
     in_chroot(
         root,
         tree,
         "configure and build QEMU",
         &format!(
-            "cd {TREE_IN_CHROOT} && mkdir -p build && cd build && \
+            "{{ [ ! -e /usr/bin/bzip2 ] || mount --bind /dev/null /usr/bin/bzip2; }} && \
+             cd {TREE_IN_CHROOT} && mkdir -p build && cd build && \
              {{ [ -f build.ninja ] || ../src/configure {}; }} && ninja qemu-system-x86_64",
             CONFIGURE.join(" ")
         ),
