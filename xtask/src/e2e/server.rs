@@ -30,7 +30,9 @@
 //!
 //! All of this (the sample function, [`super::vfio`] and [`super::virtio`]) runs once on each
 //! guest kernel of [`kernels::both`] (Debian sid's and Debian 12's), or on the one kernel that
-//! `--kernel RELEASE` names. The summary gives the checks passed per kernel and the time of
+//! `--kernel RELEASE` names. Without `--kernel`, the nested part ([`super::nested`]) and the
+//! QEMU live migration with the project's patches ([`super::qemu_migration`]) follow, once,
+//! on the sid kernel (`e2e nested` and `e2e migration` run one of them alone). The summary gives the checks passed per kernel and the time of
 //! every boot.
 //!
 //! Needs root (chroot, mounts). The server's log (`VFIO_VARIANT_LOG`, `debug` unless set) goes to
