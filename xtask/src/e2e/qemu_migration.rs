@@ -312,6 +312,8 @@ fn migrate_guest(setup: &Setup, attach: &Attach, image: &Path) -> Result<Migrate
     source_args.extend([
         "-trace".to_string(),
         "vfio_user_device_feature".to_string(),
+        "-trace".to_string(),
+        "vfio_container_query_dirty_bitmap".to_string(),
         "-D".to_string(),
         in_chroot(&trace, setup.root)?,
     ]);
@@ -390,7 +392,9 @@ fn migrate_guest(setup: &Setup, attach: &Attach, image: &Path) -> Result<Migrate
         checks += 1;
         let features = fs::read_to_string(&trace)
             .map_err(|e| format!("cannot read QEMU's trace {}: {e}", trace.display()))?;
-        checks += check_dma_logging(&features)?;
+        let dirty = check_dma_logging(&features)?;
+        eprintln!("==> {name}: the device's DMA logging reported {dirty} dirty page(s)");
+        checks += 2;
     }
     eprintln!(
         "==> {name}: migrated in {:.1} s, downtime {downtime_ms} ms, {device_bytes} bytes of \
@@ -489,10 +493,23 @@ fn check_guest(before: &Console, after: &Console, image: &fs::File) -> Result<us
     Ok(5)
 }
 
-/// Checks that the source QEMU's trace of its DEVICE_FEATURE requests has DMA logging
-/// started and reported: the pages the device wrote were asked for. (The STOP comes when
-/// QEMU cleans the migration up, which may be after the source is told to quit.)
-fn check_dma_logging(trace: &str) -> Result<usize, String> {
+/// Checks the source QEMU's trace: its DEVICE_FEATURE requests started DMA logging and asked
+/// for reports (the STOP comes when QEMU cleans the migration up, which may be after the
+/// source is told to quit), and the reports marked pages dirty in QEMU's bitmap (the guest's
+/// I/O makes the device write its used ring all along, so some page must have been written).
+/// Returns the number of pages the reports marked.
+fn check_dma_logging(trace: &str) -> Result<u64, String> {
+    let dirty: u64 = trace
+        .lines()
+        .filter(|line| line.contains("vfio_container_query_dirty_bitmap"))
+        .filter_map(|line| {
+            line.split("dirty_pages=")
+                .nth(1)?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
     let features: Vec<u32> = trace
         .lines()
         .filter_map(|line| line.split(" feature ").nth(1))
@@ -506,7 +523,12 @@ fn check_dma_logging(trace: &str) -> Result<usize, String> {
             ));
         }
     }
-    Ok(1)
+    if dirty == 0 {
+        return Err(
+            "the device's DMA logging reports marked no page dirty during the migration".into(),
+        );
+    }
+    Ok(dirty)
 }
 
 /// The sum of the per-CPU counts of a `/proc/interrupts` line (`NN: c0 c1 ... chip ...`).
@@ -790,11 +812,19 @@ mod tests {
     use super::{check_dma_logging, interrupt_count};
 
     #[test]
-    fn dma_logging_needs_start_and_report() {
-        let trace = "123@1.0:vfio_user_device_feature  feature 6 flags 0x20000\n\
-                     vfio_user_device_feature  feature 8 flags 0x10000\n";
-        assert_eq!(check_dma_logging(trace), Ok(1));
-        assert!(check_dma_logging("vfio_user_device_feature  feature 6 flags 0x20000\n").is_err());
+    fn dma_logging_needs_start_report_and_dirty_pages() {
+        let start = "123@1.0:vfio_user_device_feature  feature 6 flags 0x20000\n";
+        let report = "vfio_user_device_feature  feature 8 flags 0x10000\n";
+        let dirty = "vfio_container_query_dirty_bitmap iova=0x0 size= 0x80000000 \
+                     bitmap_size=0x10000 gpa=0x0 dirty_pages=3\n";
+        assert_eq!(
+            check_dma_logging(&format!("{start}{report}{dirty}{dirty}")),
+            Ok(6)
+        );
+        // No page reported dirty, or no REPORT, or no START.
+        assert!(check_dma_logging(&format!("{start}{report}")).is_err());
+        assert!(check_dma_logging(&format!("{start}{dirty}")).is_err());
+        assert!(check_dma_logging(&format!("{report}{dirty}")).is_err());
     }
 
     #[test]
