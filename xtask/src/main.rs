@@ -20,7 +20,9 @@ commands:
                    boot QEMU guests on the vfio-user server and check its functions from
                    unmodified kernels (Debian sid's and Debian 12's, or the chroot's kernel
                    RELEASE alone), and a real nvme and igb VF through kernel VFIO one VM
-                   level down (`nested`: only that part) (needs root)
+                   level down (`nested`: only that part), and a live migration of a guest
+                   between two QEMUs built with contrib/qemu's patches (`migration`: only
+                   that part) (needs root)
   bench [NAME...]  run the benchmarks (those whose name contains a NAME); prints
                    `BENCH name value unit [ratio=.. vs=..]` lines; `guest_blk` and
                    `nested_nvme` boot QEMU guests (need root, like e2e); `server` runs
