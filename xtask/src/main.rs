@@ -24,8 +24,9 @@ commands:
                    between two QEMUs built with contrib/qemu's patches (`migration`: only
                    that part) (needs root)
   bench [NAME...]  run the benchmarks (those whose name contains a NAME); prints
-                   `BENCH name value unit [ratio=.. vs=..]` lines; `guest_blk` and
-                   `nested_nvme` boot QEMU guests (need root, like e2e); `server` runs
+                   `BENCH name value unit [ratio=.. vs=..]` lines; `guest_blk`,
+                   `nested_nvme` and `qemu_migration_downtime` boot QEMU guests (need
+                   root, like e2e); `server` runs
                    libvfio-user's gpio sample beside ours, built once from ../shared/peers
                    (apt installs its build dependencies)
   fuzz [TARGET] [SECONDS]

@@ -80,6 +80,62 @@ pub struct Outcome {
 
 /// Runs the three parts on `kernel` with the server `binary`.
 pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<Outcome, String> {
+    with_setup(root, kernel, binary, all_parts)
+}
+
+/// The downtimes of `cargo xtask bench qemu_migration`, in ms: the VF's and QEMU's own
+/// virtio-blk-pci's, one of each per round, in interleaved rounds.
+pub struct Downtimes {
+    /// With the vfio-user virtio-blk VF.
+    pub vf_ms: Vec<u64>,
+    /// With QEMU's own virtio-blk-pci on an image of its own.
+    pub stock_ms: Vec<u64>,
+}
+
+/// `rounds` live migrations mid-I/O of each guest, the VF's and QEMU's virtio-blk-pci's in
+/// turn (each with its checks), for their downtimes.
+pub fn bench(
+    root: &Path,
+    kernel: &Kernel,
+    binary: &Path,
+    rounds: usize,
+) -> Result<Downtimes, String> {
+    with_setup(
+        root,
+        kernel,
+        binary,
+        |setup, source, destination, shared, baseline| {
+            let vf = Attach::Vf {
+                source: source.function_socket_in_chroot(setup.root, VF)?,
+                destination: destination.function_socket_in_chroot(setup.root, VF)?,
+            };
+            let stock = Attach::VirtioBlkPci {
+                image: in_chroot(baseline, setup.root)?,
+            };
+            let mut downtimes = Downtimes {
+                vf_ms: Vec::new(),
+                stock_ms: Vec::new(),
+            };
+            for _ in 0..rounds {
+                downtimes
+                    .vf_ms
+                    .push(migrate_guest(setup, &vf, shared)?.downtime_ms);
+                downtimes
+                    .stock_ms
+                    .push(migrate_guest(setup, &stock, baseline)?.downtime_ms);
+            }
+            Ok(downtimes)
+        },
+    )
+}
+
+/// Starts the two servers and the two hosts and runs `parts` with them.
+fn with_setup<T>(
+    root: &Path,
+    kernel: &Kernel,
+    binary: &Path,
+    parts: impl FnOnce(&Setup, &Server, &Server, &Path, &Path) -> Result<T, String>,
+) -> Result<T, String> {
     let qemu = qemu::ensure(root)?;
     let initrd = Initramfs::new(INIT)
         .module("virtio_pci")
@@ -111,12 +167,11 @@ pub fn run(root: &Path, kernel: &Kernel, binary: &Path) -> Result<Outcome, Strin
         initrd: &initrd,
         dir: &dir,
     };
-    let outcome =
-        all_parts(&setup, &source, &destination, &shared, &baseline).and_then(|outcome| {
-            source.stop()?;
-            destination.stop()?;
-            Ok(outcome)
-        });
+    let outcome = parts(&setup, &source, &destination, &shared, &baseline).and_then(|outcome| {
+        source.stop()?;
+        destination.stop()?;
+        Ok(outcome)
+    });
     let outcome = outcome.map_err(|e| {
         format!(
             "{e}\n--- source server ---\n{}\n--- destination server ---\n{}",

@@ -258,6 +258,18 @@ fn run_migration() -> Result<(), String> {
     Ok(())
 }
 
+/// `cargo xtask bench qemu_migration`: `rounds` interleaved live migrations of the VF's guest
+/// and of QEMU's own virtio-blk-pci's ([`super::qemu_migration::bench`]).
+pub fn bench_migration(rounds: usize) -> Result<super::qemu_migration::Downtimes, String> {
+    require_root()?;
+    let root = chroot::ensure_chroot()?;
+    let root = fs::canonicalize(&root)
+        .map_err(|e| format!("cannot resolve the chroot {}: {e}", root.display()))?;
+    let kernel = kernels::sid(&root)?;
+    let binary = build_server(false)?;
+    super::qemu_migration::bench(&root, &kernel, &binary, rounds)
+}
+
 /// Fails unless this process runs as root (its effective uid, from `/proc/self/status`).
 pub fn require_root() -> Result<(), String> {
     let status = fs::read_to_string("/proc/self/status")
