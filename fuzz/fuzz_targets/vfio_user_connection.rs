@@ -40,10 +40,10 @@ use vfio_variant::migration::{
 };
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::access::RegionWrite;
-use vfio_variant::vfio_user::version::TwinSocket;
-use vfio_variant::vfio_user::version::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use vfio_variant::vfio_user::feature::{DeviceFeature, FEATURE_MIG_DATA_BUFFER};
 use vfio_variant::vfio_user::shared_buf::SHARED_SEALS;
+use vfio_variant::vfio_user::version::TwinSocket;
+use vfio_variant::vfio_user::version::{PROTOCOL_MAJOR, PROTOCOL_MINOR};
 use vfio_variant::vfio_user::{
     Capabilities, Command, Header, Limits, Payload, Version, read_message, write_message,
 };

@@ -1,12 +1,13 @@
 //! `cargo xtask bench`: runs the benchmark binaries (harness = false) and passes their
 //! `BENCH name value unit [ratio=.. vs=..]` lines through, then the guest block benchmark
-//! ([`crate::e2e::blkbench`]) and the nested nvme benchmark ([`crate::e2e::nested`]); both need
-//! root: they boot QEMU guests. The `server` benchmark runs libvfio-user's gpio sample beside
+//! ([`crate::e2e::blkbench`]), the nested nvme benchmark ([`crate::e2e::nested`]) and the
+//! downtime of a QEMU live migration with the project's QEMU patches
+//! ([`crate::e2e::qemu_migration`]); those need root: they boot QEMU guests. The `server` benchmark runs libvfio-user's gpio sample beside
 //! ours ([`crate::peers`]); when it cannot be built the benchmark says so and goes on without
 //! it. It draws its side-by-side figures as an SVG chart in `target/bench/server.svg`.
 
 use crate::cmd::{cargo, run as run_step, target_dir};
-use crate::e2e::{blkbench, nested};
+use crate::e2e::{blkbench, nested, qemu_migration, server};
 use crate::peers;
 
 /// The benchmark that measures libvfio-user beside the server.
@@ -36,6 +37,11 @@ const BENCHES: &[(&str, &str)] = &[
 const GUEST_BLK: &str = "guest_blk";
 /// The name the nested nvme benchmark (a real function through kernel VFIO) is selected by.
 const NESTED_NVME: &str = "nested_nvme";
+
+/// The name the QEMU live-migration downtime benchmark is selected by.
+const QEMU_MIGRATION: &str = "qemu_migration_downtime";
+/// Live migrations of each guest in that benchmark.
+const QEMU_MIGRATION_ROUNDS: usize = 5;
 
 /// Whether the benchmark `name` is selected by `args` (all are when there are none).
 fn selected(args: &[String], name: &str) -> bool {
@@ -77,7 +83,37 @@ pub fn run(args: &[String]) -> Result<(), String> {
         eprintln!("==> bench {NESTED_NVME} (L1 under TCG, four L2 boots under KVM in it)");
         print_nested(&nested::bench()?);
     }
+    if selected(args, QEMU_MIGRATION) {
+        eprintln!(
+            "==> bench {QEMU_MIGRATION} ({QEMU_MIGRATION_ROUNDS} live migrations of each guest \
+             between two patched QEMUs under TCG, about 15 s each)"
+        );
+        print_qemu_migration(&server::bench_migration(QEMU_MIGRATION_ROUNDS)?);
+    }
     Ok(())
+}
+
+/// The middle value of `values` (the upper middle of an even count).
+fn median(values: &[u64]) -> u64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0)
+}
+
+/// The `BENCH` lines of the QEMU live migration: the median downtime with the VF against the
+/// median with QEMU's own virtio-blk-pci, over the same interleaved rounds.
+fn print_qemu_migration(downtimes: &qemu_migration::Downtimes) {
+    eprintln!(
+        "==> downtimes (ms): VF {:?}, virtio-blk-pci {:?}",
+        downtimes.vf_ms, downtimes.stock_ms
+    );
+    let (vf, stock) = (median(&downtimes.vf_ms), median(&downtimes.stock_ms));
+    let baseline = "qemu_virtio_blk_pci_migration_downtime";
+    println!(
+        "BENCH {QEMU_MIGRATION} {vf} ms ratio={:.2} vs={baseline}",
+        vf as f64 / stock.max(1) as f64
+    );
+    println!("BENCH {baseline} {stock} ms");
 }
 
 /// The price of private guest RAM: the VF's 4 KiB random-read IOPS on the legacy path with
@@ -153,4 +189,16 @@ fn print_guest_blk(results: &blkbench::Results) {
         builtin.randread_iops
     );
     println!("BENCH {baseline}_seq_read {:.2} MB/s", builtin.seq_mbps);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_of_the_sorted_values() {
+        assert_eq!(median(&[66, 5, 9, 12, 7]), 9);
+        assert_eq!(median(&[209, 3]), 209);
+        assert_eq!(median(&[]), 0);
+    }
 }

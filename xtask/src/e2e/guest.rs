@@ -261,6 +261,16 @@ pub struct Console {
 }
 
 impl Console {
+    /// The console captured to the file `log` by a QEMU run elsewhere, with what that QEMU
+    /// printed on its standard error.
+    pub fn from_log(log: &Path, qemu_stderr: String) -> Console {
+        Console {
+            text: read_lossy(log).replace('\r', ""),
+            log: log.to_path_buf(),
+            qemu_stderr,
+        }
+    }
+
     /// A console that printed `text` (for tests of what reads consoles).
     #[cfg(test)]
     pub fn from_text(text: &str) -> Console {
@@ -315,6 +325,11 @@ impl Console {
             Some((name, _)) => Err(format!("section `{name}` never ends")),
             None => Ok(sections),
         }
+    }
+
+    /// Every line of the console.
+    pub fn text_lines(&self) -> impl Iterator<Item = &str> {
+        self.text.lines().map(str::trim_end)
     }
 
     /// What QEMU printed on its standard error (empty when all went well).

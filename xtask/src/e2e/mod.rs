@@ -3,8 +3,9 @@
 //! kernel's modules ([`initramfs`]), guests booted under TCG whose serial console is parsed for
 //! marker-delimited sections ([`guest`]), and their users: `cargo xtask capture-configs`
 //! ([`capture`]), `cargo xtask e2e` ([`server`], [`vfio`] for kernel VFIO, [`nested`] for a real
-//! function through kernel VFIO one VM level down, [`virtio`] for the virtio VFs) and the guest
-//! block benchmark of `cargo xtask bench` ([`blkbench`]).
+//! function through kernel VFIO one VM level down, [`virtio`] for the virtio VFs,
+//! [`qemu_migration`] for QEMU live migration with the project's patches) and the guest block
+//! benchmark of `cargo xtask bench` ([`blkbench`]).
 
 pub mod blkbench;
 pub mod capture;
@@ -13,6 +14,7 @@ pub mod guest;
 pub mod initramfs;
 pub mod kernels;
 pub mod nested;
+pub mod qemu_migration;
 pub mod server;
 pub mod vfio;
 pub mod virtio;

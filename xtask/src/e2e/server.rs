@@ -30,14 +30,16 @@
 //!
 //! All of this (the sample function, [`super::vfio`] and [`super::virtio`]) runs once on each
 //! guest kernel of [`kernels::both`] (Debian sid's and Debian 12's), or on the one kernel that
-//! `--kernel RELEASE` names. The summary gives the checks passed per kernel and the time of
+//! `--kernel RELEASE` names. Without `--kernel`, the nested part ([`super::nested`]) and the
+//! QEMU live migration with the project's patches ([`super::qemu_migration`]) follow, once,
+//! on the sid kernel (`e2e nested` and `e2e migration` run one of them alone). The summary gives the checks passed per kernel and the time of
 //! every boot.
 //!
 //! Needs root (chroot, mounts). The server's log (`VFIO_VARIANT_LOG`, `debug` unless set) goes to
 //! `$TMPDIR/vfio-variant-e2e-server-<pid>.log` and is printed, with the guest console, on failure.
 
 pub(super) mod checks;
-mod json;
+pub(super) mod json;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -61,7 +63,7 @@ use super::output;
 use crate::cmd::{cargo, run as run_step, target_dir, workspace_root};
 
 /// The usage line of this command.
-const USAGE: &str = "usage: cargo xtask e2e [--kernel RELEASE | nested]";
+const USAGE: &str = "usage: cargo xtask e2e [--kernel RELEASE | nested | migration]";
 
 /// The guest's `/init`.
 const INIT: &str = include_str!("server/init.sh");
@@ -108,6 +110,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     {
         return run_nested();
     }
+    if let [only] = args
+        && only == "migration"
+    {
+        return run_migration();
+    }
     let only = parse_args(args)?;
     require_root()?;
     let started = Instant::now();
@@ -147,6 +154,20 @@ pub fn run(args: &[String]) -> Result<(), String> {
             sid.release,
             step.elapsed().as_secs_f64()
         ));
+    }
+    // QEMU with the vfio-user migration patches: once, on the sid kernel, like the nested part.
+    if !given {
+        let step = Instant::now();
+        let sid = kernels::sid(&root)?;
+        let migration = super::qemu_migration::run(&root, &sid, &binary)
+            .map_err(|e| format!("QEMU live migration: {e}"))?;
+        per_kernel.push(format!(
+            "QEMU live migration (kernel {}): {} checks passed in {:.1} s",
+            sid.release,
+            migration.checks,
+            step.elapsed().as_secs_f64()
+        ));
+        eprintln!("e2e: {}", migration.summary);
     }
     let boots: Vec<String> = super::guest::boot_times()
         .iter()
@@ -216,6 +237,37 @@ fn run_nested() -> Result<(), String> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `cargo xtask e2e migration`: only the QEMU live-migration part ([`super::qemu_migration`]).
+fn run_migration() -> Result<(), String> {
+    require_root()?;
+    let started = Instant::now();
+    let root = chroot::ensure_chroot()?;
+    let root = fs::canonicalize(&root)
+        .map_err(|e| format!("cannot resolve the chroot {}: {e}", root.display()))?;
+    let kernel = kernels::sid(&root)?;
+    let binary = build_server(false)?;
+    let outcome = super::qemu_migration::run(&root, &kernel, &binary)?;
+    eprintln!("e2e migration: {}", outcome.summary);
+    eprintln!(
+        "e2e migration: {} checks passed; total {:.1} s",
+        outcome.checks,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `cargo xtask bench qemu_migration`: `rounds` interleaved live migrations of the VF's guest
+/// and of QEMU's own virtio-blk-pci's ([`super::qemu_migration::bench`]).
+pub fn bench_migration(rounds: usize) -> Result<super::qemu_migration::Downtimes, String> {
+    require_root()?;
+    let root = chroot::ensure_chroot()?;
+    let root = fs::canonicalize(&root)
+        .map_err(|e| format!("cannot resolve the chroot {}: {e}", root.display()))?;
+    let kernel = kernels::sid(&root)?;
+    let binary = build_server(false)?;
+    super::qemu_migration::bench(&root, &kernel, &binary, rounds)
 }
 
 /// Fails unless this process runs as root (its effective uid, from `/proc/self/status`).

@@ -84,9 +84,22 @@ impl Server {
     /// `/tmp`, logging at `VFIO_VARIANT_LOG`, or at `level` when that is not set; returns once
     /// the virtio-blk function's socket exists.
     pub fn start(binary: &Path, root: &Path, level: &str) -> Result<Server, String> {
+        Self::start_named(binary, root, level, "virtio", None)
+    }
+
+    /// As [`Server::start`], with `name` in the names of its directory and log (two servers
+    /// with different names run side by side), and, when `shared_image` is given, the
+    /// virtio-blk VF's image a symbolic link to it (shared storage, as two hosts have).
+    pub fn start_named(
+        binary: &Path,
+        root: &Path,
+        level: &str,
+        name: &str,
+        shared_image: Option<&Path>,
+    ) -> Result<Server, String> {
         let base = root
             .join("tmp")
-            .join(format!("vfio-variant-e2e-virtio-{}", std::process::id()));
+            .join(format!("vfio-variant-e2e-{name}-{}", std::process::id()));
         if base.exists() {
             fs::remove_dir_all(&base)
                 .map_err(|e| format!("cannot remove {}: {e}", base.display()))?;
@@ -96,8 +109,14 @@ impl Server {
             fs::create_dir_all(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
+        if let Some(image) = shared_image {
+            let link = base.join("files").join(IMAGE);
+            std::os::unix::fs::symlink(image, &link).map_err(|e| {
+                format!("cannot link {} to {}: {e}", link.display(), image.display())
+            })?;
+        }
         let log = std::env::temp_dir().join(format!(
-            "vfio-variant-e2e-virtio-server-{}.log",
+            "vfio-variant-e2e-{name}-server-{}.log",
             std::process::id()
         ));
         let output =
@@ -120,7 +139,7 @@ impl Server {
             .stdout(output)
             .stderr(errors);
         eprintln!(
-            "==> starting a server for virtio (log level {level}, log in {})",
+            "==> starting a server for {name} (log level {level}, log in {})",
             log.display()
         );
         let child = command
@@ -153,7 +172,7 @@ impl Server {
     }
 
     /// The socket of the function `name`, as a path inside the chroot.
-    fn function_socket_in_chroot(&self, root: &Path, name: &str) -> Result<String, String> {
+    pub fn function_socket_in_chroot(&self, root: &Path, name: &str) -> Result<String, String> {
         in_chroot(&self.base.join("run").join(format!("{name}.sock")), root)
     }
 
@@ -211,7 +230,7 @@ impl Drop for Server {
 }
 
 /// The path of `path` (under `root`) inside the chroot at `root`.
-fn in_chroot(path: &Path, root: &Path) -> Result<String, String> {
+pub(super) fn in_chroot(path: &Path, root: &Path) -> Result<String, String> {
     path.strip_prefix(root)
         .map(|inside| format!("/{}", inside.display()))
         .map_err(|_| format!("{} is not inside {}", path.display(), root.display()))
