@@ -23,70 +23,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use vfio_variant::backend::{Function, FunctionError};
+
+#[path = "../tests/common/bulk.rs"]
+mod bulk;
+use bulk::Bulk;
 use vfio_variant::device::VirtualFunction;
-use vfio_variant::migration::{
-    MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
-};
+use vfio_variant::migration::MigrationState;
 use vfio_variant::migration_driver::{LocalDestination, Options, migrate, share_buffer};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::shared_buf::SharedBuffer;
 use vfio_variant::vfio_user::{Capabilities, Client, ClientOptions, ServerOffer};
-use vfio_variant::vpci::{compile::compile, parse_layout};
 
 const STATE: usize = 1 << 30;
-const LAYOUT: &str = "[vpci]\nformat = 1\nname = \"bulk\"\nconfig_size = 256\n[identity]\n\
-                      vendor_id = 0x1af4\ndevice_id = 0x10ff\nclass_code = 0xff0000\n";
-
-/// A function whose device state is one large buffer.
-struct Bulk {
-    memory: Mutex<Vec<u8>>,
-    cursor: Mutex<usize>,
-}
-
-impl Function for Bulk {
-    fn reset(&self) -> Result<(), FunctionError> {
-        Ok(())
-    }
-    fn migration(&self) -> Option<&dyn MigrationHooks> {
-        Some(self)
-    }
-}
-
-impl MigrationHooks for Bulk {
-    fn flags(&self) -> MigrationFlags {
-        MigrationFlags::STOP_COPY | MigrationFlags::P2P
-    }
-    fn transition(&self, _: MigrationState, _: MigrationState) -> Result<(), MigrationError> {
-        *self.cursor.lock() = 0;
-        Ok(())
-    }
-    fn save(&self, buf: &mut [u8]) -> Result<usize, MigrationError> {
-        let mut cursor = self.cursor.lock();
-        let memory = self.memory.lock();
-        let n = (memory.len() - *cursor).min(buf.len());
-        buf[..n].copy_from_slice(&memory[*cursor..*cursor + n]);
-        *cursor += n;
-        Ok(n)
-    }
-    fn load(&self, data: &[u8]) -> Result<(), MigrationError> {
-        let mut cursor = self.cursor.lock();
-        let mut memory = self.memory.lock();
-        let end = *cursor + data.len();
-        if end > memory.len() {
-            return Err(MigrationError::InvalidData("too much state".into()));
-        }
-        memory[*cursor..end].copy_from_slice(data);
-        *cursor = end;
-        Ok(())
-    }
-    fn precopy_info(&self) -> Result<PrecopyInfo, MigrationError> {
-        Err(MigrationError::Device("no pre-copy".into()))
-    }
-    fn stop_copy_size(&self) -> Result<u64, MigrationError> {
-        Ok(STATE as u64)
-    }
-}
 
 /// Largest transfer offered and asked for (QEMU's bound).
 const LARGE_XFER: u64 = 64 << 20;
@@ -122,14 +70,10 @@ impl Mode {
 }
 
 fn function(fill: u8, mode: Mode) -> (Client, Arc<VirtualFunction>) {
-    let template = Arc::new(compile(Arc::new(
-        parse_layout("bulk", LAYOUT).expect("bench layout"),
-    )));
-    let bulk = Bulk {
-        memory: Mutex::new(vec![fill; STATE]),
-        cursor: Mutex::new(0),
-    };
-    let vf = Arc::new(VirtualFunction::new(template, Box::new(bulk)).expect("bench function"));
+    let vf = Bulk::function(
+        Arc::new(Mutex::new(vec![fill; STATE])),
+        Arc::new(Mutex::new(0)),
+    );
     let port = Port::new("bulk", Arc::clone(&vf));
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let config = ServerConfig {

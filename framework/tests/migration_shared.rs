@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
+
+#[path = "common/bulk.rs"]
+mod bulk;
+use bulk::Bulk;
 use rustix::fs::{MemfdFlags, SealFlags};
-use vfio_variant::backend::{Function, FunctionError};
 use vfio_variant::device::VirtualFunction;
-use vfio_variant::migration::{
-    MigrationError, MigrationFlags, MigrationHooks, MigrationState, PrecopyInfo,
-};
+use vfio_variant::migration::MigrationState;
 use vfio_variant::migration_driver::{LocalDestination, Options, migrate, share_buffer};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::feature::{DeviceFeature, FEATURE_MIG_DATA_BUFFER};
@@ -25,10 +26,6 @@ use vfio_variant::vfio_user::socket::{read_message, write_message};
 use vfio_variant::vfio_user::{
     Capabilities, Client, ClientOptions, Command, Header, Limits, Payload,
 };
-use vfio_variant::vpci::{compile::compile, parse_layout};
-
-const LAYOUT: &str = "[vpci]\nformat = 1\nname = \"bulk\"\nconfig_size = 256\n[identity]\n\
-                      vendor_id = 0x1af4\ndevice_id = 0x10ff\nclass_code = 0xff0000\n";
 
 /// Device state: 3 MiB and a bit, so that transfers use both halves of the buffer.
 const STATE: usize = (3 << 20) + 4321;
@@ -37,58 +34,6 @@ const XFER: u64 = 1 << 20;
 
 /// Serializes the tests: they count this process's open fds and mappings.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// A function whose device state is one buffer; `loads` counts the bytes it was given.
-struct Bulk {
-    memory: Arc<Mutex<Vec<u8>>>,
-    cursor: Mutex<usize>,
-    loaded: Arc<Mutex<usize>>,
-}
-
-impl Function for Bulk {
-    fn reset(&self) -> Result<(), FunctionError> {
-        Ok(())
-    }
-    fn migration(&self) -> Option<&dyn MigrationHooks> {
-        Some(self)
-    }
-}
-
-impl MigrationHooks for Bulk {
-    fn flags(&self) -> MigrationFlags {
-        MigrationFlags::STOP_COPY | MigrationFlags::P2P
-    }
-    fn transition(&self, _: MigrationState, _: MigrationState) -> Result<(), MigrationError> {
-        *self.cursor.lock() = 0;
-        Ok(())
-    }
-    fn save(&self, buf: &mut [u8]) -> Result<usize, MigrationError> {
-        let mut cursor = self.cursor.lock();
-        let memory = self.memory.lock();
-        let n = (memory.len() - *cursor).min(buf.len());
-        buf[..n].copy_from_slice(&memory[*cursor..*cursor + n]);
-        *cursor += n;
-        Ok(n)
-    }
-    fn load(&self, data: &[u8]) -> Result<(), MigrationError> {
-        let mut cursor = self.cursor.lock();
-        let mut memory = self.memory.lock();
-        let end = *cursor + data.len();
-        if end > memory.len() {
-            return Err(MigrationError::InvalidData("too much state".into()));
-        }
-        memory[*cursor..end].copy_from_slice(data);
-        *cursor = end;
-        *self.loaded.lock() += data.len();
-        Ok(())
-    }
-    fn precopy_info(&self) -> Result<PrecopyInfo, MigrationError> {
-        Err(MigrationError::Device("no pre-copy".into()))
-    }
-    fn stop_copy_size(&self) -> Result<u64, MigrationError> {
-        Ok(STATE as u64)
-    }
-}
 
 struct Served {
     client: Client,
@@ -107,17 +52,9 @@ impl Served {
 }
 
 fn serve(memory: Vec<u8>, shared: bool) -> Served {
-    let template = Arc::new(compile(Arc::new(
-        parse_layout("bulk", LAYOUT).expect("layout"),
-    )));
     let memory = Arc::new(Mutex::new(memory));
     let loaded = Arc::new(Mutex::new(0));
-    let bulk = Bulk {
-        memory: Arc::clone(&memory),
-        cursor: Mutex::new(0),
-        loaded: Arc::clone(&loaded),
-    };
-    let function = Arc::new(VirtualFunction::new(template, Box::new(bulk)).expect("function"));
+    let function = Bulk::function(Arc::clone(&memory), Arc::clone(&loaded));
     let port = Port::new("bulk", Arc::clone(&function));
     let (ours, theirs) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || {
@@ -541,15 +478,7 @@ fn a_transport_that_cannot_pass_fds_never_agrees() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
     let (server, _) = listener.accept().unwrap();
-    let template = Arc::new(compile(Arc::new(
-        parse_layout("bulk", LAYOUT).expect("layout"),
-    )));
-    let bulk = Bulk {
-        memory: Arc::new(Mutex::new(vec![0; 16])),
-        cursor: Mutex::new(0),
-        loaded: Arc::new(Mutex::new(0)),
-    };
-    let function = Arc::new(VirtualFunction::new(template, Box::new(bulk)).expect("function"));
+    let function = Bulk::function(Arc::new(Mutex::new(vec![0; 16])), Arc::new(Mutex::new(0)));
     let port = Port::new("bulk", function);
     let server = UnixStream::from(OwnedFd::from(server));
     let served = std::thread::spawn(move || {
