@@ -754,6 +754,79 @@ fn define_with_no_free_instance_checks_what_it_can() {
     assert!(host.run(&["start", "n3"]).status.success());
 }
 
+/// The embedded default serves the functions it could create and names, on stderr and in
+/// its summary, those it could not: here a run directory so long that the sockets of the
+/// longer function names do not fit in a socket address, while the shorter ones do.
+#[test]
+fn serve_names_the_default_functions_it_could_not_create() {
+    use std::io::{BufRead, BufReader, Read};
+    // A socket path holds at most 107 bytes: `control.sock` and `sample0.sock` (12) fit,
+    // `virtio-blk0.sock` and `virtio-net0.sock` (16) do not.
+    let base = Host::idle("long").run_dir().as_os_str().len();
+    let padding = 93usize
+        .checked_sub(base)
+        .expect("the temporary directory is too long for this test");
+    let host = Host::idle(&format!("long{}", "x".repeat(padding)));
+    assert_eq!(host.run_dir().as_os_str().len(), 93);
+    let mut server = host
+        .command(&["serve", "--no-autostart"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let mut stderr = server.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.starts_with("Guest RAM")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(e) => {
+                let _ = server.kill();
+                panic!("no announcement ({e}): {lines:#?}");
+            }
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let errors = errors.join().unwrap();
+    let summary = lines
+        .iter()
+        .find(|l| l.starts_with("vfio-variant: serving"))
+        .expect("a summary line");
+    assert!(
+        summary.contains("; 2 function(s) could not be created"),
+        "{summary}"
+    );
+    for name in ["virtio-blk0", "virtio-net0"] {
+        assert!(
+            errors
+                .lines()
+                .any(|l| l.starts_with("vfio-variant: not served:") && l.contains(name)),
+            "{name}: {errors}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("sample0 ")),
+        "{lines:#?}"
+    );
+    let _ = std::fs::remove_dir_all(&host.dir);
+}
+
 #[test]
 fn serve_warns_that_stock_qemu_cannot_carry_a_migratable_functions_state() {
     use std::io::{BufRead, BufReader};

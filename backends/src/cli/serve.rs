@@ -296,12 +296,18 @@ pub fn run(args: ServeArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
             )
         });
     }
+    // Without a configuration (the embedded default) the others are served: say which not.
+    for line in &refused {
+        eprintln!("vfio-variant: not served: {line}");
+    }
     let running = service.list();
-    let failed = if failures.is_empty() {
-        String::new()
-    } else {
-        format!("; {} definition(s) failed to start", failures.len())
-    };
+    let mut failed = String::new();
+    if !failures.is_empty() {
+        failed += &format!("; {} definition(s) failed to start", failures.len());
+    }
+    if !refused.is_empty() {
+        failed += &format!("; {} function(s) could not be created", refused.len());
+    }
     outln!(
         "vfio-variant: serving {} function(s){failed}; control socket {}",
         running.len(),
