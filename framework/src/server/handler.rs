@@ -17,7 +17,7 @@ use crate::vfio_user::feature::{
     DeviceFeature, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP,
     FEATURE_MIG_DATA_BUFFER, FeatureOps, words_as_bytes,
 };
-use crate::vfio_user::header::Command;
+use crate::vfio_user::header::{Command, Header};
 use crate::vfio_user::irq::{
     IRQ_INDEX_INTX, IRQ_INDEX_MSI, IRQ_INDEX_MSIX, IRQ_INDEX_REQ, IrqInfo, IrqInfoFlags,
     PCI_NUM_IRQS, SetIrqs,
@@ -99,12 +99,14 @@ impl<'a> Session<'a> {
         let header = message.header;
         let limits = self.limits.read().clone();
         if header.command == Command::DeviceFeature.raw() && !message.fds.is_empty() {
-            return self.register_buffer(message, &limits);
+            let answer = self.register_buffer(message, &limits);
+            return self.send(&header, answer);
         }
         let mig_data = header.command == Command::MigDataRead.raw()
             || header.command == Command::MigDataWrite.raw();
         if mig_data && self.mig_buffer.is_some() {
-            return self.mig_data_shared(message, &limits);
+            let answer = self.mig_data_shared(message, &limits);
+            return self.send(&header, answer);
         }
         let request = match message.take_request(&limits) {
             Ok(r) => r,
@@ -125,6 +127,13 @@ impl<'a> Session<'a> {
             _ if self.negotiated.is_none() => (Answer::Error(libc::EINVAL), true),
             other => (self.run(other, message.fds, spent), true),
         };
+        self.send(&header, answer) && keep
+    }
+
+    /// Sends `answer` to the command of `header` (nothing but a failure's log line for a
+    /// posted command); false when the socket failed.
+    fn send(&self, header: &Header, answer: Answer) -> bool {
+        let header = *header;
         let sent = match answer {
             Answer::Reply(payload, fds) => {
                 let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
@@ -162,14 +171,13 @@ impl<'a> Session<'a> {
                 self.outbox.error(&header, errno)
             }
         };
-        sent.is_ok() && keep
+        sent.is_ok()
     }
 
     /// DEVICE_FEATURE carrying fds: the registration of the shared migration data buffer
     /// (FEATURE_MIG_DATA_BUFFER SET) when `mig_data_shared` was agreed and none is registered
     /// yet, refused otherwise (the fds are closed).
-    fn register_buffer(&mut self, mut message: Message, limits: &Limits) -> bool {
-        let header = message.header;
+    fn register_buffer(&mut self, mut message: Message, limits: &Limits) -> Answer {
         let allowed = self.negotiated.as_ref().is_some_and(|n| n.mig_data_shared);
         let done = DeviceFeature::parse(&message.payload, limits)
             .map_err(|e| e.errno())
@@ -194,29 +202,25 @@ impl<'a> Session<'a> {
                 self.mig_buffer = Some(buffer);
                 Ok(request.reply_with(Vec::new()).to_bytes())
             });
-        let sent = match done {
-            Ok(_) if header.no_reply() => Ok(()),
-            Ok(payload) => self
-                .outbox
-                .send(&header.reply(payload.len()), &payload, &[]),
-            Err(errno) => self.outbox.error(&header, errno),
-        };
-        sent.is_ok()
+        match done {
+            Ok(payload) => Answer::Reply(payload, Vec::new()),
+            Err(errno) => Answer::Error(errno),
+        }
     }
 
     /// MIG_DATA_READ or MIG_DATA_WRITE on a connection with a shared buffer: the request
     /// names bytes in it ([`MigDataShared`]) and carries no fds.
-    fn mig_data_shared(&mut self, message: Message, limits: &Limits) -> bool {
+    fn mig_data_shared(&mut self, message: Message, limits: &Limits) -> Answer {
         let header = message.header;
         let Some(shared) = self.mig_buffer.as_ref() else {
-            return self.outbox.error(&header, libc::EINVAL).is_ok();
+            return Answer::Error(libc::EINVAL);
         };
         let request = match MigDataShared::parse(&message.payload, limits) {
             Ok(r) if message.fds.is_empty() => r,
-            Ok(_) => return self.outbox.error(&header, libc::EINVAL).is_ok(),
+            Ok(_) => return Answer::Error(libc::EINVAL),
             Err(e) => {
                 tracing::debug!("refused command: {e}");
-                return self.outbox.error(&header, e.errno()).is_ok();
+                return Answer::Error(e.errno());
             }
         };
         let function = &self.port.function;
@@ -226,14 +230,10 @@ impl<'a> Session<'a> {
             migration::data_write_shared(function, shared, &request, &mut self.mig_scratch)
                 .map(|()| Vec::new())
         };
-        let sent = match done {
-            Ok(_) if header.no_reply() => Ok(()),
-            Ok(payload) => self
-                .outbox
-                .send(&header.reply(payload.len()), &payload, &[]),
-            Err(errno) => self.outbox.error(&header, errno),
-        };
-        sent.is_ok()
+        match done {
+            Ok(payload) => Answer::Reply(payload, Vec::new()),
+            Err(errno) => Answer::Error(errno),
+        }
     }
 
     /// VERSION: negotiates and, in twin-socket mode, sends the client's end of a fresh
