@@ -754,33 +754,12 @@ fn define_with_no_free_instance_checks_what_it_can() {
     assert!(host.run(&["start", "n3"]).status.success());
 }
 
-/// The embedded default serves the functions it could create and names, on stderr and in
-/// its summary, those it could not: here a run directory so long that the sockets of the
-/// longer function names do not fit in a socket address, while the shorter ones do.
-#[test]
-fn serve_names_the_default_functions_it_could_not_create() {
-    use std::io::{BufRead, BufReader, Read};
-    // A socket path holds at most 107 bytes: `control.sock` and `sample0.sock` (12) fit,
-    // `virtio-blk0.sock` and `virtio-net0.sock` (16) do not.
-    let base = Host::idle("long").run_dir().as_os_str().len();
-    let padding = 93usize
-        .checked_sub(base)
-        .expect("the temporary directory is too long for this test");
-    let host = Host::idle(&format!("long{}", "x".repeat(padding)));
-    assert_eq!(host.run_dir().as_os_str().len(), 93);
-    let mut server = host
-        .command(&["serve", "--no-autostart"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = server.stdout.take().unwrap();
-    let mut stderr = server.stderr.take().unwrap();
-    let errors = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
+/// The lines `serve` (spawned with its stdout piped) prints up to its last announcement
+/// line. It writes them once, before it waits on its control socket: they are read on a
+/// thread, so a server that never writes them fails the test (killed) instead of hanging it.
+fn announcement(server: &mut Child) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let stdout = server.stdout.take().expect("serve's stdout piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -801,6 +780,36 @@ fn serve_names_the_default_functions_it_could_not_create() {
             }
         }
     }
+    lines
+}
+
+/// The embedded default serves the functions it could create and names, on stderr and in
+/// its summary, those it could not: here a run directory so long that the sockets of the
+/// longer function names do not fit in a socket address, while the shorter ones do.
+#[test]
+fn serve_names_the_default_functions_it_could_not_create() {
+    use std::io::Read;
+    // A socket path holds at most 107 bytes: `control.sock` and `sample0.sock` (12) fit,
+    // `virtio-blk0.sock` and `virtio-net0.sock` (16) do not.
+    let base = Host::idle("long").run_dir().as_os_str().len();
+    let padding = 93usize
+        .checked_sub(base)
+        .expect("the temporary directory is too long for this test");
+    let host = Host::idle(&format!("long{}", "x".repeat(padding)));
+    assert_eq!(host.run_dir().as_os_str().len(), 93);
+    let mut server = host
+        .command(&["serve", "--no-autostart"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = server.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let lines = announcement(&mut server);
     let _ = server.kill();
     let _ = server.wait();
     let errors = errors.join().unwrap();
@@ -829,7 +838,6 @@ fn serve_names_the_default_functions_it_could_not_create() {
 
 #[test]
 fn serve_warns_that_stock_qemu_cannot_carry_a_migratable_functions_state() {
-    use std::io::{BufRead, BufReader};
     let mut host = Host::idle("stock-qemu");
     let mut server = host
         .command(&["serve", "--no-autostart"])
@@ -837,27 +845,8 @@ fn serve_warns_that_stock_qemu_cannot_carry_a_migratable_functions_state() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = server.stdout.take().unwrap();
+    let lines = announcement(&mut server);
     host.server = Some(server);
-    // The announcement is written once, before the server waits on its control socket: read
-    // it on a thread so a server that never writes it fails the test instead of hanging it.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut lines = Vec::new();
-    while !lines.iter().any(|l: &String| l.starts_with("Guest RAM")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => lines.push(line),
-            Err(e) => panic!("no announcement ({e}): {lines:#?}"),
-        }
-    }
     let list = host.json(&["list", "--json"]);
     let (migratable, other): (Vec<&Value>, Vec<&Value>) = list
         .as_array()
