@@ -42,6 +42,18 @@ for m in $(cat /lib/modules/order); do
 done
 "#;
 
+/// What every guest's `/init` sources first (`. /lib/e2e.sh`): the kernel's file systems, a quiet
+/// console, and `begin NAME` / `end NAME`, which print the `=== BEGIN NAME ===` /
+/// `=== END NAME ===` markers the host reads sections between.
+const PROLOGUE: &str = r#"# Sourced by the guest's /init first.
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+dmesg -n 1
+begin() { echo "=== BEGIN $1 ==="; }
+end() { echo "=== END $1 ==="; }
+"#;
+
 /// The script that prints the parameters the kernel command line gives module `$1`:
 /// `virtio_pci.force_legacy=1` gives `virtio_pci` the parameter `force_legacy=1`. A parameter
 /// of a built-in driver reaches it from the command line directly; a loadable module gets
@@ -147,6 +159,11 @@ impl Initramfs {
                 mode: 0o755,
             });
         }
+        files.push(Extra {
+            path: "/lib/e2e.sh".into(),
+            source: Source::Bytes(PROLOGUE.into()),
+            mode: 0o644,
+        });
         let order: String = modules
             .iter()
             .map(|(name, _)| format!("{name}\n"))

@@ -4,10 +4,7 @@
 # on every virtio disk, round after round, the order of the disks reversed every other round.
 # Prints what it saw between `=== BEGIN name ===` / `=== END name ===` markers; the host decides.
 # Parameters come from the kernel command line (blkbench.*=).
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-dmesg -n 1
+. /lib/e2e.sh
 
 rounds=9 rand=1 seq=0.5 disks=2
 for arg in $(cat /proc/cmdline); do
@@ -18,9 +15,6 @@ for arg in $(cat /proc/cmdline); do
         blkbench.disks=*) disks=${arg#*=} ;;
     esac
 done
-
-begin() { echo "=== BEGIN $1 ==="; }
-end() { echo "=== END $1 ==="; }
 
 load-modules
 n=0

@@ -9,10 +9,7 @@
 # generations, and reads every block back. It prints the device's config space and its
 # interrupt counts at the start, when it saw the marker and at the end, between
 # `=== BEGIN name ===` / `=== END name ===` markers; the host decides what passed.
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-dmesg -n 1
+. /lib/e2e.sh
 
 for arg in $(cat /proc/cmdline); do
     case $arg in
@@ -21,9 +18,6 @@ for arg in $(cat /proc/cmdline); do
         e2e.max=*) max=${arg#*=} ;;
     esac
 done
-
-begin() { echo "=== BEGIN $1 ==="; }
-end() { echo "=== END $1 ==="; }
 
 load-modules
 n=0

@@ -5,14 +5,9 @@
 # QEMU's own vfio-pci (the baseline), then twice through `vfio-user-pci` to `vfio-variant serve`
 # and its passthrough function. L2's /init (l2.sh) prints `key=value` lines; this script wraps each
 # L2 run in `=== BEGIN name ===` / `=== END name ===` markers. The host decides what passed.
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-dmesg -n 1
+. /lib/e2e.sh
 /bin/load-modules
 
-begin() { echo "=== BEGIN $1 ==="; }
-end() { echo "=== END $1 ==="; }
 param() { tr ' ' '\n' < /proc/cmdline | sed -n "s/^e2e\.$1=//p"; }
 
 kernel=$(param kernel)

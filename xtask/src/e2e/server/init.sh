@@ -3,10 +3,7 @@
 # of the vfio-user server through an unmodified kernel and busybox, and prints what it saw
 # between `=== BEGIN name ===` / `=== END name ===` markers. It never stops on a failed step:
 # the host decides what passed. Its parameters come from the kernel command line (e2e.*=).
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-dmesg -n 1
+. /lib/e2e.sh
 
 for arg in $(cat /proc/cmdline); do
     case $arg in
@@ -25,8 +22,6 @@ ID=0x00 SCRATCH=0x04 INT_STATUS=0x08 RAISE=0x0c
 DMA_SRC_LO=0x10 DMA_SRC_HI=0x14 DMA_DST_LO=0x18 DMA_DST_HI=0x1c
 DMA_LEN=0x20 DMA_CMD=0x24 DMA_COUNT=0x28 DMA_STATUS=0x2c SHM_SUM=0x30 NVRAM=0x34
 
-begin() { echo "=== BEGIN $1 ==="; }
-end() { echo "=== END $1 ==="; }
 hex() { printf '0x%x' $(($1)); }
 # `reg OFFSET` reads the 32-bit register of BAR 0 at OFFSET; `reg OFFSET VALUE` writes it.
 reg() {

@@ -3,14 +3,8 @@
 # QEMU's `edu` device to vfio-pci behind the emulated Intel IOMMU and lets the project's own
 # binary read it through kernel VFIO, next to what sysfs shows. Output between
 # `=== BEGIN name ===` / `=== END name ===` markers; the host decides what passed.
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-dmesg -n 1
+. /lib/e2e.sh
 /bin/load-modules
-
-begin() { echo "=== BEGIN $1 ==="; }
-end() { echo "=== END $1 ==="; }
 
 dev=
 for d in /sys/bus/pci/devices/*; do

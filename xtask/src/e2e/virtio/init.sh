@@ -9,10 +9,7 @@
 # decides what passed, and a device that is missing (no function, no driver bound, no /dev/vda,
 # no eth0) is reported as such, never used in its stead. Parameters come from the kernel command
 # line (e2e.*=).
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-dmesg -n 1
+. /lib/e2e.sh
 
 for arg in $(cat /proc/cmdline); do
     case $arg in
@@ -21,9 +18,6 @@ for arg in $(cat /proc/cmdline); do
         e2e.host=*) host=${arg#*=} ;;
     esac
 done
-
-begin() { echo "=== BEGIN $1 ==="; }
-end() { echo "=== END $1 ==="; }
 
 load-modules
 n=0
