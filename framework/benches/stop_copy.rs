@@ -9,13 +9,16 @@
 //!   function that checks the stream and loads the state, both over vfio-user as above;
 //! - `..._large_1gib`: the same with the largest transfers the server allows (64 MiB), inline;
 //! - `..._shared_1gib`: 1 MiB transfers through one buffer shared with the server
-//!   (`mig_data_shared`, 2 MiB: two halves): the server writes each chunk into the buffer,
-//!   the reader copies it out (a VMM's use of the bytes); the driver registers one buffer
-//!   with both servers, the source's writes a chunk into one half while the destination's
-//!   copies the other half's into its own memory and loads it;
-//! - `..._shared_large_1gib`: the same with 64 MiB transfers (a 128 MiB buffer).
+//!   (`mig_data_shared`): the reader has two reads out at once, one per half of a 2 MiB
+//!   buffer, and copies each chunk out (a VMM's use of the bytes) while the server saves the
+//!   next; the driver registers one buffer with both servers, the source's writes chunks
+//!   into some of its four parts while the destination's copies another part's into its own
+//!   memory and loads it;
+//! - `..._shared_large_1gib`: the same with 64 MiB transfers.
 //!
 //! Prints `BENCH name value unit ratio=.. vs=..`; ratios are throughput over memcpy's.
+//! Arguments (after `--`) keep only the figures whose names contain one of them, e.g.
+//! `cargo bench -p vfio-variant --bench stop_copy -- read_shared`; memcpy always runs.
 
 use std::hint::black_box;
 use std::os::unix::net::UnixStream;
@@ -109,6 +112,15 @@ fn report(name: &str, value: f64, base: f64) {
     );
 }
 
+/// Whether the figure `name` was asked for: every figure when no filter was given.
+fn wanted(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
 fn main() {
     // Both buffers touched first, as the functions' state is: the copy is measured, not the
     // page faults.
@@ -121,6 +133,29 @@ fn main() {
     println!("BENCH memcpy_1gib {memcpy:.2} GiB/s");
     drop((source, target));
 
+    if wanted("stop_copy_stream_1gib") {
+        stream_in_process(memcpy);
+    }
+    for mode in [Mode::Inline, Mode::Large, Mode::Shared, Mode::SharedLarge] {
+        let suffix = mode.infix();
+        let name = format!("stop_copy_read{suffix}_1gib");
+        if wanted(&name) {
+            report(&name, read_over_vfio_user(mode), memcpy);
+        }
+        let name = format!("stop_copy_migrate{suffix}_1gib");
+        if wanted(&name) {
+            let (total, downtime) = migrate_over_vfio_user(mode);
+            report(&name, total, memcpy);
+            println!(
+                "BENCH {name}_downtime {:.1} ms",
+                downtime.as_secs_f64() * 1e3
+            );
+        }
+    }
+}
+
+/// Reads the whole stream from the function in-process and reports it against `memcpy`.
+fn stream_in_process(memcpy: f64) {
     let (_client, vf) = function(0x11, Mode::Inline);
     vf.set_migration_state(MigrationState::StopCopy)
         .expect("stop-copy");
@@ -138,19 +173,6 @@ fn main() {
     let stream = gib_per_s(start.elapsed());
     assert!(bytes > STATE, "the whole state and its framing");
     report("stop_copy_stream_1gib", stream, memcpy);
-    drop((_client, vf));
-
-    for mode in [Mode::Inline, Mode::Large, Mode::Shared, Mode::SharedLarge] {
-        let suffix = mode.infix();
-        let read = read_over_vfio_user(mode);
-        report(&format!("stop_copy_read{suffix}_1gib"), read, memcpy);
-        let (total, downtime) = migrate_over_vfio_user(mode);
-        report(&format!("stop_copy_migrate{suffix}_1gib"), total, memcpy);
-        println!(
-            "BENCH stop_copy_migrate{suffix}_1gib_downtime {:.1} ms",
-            downtime.as_secs_f64() * 1e3
-        );
-    }
 }
 
 /// Reads the whole stop-copy stream over vfio-user; GiB/s.
@@ -171,12 +193,20 @@ fn read_over_vfio_user(mode: Mode) -> f64 {
     let mut bytes = 0usize;
     // One buffer for every reply (or copy out of the shared buffer), as a VMM keeps it.
     let mut reply = Vec::new();
+    // Through the shared buffer, the next chunk is asked for before the last one is copied
+    // out, so the server saves it meanwhile (two halves in flight, as a VMM would).
+    if shared.is_some() {
+        client.mig_data_read_ahead(0, size).expect("MIG_DATA_READ");
+    }
     let mut half = 0;
     loop {
         let n = match &shared {
             Some(buffer) => {
                 let offset = half * mode.xfer();
                 half ^= 1;
+                client
+                    .mig_data_read_ahead(half * mode.xfer(), size)
+                    .expect("MIG_DATA_READ");
                 let n = client
                     .mig_data_read_shared(offset, size)
                     .expect("MIG_DATA_READ") as usize;
@@ -194,6 +224,13 @@ fn read_over_vfio_user(mode: Mode) -> f64 {
         if n < size as usize {
             break;
         }
+    }
+    if shared.is_some() {
+        // The read sent ahead past the end.
+        let last = client
+            .mig_data_read_shared(half * mode.xfer(), size)
+            .expect("MIG_DATA_READ");
+        assert_eq!(last, 0, "nothing past the end");
     }
     let read = gib_per_s(start.elapsed());
     assert!(bytes > STATE, "the whole state and its framing");

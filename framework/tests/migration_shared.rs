@@ -17,17 +17,20 @@ use bulk::Bulk;
 use rustix::fs::{MemfdFlags, SealFlags};
 use vfio_variant::device::VirtualFunction;
 use vfio_variant::migration::MigrationState;
-use vfio_variant::migration_driver::{LocalDestination, Options, migrate, share_buffer};
+use vfio_variant::migration_driver::{
+    LocalDestination, Options, PIPELINE_SLOTS, migrate, share_buffer,
+};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::feature::{DeviceFeature, FEATURE_MIG_DATA_BUFFER};
 use vfio_variant::vfio_user::mig_data::{MigDataRead, MigDataShared, MigDataWrite};
-use vfio_variant::vfio_user::shared_buf::{SHARED_SEALS, SharedBuffer};
+use vfio_variant::vfio_user::shared_buf::{MAX_TRANSFERS_PER_BUFFER, SHARED_SEALS, SharedBuffer};
 use vfio_variant::vfio_user::socket::{read_message, write_message};
 use vfio_variant::vfio_user::{
-    Capabilities, Client, ClientOptions, Command, Header, Limits, Payload,
+    Capabilities, Client, ClientError, ClientOptions, Command, Header, Limits, MAX_READS_AHEAD,
+    Payload,
 };
 
-/// Device state: 3 MiB and a bit, so that transfers use both halves of the buffer.
+/// Device state: 3 MiB and a bit, so that a migration's chunks use every part of the buffer.
 const STATE: usize = (3 << 20) + 4321;
 /// The transfer size both sides agree on; the buffer holds two.
 const XFER: u64 = 1 << 20;
@@ -167,7 +170,7 @@ fn a_migration_through_one_shared_buffer_moves_the_state_byte_for_byte() {
 }
 
 #[test]
-fn the_driver_pipelines_through_both_halves_of_one_buffer() {
+fn the_driver_pipelines_through_every_part_of_one_buffer() {
     let _serial = SERIAL.lock();
     let (fds, maps) = (open_fds(), buffer_maps());
     {
@@ -190,15 +193,16 @@ fn the_driver_pipelines_through_both_halves_of_one_buffer() {
         assert!(report.stop_copy_bytes > STATE as u64);
         assert_eq!(*destination.loaded.lock(), STATE);
         assert!(*destination.memory.lock() == pattern(9), "state differs");
-        // Both halves carried chunks (inline transfers through the buffer use its start).
-        let mut second = vec![0u8; 4096];
-        buffer
-            .copy_out(buffer.len() as u64 / 2, &mut second)
-            .unwrap();
-        assert!(
-            second.iter().any(|&b| b != 0),
-            "the second half was not used"
-        );
+        // Every slot's part carried a chunk (the state is four chunks).
+        let part = buffer.len() / PIPELINE_SLOTS;
+        for slot in 0..PIPELINE_SLOTS {
+            let mut start = vec![0u8; 4096];
+            buffer.copy_out((slot * part) as u64, &mut start).unwrap();
+            assert!(
+                start.iter().any(|&b| b != 0),
+                "part {slot} of the buffer was not used"
+            );
+        }
         drop(buffer);
         source.close();
         destination.close();
@@ -272,26 +276,74 @@ fn register() -> Vec<u8> {
     DeviceFeature::set(FEATURE_MIG_DATA_BUFFER, Vec::new()).to_bytes()
 }
 
+/// The whole stop-copy stream of a function whose state is `state`, read inline.
+fn inline_stream(state: Vec<u8>) -> Vec<u8> {
+    let mut s = serve(state, false);
+    s.client.set_mig_state(MigrationState::StopCopy).unwrap();
+    let mut all = Vec::new();
+    loop {
+        let part = s.client.mig_data_read(XFER as u32).unwrap();
+        all.extend_from_slice(&part);
+        if part.len() < XFER as usize {
+            break;
+        }
+    }
+    s.close();
+    all
+}
+
+#[test]
+fn reads_sent_ahead_are_answered_in_order_and_taken_oldest_first() {
+    let _serial = SERIAL.lock();
+    let expected = inline_stream(pattern(4));
+    let mut source = serve(pattern(4), true);
+    let buffer = Arc::new(SharedBuffer::create(2 * XFER).unwrap());
+    let client = &mut source.client;
+    client.register_mig_buffer(Arc::clone(&buffer)).unwrap();
+    client.set_mig_state(MigrationState::StopCopy).unwrap();
+    let size = XFER as u32;
+    // Two reads out at once, into the two halves; each taken after the next is asked for.
+    client.mig_data_read_ahead(0, size).unwrap();
+    let mut stream = Vec::new();
+    let mut half = 0;
+    loop {
+        let offset = half * XFER;
+        half ^= 1;
+        client.mig_data_read_ahead(half * XFER, size).unwrap();
+        // Taking the newer read first is refused, and changes nothing.
+        let newer = client.mig_data_read_shared(half * XFER, size).unwrap_err();
+        assert!(matches!(newer, ClientError::Protocol(_)), "{newer}");
+        let n = client.mig_data_read_shared(offset, size).unwrap();
+        let mut chunk = vec![0; n as usize];
+        buffer.copy_out(offset, &mut chunk).unwrap();
+        stream.extend_from_slice(&chunk);
+        if n < size {
+            break;
+        }
+    }
+    assert!(stream == expected, "the stream differs from the inline one");
+    // The read past the end is answered with nothing.
+    assert_eq!(client.mig_data_read_shared(half * XFER, size).unwrap(), 0);
+    // No more than MAX_READS_AHEAD at once; the connection goes on.
+    for _ in 0..MAX_READS_AHEAD {
+        client.mig_data_read_ahead(0, 16).unwrap();
+    }
+    let over = client.mig_data_read_ahead(0, 16).unwrap_err();
+    assert!(matches!(over, ClientError::Protocol(_)), "{over}");
+    // A state change drops the reads out and their answers; reads start afresh.
+    client.set_mig_state(MigrationState::Running).unwrap();
+    client.set_mig_state(MigrationState::StopCopy).unwrap();
+    assert_eq!(client.mig_data_read_shared(XFER, 16).unwrap(), 16);
+    source.close();
+}
+
 #[test]
 fn untrusted_buffers_offsets_and_sizes_are_refused_and_the_connection_goes_on() {
     let _serial = SERIAL.lock();
     let (fds, maps) = (open_fds(), buffer_maps());
     let state = pattern(3);
     // The stream the device saves, read inline from another server.
-    let stream = {
-        let mut s = serve(state.clone(), false);
-        s.client.set_mig_state(MigrationState::StopCopy).unwrap();
-        let mut all = Vec::new();
-        loop {
-            let part = s.client.mig_data_read(XFER as u32).unwrap();
-            all.extend_from_slice(&part);
-            if part.len() < XFER as usize {
-                break;
-            }
-        }
-        s.close();
-        all
-    };
+    let stream = inline_stream(state.clone());
     {
         let mut target = serve(state.clone(), true);
         let feature = Command::DeviceFeature;
@@ -309,7 +361,10 @@ fn untrusted_buffers_offsets_and_sizes_are_refused_and_the_connection_goes_on() 
                 libc::EINVAL,
             ),
             (memfd(100, SHARED_SEALS), libc::E2BIG),
-            (memfd(2 * XFER + 4096, SHARED_SEALS), libc::E2BIG),
+            (
+                memfd(MAX_TRANSFERS_PER_BUFFER * XFER + 4096, SHARED_SEALS),
+                libc::E2BIG,
+            ),
             (
                 OwnedFd::from(std::fs::File::open(std::env::current_exe().unwrap()).unwrap()),
                 libc::EINVAL,

@@ -36,6 +36,10 @@ use crate::vfio_user::client::{Client, ClientError, MigChunk};
 use crate::vfio_user::shared_buf::{SharedBuffer, SharedBufferError};
 use crate::vfio_user::version::QEMU_MAX_DATA_XFER_SIZE;
 
+/// Chunks in flight while draining: read from the source, waiting, or being loaded by the
+/// destination. A buffer shared with both servers ([`share_buffer`]) has one part per slot.
+pub const PIPELINE_SLOTS: usize = 4;
+
 /// The `len` bytes at `offset` in `buffer`, copied out.
 pub(crate) fn copy_shared(
     buffer: &SharedBuffer,
@@ -48,9 +52,10 @@ pub(crate) fn copy_shared(
 }
 
 /// Registers one fresh shared buffer with both `source` and `destination` (vfio-user servers
-/// on this host that agreed to `mig_data_shared`), two source chunks large, so that the
-/// source writes each chunk into one half and the destination takes it from there while the
-/// source fills the other half: the driver copies nothing. `None` when either side did not
+/// on this host that agreed to `mig_data_shared`), one source chunk for each of the
+/// [`PIPELINE_SLOTS`], so that the source writes each chunk into one part and the
+/// destination takes it from there while the source fills the next parts: the driver copies
+/// nothing. `None` when either side did not
 /// agree, or the destination's transfer bound is below the source's chunk; the migration
 /// then moves inline bytes.
 pub fn share_buffer(
@@ -64,7 +69,7 @@ pub fn share_buffer(
     if chunk > destination.negotiated().max_data_xfer_size {
         return Ok(None);
     }
-    let len = (2 * chunk).next_multiple_of(4096);
+    let len = (PIPELINE_SLOTS as u64 * chunk).next_multiple_of(4096);
     let buffer = Arc::new(SharedBuffer::create(len).map_err(ClientError::SharedBuffer)?);
     source.register_mig_buffer(Arc::clone(&buffer))?;
     destination.register_mig_buffer(Arc::clone(&buffer))?;
@@ -128,10 +133,11 @@ pub trait MigratableDevice {
         *buf = self.read(max)?;
         Ok(0..buf.len())
     }
-    /// Reads as [`MigratableDevice::read_into`] does, for pipeline slot `slot` (0 or 1: the
-    /// driver reads into one slot while the other is being loaded). A vfio-user server with
-    /// a shared buffer ([`share_buffer`]) writes the bytes into that slot's half of it, and
-    /// the driver has the destination take them from there.
+    /// Reads as [`MigratableDevice::read_into`] does, for pipeline slot `slot` (below
+    /// [`PIPELINE_SLOTS`]: the driver reads into some slots while others are being loaded).
+    /// A vfio-user server with a shared buffer ([`share_buffer`]) writes the bytes into that
+    /// slot's part of it, and the driver has the destination take them from there. A read
+    /// asked ahead for the slot ([`MigratableDevice::read_ahead`]) is taken here.
     fn read_chunk(
         &mut self,
         slot: usize,
@@ -140,6 +146,14 @@ pub trait MigratableDevice {
     ) -> Result<MigChunk, CallError> {
         let _ = slot;
         self.read_into(max, buf).map(MigChunk::Inline)
+    }
+    /// Asks now for the chunk [`MigratableDevice::read_chunk`] will take for `slot`, so that
+    /// the device saves it while the driver does other things; the driver takes such reads
+    /// in the order it asked. False (the default) when the device only reads when the chunk
+    /// is taken.
+    fn read_ahead(&mut self, slot: usize, max: u32) -> Result<bool, CallError> {
+        let _ = (slot, max);
+        Ok(false)
     }
     /// Gives the device the next bytes of the state being loaded.
     fn write(&mut self, data: &[u8]) -> Result<(), CallError>;
@@ -164,6 +178,11 @@ pub trait MigratableDevice {
     /// Puts a destination device back as it was after a refused or abandoned load (a device
     /// reset: the destination was not in use yet).
     fn recover(&mut self) -> Result<(), CallError>;
+}
+
+/// Where pipeline slot `slot`'s part of a shared buffer starts.
+fn slot_offset(buffer: &SharedBuffer, slot: usize) -> u64 {
+    ((slot % PIPELINE_SLOTS) * (buffer.len() / PIPELINE_SLOTS)) as u64
 }
 
 fn client_error(what: impl Into<String>) -> impl FnOnce(ClientError) -> CallError {
@@ -222,7 +241,7 @@ impl MigratableDevice for Client {
         let Some(buffer) = self.mig_buffer().cloned() else {
             return self.read_into(max, buf).map(MigChunk::Inline);
         };
-        let offset = ((slot % 2) * (buffer.len() / 2)) as u64;
+        let offset = slot_offset(&buffer, slot);
         let n = self
             .mig_data_read_shared(offset, max)
             .map_err(client_error("MIG_DATA_READ"))?;
@@ -231,6 +250,16 @@ impl MigratableDevice for Client {
             offset,
             len: n as usize,
         })
+    }
+
+    fn read_ahead(&mut self, slot: usize, max: u32) -> Result<bool, CallError> {
+        let Some(buffer) = self.mig_buffer() else {
+            return Ok(false);
+        };
+        let offset = slot_offset(buffer, slot);
+        self.mig_data_read_ahead(offset, max)
+            .map_err(client_error("MIG_DATA_READ"))?;
+        Ok(true)
     }
 
     fn write(&mut self, data: &[u8]) -> Result<(), CallError> {

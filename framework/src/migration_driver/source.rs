@@ -1,10 +1,11 @@
 //! The source side: pre-copy rounds until they converge, stop-copy, and the downtime.
 
+use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::destination::Destination;
-use super::{MigratableDevice, MigrateError};
+use super::{MigratableDevice, MigrateError, PIPELINE_SLOTS};
 use crate::migration::{MigrationFlags, MigrationState};
 use crate::vfio_user::client::MigChunk;
 
@@ -94,39 +95,65 @@ impl Report {
     }
 }
 
-/// Buffers in flight while draining: one being read from the source, one being sent on.
-const PIPELINE_BUFFERS: usize = 2;
+/// Reads asked of the source ahead of taking them ([`MigratableDevice::read_ahead`]), when
+/// it can: its server saves the next chunk while the driver takes the last one.
+const READS_AHEAD: usize = 2;
 
-/// Reads what the source has now (all of it in stop-copy) and sends it on: the next chunk is
-/// read from the source (on a thread of its own) while the last one is sent to the
-/// destination, through [`PIPELINE_BUFFERS`] buffers (slots) that go round (no fresh pages
-/// per chunk). When source and destination are vfio-user servers sharing one buffer
-/// ([`super::share_buffer`]), each slot is a half of it: the source's server writes a chunk
-/// there and the destination's takes it from there. A slot is read into again only once the
-/// destination took what it held. A failure on either side stops both; the source's
-/// failure is reported first.
+/// Reads what the source has now (all of it in stop-copy) and sends it on: the next chunks
+/// are read from the source (on a thread of its own) while the last one is sent to the
+/// destination, through [`PIPELINE_SLOTS`] buffers (slots) that go round (no fresh pages per
+/// chunk). A source that reads ahead has up to [`READS_AHEAD`] reads out at once. When
+/// source and destination are vfio-user servers sharing one buffer ([`super::share_buffer`]),
+/// each slot is a part of it: the source's server writes a chunk there and the destination's
+/// takes it from there. A slot is read into again only once the destination took what it
+/// held. A failure on either side stops both; the source's failure is reported first.
 fn drain(
     source: &mut (impl MigratableDevice + Send + ?Sized),
     destination: &mut dyn Destination,
 ) -> Result<u64, MigrateError> {
     let chunk = source.chunk_size();
     type Slot = (usize, Vec<u8>);
-    let (full_tx, full_rx) = mpsc::sync_channel::<(Slot, MigChunk)>(PIPELINE_BUFFERS);
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Slot, MigChunk)>(PIPELINE_SLOTS);
     let (empty_tx, empty_rx) = mpsc::channel::<Slot>();
-    for slot in 0..PIPELINE_BUFFERS {
+    for slot in 0..PIPELINE_SLOTS {
         empty_tx
             .send((slot, Vec::new()))
             .expect("the receiver is here");
     }
     std::thread::scope(|scope| {
         let reader = scope.spawn(move || -> Result<(), MigrateError> {
-            // Ends when the sending side stops taking chunks (it failed).
-            while let Ok((slot, mut buf)) = empty_rx.recv() {
+            // Slots whose reads were asked for, oldest first.
+            let mut asked: VecDeque<Slot> = VecDeque::new();
+            // Until a short chunk: no more reads are asked for after it.
+            let mut more = true;
+            let mut depth = 1;
+            loop {
+                if more && asked.is_empty() {
+                    // Ends when the sending side stops taking chunks (it failed).
+                    let Ok(slot) = empty_rx.recv() else { break };
+                    if source
+                        .read_ahead(slot.0, chunk)
+                        .map_err(MigrateError::Source)?
+                    {
+                        depth = READS_AHEAD;
+                    }
+                    asked.push_back(slot);
+                }
+                while more && asked.len() < depth {
+                    let Ok(slot) = empty_rx.try_recv() else { break };
+                    source
+                        .read_ahead(slot.0, chunk)
+                        .map_err(MigrateError::Source)?;
+                    asked.push_back(slot);
+                }
+                let Some((slot, mut buf)) = asked.pop_front() else {
+                    break;
+                };
                 let chunk_read = source
                     .read_chunk(slot, chunk, &mut buf)
                     .map_err(MigrateError::Source)?;
-                let last = chunk_read.len() < chunk as usize;
-                if full_tx.send(((slot, buf), chunk_read)).is_err() || last {
+                more &= chunk_read.len() == chunk as usize;
+                if full_tx.send(((slot, buf), chunk_read)).is_err() {
                     break;
                 }
             }
@@ -304,6 +331,59 @@ mod tests {
         }
     }
 
+    /// A source that reads ahead: `chunks` full chunks then a short one, numbered when they
+    /// are asked for; counts the reads out at once.
+    #[derive(Default)]
+    struct Ahead {
+        chunks: usize,
+        asked: VecDeque<(usize, usize)>,
+        next: usize,
+        most_out: usize,
+    }
+
+    impl MigratableDevice for Ahead {
+        fn flags(&mut self) -> Result<MigrationFlags, CallError> {
+            Ok(MigrationFlags::STOP_COPY)
+        }
+        fn set_state(&mut self, _: MigrationState) -> Result<(), CallError> {
+            Ok(())
+        }
+        fn read(&mut self, _: u32) -> Result<Vec<u8>, CallError> {
+            panic!("every read is asked ahead");
+        }
+        fn read_ahead(&mut self, slot: usize, _: u32) -> Result<bool, CallError> {
+            self.asked.push_back((slot, self.next));
+            self.next += 1;
+            self.most_out = self.most_out.max(self.asked.len());
+            Ok(true)
+        }
+        fn read_chunk(
+            &mut self,
+            slot: usize,
+            max: u32,
+            buf: &mut Vec<u8>,
+        ) -> Result<MigChunk, CallError> {
+            let (asked, n) = self.asked.pop_front().expect("a read asked ahead");
+            assert_eq!(asked, slot, "reads are taken in the order asked");
+            let len = match n.cmp(&self.chunks) {
+                std::cmp::Ordering::Less => max as usize,
+                std::cmp::Ordering::Equal => 3,
+                std::cmp::Ordering::Greater => 0,
+            };
+            *buf = vec![n as u8; len];
+            Ok(MigChunk::Inline(0..len))
+        }
+        fn write(&mut self, _: &[u8]) -> Result<(), CallError> {
+            Ok(())
+        }
+        fn chunk_size(&self) -> u32 {
+            CHUNK
+        }
+        fn recover(&mut self) -> Result<(), CallError> {
+            Ok(())
+        }
+    }
+
     /// Keeps what it is sent; refuses its send number `fail_at`.
     #[derive(Default)]
     struct Sink {
@@ -358,6 +438,25 @@ mod tests {
     }
 
     #[test]
+    fn a_source_that_reads_ahead_has_reads_out_while_chunks_are_sent() {
+        let mut source = Ahead {
+            chunks: 50,
+            ..Ahead::default()
+        };
+        let mut sink = Sink::default();
+        drain(&mut source, &mut sink).unwrap();
+        let expected: Vec<u8> = (0..50u8)
+            .flat_map(|n| vec![n; CHUNK as usize])
+            .chain([50; 3])
+            .collect();
+        assert_eq!(sink.got, expected);
+        assert_eq!(source.most_out, READS_AHEAD);
+        // Nothing is asked for after the short chunk is taken; what was out is taken.
+        assert!(source.next < 51 + READS_AHEAD, "{} reads", source.next);
+        assert!(source.asked.is_empty());
+    }
+
+    #[test]
     fn a_destination_failure_stops_the_reads_from_the_source() {
         let (mut source, reads) = source(1000, None);
         let mut sink = Sink {
@@ -367,7 +466,7 @@ mod tests {
         let e = drain(&mut source, &mut sink).unwrap_err();
         assert!(matches!(e, MigrateError::Destination(_)), "{e}");
         // The chunk sent, the refused one, and at most those in flight.
-        assert!(reads.load(Ordering::SeqCst) <= 2 + PIPELINE_BUFFERS + 1);
+        assert!(reads.load(Ordering::SeqCst) <= 2 + PIPELINE_SLOTS + 1);
         assert_eq!(sink.got, vec![0; CHUNK as usize]);
     }
 

@@ -28,7 +28,7 @@ use crate::vfio_user::region::{
     IoFdsReply, RegionCap, RegionFlags, RegionInfoReply, SparseMmapArea,
 };
 use crate::vfio_user::rules;
-use crate::vfio_user::shared_buf::SharedBuffer;
+use crate::vfio_user::shared_buf::{MAX_TRANSFERS_PER_BUFFER, SharedBuffer};
 use crate::vfio_user::socket::Message;
 use crate::vfio_user::{Limits, Negotiated, Payload, ServerOffer, Version, negotiate};
 
@@ -195,7 +195,9 @@ impl<'a> Session<'a> {
                     return Err(libc::EBUSY);
                 }
                 let fd = message.fds.pop().ok_or(libc::EINVAL)?;
-                let max = limits.max_data_xfer_size.saturating_mul(2);
+                let max = limits
+                    .max_data_xfer_size
+                    .saturating_mul(MAX_TRANSFERS_PER_BUFFER);
                 let buffer = SharedBuffer::check(fd, max)
                     .inspect_err(|e| tracing::debug!("migration data buffer refused: {e}"))
                     .map_err(|e| e.errno())?;

@@ -232,7 +232,24 @@ pub struct Client {
     deferred: Option<VecDeque<Message>>,
     /// The shared migration data buffer registered with the server, if any.
     mig_buffer: Option<Arc<SharedBuffer>>,
+    /// MIG_DATA_READs into the shared buffer sent ahead ([`Client::mig_data_read_ahead`]),
+    /// oldest first: their ids, offsets and sizes.
+    reads_ahead: VecDeque<ReadAhead>,
+    /// Replies to reads ahead that came while another reply was awaited.
+    early: Vec<Message>,
 }
+
+/// A MIG_DATA_READ into the shared buffer sent and not yet taken.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ReadAhead {
+    id: u16,
+    offset: u64,
+    size: u32,
+}
+
+/// Most MIG_DATA_READs a client sends ahead of taking their replies
+/// ([`Client::mig_data_read_ahead`]).
+pub const MAX_READS_AHEAD: usize = 4;
 
 /// Server requests a deferring client holds while it waits for one reply.
 const MAX_DEFERRED: usize = 1024;
@@ -342,6 +359,8 @@ impl Client {
             broken: false,
             deferred: None,
             mig_buffer: None,
+            reads_ahead: VecDeque::new(),
+            early: Vec::new(),
         })
     }
 
@@ -444,6 +463,10 @@ impl Client {
         command: Command,
         mut spare: Vec<u8>,
     ) -> Result<Message, ClientError> {
+        if let Some(at) = self.early.iter().position(|m| m.header.msg_id == id) {
+            let msg = self.early.swap_remove(at);
+            return self.checked(msg, command);
+        }
         loop {
             let read = read_message_into(&self.stream, &self.limits, std::mem::take(&mut spare));
             let msg = match read {
@@ -462,6 +485,10 @@ impl Client {
                     if header.msg_id == id {
                         return Err(error.into());
                     }
+                    if self.reads_ahead.iter().any(|r| r.id == header.msg_id) {
+                        // A read ahead whose answer is lost: the stream is out of step.
+                        return Err(self.fail(error));
+                    }
                     continue;
                 }
                 Err(e) => return Err(self.fail(e)),
@@ -478,6 +505,12 @@ impl Client {
                 }
                 continue;
             }
+            if msg.header.msg_id != id && self.reads_ahead.iter().any(|r| r.id == msg.header.msg_id)
+            {
+                // One reply per read ahead: at most MAX_READS_AHEAD wait here.
+                self.early.push(msg);
+                continue;
+            }
             if msg.header.msg_id != id {
                 tracing::debug!(
                     id = msg.header.msg_id,
@@ -489,14 +522,20 @@ impl Client {
             while let Some(request) = self.deferred.as_mut().and_then(VecDeque::pop_front) {
                 self.serve(request)?;
             }
-            if let Err(e) = check_reply(&msg.header, command) {
-                if matches!(e, ClientError::Protocol(_)) {
-                    self.broken = true;
-                }
-                return Err(e);
-            }
-            return Ok(msg);
+            return self.checked(msg, command);
         }
+    }
+
+    /// `msg` if it is a successful reply to `command`; a reply that breaks the protocol
+    /// leaves the connection unusable.
+    fn checked(&mut self, msg: Message, command: Command) -> Result<Message, ClientError> {
+        if let Err(e) = check_reply(&msg.header, command) {
+            if matches!(e, ClientError::Protocol(_)) {
+                self.broken = true;
+            }
+            return Err(e);
+        }
+        Ok(msg)
     }
 
     /// Answers a command the server sent (refused in twin-socket mode: the server's
@@ -802,11 +841,24 @@ impl Client {
     }
 
     /// MIG_DEVICE_STATE SET: moves the device to `state`.
+    ///
+    /// Reads sent ahead and not taken ([`Client::mig_data_read_ahead`]) are dropped with
+    /// their answers: the server answered them before this, and the stream they read ends
+    /// with the state it was read in.
     pub fn set_mig_state(&mut self, state: MigrationState) -> Result<(), ClientError> {
-        self.feature_set(
+        let set = self.feature_set(
             FEATURE_MIG_DEVICE_STATE,
             MigDeviceState::new(state).to_bytes(),
-        )?;
+        );
+        if !self.reads_ahead.is_empty() {
+            tracing::debug!(
+                dropped = self.reads_ahead.len(),
+                "reads sent ahead end with the migration state"
+            );
+        }
+        self.reads_ahead.clear();
+        self.early.clear();
+        set?;
         Ok(())
     }
 
@@ -992,11 +1044,30 @@ impl Client {
     }
 
     /// MIG_DATA_READ into the registered buffer: up to `size` bytes of the stream at
-    /// `offset`; returns how many the server wrote there (fewer: the end, for now).
+    /// `offset`; returns how many the server wrote there (fewer: the end, for now). When
+    /// reads were sent ahead ([`Client::mig_data_read_ahead`]) this takes the oldest one's
+    /// answer, which must be for the same `offset` and `size`.
     pub fn mig_data_read_shared(&mut self, offset: u64, size: u32) -> Result<u32, ClientError> {
-        let request = MigDataShared::new(offset, size).to_bytes();
-        let id = self.send(Command::MigDataRead, &request, &[], HeaderFlags::empty())?;
-        let msg = self.wait(id, Command::MigDataRead)?;
+        let id = match self.reads_ahead.front() {
+            Some(ahead) if (ahead.offset, ahead.size) == (offset, size) => ahead.id,
+            Some(ahead) => {
+                return Err(ProtocolError::invalid(
+                    "MIG_DATA_READ",
+                    format!(
+                        "{size} bytes at {offset} asked while the read of {} bytes at {} \
+                         sent ahead is not taken",
+                        ahead.size, ahead.offset
+                    ),
+                )
+                .into());
+            }
+            None => self.send_read_shared(offset, size)?,
+        };
+        let taken = self.wait(id, Command::MigDataRead);
+        if self.reads_ahead.front().is_some_and(|r| r.id == id) {
+            self.reads_ahead.pop_front();
+        }
+        let msg = taken?;
         if !msg.fds.is_empty() {
             return Err(ProtocolError::invalid(
                 "MIG_DATA_READ reply",
@@ -1011,6 +1082,36 @@ impl Client {
             );
         }
         Ok(reply.size)
+    }
+
+    /// Sends a MIG_DATA_READ of up to `size` bytes of the stream into the registered buffer
+    /// at `offset` without waiting for its reply: the server works on it while the caller
+    /// does other things (copies out an earlier chunk, sends it on). The server answers in
+    /// order; [`Client::mig_data_read_shared`] with the same `offset` and `size` takes the
+    /// answer, oldest first. At most [`MAX_READS_AHEAD`] wait at once. The bytes land in the
+    /// buffer while the read is out: the caller leaves that range alone until it is taken.
+    pub fn mig_data_read_ahead(&mut self, offset: u64, size: u32) -> Result<(), ClientError> {
+        if self.reads_ahead.len() >= MAX_READS_AHEAD {
+            return Err(ProtocolError::invalid(
+                "MIG_DATA_READ",
+                format!("more than {MAX_READS_AHEAD} reads sent ahead"),
+            )
+            .into());
+        }
+        let id = self.send_read_shared(offset, size)?;
+        self.reads_ahead.push_back(ReadAhead { id, offset, size });
+        Ok(())
+    }
+
+    /// Sends a MIG_DATA_READ into the registered buffer (checked against it first).
+    fn send_read_shared(&mut self, offset: u64, size: u32) -> Result<u16, ClientError> {
+        if let Some(shared) = &self.mig_buffer {
+            shared
+                .range(offset, size.into())
+                .map_err(ClientError::SharedBuffer)?;
+        }
+        let request = MigDataShared::new(offset, size).to_bytes();
+        self.send(Command::MigDataRead, &request, &[], HeaderFlags::empty())
     }
 
     /// MIG_DATA_WRITE of the `size` bytes at `offset` in the registered buffer.

@@ -25,6 +25,10 @@ pub const SHARED_SEALS: SealFlags = SealFlags::SHRINK
     .union(SealFlags::GROW)
     .union(SealFlags::SEAL);
 
+/// Largest shared buffer taken, in transfers of the negotiated `max_data_xfer_size`: room
+/// for a migration pipeline's chunks in flight.
+pub const MAX_TRANSFERS_PER_BUFFER: u64 = 4;
+
 /// Smallest shared buffer taken: one page.
 pub const MIN_SHARED_BUFFER: u64 = 4096;
 
