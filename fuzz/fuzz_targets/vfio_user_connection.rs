@@ -17,7 +17,9 @@
 //! MIG_DATA_BUFFER with an fd), before the rest: a memfd sealed as the extension wants, one
 //! unsealed, or a socket, of the size the next input byte chooses (in 16 KiB, so that it may
 //! pass the bound), to be taken, refused as untrusted, or refused as not agreed. Once one is
-//! taken, the MIG_DATA_READ and MIG_DATA_WRITE in the rest name offsets and sizes in it.
+//! taken, the MIG_DATA_READ and MIG_DATA_WRITE in the rest name offsets and sizes in it. The
+//! rest may also ask the server to make the buffer (DEVICE_FEATURE MIG_DATA_BUFFER GET: seed
+//! `mig_data_server_buffer`), which it then saves reads into straight.
 #![no_main]
 
 use std::io::Write;

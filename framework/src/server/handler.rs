@@ -15,7 +15,7 @@ use crate::vfio_user::device::{DEVICE_INFO_SIZE, DeviceFlags, DeviceInfo};
 use crate::vfio_user::dma::{DmaMap, DmaMapFlags, DmaUnmap};
 use crate::vfio_user::feature::{
     DeviceFeature, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START, FEATURE_DMA_LOGGING_STOP,
-    FEATURE_MIG_DATA_BUFFER, FeatureOps, words_as_bytes,
+    FEATURE_MIG_DATA_BUFFER, FeatureOps, MigDataBufferSize, words_as_bytes,
 };
 use crate::vfio_user::header::{Command, Header};
 use crate::vfio_user::irq::{
@@ -28,7 +28,9 @@ use crate::vfio_user::region::{
     IoFdsReply, RegionCap, RegionFlags, RegionInfoReply, SparseMmapArea,
 };
 use crate::vfio_user::rules;
-use crate::vfio_user::shared_buf::{MAX_TRANSFERS_PER_BUFFER, SharedBuffer};
+use crate::vfio_user::shared_buf::{
+    MAX_TRANSFERS_PER_BUFFER, MIN_SHARED_BUFFER, SharedBuffer, SharedBufferError,
+};
 use crate::vfio_user::socket::Message;
 use crate::vfio_user::{Limits, Negotiated, Payload, ServerOffer, Version, negotiate};
 
@@ -45,6 +47,11 @@ enum Answer {
     MigData(Vec<u8>),
     /// An error reply with this errno.
     Error(i32),
+}
+
+/// Whether a DEVICE_FEATURE `payload` is for FEATURE_MIG_DATA_BUFFER.
+fn is_buffer_feature(payload: &[u8], limits: &Limits) -> bool {
+    DeviceFeature::parse(payload, limits).is_ok_and(|r| r.feature == FEATURE_MIG_DATA_BUFFER)
 }
 
 fn reply(payload: impl Payload) -> Answer {
@@ -98,8 +105,10 @@ impl<'a> Session<'a> {
     pub fn handle(&mut self, mut message: Message, spent: &mut Vec<u8>) -> bool {
         let header = message.header;
         let limits = self.limits.read().clone();
-        if header.command == Command::DeviceFeature.raw() && !message.fds.is_empty() {
-            let answer = self.register_buffer(message, &limits);
+        if header.command == Command::DeviceFeature.raw()
+            && (!message.fds.is_empty() || is_buffer_feature(&message.payload, &limits))
+        {
+            let answer = self.buffer_feature(message, &limits);
             return self.send(&header, answer);
         }
         let mig_data = header.command == Command::MigDataRead.raw()
@@ -174,38 +183,56 @@ impl<'a> Session<'a> {
         sent.is_ok()
     }
 
-    /// DEVICE_FEATURE carrying fds: the registration of the shared migration data buffer
-    /// (FEATURE_MIG_DATA_BUFFER SET) when `mig_data_shared` was agreed and none is registered
-    /// yet, refused otherwise (the fds are closed).
-    fn register_buffer(&mut self, mut message: Message, limits: &Limits) -> Answer {
+    /// DEVICE_FEATURE carrying fds, or for FEATURE_MIG_DATA_BUFFER: the client's shared
+    /// migration data buffer registered (SET, its memfd the one fd), or one the server makes
+    /// (GET, [`MigDataBufferSize`], the memfd sent back), when `mig_data_shared` was agreed
+    /// and no buffer is there yet; refused otherwise (fds sent are closed).
+    fn buffer_feature(&mut self, mut message: Message, limits: &Limits) -> Answer {
         let allowed = self.negotiated.as_ref().is_some_and(|n| n.mig_data_shared);
+        let max = limits
+            .max_data_xfer_size
+            .saturating_mul(MAX_TRANSFERS_PER_BUFFER);
         let done = DeviceFeature::parse(&message.payload, limits)
             .map_err(|e| e.errno())
             .and_then(|request| {
-                if request.feature != FEATURE_MIG_DATA_BUFFER
-                    || request.ops != FeatureOps::SET
-                    || !request.data.is_empty()
-                    || !allowed
-                    || message.fds.len() != 1
-                {
+                let set = request.ops == FeatureOps::SET
+                    && request.data.is_empty()
+                    && message.fds.len() == 1;
+                let get = request.ops == FeatureOps::GET
+                    && request.data.len() == MigDataBufferSize::LEN
+                    && message.fds.is_empty();
+                if request.feature != FEATURE_MIG_DATA_BUFFER || !(set || get) || !allowed {
                     return Err(libc::EINVAL);
                 }
                 self.port.function.migration_flags().ok_or(libc::ENOTTY)?;
                 if self.mig_buffer.is_some() {
                     return Err(libc::EBUSY);
                 }
-                let fd = message.fds.pop().ok_or(libc::EINVAL)?;
-                let max = limits
-                    .max_data_xfer_size
-                    .saturating_mul(MAX_TRANSFERS_PER_BUFFER);
-                let buffer = SharedBuffer::check(fd, max)
-                    .inspect_err(|e| tracing::debug!("migration data buffer refused: {e}"))
-                    .map_err(|e| e.errno())?;
+                let refused = |e: SharedBufferError| {
+                    tracing::debug!("migration data buffer refused: {e}");
+                    e.errno()
+                };
+                if set {
+                    let fd = message.fds.pop().ok_or(libc::EINVAL)?;
+                    self.mig_buffer = Some(SharedBuffer::check(fd, max).map_err(refused)?);
+                    return Ok((request.reply_with(Vec::new()).to_bytes(), Vec::new()));
+                }
+                let wanted =
+                    MigDataBufferSize::parse(&request.data, limits).map_err(|e| e.errno())?;
+                if !(MIN_SHARED_BUFFER..=max).contains(&wanted.size) {
+                    return Err(libc::E2BIG);
+                }
+                let buffer = SharedBuffer::create_exclusive(wanted.size).map_err(refused)?;
+                let theirs = buffer
+                    .fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
                 self.mig_buffer = Some(buffer);
-                Ok(request.reply_with(Vec::new()).to_bytes())
+                let reply = request.reply_with(wanted.to_bytes()).to_bytes();
+                Ok((reply, vec![Arc::new(theirs)]))
             });
         match done {
-            Ok(payload) => Answer::Reply(payload, Vec::new()),
+            Ok((payload, fds)) => Answer::Reply(payload, fds),
             Err(errno) => Answer::Error(errno),
         }
     }
@@ -214,7 +241,7 @@ impl<'a> Session<'a> {
     /// names bytes in it ([`MigDataShared`]) and carries no fds.
     fn mig_data_shared(&mut self, message: Message, limits: &Limits) -> Answer {
         let header = message.header;
-        let Some(shared) = self.mig_buffer.as_ref() else {
+        let Some(shared) = self.mig_buffer.as_mut() else {
             return Answer::Error(libc::EINVAL);
         };
         let request = match MigDataShared::parse(&message.payload, limits) {

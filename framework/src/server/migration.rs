@@ -19,7 +19,7 @@ use crate::vfio_user::feature::{
 use crate::vfio_user::mig_data::{
     MigDataRead, MigDataReadReply, MigDataShared, MigDataSharedReply, MigDataWrite,
 };
-use crate::vfio_user::shared_buf::SharedBuffer;
+use crate::vfio_user::shared_buf::{SharedBuffer, SharedBufferError};
 use crate::vfio_user::{Limits, Payload};
 
 /// The payload buffer of the last MIG_DATA_READ reply, sent and handed back
@@ -142,36 +142,56 @@ pub(super) fn data_read(
     Ok(payload)
 }
 
-/// MIG_DATA_READ into the shared buffer: the next bytes of the stream, saved into the buffer
-/// the inline replies use (memory the client cannot write) and copied to `request.offset`
-/// in `shared`; the reply payload states how many.
+/// MIG_DATA_READ into the shared buffer: the next bytes of the stream at `request.offset` in
+/// `shared`; the reply payload states how many. A buffer only this server writes
+/// ([`SharedBuffer::create_exclusive`]) is saved into straight; into any other the bytes are
+/// saved into the buffer the inline replies use (memory the client cannot write) and copied.
 pub(super) fn data_read_shared(
     buffer: &ReplyBuffer,
     function: &VirtualFunction,
-    shared: &SharedBuffer,
+    shared: &mut SharedBuffer,
     request: &MigDataShared,
 ) -> Result<Vec<u8>, i32> {
     function.migration_flags().ok_or(libc::ENOTTY)?;
     // Checked before the device gives up a byte: a refused read loses nothing.
-    shared
+    let range = shared
         .range(request.offset, request.size.into())
         .map_err(|e| e.errno())?;
+    let n = match shared.exclusive_mut(range) {
+        Some(bytes) => function.migration_read(bytes).map_err(|e| e.errno())?,
+        None => copied_read(buffer, function, shared, request)?,
+    };
+    // At most `request.size` bytes were read.
+    let size = u32::try_from(n).map_err(|_| libc::EIO)?;
+    Ok(MigDataSharedReply::new(size).to_bytes())
+}
+
+/// The next bytes of the stream saved into the server's own memory and copied into `shared`
+/// at `request.offset`; how many.
+fn copied_read(
+    buffer: &ReplyBuffer,
+    function: &VirtualFunction,
+    shared: &SharedBuffer,
+    request: &MigDataShared,
+) -> Result<usize, i32> {
+    // Refused before the device gives up a byte: the stream cannot land in a read-only one.
+    if shared.is_read_only() {
+        return Err(SharedBufferError::ReadOnly.errno());
+    }
     let mut saved = std::mem::take(&mut *buffer.spare.lock());
     // Only the bytes past the previous length are zeroed (and faulted in) again.
     saved.resize(request.size as usize, 0);
-    let reply = function
+    let n = function
         .migration_read(&mut saved)
         .map_err(|e| e.errno())
         .and_then(|n| {
             shared
                 .copy_in(request.offset, &saved[..n])
                 .map_err(|e| e.errno())?;
-            // At most `request.size` bytes were read.
-            let size = u32::try_from(n).map_err(|_| libc::EIO)?;
-            Ok(MigDataSharedReply::new(size).to_bytes())
+            Ok(n)
         });
     buffer.recycle(function, saved);
-    reply
+    n
 }
 
 /// MIG_DATA_WRITE from the shared buffer: the bytes at `request.offset` are copied into

@@ -36,12 +36,19 @@
 //! With `mig_data_shared` agreed in VERSION, [`FEATURE_MIG_DATA_BUFFER`] (`0xf003`) registers
 //! the connection's shared migration data buffer ([`super::shared_buf`]):
 //!
-//! - SET only, no data, the buffer's memfd as the message's one fd; once per connection
-//!   (a second one: EBUSY); EINVAL when `mig_data_shared` was not agreed or the fd is not a
-//!   memfd sealed against resizing, E2BIG when its size is outside one page to twice
-//!   `max_data_xfer_size`; ENOTTY from a function that does not migrate.
-//! - From then on MIG_DATA_READ and MIG_DATA_WRITE requests name bytes in the buffer
-//!   ([`super::mig_data::MigDataShared`]).
+//! - SET, no data, the buffer's memfd as the message's one fd: the client's buffer. EINVAL
+//!   when `mig_data_shared` was not agreed or the fd is not a memfd sealed against resizing,
+//!   E2BIG when its size is outside one page to
+//!   [`super::shared_buf::MAX_TRANSFERS_PER_BUFFER`] times `max_data_xfer_size`. A memfd
+//!   also sealed against writes (another server's buffer) is mapped read-only: MIG_DATA_READ
+//!   into it is refused with EPERM.
+//! - GET, data [`MigDataBufferSize`] (the size wanted), no fd: the server makes the buffer
+//!   itself, sealed so that only it writes the bytes (F_SEAL_FUTURE_WRITE), and replies with
+//!   the same data and the memfd as the reply's one fd. It saves MIG_DATA_READs straight into
+//!   it. Same bounds and errors as SET.
+//! - Once per connection, either way (a second one: EBUSY); ENOTTY from a function that does
+//!   not migrate. From then on MIG_DATA_READ and MIG_DATA_WRITE requests name bytes in the
+//!   buffer ([`super::mig_data::MigDataShared`]).
 
 use bitflags::bitflags;
 
@@ -72,8 +79,8 @@ pub const FEATURE_PRECOPY_INFO: u16 = 0xf001;
 /// see the module documentation.
 pub const FEATURE_MIGRATION_ERROR: u16 = 0xf002;
 
-/// Project extension (not in Linux): registers the shared migration data buffer; see the
-/// module documentation.
+/// Project extension (not in Linux): registers (SET) or makes (GET) the shared migration data
+/// buffer; see the module documentation.
 pub const FEATURE_MIG_DATA_BUFFER: u16 = 0xf003;
 /// Longest MIGRATION_ERROR text.
 pub const MAX_MIGRATION_ERROR: u32 = 4096;
@@ -455,6 +462,30 @@ impl Payload for MigDataSize {
 
     fn encode(&self, out: &mut Vec<u8>) {
         put_u64(out, self.stop_copy_length);
+    }
+}
+
+/// Data of a MIG_DATA_BUFFER GET request and its reply: the size of the buffer the server
+/// makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigDataBufferSize {
+    /// Bytes.
+    pub size: u64,
+}
+
+impl MigDataBufferSize {
+    /// Its length on the wire.
+    pub const LEN: usize = 8;
+}
+
+impl Payload for MigDataBufferSize {
+    fn parse(payload: &[u8], _limits: &Limits) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new("MIG_DATA_BUFFER", payload);
+        Ok(Self { size: r.u64()? })
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.size);
     }
 }
 

@@ -13,6 +13,13 @@
 //! the bytes at any time, so the bytes are only ever copied in or out
 //! ([`SharedBuffer::copy_out`], [`SharedBuffer::copy_in`]) and checked in the copy, never in
 //! place.
+//!
+//! A server may also make the buffer itself, for a source's reads
+//! ([`SharedBuffer::create_exclusive`]): it maps it read-write first and then seals it with
+//! F_SEAL_FUTURE_WRITE too, so that every other mapping of it, the client's and any other
+//! server's it is registered with, is read-only ([`SharedBuffer::check`] maps such a buffer
+//! read-only). Its maker is then the only writer, and saves migration data straight into it
+//! ([`SharedBuffer::exclusive_mut`]): one copy fewer per chunk.
 
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -24,6 +31,10 @@ use rustix::fs::{FileType, MemfdFlags, SealFlags};
 pub const SHARED_SEALS: SealFlags = SealFlags::SHRINK
     .union(SealFlags::GROW)
     .union(SealFlags::SEAL);
+
+/// The seals a buffer carries when only its maker writes it
+/// ([`SharedBuffer::create_exclusive`]).
+pub const EXCLUSIVE_SEALS: SealFlags = SHARED_SEALS.union(SealFlags::FUTURE_WRITE);
 
 /// Largest shared buffer taken, in transfers of the negotiated `max_data_xfer_size`: room
 /// for a migration pipeline's chunks in flight.
@@ -63,6 +74,10 @@ pub enum SharedBufferError {
         /// The largest taken.
         max: u64,
     },
+    /// The buffer is sealed against writes from this process (another process made it,
+    /// [`SharedBuffer::create_exclusive`]): it can only be read.
+    #[error("the buffer is another process's, sealed against writes here")]
+    ReadOnly,
     /// An offset and size that do not lie within the buffer.
     #[error("{size} bytes at offset {offset} do not lie within a buffer of {len} bytes")]
     OutOfRange {
@@ -82,6 +97,7 @@ impl SharedBufferError {
             Self::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Self::Size { .. } => libc::E2BIG,
             Self::OutOfRange { .. } => libc::ERANGE,
+            Self::ReadOnly => libc::EPERM,
             _ => libc::EINVAL,
         }
     }
@@ -94,16 +110,30 @@ fn io(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> SharedBufferError
     }
 }
 
-/// A memfd mapped shared and read-write, sealed with [`SHARED_SEALS`].
+/// A memfd mapped shared, sealed with [`SHARED_SEALS`] (read-write), or with
+/// [`EXCLUSIVE_SEALS`] (read-write for the process that made it, read-only for others).
 pub struct SharedBuffer {
     fd: OwnedFd,
     map: MmapRaw,
+    access: Access,
+}
+
+/// Who may write a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Every process that maps it, this one included.
+    Shared,
+    /// This process alone, through this mapping ([`SharedBuffer::create_exclusive`]).
+    Exclusive,
+    /// Its maker alone, another process: read-only here.
+    ReadOnly,
 }
 
 impl std::fmt::Debug for SharedBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedBuffer")
             .field("len", &self.map.len())
+            .field("access", &self.access)
             .finish_non_exhaustive()
     }
 }
@@ -121,9 +151,35 @@ impl SharedBuffer {
         Self::check(fd, len)
     }
 
+    /// A fresh buffer of `len` bytes that only this process writes (a server's, for a
+    /// source's reads): mapped read-write and faulted in, then sealed with
+    /// [`EXCLUSIVE_SEALS`], so that no writable mapping of it can be made any more and
+    /// `write(2)` and hole punching on its fd fail. Whoever is given its fd can only read it.
+    pub fn create_exclusive(len: u64) -> Result<Self, SharedBufferError> {
+        let fd = rustix::fs::memfd_create(
+            "vfio-user-mig-buffer",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(io("memfd_create"))?;
+        rustix::fs::ftruncate(&fd, len).map_err(io("sizing the memfd"))?;
+        let size = usize::try_from(len).map_err(|_| SharedBufferError::Size {
+            size: len,
+            min: MIN_SHARED_BUFFER,
+            max: usize::MAX as u64,
+        })?;
+        let map = map(&fd, size, false)?;
+        rustix::fs::fcntl_add_seals(&fd, EXCLUSIVE_SEALS).map_err(io("sealing the memfd"))?;
+        Ok(Self {
+            fd,
+            map,
+            access: Access::Exclusive,
+        })
+    }
+
     /// Takes `fd` as a peer's buffer of at most `max` bytes: refused unless it is a memfd
     /// sealed with [`SHARED_SEALS`] of [`MIN_SHARED_BUFFER`] to `max` bytes. A refused fd is
-    /// closed.
+    /// closed. A buffer sealed against writes too (F_SEAL_FUTURE_WRITE or F_SEAL_WRITE:
+    /// another process's [`SharedBuffer::create_exclusive`]) is mapped read-only.
     pub fn check(fd: OwnedFd, max: u64) -> Result<Self, SharedBufferError> {
         let stat = rustix::fs::fstat(&fd).map_err(io("fstat of the memfd"))?;
         let kind = FileType::from_raw_mode(stat.st_mode);
@@ -150,15 +206,33 @@ impl SharedBuffer {
             return Err(refused);
         }
         let len = usize::try_from(size).map_err(|_| refused)?;
-        let map = MmapOptions::new()
-            .len(len)
-            .populate()
-            .map_raw(&fd)
-            .map_err(|source| SharedBufferError::Io {
-                what: "mapping the memfd",
-                source,
-            })?;
-        Ok(Self { fd, map })
+        let read_only = seals.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE);
+        let map = map(&fd, len, read_only)?;
+        let access = if read_only {
+            Access::ReadOnly
+        } else {
+            Access::Shared
+        };
+        Ok(Self { fd, map, access })
+    }
+
+    /// The bytes at `range` (from [`SharedBuffer::range`]) to write into, when this process
+    /// alone writes the buffer ([`SharedBuffer::create_exclusive`]); `None` for a buffer
+    /// others may write, whose bytes are only ever copied.
+    pub fn exclusive_mut(&mut self, range: Range<usize>) -> Option<&mut [u8]> {
+        if self.access != Access::Exclusive || range.start > range.end || range.end > self.len() {
+            return None;
+        }
+        // SAFETY: `range` lies within the mapping, which lives as long as `self` and cannot
+        // lose pages (sealed against shrinking; hole punching is refused under
+        // F_SEAL_FUTURE_WRITE). No other process can write these bytes: the memfd was sealed
+        // with F_SEAL_FUTURE_WRITE after this, its only writable mapping, was made, so
+        // every other mapping is read-only and write(2) on the fd fails. Within this
+        // process, the slice borrows `self` mutably, so no other reference to the mapping
+        // made through `self` lives as long as it does.
+        Some(unsafe {
+            std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(range.start), range.len())
+        })
     }
 
     /// Size in bytes.
@@ -169,6 +243,11 @@ impl SharedBuffer {
     /// Always false: a buffer holds at least [`MIN_SHARED_BUFFER`] bytes.
     pub fn is_empty(&self) -> bool {
         self.map.len() == 0
+    }
+
+    /// Whether another process made the buffer and alone writes it: it can only be read here.
+    pub fn is_read_only(&self) -> bool {
+        self.access == Access::ReadOnly
     }
 
     /// The memfd, to register it with a server.
@@ -205,8 +284,12 @@ impl SharedBuffer {
 
     /// Copies `src` into the buffer at `offset`.
     pub fn copy_in(&self, offset: u64, src: &[u8]) -> Result<(), SharedBufferError> {
+        if self.access == Access::ReadOnly {
+            return Err(SharedBufferError::ReadOnly);
+        }
         let range = self.range(offset, src.len() as u64)?;
-        // SAFETY: as in `copy_out`; the mapping is writable (shared, read-write).
+        // SAFETY: as in `copy_out`; the mapping is writable (shared, read-write: not a
+        // read-only one, refused above).
         unsafe {
             std::ptr::copy_nonoverlapping(
                 src.as_ptr(),
@@ -216,6 +299,21 @@ impl SharedBuffer {
         }
         Ok(())
     }
+}
+
+/// Maps `len` bytes of `fd` shared, read-write or read-only, faulted in.
+fn map(fd: &OwnedFd, len: usize, read_only: bool) -> Result<MmapRaw, SharedBufferError> {
+    let mut options = MmapOptions::new();
+    options.len(len).populate();
+    let mapped = if read_only {
+        options.map_raw_read_only(fd)
+    } else {
+        options.map_raw(fd)
+    };
+    mapped.map_err(|source| SharedBufferError::Io {
+        what: "mapping the memfd",
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -231,6 +329,45 @@ mod tests {
         let mut got = [0u8; 5];
         theirs.copy_out(4096, &mut got).unwrap();
         assert_eq!(&got, b"state");
+    }
+
+    #[test]
+    fn an_exclusive_buffer_is_written_by_its_maker_alone() {
+        let mut ours = SharedBuffer::create_exclusive(8192).unwrap();
+        ours.exclusive_mut(4096..4101)
+            .unwrap()
+            .copy_from_slice(b"state");
+        let dup = || rustix::io::fcntl_dupfd_cloexec(ours.fd(), 0).unwrap();
+        // Another process given the fd maps it read-only, and reads what was written.
+        let mut theirs = SharedBuffer::check(dup(), 1 << 20).unwrap();
+        let mut got = [0u8; 5];
+        theirs.copy_out(4096, &mut got).unwrap();
+        assert_eq!(&got, b"state");
+        assert!(matches!(
+            theirs.copy_in(0, b"x"),
+            Err(SharedBufferError::ReadOnly)
+        ));
+        assert!(theirs.exclusive_mut(0..1).is_none());
+        // Nothing the fd allows writes the bytes: no writable mapping, no write(2), no hole.
+        let fd = dup();
+        assert!(MmapOptions::new().len(8192).map_raw(&fd).is_err());
+        assert!(rustix::io::pwrite(&fd, b"x", 4096).is_err());
+        assert!(
+            rustix::fs::fallocate(
+                &fd,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                0,
+                8192
+            )
+            .is_err()
+        );
+        assert!(rustix::fs::ftruncate(&fd, 0).is_err());
+        theirs.copy_out(4096, &mut got).unwrap();
+        assert_eq!(&got, b"state");
+        // A shared buffer has no exclusive bytes; ranges are checked.
+        let mut shared = SharedBuffer::create(8192).unwrap();
+        assert!(shared.exclusive_mut(0..1).is_none());
+        assert!(ours.exclusive_mut(8000..8193).is_none());
     }
 
     #[test]
