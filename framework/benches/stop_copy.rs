@@ -9,8 +9,8 @@
 //!   function that checks the stream and loads the state, both over vfio-user as above;
 //! - `..._large_1gib`: the same with the largest transfers the server allows (64 MiB), inline;
 //! - `..._shared_1gib`: 1 MiB transfers through one buffer shared with the server
-//!   (`mig_data_shared`): the reader has two reads out at once, one per half of a 2 MiB
-//!   buffer, and copies each chunk out (a VMM's use of the bytes) while the server saves the
+//!   (`mig_data_shared`, the server's buffer, which it saves into straight): the reader has
+//!   two reads out at once, one per half of a 2 MiB buffer, and copies each chunk out (a VMM's use of the bytes) while the server saves the
 //!   next; the driver registers one buffer with both servers, the source's writes chunks
 //!   into some of its four parts while the destination's copies another part's into its own
 //!   memory and loads it;
@@ -34,7 +34,6 @@ use vfio_variant::device::VirtualFunction;
 use vfio_variant::migration::MigrationState;
 use vfio_variant::migration_driver::{LocalDestination, Options, migrate, share_buffer};
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
-use vfio_variant::vfio_user::shared_buf::SharedBuffer;
 use vfio_variant::vfio_user::{Capabilities, Client, ClientOptions, ServerOffer};
 
 const STATE: usize = 1 << 30;
@@ -183,11 +182,9 @@ fn read_over_vfio_user(mode: Mode) -> f64 {
         .expect("stop-copy");
     let size = u32::try_from(mode.xfer()).expect("at most 64 MiB");
     let shared = client.negotiated().mig_data_shared.then(|| {
-        let buffer = Arc::new(SharedBuffer::create(2 * mode.xfer()).expect("shared buffer"));
         client
-            .register_mig_buffer(Arc::clone(&buffer))
-            .expect("registration");
-        buffer
+            .server_mig_buffer(2 * mode.xfer())
+            .expect("the server's buffer")
     });
     let start = Instant::now();
     let mut bytes = 0usize;

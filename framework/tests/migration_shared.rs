@@ -21,12 +21,14 @@ use vfio_variant::migration_driver::{
     LocalDestination, Options, PIPELINE_SLOTS, migrate, share_buffer,
 };
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
-use vfio_variant::vfio_user::feature::{DeviceFeature, FEATURE_MIG_DATA_BUFFER};
+use vfio_variant::vfio_user::feature::{
+    DeviceFeature, FEATURE_MIG_DATA_BUFFER, FeatureOps, MigDataBufferSize,
+};
 use vfio_variant::vfio_user::mig_data::{MigDataRead, MigDataShared, MigDataWrite};
 use vfio_variant::vfio_user::shared_buf::{MAX_TRANSFERS_PER_BUFFER, SHARED_SEALS, SharedBuffer};
 use vfio_variant::vfio_user::socket::{read_message, write_message};
 use vfio_variant::vfio_user::{
-    Capabilities, Client, ClientError, ClientOptions, Command, Header, Limits, MAX_READS_AHEAD,
+    Capabilities, Client, ClientError, ClientOptions, Command, Header, Limits, MAX_MIG_DATA_AHEAD,
     Payload,
 };
 
@@ -193,6 +195,8 @@ fn the_driver_pipelines_through_every_part_of_one_buffer() {
         assert!(report.stop_copy_bytes > STATE as u64);
         assert_eq!(*destination.loaded.lock(), STATE);
         assert!(*destination.memory.lock() == pattern(9), "state differs");
+        // The source's server made the buffer: only it writes it.
+        assert!(buffer.is_read_only());
         // Every slot's part carried a chunk (the state is four chunks).
         let part = buffer.len() / PIPELINE_SLOTS;
         for slot in 0..PIPELINE_SLOTS {
@@ -324,8 +328,8 @@ fn reads_sent_ahead_are_answered_in_order_and_taken_oldest_first() {
     assert!(stream == expected, "the stream differs from the inline one");
     // The read past the end is answered with nothing.
     assert_eq!(client.mig_data_read_shared(half * XFER, size).unwrap(), 0);
-    // No more than MAX_READS_AHEAD at once; the connection goes on.
-    for _ in 0..MAX_READS_AHEAD {
+    // No more than MAX_MIG_DATA_AHEAD at once; the connection goes on.
+    for _ in 0..MAX_MIG_DATA_AHEAD {
         client.mig_data_read_ahead(0, 16).unwrap();
     }
     let over = client.mig_data_read_ahead(0, 16).unwrap_err();
@@ -335,6 +339,58 @@ fn reads_sent_ahead_are_answered_in_order_and_taken_oldest_first() {
     client.set_mig_state(MigrationState::StopCopy).unwrap();
     assert_eq!(client.mig_data_read_shared(XFER, 16).unwrap(), 16);
     source.close();
+}
+
+#[test]
+fn writes_sent_ahead_load_in_order_and_a_refusal_comes_with_its_answer() {
+    let _serial = SERIAL.lock();
+    let stream = inline_stream(pattern(8));
+    let mut destination = serve(vec![0; STATE], true);
+    let buffer = Arc::new(SharedBuffer::create(2 * XFER).unwrap());
+    let client = &mut destination.client;
+    client.register_mig_buffer(Arc::clone(&buffer)).unwrap();
+    client.set_mig_state(MigrationState::Resuming).unwrap();
+    // Two writes out at once, one per half; the older taken before its half is filled again.
+    let mut out: Vec<(u64, u32)> = Vec::new();
+    for (i, chunk) in stream.chunks(XFER as usize).enumerate() {
+        let offset = (i as u64 % 2) * XFER;
+        if out.len() == 2 {
+            let (offset, size) = out.remove(0);
+            // Taking the newer write first is refused, and changes nothing.
+            let (newer_offset, newer_size) = out[0];
+            let newer = client
+                .mig_data_write_shared(newer_offset, newer_size)
+                .unwrap_err();
+            assert!(matches!(newer, ClientError::Protocol(_)), "{newer}");
+            client.mig_data_write_shared(offset, size).unwrap();
+        }
+        buffer.copy_in(offset, chunk).unwrap();
+        let size = chunk.len() as u32;
+        client.mig_data_write_ahead(offset, size).unwrap();
+        out.push((offset, size));
+    }
+    for (offset, size) in out {
+        client.mig_data_write_shared(offset, size).unwrap();
+    }
+    client.set_mig_state(MigrationState::Running).unwrap();
+    assert!(*destination.memory.lock() == pattern(8), "state differs");
+
+    // A corrupt stream sent ahead: the refusal is the answer taken, and nothing was loaded.
+    let client = &mut destination.client;
+    client.set_mig_state(MigrationState::Resuming).unwrap();
+    *destination.loaded.lock() = 0;
+    buffer.copy_in(0, &[0xa5; 4096]).unwrap();
+    client.mig_data_write_ahead(0, 4096).unwrap();
+    let refused = client.mig_data_write_shared(0, 4096).unwrap_err();
+    assert!(matches!(refused, ClientError::Remote { .. }), "{refused}");
+    assert_eq!(*destination.loaded.lock(), 0);
+    // A reset drops what was sent ahead and not taken; the connection goes on.
+    client.mig_data_write_ahead(0, 4096).unwrap();
+    client.reset().unwrap();
+    client.set_mig_state(MigrationState::Resuming).unwrap();
+    buffer.copy_in(0, &stream[..4096]).unwrap();
+    client.mig_data_write_shared(0, 4096).unwrap();
+    destination.close();
 }
 
 #[test]
@@ -496,6 +552,98 @@ fn untrusted_buffers_offsets_and_sizes_are_refused_and_the_connection_goes_on() 
     assert_eq!(buffer_maps(), maps, "buffers left mapped");
 }
 
+fn make_buffer(size: u64) -> Vec<u8> {
+    DeviceFeature {
+        argsz: 16 + 8,
+        feature: FEATURE_MIG_DATA_BUFFER,
+        ops: FeatureOps::GET,
+        data: MigDataBufferSize { size }.to_bytes(),
+    }
+    .to_bytes()
+}
+
+#[test]
+fn a_buffer_the_server_makes_is_written_by_it_alone_and_carries_its_reads() {
+    let _serial = SERIAL.lock();
+    let (fds, maps) = (open_fds(), buffer_maps());
+    let expected = inline_stream(pattern(6));
+    {
+        let mut source = serve(pattern(6), true);
+        let mut destination = serve(vec![0; STATE], true);
+        let feature = Command::DeviceFeature;
+        // Sizes out of bounds, data of another length, an fd beside it: refused.
+        let c = &source.client;
+        let too_large = MAX_TRANSFERS_PER_BUFFER * XFER + 4096;
+        assert_eq!(raw(c, 0x7100, feature, &make_buffer(100), &[]), libc::E2BIG);
+        assert_eq!(
+            raw(c, 0x7101, feature, &make_buffer(too_large), &[]),
+            libc::E2BIG
+        );
+        let mut long = make_buffer(2 * XFER);
+        long.extend_from_slice(&[0; 8]);
+        long[..4].copy_from_slice(&32u32.to_le_bytes());
+        assert_eq!(raw(c, 0x7102, feature, &long, &[]), libc::EINVAL);
+        let stray = memfd(4096, SHARED_SEALS);
+        assert_eq!(
+            raw(c, 0x7103, feature, &make_buffer(2 * XFER), &[stray.as_fd()]),
+            libc::EINVAL
+        );
+
+        let buffer = source.client.server_mig_buffer(2 * XFER).unwrap();
+        assert!(buffer.is_read_only());
+        // The client can write it by no means: copies, mappings, write(2), resizing.
+        assert!(buffer.copy_in(0, b"x").is_err());
+        let fd = rustix::io::fcntl_dupfd_cloexec(buffer.fd(), 0).unwrap();
+        assert!(memmap2::MmapOptions::new().len(4096).map_raw(&fd).is_err());
+        assert!(rustix::io::pwrite(&fd, b"x", 0).is_err());
+        assert!(rustix::fs::ftruncate(&fd, 0).is_err());
+        drop(fd);
+        // One buffer per connection, made or registered.
+        let c = &source.client;
+        assert_eq!(
+            raw(c, 0x7104, feature, &make_buffer(2 * XFER), &[]),
+            libc::EBUSY
+        );
+
+        // Registered with another server, which cannot write it either: a read into it is
+        // refused before the device gives up a byte.
+        destination
+            .client
+            .register_mig_buffer(Arc::clone(&buffer))
+            .unwrap();
+        destination
+            .client
+            .set_mig_state(MigrationState::Running)
+            .unwrap();
+        destination
+            .client
+            .set_mig_state(MigrationState::StopCopy)
+            .unwrap();
+        let refused = destination.client.mig_data_read_shared(0, 16).unwrap_err();
+        assert_eq!(refused.errno(), libc::EPERM, "{refused}");
+
+        // The stream lands in it as it is saved, whole.
+        let client = &mut source.client;
+        client.set_mig_state(MigrationState::StopCopy).unwrap();
+        let mut stream = Vec::new();
+        loop {
+            let n = client.mig_data_read_shared(XFER, XFER as u32).unwrap();
+            let mut chunk = vec![0; n as usize];
+            buffer.copy_out(XFER, &mut chunk).unwrap();
+            stream.extend_from_slice(&chunk);
+            if n < XFER as u32 {
+                break;
+            }
+        }
+        assert!(stream == expected, "the stream differs from the inline one");
+        drop(buffer);
+        source.close();
+        destination.close();
+    }
+    assert_eq!(open_fds(), fds, "fds left open");
+    assert_eq!(buffer_maps(), maps, "buffers left mapped");
+}
+
 #[test]
 fn a_connection_that_did_not_agree_refuses_a_buffer() {
     let _serial = SERIAL.lock();
@@ -511,6 +659,16 @@ fn a_connection_that_did_not_agree_refuses_a_buffer() {
                 Command::DeviceFeature,
                 &register(),
                 &[buffer.as_fd()]
+            ),
+            libc::EINVAL
+        );
+        assert_eq!(
+            raw(
+                &target.client,
+                0x7001,
+                Command::DeviceFeature,
+                &make_buffer(2 * XFER),
+                &[]
             ),
             libc::EINVAL
         );

@@ -28,6 +28,19 @@ pub trait Destination {
             .map_err(|e| MigrateError::Destination(e.to_string()))?;
         self.send(&bytes)
     }
+    /// Sends the bytes [`Destination::send_shared`] would, without waiting for the
+    /// destination to take them; [`Destination::send_shared`] of the same bytes then waits
+    /// for that, in the order sent. False (the default) when the destination takes bytes
+    /// only when they are sent.
+    fn send_shared_ahead(
+        &mut self,
+        buffer: &Arc<SharedBuffer>,
+        offset: u64,
+        len: usize,
+    ) -> Result<bool, MigrateError> {
+        let _ = (buffer, offset, len);
+        Ok(false)
+    }
     /// Returns once everything sent so far is loaded, or with the destination's refusal.
     fn sync(&mut self) -> Result<(), MigrateError>;
     /// The stream is complete: the destination checks it and runs.
@@ -71,6 +84,17 @@ impl<D: MigratableDevice + ?Sized> Destination for LocalDestination<'_, D> {
     ) -> Result<(), MigrateError> {
         self.device
             .write_shared(buffer, offset, len)
+            .map_err(refused)
+    }
+
+    fn send_shared_ahead(
+        &mut self,
+        buffer: &Arc<SharedBuffer>,
+        offset: u64,
+        len: usize,
+    ) -> Result<bool, MigrateError> {
+        self.device
+            .write_ahead(buffer, offset, len)
             .map_err(refused)
     }
 

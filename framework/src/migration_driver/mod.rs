@@ -51,13 +51,14 @@ pub(crate) fn copy_shared(
     Ok(bytes)
 }
 
-/// Registers one fresh shared buffer with both `source` and `destination` (vfio-user servers
-/// on this host that agreed to `mig_data_shared`), one source chunk for each of the
+/// Registers one shared buffer with both `source` and `destination` (vfio-user servers on
+/// this host that agreed to `mig_data_shared`), one source chunk for each of the
 /// [`PIPELINE_SLOTS`], so that the source writes each chunk into one part and the
 /// destination takes it from there while the source fills the next parts: the driver copies
-/// nothing. `None` when either side did not
-/// agree, or the destination's transfer bound is below the source's chunk; the migration
-/// then moves inline bytes.
+/// nothing. The source's server makes the buffer ([`Client::server_mig_buffer`]) and saves
+/// straight into it; one that does not make buffers gets a fresh one of this process. `None`
+/// when either side did not agree, or the destination's transfer bound is below the
+/// source's chunk; the migration then moves inline bytes.
 pub fn share_buffer(
     source: &mut Client,
     destination: &mut Client,
@@ -70,8 +71,15 @@ pub fn share_buffer(
         return Ok(None);
     }
     let len = (PIPELINE_SLOTS as u64 * chunk).next_multiple_of(4096);
-    let buffer = Arc::new(SharedBuffer::create(len).map_err(ClientError::SharedBuffer)?);
-    source.register_mig_buffer(Arc::clone(&buffer))?;
+    let buffer = match source.server_mig_buffer(len) {
+        Ok(buffer) => buffer,
+        Err(ClientError::Remote { errno, .. }) if errno == libc::EINVAL => {
+            let buffer = Arc::new(SharedBuffer::create(len).map_err(ClientError::SharedBuffer)?);
+            source.register_mig_buffer(Arc::clone(&buffer))?;
+            buffer
+        }
+        Err(e) => return Err(e),
+    };
     destination.register_mig_buffer(Arc::clone(&buffer))?;
     Ok(Some(buffer))
 }
@@ -172,6 +180,19 @@ pub trait MigratableDevice {
             reason: None,
         })?;
         self.write(&bytes)
+    }
+    /// Sends the device the `len` bytes at `offset` in `buffer` now, so that it loads them
+    /// while the driver does other things; [`MigratableDevice::write_shared`] of the same
+    /// bytes then takes its answer, in the order sent. False (the default) when the device
+    /// loads bytes only when they are written.
+    fn write_ahead(
+        &mut self,
+        buffer: &Arc<SharedBuffer>,
+        offset: u64,
+        len: usize,
+    ) -> Result<bool, CallError> {
+        let _ = (buffer, offset, len);
+        Ok(false)
     }
     /// Largest read or write the device takes at once.
     fn chunk_size(&self) -> u32;
@@ -288,6 +309,22 @@ impl MigratableDevice for Client {
         self.mig_data_write_shared(offset, size)
             .map_err(client_error("MIG_DATA_WRITE"))
             .map_err(|e| with_reason(self, e))
+    }
+
+    fn write_ahead(
+        &mut self,
+        buffer: &Arc<SharedBuffer>,
+        offset: u64,
+        len: usize,
+    ) -> Result<bool, CallError> {
+        if !self.mig_buffer().is_some_and(|b| Arc::ptr_eq(b, buffer)) {
+            return Ok(false);
+        }
+        // At most one chunk, which is a u32.
+        let size = u32::try_from(len).unwrap_or(u32::MAX);
+        self.mig_data_write_ahead(offset, size)
+            .map_err(client_error("MIG_DATA_WRITE"))?;
+        Ok(true)
     }
 
     fn chunk_size(&self) -> u32 {

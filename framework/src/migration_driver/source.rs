@@ -95,6 +95,11 @@ impl Report {
     }
 }
 
+/// Chunks sent to a destination that takes them ahead ([`Destination::send_shared_ahead`])
+/// before the driver waits for it to take the oldest: its server loads one while the next
+/// is on its way.
+const WRITES_AHEAD: usize = 2;
+
 /// Reads asked of the source ahead of taking them ([`MigratableDevice::read_ahead`]), when
 /// it can: its server saves the next chunk while the driver takes the last one.
 const READS_AHEAD: usize = 2;
@@ -161,27 +166,45 @@ fn drain(
         });
         let mut moved = 0u64;
         let mut sent = Ok(());
+        // Chunks sent to the destination ahead, oldest first, with their slots.
+        let mut sending: VecDeque<(Slot, MigChunk)> = VecDeque::new();
         // Ends when the reader is done (the last chunk, or a failure).
-        for ((slot, buf), chunk_read) in full_rx.iter() {
+        for (slot, chunk_read) in full_rx.iter() {
             moved += chunk_read.len() as u64;
             let result = match &chunk_read {
-                MigChunk::Inline(range) if range.is_empty() => Ok(()),
-                MigChunk::Inline(range) => destination.send(&buf[range.clone()]),
-                MigChunk::Shared { len: 0, .. } => Ok(()),
+                MigChunk::Inline(range) if range.is_empty() => Ok(false),
+                MigChunk::Inline(range) => destination.send(&slot.1[range.clone()]).map(|()| false),
+                MigChunk::Shared { len: 0, .. } => Ok(false),
                 // Bytes the source's server wrote into the shared buffer: the destination's
                 // takes them from there, they are not copied here.
                 MigChunk::Shared {
                     buffer,
                     offset,
                     len,
-                } => destination.send_shared(buffer, *offset, *len),
+                } => destination.send_shared_ahead(buffer, *offset, *len),
             };
-            if let Err(e) = result {
-                sent = Err(e);
-                break;
+            let taken = match result {
+                Ok(true) => {
+                    sending.push_back((slot, chunk_read));
+                    if sending.len() < WRITES_AHEAD {
+                        continue;
+                    }
+                    take_sent(destination, &mut sending)
+                }
+                Ok(false) => Ok(slot),
+                Err(e) => Err(e),
+            };
+            match taken {
+                // The reader may have finished: then the buffer is not needed.
+                Ok(slot) => drop(empty_tx.send(slot)),
+                Err(e) => {
+                    sent = Err(e);
+                    break;
+                }
             }
-            // The reader may have finished: then the buffer is not needed.
-            let _ = empty_tx.send((slot, buf));
+        }
+        while sent.is_ok() && !sending.is_empty() {
+            sent = take_sent(destination, &mut sending).map(drop);
         }
         // Unblocks a reader waiting for a buffer or for room.
         drop(full_rx);
@@ -191,6 +214,23 @@ fn drain(
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         read.and(sent).map(|()| moved)
     })
+}
+
+/// Waits for the destination to take the oldest chunk sent to it ahead; its slot.
+fn take_sent(
+    destination: &mut dyn Destination,
+    sending: &mut VecDeque<((usize, Vec<u8>), MigChunk)>,
+) -> Result<(usize, Vec<u8>), MigrateError> {
+    let (slot, chunk) = sending.pop_front().expect("a chunk sent ahead");
+    if let MigChunk::Shared {
+        buffer,
+        offset,
+        len,
+    } = &chunk
+    {
+        destination.send_shared(buffer, *offset, *len)?;
+    }
+    Ok(slot)
 }
 
 /// Migrates the state of `source` into `destination`. On success the destination runs and
@@ -290,6 +330,7 @@ mod tests {
 
     use super::*;
     use crate::migration_driver::CallError;
+    use crate::vfio_user::shared_buf::SharedBuffer;
 
     const CHUNK: u32 = 16;
 
@@ -384,6 +425,123 @@ mod tests {
         }
     }
 
+    /// A source whose chunks land in a shared buffer, one part per slot: `chunks` full ones,
+    /// then a short one, each filled with its number.
+    struct SharedChunks {
+        buffer: Arc<SharedBuffer>,
+        chunks: usize,
+        next: usize,
+    }
+
+    impl MigratableDevice for SharedChunks {
+        fn flags(&mut self) -> Result<MigrationFlags, CallError> {
+            Ok(MigrationFlags::STOP_COPY)
+        }
+        fn set_state(&mut self, _: MigrationState) -> Result<(), CallError> {
+            Ok(())
+        }
+        fn read(&mut self, _: u32) -> Result<Vec<u8>, CallError> {
+            panic!("every chunk lands in the buffer");
+        }
+        fn read_chunk(
+            &mut self,
+            slot: usize,
+            max: u32,
+            _: &mut Vec<u8>,
+        ) -> Result<MigChunk, CallError> {
+            let n = self.next;
+            self.next += 1;
+            let len = if n < self.chunks { max as usize } else { 3 };
+            let offset = (slot * CHUNK as usize) as u64;
+            self.buffer.copy_in(offset, &vec![n as u8; len]).unwrap();
+            Ok(MigChunk::Shared {
+                buffer: Arc::clone(&self.buffer),
+                offset,
+                len,
+            })
+        }
+        fn write(&mut self, _: &[u8]) -> Result<(), CallError> {
+            Ok(())
+        }
+        fn chunk_size(&self) -> u32 {
+            CHUNK
+        }
+        fn recover(&mut self) -> Result<(), CallError> {
+            Ok(())
+        }
+    }
+
+    /// A destination that takes shared chunks ahead: it notes each when it is sent ahead
+    /// and reads it when it is taken (checking that its part of the buffer was left alone
+    /// meanwhile), refusing take number `fail_at`; counts the chunks out at once.
+    #[derive(Default)]
+    struct AheadSink {
+        out: VecDeque<(u64, Vec<u8>)>,
+        got: Vec<u8>,
+        most_out: usize,
+        takes: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl Destination for AheadSink {
+        fn begin(&mut self) -> Result<(), MigrateError> {
+            Ok(())
+        }
+        fn send(&mut self, _: &[u8]) -> Result<(), MigrateError> {
+            panic!("every chunk is shared");
+        }
+        fn send_shared_ahead(
+            &mut self,
+            buffer: &Arc<SharedBuffer>,
+            offset: u64,
+            len: usize,
+        ) -> Result<bool, MigrateError> {
+            let mut bytes = vec![0; len];
+            buffer.copy_out(offset, &mut bytes).unwrap();
+            self.out.push_back((offset, bytes));
+            self.most_out = self.most_out.max(self.out.len());
+            Ok(true)
+        }
+        fn send_shared(
+            &mut self,
+            buffer: &Arc<SharedBuffer>,
+            offset: u64,
+            len: usize,
+        ) -> Result<(), MigrateError> {
+            let (sent, bytes) = self.out.pop_front().expect("sent ahead");
+            assert_eq!(
+                (sent, bytes.len()),
+                (offset, len),
+                "taken in the order sent"
+            );
+            let mut now = vec![0; len];
+            buffer.copy_out(offset, &mut now).unwrap();
+            assert_eq!(now, bytes, "the part was read into while its chunk was out");
+            self.takes += 1;
+            if self.fail_at == Some(self.takes - 1) {
+                return Err(MigrateError::Destination("refused".into()));
+            }
+            self.got.extend_from_slice(&bytes);
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), MigrateError> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<(), MigrateError> {
+            Ok(())
+        }
+        fn abort(&mut self) {}
+    }
+
+    fn shared_chunks(chunks: usize) -> SharedChunks {
+        let len = (PIPELINE_SLOTS * CHUNK as usize).next_multiple_of(4096) as u64;
+        SharedChunks {
+            buffer: Arc::new(SharedBuffer::create(len).unwrap()),
+            chunks,
+            next: 0,
+        }
+    }
+
     /// Keeps what it is sent; refuses its send number `fail_at`.
     #[derive(Default)]
     struct Sink {
@@ -454,6 +612,42 @@ mod tests {
         // Nothing is asked for after the short chunk is taken; what was out is taken.
         assert!(source.next < 51 + READS_AHEAD, "{} reads", source.next);
         assert!(source.asked.is_empty());
+    }
+
+    #[test]
+    fn a_destination_that_takes_chunks_ahead_has_the_next_one_while_it_loads() {
+        let mut source = shared_chunks(50);
+        let mut sink = AheadSink::default();
+        let moved = drain(&mut source, &mut sink).unwrap();
+        let expected: Vec<u8> = (0..50u8)
+            .flat_map(|n| vec![n; CHUNK as usize])
+            .chain([50; 3])
+            .collect();
+        assert_eq!(sink.got, expected);
+        assert_eq!(moved, expected.len() as u64);
+        assert_eq!(sink.most_out, WRITES_AHEAD);
+        assert!(sink.out.is_empty(), "every chunk sent ahead was taken");
+    }
+
+    #[test]
+    fn a_refusal_taken_after_chunks_went_ahead_stops_the_drain() {
+        let mut source = shared_chunks(1000);
+        let mut sink = AheadSink {
+            fail_at: Some(2),
+            ..AheadSink::default()
+        };
+        let e = drain(&mut source, &mut sink).unwrap_err();
+        assert!(matches!(e, MigrateError::Destination(_)), "{e}");
+        assert_eq!(
+            sink.got,
+            [vec![0; CHUNK as usize], vec![1; CHUNK as usize]].concat()
+        );
+        // The source stopped: at most the chunks in flight were read past the refusal.
+        assert!(
+            source.next <= 3 + PIPELINE_SLOTS + WRITES_AHEAD,
+            "{}",
+            source.next
+        );
     }
 
     #[test]

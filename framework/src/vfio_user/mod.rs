@@ -38,7 +38,7 @@ mod twin;
 pub mod version;
 mod wire;
 
-pub use client::{Client, ClientError, ClientOptions, DmaHandler, MAX_READS_AHEAD, MigChunk};
+pub use client::{Client, ClientError, ClientOptions, DmaHandler, MAX_MIG_DATA_AHEAD, MigChunk};
 pub use error::ProtocolError;
 pub use header::{Command, HEADER_SIZE, Header, HeaderFlags};
 pub use message::{Reply, Request};

@@ -35,15 +35,12 @@ use super::error::ProtocolError;
 use super::feature::{
     DEVICE_FEATURE_SIZE, DeviceFeature, DmaLoggingControl, DmaLoggingRange, DmaLoggingReport,
     DmaLoggingReportReply, FEATURE_DMA_LOGGING_REPORT, FEATURE_DMA_LOGGING_START,
-    FEATURE_DMA_LOGGING_STOP, FEATURE_MIG_DATA_BUFFER, FEATURE_MIG_DATA_SIZE,
-    FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION, FEATURE_MIGRATION_ERROR, FEATURE_PRECOPY_INFO,
-    FeatureOps, MAX_MIGRATION_ERROR, MigDataSize, MigDeviceState, MigrationFeature,
+    FEATURE_DMA_LOGGING_STOP, FEATURE_MIG_DATA_SIZE, FEATURE_MIG_DEVICE_STATE, FEATURE_MIGRATION,
+    FEATURE_MIGRATION_ERROR, FEATURE_PRECOPY_INFO, FeatureOps, MAX_MIGRATION_ERROR, MigDataSize,
+    MigDeviceState, MigrationFeature,
 };
 use super::header::{Command, Header, HeaderFlags};
 use super::irq::{IrqInfo, SetIrqs, SetIrqsFlags};
-use super::mig_data::{
-    MigDataRead, MigDataReadReply, MigDataShared, MigDataSharedReply, MigDataWrite,
-};
 use super::region::{
     IoFdsReply, IoFdsRequest, REGION_INFO_SIZE, RegionInfoReply, RegionInfoRequest,
 };
@@ -56,9 +53,11 @@ use super::twin::TwinServer;
 use super::version::{
     Capabilities, Negotiated, PROTOCOL_MAJOR, PROTOCOL_MINOR, TwinSocket, Version, accept_reply,
 };
-use super::wire::len_u32;
+mod mig_data;
+
 use super::{Limits, Payload};
 use crate::migration::{MigrationFlags, MigrationState, PrecopyInfo};
+pub use mig_data::{MAX_MIG_DATA_AHEAD, MigChunk};
 
 /// Client memory the server reaches with DMA_READ/DMA_WRITE (memory mapped without an fd).
 pub trait DmaHandler: Send {
@@ -103,37 +102,6 @@ impl Default for ClientOptions {
             twin_socket: false,
             mig_data_shared: false,
         }
-    }
-}
-
-/// What a MIG_DATA_READ brought.
-#[derive(Debug)]
-pub enum MigChunk {
-    /// Inline bytes, at this range of the caller's buffer.
-    Inline(std::ops::Range<usize>),
-    /// Bytes the server wrote into the shared buffer (`mig_data_shared`).
-    Shared {
-        /// The buffer.
-        buffer: Arc<SharedBuffer>,
-        /// Where the bytes start in it.
-        offset: u64,
-        /// How many.
-        len: usize,
-    },
-}
-
-impl MigChunk {
-    /// How many bytes.
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Inline(range) => range.len(),
-            Self::Shared { len, .. } => *len,
-        }
-    }
-
-    /// Whether no bytes came (the end of the data, for now).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -232,24 +200,12 @@ pub struct Client {
     deferred: Option<VecDeque<Message>>,
     /// The shared migration data buffer registered with the server, if any.
     mig_buffer: Option<Arc<SharedBuffer>>,
-    /// MIG_DATA_READs into the shared buffer sent ahead ([`Client::mig_data_read_ahead`]),
-    /// oldest first: their ids, offsets and sizes.
-    reads_ahead: VecDeque<ReadAhead>,
-    /// Replies to reads ahead that came while another reply was awaited.
+    /// MIG_DATA requests on the shared buffer sent ahead of taking their replies
+    /// ([`Client::mig_data_read_ahead`]), oldest first.
+    ahead: VecDeque<mig_data::Ahead>,
+    /// Replies to requests sent ahead that came while another reply was awaited.
     early: Vec<Message>,
 }
-
-/// A MIG_DATA_READ into the shared buffer sent and not yet taken.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct ReadAhead {
-    id: u16,
-    offset: u64,
-    size: u32,
-}
-
-/// Most MIG_DATA_READs a client sends ahead of taking their replies
-/// ([`Client::mig_data_read_ahead`]).
-pub const MAX_READS_AHEAD: usize = 4;
 
 /// Server requests a deferring client holds while it waits for one reply.
 const MAX_DEFERRED: usize = 1024;
@@ -359,7 +315,7 @@ impl Client {
             broken: false,
             deferred: None,
             mig_buffer: None,
-            reads_ahead: VecDeque::new(),
+            ahead: VecDeque::new(),
             early: Vec::new(),
         })
     }
@@ -485,8 +441,8 @@ impl Client {
                     if header.msg_id == id {
                         return Err(error.into());
                     }
-                    if self.reads_ahead.iter().any(|r| r.id == header.msg_id) {
-                        // A read ahead whose answer is lost: the stream is out of step.
+                    if self.ahead.iter().any(|r| r.id == header.msg_id) {
+                        // A request sent ahead whose answer is lost: the stream is out of step.
                         return Err(self.fail(error));
                     }
                     continue;
@@ -505,9 +461,8 @@ impl Client {
                 }
                 continue;
             }
-            if msg.header.msg_id != id && self.reads_ahead.iter().any(|r| r.id == msg.header.msg_id)
-            {
-                // One reply per read ahead: at most MAX_READS_AHEAD wait here.
+            if msg.header.msg_id != id && self.ahead.iter().any(|r| r.id == msg.header.msg_id) {
+                // One reply per request sent ahead: at most MAX_MIG_DATA_AHEAD wait here.
                 self.early.push(msg);
                 continue;
             }
@@ -794,8 +749,13 @@ impl Client {
     }
 
     /// DEVICE_RESET.
+    ///
+    /// MIG_DATA requests sent ahead and not taken are dropped with their answers, as a
+    /// migration state change drops them ([`Client::set_mig_state`]).
     pub fn reset(&mut self) -> Result<(), ClientError> {
-        self.call(Command::DeviceReset, &[], &[])?;
+        let reset = self.call(Command::DeviceReset, &[], &[]);
+        self.drop_ahead();
+        reset?;
         Ok(())
     }
 
@@ -842,22 +802,15 @@ impl Client {
 
     /// MIG_DEVICE_STATE SET: moves the device to `state`.
     ///
-    /// Reads sent ahead and not taken ([`Client::mig_data_read_ahead`]) are dropped with
-    /// their answers: the server answered them before this, and the stream they read ends
-    /// with the state it was read in.
+    /// MIG_DATA requests sent ahead and not taken ([`Client::mig_data_read_ahead`]) are
+    /// dropped with their answers: the server answered them before this, and the stream they
+    /// carried ends with the state it was in.
     pub fn set_mig_state(&mut self, state: MigrationState) -> Result<(), ClientError> {
         let set = self.feature_set(
             FEATURE_MIG_DEVICE_STATE,
             MigDeviceState::new(state).to_bytes(),
         );
-        if !self.reads_ahead.is_empty() {
-            tracing::debug!(
-                dropped = self.reads_ahead.len(),
-                "reads sent ahead end with the migration state"
-            );
-        }
-        self.reads_ahead.clear();
-        self.early.clear();
+        self.drop_ahead();
         set?;
         Ok(())
     }
@@ -938,188 +891,6 @@ impl Client {
     pub fn migration_error(&mut self) -> Result<String, ClientError> {
         let data = self.feature_get(FEATURE_MIGRATION_ERROR, MAX_MIGRATION_ERROR as usize)?;
         Ok(String::from_utf8_lossy(&data).into_owned())
-    }
-
-    /// MIG_DATA_READ of up to `size` bytes; fewer means the end of the data (for now).
-    pub fn mig_data_read(&mut self, size: u32) -> Result<Vec<u8>, ClientError> {
-        let mut data = Vec::new();
-        let range = self.mig_data_read_into(size, &mut data)?;
-        // The data moved to the front of the received payload: no second buffer.
-        data.truncate(range.end);
-        data.drain(..range.start);
-        Ok(data)
-    }
-
-    /// MIG_DATA_READ of up to `size` bytes, the reply received into `buf`'s memory (its
-    /// contents replaced): the data is `buf[range]`. Handing the same `buf` to every read
-    /// keeps the reply in memory that is already mapped. With a registered shared buffer the
-    /// bytes come through its start and are copied into `buf`
-    /// ([`Client::mig_data_read_shared`] leaves them there).
-    pub fn mig_data_read_into(
-        &mut self,
-        size: u32,
-        buf: &mut Vec<u8>,
-    ) -> Result<std::ops::Range<usize>, ClientError> {
-        if u64::from(size) > self.limits.max_data_xfer_size {
-            return Err(ProtocolError::too_large(
-                "MIG_DATA_READ",
-                size.into(),
-                self.limits.max_data_xfer_size,
-            )
-            .into());
-        }
-        if let Some(shared) = self.mig_buffer.clone() {
-            let n = self.mig_data_read_shared(0, size.min(len_u32(shared.len())))?;
-            buf.resize(n as usize, 0);
-            shared.copy_out(0, buf).map_err(ClientError::SharedBuffer)?;
-            return Ok(0..buf.len());
-        }
-        let request = MigDataRead::new(size).to_bytes();
-        let id = self.send(Command::MigDataRead, &request, &[], HeaderFlags::empty())?;
-        let msg = self.wait_into(id, Command::MigDataRead, std::mem::take(buf))?;
-        *buf = msg.payload;
-        if !msg.fds.is_empty() {
-            return Err(ProtocolError::invalid(
-                "MIG_DATA_READ reply",
-                format!("{} fds", msg.fds.len()),
-            )
-            .into());
-        }
-        let range = MigDataReadReply::data_range(buf, &self.limits)?;
-        if range.len() > size as usize {
-            return Err(
-                ProtocolError::invalid("MIG_DATA_READ reply", "more data than asked").into(),
-            );
-        }
-        Ok(range)
-    }
-
-    /// MIG_DATA_WRITE of `data`, split at the negotiated transfer size. With a registered
-    /// shared buffer the pieces go through its start.
-    pub fn mig_data_write(&mut self, data: &[u8]) -> Result<(), ClientError> {
-        if let Some(shared) = self.mig_buffer.clone() {
-            for part in data.chunks(self.xfer_chunk().min(shared.len())) {
-                shared.copy_in(0, part).map_err(ClientError::SharedBuffer)?;
-                self.mig_data_write_shared(0, len_u32(part.len()))?;
-            }
-            return Ok(());
-        }
-        let chunk = self.xfer_chunk();
-        for part in data.chunks(chunk) {
-            // The fixed part and the data go out as they are: the data is not copied.
-            let prefix = MigDataWrite::prefix(part.len());
-            let id = self.send_parts(
-                Command::MigDataWrite,
-                &[&prefix, part],
-                &[],
-                HeaderFlags::empty(),
-            )?;
-            self.wait(id, Command::MigDataWrite)?;
-        }
-        Ok(())
-    }
-
-    /// Registers `buffer` as this connection's shared migration data buffer
-    /// (`mig_data_shared`, FEATURE_MIG_DATA_BUFFER): from then on MIG_DATA_READ and
-    /// MIG_DATA_WRITE name bytes in it, and [`Client::mig_data_read`] and
-    /// [`Client::mig_data_write`] move their bytes through its start. The same buffer may be
-    /// registered with several servers (a source and a destination), whose reads and writes
-    /// then meet in it with no copy in between.
-    pub fn register_mig_buffer(&mut self, buffer: Arc<SharedBuffer>) -> Result<(), ClientError> {
-        let request = DeviceFeature::set(FEATURE_MIG_DATA_BUFFER, Vec::new()).to_bytes();
-        let id = self.send(
-            Command::DeviceFeature,
-            &request,
-            &[buffer.fd()],
-            HeaderFlags::empty(),
-        )?;
-        self.wait(id, Command::DeviceFeature)?;
-        self.mig_buffer = Some(buffer);
-        Ok(())
-    }
-
-    /// The shared migration data buffer registered with the server, if any.
-    pub fn mig_buffer(&self) -> Option<&Arc<SharedBuffer>> {
-        self.mig_buffer.as_ref()
-    }
-
-    /// MIG_DATA_READ into the registered buffer: up to `size` bytes of the stream at
-    /// `offset`; returns how many the server wrote there (fewer: the end, for now). When
-    /// reads were sent ahead ([`Client::mig_data_read_ahead`]) this takes the oldest one's
-    /// answer, which must be for the same `offset` and `size`.
-    pub fn mig_data_read_shared(&mut self, offset: u64, size: u32) -> Result<u32, ClientError> {
-        let id = match self.reads_ahead.front() {
-            Some(ahead) if (ahead.offset, ahead.size) == (offset, size) => ahead.id,
-            Some(ahead) => {
-                return Err(ProtocolError::invalid(
-                    "MIG_DATA_READ",
-                    format!(
-                        "{size} bytes at {offset} asked while the read of {} bytes at {} \
-                         sent ahead is not taken",
-                        ahead.size, ahead.offset
-                    ),
-                )
-                .into());
-            }
-            None => self.send_read_shared(offset, size)?,
-        };
-        let taken = self.wait(id, Command::MigDataRead);
-        if self.reads_ahead.front().is_some_and(|r| r.id == id) {
-            self.reads_ahead.pop_front();
-        }
-        let msg = taken?;
-        if !msg.fds.is_empty() {
-            return Err(ProtocolError::invalid(
-                "MIG_DATA_READ reply",
-                format!("{} fds", msg.fds.len()),
-            )
-            .into());
-        }
-        let reply = MigDataSharedReply::parse(&msg.payload, &self.limits)?;
-        if reply.size > size {
-            return Err(
-                ProtocolError::invalid("MIG_DATA_READ reply", "more data than asked").into(),
-            );
-        }
-        Ok(reply.size)
-    }
-
-    /// Sends a MIG_DATA_READ of up to `size` bytes of the stream into the registered buffer
-    /// at `offset` without waiting for its reply: the server works on it while the caller
-    /// does other things (copies out an earlier chunk, sends it on). The server answers in
-    /// order; [`Client::mig_data_read_shared`] with the same `offset` and `size` takes the
-    /// answer, oldest first. At most [`MAX_READS_AHEAD`] wait at once. The bytes land in the
-    /// buffer while the read is out: the caller leaves that range alone until it is taken.
-    pub fn mig_data_read_ahead(&mut self, offset: u64, size: u32) -> Result<(), ClientError> {
-        if self.reads_ahead.len() >= MAX_READS_AHEAD {
-            return Err(ProtocolError::invalid(
-                "MIG_DATA_READ",
-                format!("more than {MAX_READS_AHEAD} reads sent ahead"),
-            )
-            .into());
-        }
-        let id = self.send_read_shared(offset, size)?;
-        self.reads_ahead.push_back(ReadAhead { id, offset, size });
-        Ok(())
-    }
-
-    /// Sends a MIG_DATA_READ into the registered buffer (checked against it first).
-    fn send_read_shared(&mut self, offset: u64, size: u32) -> Result<u16, ClientError> {
-        if let Some(shared) = &self.mig_buffer {
-            shared
-                .range(offset, size.into())
-                .map_err(ClientError::SharedBuffer)?;
-        }
-        let request = MigDataShared::new(offset, size).to_bytes();
-        self.send(Command::MigDataRead, &request, &[], HeaderFlags::empty())
-    }
-
-    /// MIG_DATA_WRITE of the `size` bytes at `offset` in the registered buffer.
-    pub fn mig_data_write_shared(&mut self, offset: u64, size: u32) -> Result<(), ClientError> {
-        let request = MigDataShared::new(offset, size).to_bytes();
-        let id = self.send(Command::MigDataWrite, &request, &[], HeaderFlags::empty())?;
-        self.wait(id, Command::MigDataWrite)?;
-        Ok(())
     }
 
     /// The socket, e.g. to poll it.
@@ -1208,6 +979,7 @@ mod tests {
     use crate::vfio_user::dma::DmaMapFlags;
     use crate::vfio_user::irq::IrqInfoFlags;
     use crate::vfio_user::message::Request;
+    use crate::vfio_user::mig_data::{MigDataReadReply, MigDataSharedReply};
     use crate::vfio_user::region::{
         IO_FD_TYPE_IOEVENTFD, IoFdSubRegion, RegionCap, RegionFlags, SparseMmapArea,
     };
