@@ -279,8 +279,51 @@ fn a_function_moves_to_another_host_through_the_agent() {
         "{report}"
     );
     assert!(report["downtime_us"].as_u64().is_some());
+    assert_eq!(
+        report["shared_buffer_bytes"],
+        serde_json::Value::Null,
+        "{report}"
+    );
     assert!(agent.finish().0.success());
+    assert_carried(&source, &destination, &before);
+}
 
+#[test]
+fn a_function_moves_on_this_host_through_one_shared_buffer() {
+    let source = Host::start("src-local", LAYOUT);
+    let destination = Host::start("dst-local", LAYOUT);
+    let before = give_state(&source);
+    source.wait_detached();
+    let to = destination.socket().display().to_string();
+    let (out, text) = output(source.command(&["migrate", "dev0", "--to", &to, "--json"]));
+    assert!(out.status.success(), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Four transfers of the negotiated 1 MiB, less the framing, rounded up to pages.
+    assert_eq!(report["shared_buffer_bytes"], 4 << 20, "{report}");
+    assert!(
+        report["stop_copy_bytes"].as_u64().unwrap() > 64 << 10,
+        "{report}"
+    );
+    assert_carried(&source, &destination, &before);
+    // Without --json the line says how the state went.
+    source.wait_detached();
+    destination.wait_detached();
+    let (out, text) = output(destination.command(&[
+        "migrate",
+        "dev0",
+        "--to",
+        &source.socket().display().to_string(),
+    ]));
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("through a shared buffer of 4096 KiB"),
+        "{text}"
+    );
+}
+
+/// The state `give_state` gave `source` (whose config space was `before`) runs on
+/// `destination`, and `source` is left stopped.
+fn assert_carried(source: &Host, destination: &Host, before: &[u8]) {
     let mut c = destination.connect();
     assert_eq!(config(&mut c), before, "config space carried");
     assert_eq!(reg_read(&mut c, SCRATCH), 0x1234_5678);

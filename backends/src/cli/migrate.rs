@@ -5,6 +5,8 @@
 //! VMM attached (the server takes one client per function); a VMM that keeps its connection
 //! embeds `vfio_variant::migration_driver` instead. Between hosts the link is TLS 1.3 with a
 //! certificate on each side (`vfio_variant::migration_driver::tls`); there is no plaintext mode.
+//! On this host the state goes through one buffer shared with both servers
+//! (`migration_driver::share_buffer`) when both offer `mig_data_shared`, inline otherwise.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -18,9 +20,9 @@ use serde_json::json;
 use vfio_variant::migration::MigrationFlags;
 use vfio_variant::migration_driver::{
     LocalDestination, MigrateError, Observer, Options, Progress, RemoteDestination, Report, Served,
-    migrate, serve_destination, tls,
+    migrate, serve_destination, share_buffer, tls,
 };
-use vfio_variant::vfio_user::{Client, ClientError};
+use vfio_variant::vfio_user::{Client, ClientError, ClientOptions};
 
 use super::dirs::Dirs;
 use super::{CliError, ErrorKind, Outcome, print_json};
@@ -114,9 +116,15 @@ fn socket(function: &str, dirs: &Dirs) -> PathBuf {
     }
 }
 
+/// Connects to `function`'s socket, asking for `mig_data_shared` (used only when both sides
+/// of a migration on this host offer it).
 fn connect(function: &str, dirs: &Dirs) -> Result<Client, String> {
     let path = socket(function, dirs);
-    Client::connect(&path).map_err(|e| match e {
+    let options = ClientOptions {
+        mig_data_shared: true,
+        ..ClientOptions::default()
+    };
+    Client::connect_with(&path, options).map_err(|e| match e {
         // The server closes a second client's connection at once.
         ClientError::Closed => busy(&path),
         ClientError::Io(e)
@@ -196,7 +204,8 @@ fn not_migratable(source: &str, dirs: &Dirs) -> CliError {
     )
 }
 
-fn print_report(report: &Report, json: bool) -> Result<(), CliError> {
+/// Prints the report; `shared` is the size of the buffer the state went through, if it did.
+fn print_report(report: &Report, shared: Option<usize>, json: bool) -> Result<(), CliError> {
     if json {
         return print_json(&json!({
             "flags": report.flags.bits(),
@@ -205,10 +214,15 @@ fn print_report(report: &Report, json: bool) -> Result<(), CliError> {
             "bytes": report.bytes(),
             "downtime_us": report.downtime.as_micros() as u64,
             "total_us": report.total.as_micros() as u64,
+            "shared_buffer_bytes": shared,
         }));
     }
+    let through = match shared {
+        Some(len) => format!("through a shared buffer of {} KiB", len >> 10),
+        None => "inline".to_string(),
+    };
     println!(
-        "migrated {} bytes in {:.1} ms; downtime {:.3} ms",
+        "migrated {} bytes in {:.1} ms ({through}); downtime {:.3} ms",
         report.bytes(),
         report.total.as_secs_f64() * 1e3,
         report.downtime.as_secs_f64() * 1e3
@@ -225,6 +239,7 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     };
     let mut source = connect(&args.source, dirs).map_err(CliError::failed)?;
     let mut printer = Printer { json: args.json };
+    let mut shared = None;
     let report = if let Some(agent) = &args.agent {
         let (Some(cert), Some(key), Some(ca)) = (&args.cert, &args.key, &args.ca) else {
             return Err(CliError::failed(
@@ -253,6 +268,12 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     } else {
         let to = args.to.as_deref().unwrap_or_default();
         let mut target = connect(to, dirs).map_err(CliError::failed)?;
+        // Without a shared buffer the state goes inline; the migration reports why a
+        // function cannot migrate.
+        match share_buffer(&mut source, &mut target) {
+            Ok(buffer) => shared = buffer.map(|b| b.len()),
+            Err(e) => tracing::warn!("no shared buffer, the state goes inline: {e}"),
+        }
         let mut destination = LocalDestination::new(&mut target);
         migrate(&mut source, &mut destination, &options, &mut printer)
     }
@@ -263,7 +284,7 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
         }
         e => CliError::failed(format!("migration failed, the source keeps running: {e}")),
     })?;
-    print_report(&report, args.json)?;
+    print_report(&report, shared, args.json)?;
     Ok(Outcome::Success)
 }
 
