@@ -20,8 +20,8 @@ use crate::vfio_user::wire::len_u32;
 
 /// Most MIG_DATA requests on the shared buffer a client sends ahead of taking their replies
 /// ([`Client::mig_data_read_ahead`], [`Client::mig_data_write_ahead`]). The server answers in
-/// the order sent, so they are taken oldest first; asking for another one while one is out
-/// is refused, and a migration state change drops those not taken.
+/// the order sent, so their replies are taken oldest first: taking another request's while
+/// an older one is out is refused. A migration state change or a reset drops those not taken.
 pub const MAX_MIG_DATA_AHEAD: usize = 4;
 
 /// A MIG_DATA request on the shared buffer sent and not yet taken.
