@@ -268,10 +268,11 @@ pub fn run(args: MigrateArgs, dirs: &Dirs) -> Result<Outcome, CliError> {
     } else {
         let to = args.to.as_deref().unwrap_or_default();
         let mut target = connect(to, dirs).map_err(CliError::failed)?;
-        // Without a shared buffer the state goes inline; the migration reports why a
-        // function cannot migrate.
+        // Without a shared buffer the state goes inline; the migration itself says why a
+        // function that does not migrate (ENOTTY) cannot.
         match share_buffer(&mut source, &mut target) {
             Ok(buffer) => shared = buffer.map(|b| b.len()),
+            Err(e) if e.errno() == Errno::NOTTY.raw_os_error() => {}
             Err(e) => tracing::warn!("no shared buffer, the state goes inline: {e}"),
         }
         let mut destination = LocalDestination::new(&mut target);
