@@ -71,11 +71,27 @@ impl Mode {
     }
 }
 
-fn function(fill: u8, mode: Mode) -> (Client, Arc<VirtualFunction>) {
-    let vf = Bulk::function(
-        Arc::new(Mutex::new(vec![fill; STATE])),
-        Arc::new(Mutex::new(0)),
-    );
+/// The device states of the functions: allocated and touched once for the whole run, and
+/// refilled for each function. Memory freed here goes back to the host through this VM's
+/// balloon (free page reporting), which takes a vCPU for a while; freeing gigabytes between
+/// figures would have that land in the next ones.
+struct States([Arc<Mutex<Vec<u8>>>; 2]);
+
+impl States {
+    fn new() -> Self {
+        // Not zeros: a zeroed allocation is mapped lazily, and its pages would be faulted
+        // in by the first figure.
+        Self(std::array::from_fn(|i| {
+            Arc::new(Mutex::new(vec![0x5a ^ i as u8; STATE]))
+        }))
+    }
+}
+
+/// A function whose state is `state`, filled with `fill`, served over a socketpair and
+/// reached as `mode` says.
+fn function(state: &Arc<Mutex<Vec<u8>>>, fill: u8, mode: Mode) -> (Client, Arc<VirtualFunction>) {
+    state.lock().fill(fill);
+    let vf = Bulk::function(Arc::clone(state), Arc::new(Mutex::new(0)));
     let port = Port::new("bulk", Arc::clone(&vf));
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
     let config = ServerConfig {
@@ -121,29 +137,33 @@ fn wanted(name: &str) -> bool {
 }
 
 fn main() {
+    let states = States::new();
     // Both buffers touched first, as the functions' state is: the copy is measured, not the
     // page faults.
-    let source = vec![0x5au8; STATE];
-    let mut target = vec![0x01u8; STATE];
-    let start = Instant::now();
-    target.copy_from_slice(black_box(&source));
-    black_box(&mut target);
-    let memcpy = gib_per_s(start.elapsed());
+    let memcpy = {
+        let [source, target] = &states.0;
+        let (source, mut target) = (source.lock(), target.lock());
+        let start = Instant::now();
+        target.copy_from_slice(black_box(&source));
+        black_box(&mut *target);
+        gib_per_s(start.elapsed())
+    };
     println!("BENCH memcpy_1gib {memcpy:.2} GiB/s");
-    drop((source, target));
 
     if wanted("stop_copy_stream_1gib") {
-        stream_in_process(memcpy);
+        stream_in_process(&states, memcpy);
     }
-    for mode in [Mode::Inline, Mode::Large, Mode::Shared, Mode::SharedLarge] {
+    // The 64 MiB modes last: the buffers their connections free go back to the host
+    // meanwhile (see `States`).
+    for mode in [Mode::Inline, Mode::Shared, Mode::Large, Mode::SharedLarge] {
         let suffix = mode.infix();
         let name = format!("stop_copy_read{suffix}_1gib");
         if wanted(&name) {
-            report(&name, read_over_vfio_user(mode), memcpy);
+            report(&name, read_over_vfio_user(&states, mode), memcpy);
         }
         let name = format!("stop_copy_migrate{suffix}_1gib");
         if wanted(&name) {
-            let (total, downtime) = migrate_over_vfio_user(mode);
+            let (total, downtime) = migrate_over_vfio_user(&states, mode);
             report(&name, total, memcpy);
             println!(
                 "BENCH {name}_downtime {:.1} ms",
@@ -154,8 +174,8 @@ fn main() {
 }
 
 /// Reads the whole stream from the function in-process and reports it against `memcpy`.
-fn stream_in_process(memcpy: f64) {
-    let (_client, vf) = function(0x11, Mode::Inline);
+fn stream_in_process(states: &States, memcpy: f64) {
+    let (_client, vf) = function(&states.0[0], 0x11, Mode::Inline);
     vf.set_migration_state(MigrationState::StopCopy)
         .expect("stop-copy");
     let mut chunk = vec![0u8; 1 << 20];
@@ -175,8 +195,8 @@ fn stream_in_process(memcpy: f64) {
 }
 
 /// Reads the whole stop-copy stream over vfio-user; GiB/s.
-fn read_over_vfio_user(mode: Mode) -> f64 {
-    let (mut client, _vf) = function(0x11, mode);
+fn read_over_vfio_user(states: &States, mode: Mode) -> f64 {
+    let (mut client, _vf) = function(&states.0[0], 0x11, mode);
     client
         .set_mig_state(MigrationState::StopCopy)
         .expect("stop-copy");
@@ -239,9 +259,9 @@ fn read_over_vfio_user(mode: Mode) -> f64 {
 
 /// Migrates 1 GiB between two functions over vfio-user; GiB/s over the whole move, and the
 /// downtime.
-fn migrate_over_vfio_user(mode: Mode) -> (f64, Duration) {
-    let (mut source, _source_vf) = function(0x22, mode);
-    let (mut destination, _destination_vf) = function(0x01, mode);
+fn migrate_over_vfio_user(states: &States, mode: Mode) -> (f64, Duration) {
+    let (mut source, _source_vf) = function(&states.0[0], 0x22, mode);
+    let (mut destination, _destination_vf) = function(&states.0[1], 0x01, mode);
     let shared = share_buffer(&mut source, &mut destination).expect("shared buffer");
     assert_eq!(
         shared.is_some(),
