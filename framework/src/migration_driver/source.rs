@@ -334,6 +334,44 @@ mod tests {
 
     const CHUNK: u32 = 16;
 
+    /// What every test source answers alike: stop-copy only, any state, nothing to load,
+    /// chunks of [`CHUNK`], nothing to put back.
+    macro_rules! test_source {
+        () => {
+            fn flags(&mut self) -> Result<MigrationFlags, CallError> {
+                Ok(MigrationFlags::STOP_COPY)
+            }
+            fn set_state(&mut self, _: MigrationState) -> Result<(), CallError> {
+                Ok(())
+            }
+            fn write(&mut self, _: &[u8]) -> Result<(), CallError> {
+                Ok(())
+            }
+            fn chunk_size(&self) -> u32 {
+                CHUNK
+            }
+            fn recover(&mut self) -> Result<(), CallError> {
+                Ok(())
+            }
+        };
+    }
+
+    /// What every test destination answers alike: it begins, syncs and finishes at once.
+    macro_rules! test_sink {
+        () => {
+            fn begin(&mut self) -> Result<(), MigrateError> {
+                Ok(())
+            }
+            fn sync(&mut self) -> Result<(), MigrateError> {
+                Ok(())
+            }
+            fn finish(&mut self) -> Result<(), MigrateError> {
+                Ok(())
+            }
+            fn abort(&mut self) {}
+        };
+    }
+
     /// A source of `chunks` full chunks then a short one, failing its read number `fail_at`.
     struct Chunks {
         chunks: usize,
@@ -342,12 +380,7 @@ mod tests {
     }
 
     impl MigratableDevice for Chunks {
-        fn flags(&mut self) -> Result<MigrationFlags, CallError> {
-            Ok(MigrationFlags::STOP_COPY)
-        }
-        fn set_state(&mut self, _: MigrationState) -> Result<(), CallError> {
-            Ok(())
-        }
+        test_source!();
         fn read(&mut self, max: u32) -> Result<Vec<u8>, CallError> {
             let n = self.reads.fetch_add(1, Ordering::SeqCst);
             if self.fail_at == Some(n) {
@@ -360,15 +393,6 @@ mod tests {
             }
             let len = if n < self.chunks { max as usize } else { 3 };
             Ok(vec![n as u8; len])
-        }
-        fn write(&mut self, _: &[u8]) -> Result<(), CallError> {
-            Ok(())
-        }
-        fn chunk_size(&self) -> u32 {
-            CHUNK
-        }
-        fn recover(&mut self) -> Result<(), CallError> {
-            Ok(())
         }
     }
 
@@ -383,12 +407,7 @@ mod tests {
     }
 
     impl MigratableDevice for Ahead {
-        fn flags(&mut self) -> Result<MigrationFlags, CallError> {
-            Ok(MigrationFlags::STOP_COPY)
-        }
-        fn set_state(&mut self, _: MigrationState) -> Result<(), CallError> {
-            Ok(())
-        }
+        test_source!();
         fn read(&mut self, _: u32) -> Result<Vec<u8>, CallError> {
             panic!("every read is asked ahead");
         }
@@ -414,15 +433,6 @@ mod tests {
             *buf = vec![n as u8; len];
             Ok(MigChunk::Inline(0..len))
         }
-        fn write(&mut self, _: &[u8]) -> Result<(), CallError> {
-            Ok(())
-        }
-        fn chunk_size(&self) -> u32 {
-            CHUNK
-        }
-        fn recover(&mut self) -> Result<(), CallError> {
-            Ok(())
-        }
     }
 
     /// A source whose chunks land in a shared buffer, one part per slot: `chunks` full ones,
@@ -434,12 +444,7 @@ mod tests {
     }
 
     impl MigratableDevice for SharedChunks {
-        fn flags(&mut self) -> Result<MigrationFlags, CallError> {
-            Ok(MigrationFlags::STOP_COPY)
-        }
-        fn set_state(&mut self, _: MigrationState) -> Result<(), CallError> {
-            Ok(())
-        }
+        test_source!();
         fn read(&mut self, _: u32) -> Result<Vec<u8>, CallError> {
             panic!("every chunk lands in the buffer");
         }
@@ -460,15 +465,6 @@ mod tests {
                 len,
             })
         }
-        fn write(&mut self, _: &[u8]) -> Result<(), CallError> {
-            Ok(())
-        }
-        fn chunk_size(&self) -> u32 {
-            CHUNK
-        }
-        fn recover(&mut self) -> Result<(), CallError> {
-            Ok(())
-        }
     }
 
     /// A destination that takes shared chunks ahead: it notes each when it is sent ahead
@@ -484,9 +480,7 @@ mod tests {
     }
 
     impl Destination for AheadSink {
-        fn begin(&mut self) -> Result<(), MigrateError> {
-            Ok(())
-        }
+        test_sink!();
         fn send(&mut self, _: &[u8]) -> Result<(), MigrateError> {
             panic!("every chunk is shared");
         }
@@ -524,13 +518,6 @@ mod tests {
             self.got.extend_from_slice(&bytes);
             Ok(())
         }
-        fn sync(&mut self) -> Result<(), MigrateError> {
-            Ok(())
-        }
-        fn finish(&mut self) -> Result<(), MigrateError> {
-            Ok(())
-        }
-        fn abort(&mut self) {}
     }
 
     fn shared_chunks(chunks: usize) -> SharedChunks {
@@ -551,9 +538,7 @@ mod tests {
     }
 
     impl Destination for Sink {
-        fn begin(&mut self) -> Result<(), MigrateError> {
-            Ok(())
-        }
+        test_sink!();
         fn send(&mut self, data: &[u8]) -> Result<(), MigrateError> {
             self.sends += 1;
             if self.fail_at == Some(self.sends - 1) {
@@ -562,13 +547,6 @@ mod tests {
             self.got.extend_from_slice(data);
             Ok(())
         }
-        fn sync(&mut self) -> Result<(), MigrateError> {
-            Ok(())
-        }
-        fn finish(&mut self) -> Result<(), MigrateError> {
-            Ok(())
-        }
-        fn abort(&mut self) {}
     }
 
     fn source(chunks: usize, fail_at: Option<usize>) -> (Chunks, Arc<AtomicUsize>) {
