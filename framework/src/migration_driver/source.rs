@@ -529,6 +529,14 @@ mod tests {
         }
     }
 
+    /// What a test source of `chunks` full chunks then a short one sends.
+    fn chunks_then_short(chunks: u8) -> Vec<u8> {
+        (0..chunks)
+            .flat_map(|n| vec![n; CHUNK as usize])
+            .chain([chunks; 3])
+            .collect()
+    }
+
     /// Keeps what it is sent; refuses its send number `fail_at`.
     #[derive(Default)]
     struct Sink {
@@ -564,10 +572,7 @@ mod tests {
         let (mut source, reads) = source(50, None);
         let mut sink = Sink::default();
         let moved = drain(&mut source, &mut sink).unwrap();
-        let expected: Vec<u8> = (0..50u8)
-            .flat_map(|n| vec![n; CHUNK as usize])
-            .chain([50; 3])
-            .collect();
+        let expected = chunks_then_short(50);
         assert_eq!(sink.got, expected);
         assert_eq!(moved, expected.len() as u64);
         assert_eq!(reads.load(Ordering::SeqCst), 51);
@@ -581,10 +586,7 @@ mod tests {
         };
         let mut sink = Sink::default();
         drain(&mut source, &mut sink).unwrap();
-        let expected: Vec<u8> = (0..50u8)
-            .flat_map(|n| vec![n; CHUNK as usize])
-            .chain([50; 3])
-            .collect();
+        let expected = chunks_then_short(50);
         assert_eq!(sink.got, expected);
         assert_eq!(source.most_out, READS_AHEAD);
         // Nothing is asked for after the short chunk is taken; what was out is taken.
@@ -597,10 +599,7 @@ mod tests {
         let mut source = shared_chunks(50);
         let mut sink = AheadSink::default();
         let moved = drain(&mut source, &mut sink).unwrap();
-        let expected: Vec<u8> = (0..50u8)
-            .flat_map(|n| vec![n; CHUNK as usize])
-            .chain([50; 3])
-            .collect();
+        let expected = chunks_then_short(50);
         assert_eq!(sink.got, expected);
         assert_eq!(moved, expected.len() as u64);
         assert_eq!(sink.most_out, WRITES_AHEAD);
