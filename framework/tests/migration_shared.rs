@@ -607,19 +607,10 @@ fn a_buffer_the_server_makes_is_written_by_it_alone_and_carries_its_reads() {
 
         // Registered with another server, which cannot write it either: a read into it is
         // refused before the device gives up a byte.
-        destination
-            .client
-            .register_mig_buffer(Arc::clone(&buffer))
-            .unwrap();
-        destination
-            .client
-            .set_mig_state(MigrationState::Running)
-            .unwrap();
-        destination
-            .client
-            .set_mig_state(MigrationState::StopCopy)
-            .unwrap();
-        let refused = destination.client.mig_data_read_shared(0, 16).unwrap_err();
+        let other = &mut destination.client;
+        other.register_mig_buffer(Arc::clone(&buffer)).unwrap();
+        other.set_mig_state(MigrationState::StopCopy).unwrap();
+        let refused = other.mig_data_read_shared(0, 16).unwrap_err();
         assert_eq!(refused.errno(), libc::EPERM, "{refused}");
 
         // The stream lands in it as it is saved, whole.
