@@ -157,9 +157,10 @@ pub(super) fn data_read_shared(
     let range = shared
         .range(request.offset, request.size.into())
         .map_err(|e| e.errno())?;
-    let n = match shared.exclusive_mut(range) {
-        Some(bytes) => function.migration_read(bytes).map_err(|e| e.errno())?,
-        None => copied_read(buffer, function, shared, request)?,
+    let n = if let Some(mut bytes) = shared.exclusive_mut(range) {
+        function.migration_read(&mut bytes).map_err(|e| e.errno())?
+    } else {
+        copied_read(buffer, function, shared, request)?
     };
     // At most `request.size` bytes were read.
     let size = u32::try_from(n).map_err(|_| libc::EIO)?;
@@ -196,7 +197,8 @@ fn copied_read(
 
 /// MIG_DATA_WRITE from the shared buffer: the bytes at `request.offset` are copied into
 /// `scratch` (the server's own memory: the client may still be writing the buffer) before
-/// the device sees them.
+/// the device sees them, unless this process made the buffer and alone writes it: then the
+/// device takes them in place ([`SharedBuffer::local`]).
 pub(super) fn data_write_shared(
     function: &VirtualFunction,
     shared: &SharedBuffer,
@@ -204,9 +206,14 @@ pub(super) fn data_write_shared(
     scratch: &mut Vec<u8>,
 ) -> Result<(), i32> {
     function.migration_flags().ok_or(libc::ENOTTY)?;
-    shared
+    let range = shared
         .range(request.offset, request.size.into())
         .map_err(|e| e.errno())?;
+    // A buffer this process made and alone writes: checked and loaded in place, the range
+    // held against the maker's writes meanwhile.
+    if let Some(bytes) = shared.local(range) {
+        return function.migration_write(&bytes).map_err(|e| e.errno());
+    }
     scratch.resize(request.size as usize, 0);
     shared
         .copy_out(request.offset, scratch)

@@ -19,13 +19,22 @@
 //! F_SEAL_FUTURE_WRITE too, so that every other mapping of it, the client's and any other
 //! server's it is registered with, is read-only ([`SharedBuffer::check`] maps such a buffer
 //! read-only). Its maker is then the only writer, and saves migration data straight into it
-//! ([`SharedBuffer::exclusive_mut`]): one copy fewer per chunk.
+//! ([`SharedBuffer::exclusive_mut`]): one copy fewer per chunk. Another connection of the
+//! same process given that buffer (the destination of a migration this process serves both
+//! ends of) shares the maker's mapping, and takes the bytes in place
+//! ([`SharedBuffer::local`]); the two reach the bytes through range locks (`made_here.rs`).
+
+mod made_here;
 
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FileType, MemfdFlags, SealFlags};
+
+use made_here::{FileId, MadeHere};
+pub use made_here::{ReadGuard, WriteGuard};
 
 /// The seals a shared buffer must carry before it is mapped.
 pub const SHARED_SEALS: SealFlags = SealFlags::SHRINK
@@ -114,26 +123,36 @@ fn io(what: &'static str) -> impl FnOnce(rustix::io::Errno) -> SharedBufferError
 /// [`EXCLUSIVE_SEALS`] (read-write for the process that made it, read-only for others).
 pub struct SharedBuffer {
     fd: OwnedFd,
-    map: MmapRaw,
-    access: Access,
+    mapping: Mapping,
 }
 
-/// Who may write a buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
-    /// Every process that maps it, this one included.
-    Shared,
-    /// This process alone, through this mapping ([`SharedBuffer::create_exclusive`]).
-    Exclusive,
+/// How this process maps a buffer, which says who may write it.
+enum Mapping {
+    /// Every process that maps it, this one included (a client's buffer).
+    Shared(MmapRaw),
     /// Its maker alone, another process: read-only here.
-    ReadOnly,
+    ReadOnly(MmapRaw),
+    /// This process alone ([`SharedBuffer::create_exclusive`]), through the one mapping
+    /// every handle here shares; `maker` for the handle that made it, which alone writes.
+    MadeHere {
+        /// The buffer.
+        made: Arc<MadeHere>,
+        /// Whether this handle is its maker's.
+        maker: bool,
+    },
 }
 
 impl std::fmt::Debug for SharedBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mapping = match &self.mapping {
+            Mapping::Shared(_) => "shared",
+            Mapping::ReadOnly(_) => "read-only",
+            Mapping::MadeHere { maker: true, .. } => "made here",
+            Mapping::MadeHere { maker: false, .. } => "made here, read-only",
+        };
         f.debug_struct("SharedBuffer")
-            .field("len", &self.map.len())
-            .field("access", &self.access)
+            .field("len", &self.len())
+            .field("mapping", &mapping)
             .finish_non_exhaustive()
     }
 }
@@ -169,17 +188,21 @@ impl SharedBuffer {
         })?;
         let map = map(&fd, size, false)?;
         rustix::fs::fcntl_add_seals(&fd, EXCLUSIVE_SEALS).map_err(io("sealing the memfd"))?;
+        let id = file_id(&fd)?;
         Ok(Self {
             fd,
-            map,
-            access: Access::Exclusive,
+            mapping: Mapping::MadeHere {
+                made: MadeHere::register(map, id),
+                maker: true,
+            },
         })
     }
 
     /// Takes `fd` as a peer's buffer of at most `max` bytes: refused unless it is a memfd
     /// sealed with [`SHARED_SEALS`] of [`MIN_SHARED_BUFFER`] to `max` bytes. A refused fd is
     /// closed. A buffer sealed against writes too (F_SEAL_FUTURE_WRITE or F_SEAL_WRITE:
-    /// another process's [`SharedBuffer::create_exclusive`]) is mapped read-only.
+    /// another process's [`SharedBuffer::create_exclusive`]) is mapped read-only; one this
+    /// process made shares the maker's mapping, to be read only.
     pub fn check(fd: OwnedFd, max: u64) -> Result<Self, SharedBufferError> {
         let stat = rustix::fs::fstat(&fd).map_err(io("fstat of the memfd"))?;
         let kind = FileType::from_raw_mode(stat.st_mode);
@@ -206,48 +229,63 @@ impl SharedBuffer {
             return Err(refused);
         }
         let len = usize::try_from(size).map_err(|_| refused)?;
-        let read_only = seals.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE);
-        let map = map(&fd, len, read_only)?;
-        let access = if read_only {
-            Access::ReadOnly
+        if seals.contains(SealFlags::FUTURE_WRITE)
+            && let Some(made) = MadeHere::find(file_id(&fd)?).filter(|m| m.len() == len)
+        {
+            let mapping = Mapping::MadeHere { made, maker: false };
+            return Ok(Self { fd, mapping });
+        }
+        let mapping = if seals.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE) {
+            Mapping::ReadOnly(map(&fd, len, true)?)
         } else {
-            Access::Shared
+            Mapping::Shared(map(&fd, len, false)?)
         };
-        Ok(Self { fd, map, access })
+        Ok(Self { fd, mapping })
     }
 
-    /// The bytes at `range` (from [`SharedBuffer::range`]) to write into, when this process
-    /// alone writes the buffer ([`SharedBuffer::create_exclusive`]); `None` for a buffer
-    /// others may write, whose bytes are only ever copied.
-    pub fn exclusive_mut(&mut self, range: Range<usize>) -> Option<&mut [u8]> {
-        if self.access != Access::Exclusive || range.start > range.end || range.end > self.len() {
-            return None;
+    /// The bytes at `range` (from [`SharedBuffer::range`]) to write into, when this handle
+    /// made the buffer and this process alone writes it ([`SharedBuffer::create_exclusive`]),
+    /// once no one in this process reads or writes them; `None` for any other buffer, whose
+    /// bytes are only ever copied in.
+    pub fn exclusive_mut(&mut self, range: Range<usize>) -> Option<WriteGuard<'_>> {
+        match &self.mapping {
+            Mapping::MadeHere { made, maker: true } if within(&range, made.len()) => {
+                Some(made.write(range))
+            }
+            _ => None,
         }
-        // SAFETY: `range` lies within the mapping, which lives as long as `self` and cannot
-        // lose pages (sealed against shrinking; hole punching is refused under
-        // F_SEAL_FUTURE_WRITE). No other process can write these bytes: the memfd was sealed
-        // with F_SEAL_FUTURE_WRITE after this, its only writable mapping, was made, so
-        // every other mapping is read-only and write(2) on the fd fails. Within this
-        // process, the slice borrows `self` mutably, so no other reference to the mapping
-        // made through `self` lives as long as it does.
-        Some(unsafe {
-            std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(range.start), range.len())
-        })
+    }
+
+    /// The bytes at `range` (from [`SharedBuffer::range`]) to read in place, when this process
+    /// made the buffer and alone writes it, once no one in this process writes them; `None`
+    /// for a buffer another process may write or made, whose bytes are copied out.
+    pub fn local(&self, range: Range<usize>) -> Option<ReadGuard<'_>> {
+        match &self.mapping {
+            Mapping::MadeHere { made, .. } if within(&range, made.len()) => Some(made.read(range)),
+            _ => None,
+        }
     }
 
     /// Size in bytes.
     pub fn len(&self) -> usize {
-        self.map.len()
+        match &self.mapping {
+            Mapping::Shared(map) | Mapping::ReadOnly(map) => map.len(),
+            Mapping::MadeHere { made, .. } => made.len(),
+        }
     }
 
     /// Always false: a buffer holds at least [`MIN_SHARED_BUFFER`] bytes.
     pub fn is_empty(&self) -> bool {
-        self.map.len() == 0
+        self.len() == 0
     }
 
-    /// Whether another process made the buffer and alone writes it: it can only be read here.
+    /// Whether someone else made the buffer and alone writes it: another process, or another
+    /// handle of this one. It can only be read through this handle.
     pub fn is_read_only(&self) -> bool {
-        self.access == Access::ReadOnly
+        matches!(
+            self.mapping,
+            Mapping::ReadOnly(_) | Mapping::MadeHere { maker: false, .. }
+        )
     }
 
     /// The memfd, to register it with a server.
@@ -257,7 +295,7 @@ impl SharedBuffer {
 
     /// Where `size` bytes at `offset` are, if they lie within the buffer.
     pub fn range(&self, offset: u64, size: u64) -> Result<Range<usize>, SharedBufferError> {
-        let len = self.map.len();
+        let len = self.len();
         match offset.checked_add(size) {
             // Both fit in `len`, a usize.
             Some(end) if end <= len as u64 => Ok(offset as usize..end as usize),
@@ -268,13 +306,20 @@ impl SharedBuffer {
     /// Copies `dst.len()` bytes at `offset` out of the buffer.
     pub fn copy_out(&self, offset: u64, dst: &mut [u8]) -> Result<(), SharedBufferError> {
         let range = self.range(offset, dst.len() as u64)?;
+        let map = match &self.mapping {
+            Mapping::Shared(map) | Mapping::ReadOnly(map) => map,
+            Mapping::MadeHere { made, .. } => {
+                dst.copy_from_slice(&made.read(range));
+                return Ok(());
+            }
+        };
         // SAFETY: `range` lies within the mapping, which lives as long as `self` and cannot
         // lose pages (the memfd is sealed against shrinking); `dst` is our own memory, apart
         // from the mapping. The peer may write the same bytes meanwhile: the copy is then
         // torn, which is why nothing is checked before it is done.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                self.map.as_ptr().add(range.start),
+                map.as_ptr().add(range.start),
                 dst.as_mut_ptr(),
                 dst.len(),
             );
@@ -284,21 +329,39 @@ impl SharedBuffer {
 
     /// Copies `src` into the buffer at `offset`.
     pub fn copy_in(&self, offset: u64, src: &[u8]) -> Result<(), SharedBufferError> {
-        if self.access == Access::ReadOnly {
-            return Err(SharedBufferError::ReadOnly);
-        }
         let range = self.range(offset, src.len() as u64)?;
+        let map = match &self.mapping {
+            Mapping::Shared(map) => map,
+            Mapping::MadeHere { made, maker: true } => {
+                made.write(range).copy_from_slice(src);
+                return Ok(());
+            }
+            Mapping::ReadOnly(_) | Mapping::MadeHere { maker: false, .. } => {
+                return Err(SharedBufferError::ReadOnly);
+            }
+        };
         // SAFETY: as in `copy_out`; the mapping is writable (shared, read-write: not a
         // read-only one, refused above).
         unsafe {
             std::ptr::copy_nonoverlapping(
                 src.as_ptr(),
-                self.map.as_mut_ptr().add(range.start),
+                map.as_mut_ptr().add(range.start),
                 src.len(),
             );
         }
         Ok(())
     }
+}
+
+/// Whether `range` lies within `len` bytes.
+fn within(range: &Range<usize>, len: usize) -> bool {
+    range.start <= range.end && range.end <= len
+}
+
+/// The identity of the file `fd` is open on.
+fn file_id(fd: &OwnedFd) -> Result<FileId, SharedBufferError> {
+    let stat = rustix::fs::fstat(fd).map_err(io("fstat of the memfd"))?;
+    Ok((stat.st_dev, stat.st_ino))
 }
 
 /// Maps `len` bytes of `fd` shared, read-write or read-only, faulted in.
@@ -338,8 +401,10 @@ mod tests {
             .unwrap()
             .copy_from_slice(b"state");
         let dup = || rustix::io::fcntl_dupfd_cloexec(ours.fd(), 0).unwrap();
-        // Another process given the fd maps it read-only, and reads what was written.
+        // Another handle of this process given the fd shares the mapping, to read only.
         let mut theirs = SharedBuffer::check(dup(), 1 << 20).unwrap();
+        assert!(theirs.is_read_only());
+        assert_eq!(&*theirs.local(4096..4101).unwrap(), b"state");
         let mut got = [0u8; 5];
         theirs.copy_out(4096, &mut got).unwrap();
         assert_eq!(&got, b"state");
@@ -364,10 +429,61 @@ mod tests {
         assert!(rustix::fs::ftruncate(&fd, 0).is_err());
         theirs.copy_out(4096, &mut got).unwrap();
         assert_eq!(&got, b"state");
-        // A shared buffer has no exclusive bytes; ranges are checked.
+        // A shared buffer has no exclusive bytes, nor local ones; ranges are checked.
         let mut shared = SharedBuffer::create(8192).unwrap();
         assert!(shared.exclusive_mut(0..1).is_none());
+        assert!(shared.local(0..1).is_none());
         assert!(ours.exclusive_mut(8000..8193).is_none());
+        assert!(theirs.local(8000..8193).is_none());
+    }
+
+    #[test]
+    fn the_maker_does_not_write_what_another_handle_reads_in_place() {
+        let mut ours = SharedBuffer::create_exclusive(8192).unwrap();
+        let dup = rustix::io::fcntl_dupfd_cloexec(ours.fd(), 0).unwrap();
+        let theirs = SharedBuffer::check(dup, 1 << 20).unwrap();
+        let reading = theirs.local(0..4096).unwrap();
+        // Elsewhere the maker writes at once.
+        ours.exclusive_mut(4096..8192).unwrap().fill(2);
+        let written = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                ours.exclusive_mut(4000..4100).unwrap().fill(1);
+                written.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert!(
+                !written.load(std::sync::atomic::Ordering::SeqCst),
+                "the maker wrote bytes being read in place"
+            );
+            assert!(reading.iter().all(|&b| b == 0));
+            drop(reading);
+        });
+        assert!(written.load(std::sync::atomic::Ordering::SeqCst));
+        let mut got = [0u8; 1];
+        theirs.copy_out(4050, &mut got).unwrap();
+        assert_eq!(got, [1]);
+    }
+
+    #[test]
+    fn a_buffer_another_process_sealed_against_writes_is_mapped_read_only() {
+        // Sealed as `create_exclusive` seals, but not made by it here: as another
+        // process's buffer looks.
+        let fd =
+            rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, 8192).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, EXCLUSIVE_SEALS).unwrap();
+        let mut theirs = SharedBuffer::check(fd, 1 << 20).unwrap();
+        assert!(theirs.is_read_only());
+        assert!(theirs.local(0..1).is_none());
+        assert!(theirs.exclusive_mut(0..1).is_none());
+        assert!(matches!(
+            theirs.copy_in(0, b"x"),
+            Err(SharedBufferError::ReadOnly)
+        ));
+        let mut got = [1u8; 4];
+        theirs.copy_out(0, &mut got).unwrap();
+        assert_eq!(got, [0; 4]);
     }
 
     #[test]
