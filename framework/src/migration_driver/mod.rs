@@ -173,13 +173,7 @@ pub trait MigratableDevice {
         offset: u64,
         len: usize,
     ) -> Result<(), CallError> {
-        let bytes = copy_shared(buffer, offset, len).map_err(|e| CallError {
-            what: "copying out of the shared buffer".into(),
-            errno: e.errno(),
-            source: Box::new(e),
-            reason: None,
-        })?;
-        self.write(&bytes)
+        write_copy(self, buffer, offset, len)
     }
     /// Sends the device the `len` bytes at `offset` in `buffer` now, so that it loads them
     /// while the driver does other things; [`MigratableDevice::write_shared`] of the same
@@ -199,6 +193,33 @@ pub trait MigratableDevice {
     /// Puts a destination device back as it was after a refused or abandoned load (a device
     /// reset: the destination was not in use yet).
     fn recover(&mut self) -> Result<(), CallError>;
+}
+
+/// Gives `device` a copy of the `len` bytes at `offset` in `buffer` (a device that does not
+/// share the buffer).
+fn write_copy<D: MigratableDevice + ?Sized>(
+    device: &mut D,
+    buffer: &SharedBuffer,
+    offset: u64,
+    len: usize,
+) -> Result<(), CallError> {
+    let bytes = copy_shared(buffer, offset, len).map_err(|e| CallError {
+        what: "copying out of the shared buffer".into(),
+        errno: e.errno(),
+        source: Box::new(e),
+        reason: None,
+    })?;
+    device.write(&bytes)
+}
+
+/// Whether `buffer` is the one registered on `client`'s connection.
+fn registered(client: &Client, buffer: &Arc<SharedBuffer>) -> bool {
+    client.mig_buffer().is_some_and(|b| Arc::ptr_eq(b, buffer))
+}
+
+/// A chunk's length as MIG_DATA carries it (a chunk is at most a transfer, a u32).
+fn chunk_len(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
 }
 
 /// Where pipeline slot `slot`'s part of a shared buffer starts.
@@ -295,18 +316,10 @@ impl MigratableDevice for Client {
         offset: u64,
         len: usize,
     ) -> Result<(), CallError> {
-        if !self.mig_buffer().is_some_and(|b| Arc::ptr_eq(b, buffer)) {
-            let bytes = copy_shared(buffer, offset, len).map_err(|e| CallError {
-                what: "copying out of the shared buffer".into(),
-                errno: e.errno(),
-                source: Box::new(e),
-                reason: None,
-            })?;
-            return self.write(&bytes);
+        if !registered(self, buffer) {
+            return write_copy(self, buffer, offset, len);
         }
-        // At most one chunk, which is a u32.
-        let size = u32::try_from(len).unwrap_or(u32::MAX);
-        self.mig_data_write_shared(offset, size)
+        self.mig_data_write_shared(offset, chunk_len(len))
             .map_err(client_error("MIG_DATA_WRITE"))
             .map_err(|e| with_reason(self, e))
     }
@@ -317,12 +330,10 @@ impl MigratableDevice for Client {
         offset: u64,
         len: usize,
     ) -> Result<bool, CallError> {
-        if !self.mig_buffer().is_some_and(|b| Arc::ptr_eq(b, buffer)) {
+        if !registered(self, buffer) {
             return Ok(false);
         }
-        // At most one chunk, which is a u32.
-        let size = u32::try_from(len).unwrap_or(u32::MAX);
-        self.mig_data_write_ahead(offset, size)
+        self.mig_data_write_ahead(offset, chunk_len(len))
             .map_err(client_error("MIG_DATA_WRITE"))?;
         Ok(true)
     }
