@@ -32,7 +32,9 @@ use crate::vfio_user::shared_buf::{
     MAX_TRANSFERS_PER_BUFFER, MIN_SHARED_BUFFER, SharedBuffer, SharedBufferError,
 };
 use crate::vfio_user::socket::Message;
-use crate::vfio_user::{Limits, Negotiated, Payload, ServerOffer, Version, negotiate};
+use crate::vfio_user::{
+    Limits, Negotiated, Payload, ProtocolError, ServerOffer, Version, negotiate,
+};
 
 use super::dma_logging::LogReply;
 use super::migration;
@@ -47,11 +49,6 @@ enum Answer {
     MigData(Vec<u8>),
     /// An error reply with this errno.
     Error(i32),
-}
-
-/// Whether a DEVICE_FEATURE `payload` is for FEATURE_MIG_DATA_BUFFER.
-fn is_buffer_feature(payload: &[u8], limits: &Limits) -> bool {
-    DeviceFeature::parse(payload, limits).is_ok_and(|r| r.feature == FEATURE_MIG_DATA_BUFFER)
 }
 
 fn reply(payload: impl Payload) -> Answer {
@@ -105,11 +102,15 @@ impl<'a> Session<'a> {
     pub fn handle(&mut self, mut message: Message, spent: &mut Vec<u8>) -> bool {
         let header = message.header;
         let limits = self.limits.read().clone();
-        if header.command == Command::DeviceFeature.raw()
-            && (!message.fds.is_empty() || is_buffer_feature(&message.payload, &limits))
-        {
-            let answer = self.buffer_feature(message, &limits);
-            return self.send(&header, answer);
+        if header.command == Command::DeviceFeature.raw() {
+            let request = DeviceFeature::parse(&message.payload, &limits);
+            let buffer = request
+                .as_ref()
+                .is_ok_and(|r| r.feature == FEATURE_MIG_DATA_BUFFER);
+            if buffer || !message.fds.is_empty() {
+                let answer = self.buffer_feature(request, message.fds, &limits);
+                return self.send(&header, answer);
+            }
         }
         let mig_data = header.command == Command::MigDataRead.raw()
             || header.command == Command::MigDataWrite.raw();
@@ -187,50 +188,50 @@ impl<'a> Session<'a> {
     /// migration data buffer registered (SET, its memfd the one fd), or one the server makes
     /// (GET, [`MigDataBufferSize`], the memfd sent back), when `mig_data_shared` was agreed
     /// and no buffer is there yet; refused otherwise (fds sent are closed).
-    fn buffer_feature(&mut self, mut message: Message, limits: &Limits) -> Answer {
+    fn buffer_feature(
+        &mut self,
+        request: Result<DeviceFeature, ProtocolError>,
+        mut fds: Vec<OwnedFd>,
+        limits: &Limits,
+    ) -> Answer {
         let allowed = self.negotiated.as_ref().is_some_and(|n| n.mig_data_shared);
         let max = limits
             .max_data_xfer_size
             .saturating_mul(MAX_TRANSFERS_PER_BUFFER);
-        let done = DeviceFeature::parse(&message.payload, limits)
-            .map_err(|e| e.errno())
-            .and_then(|request| {
-                let set = request.ops == FeatureOps::SET
-                    && request.data.is_empty()
-                    && message.fds.len() == 1;
-                let get = request.ops == FeatureOps::GET
-                    && request.data.len() == MigDataBufferSize::LEN
-                    && message.fds.is_empty();
-                if request.feature != FEATURE_MIG_DATA_BUFFER || !(set || get) || !allowed {
-                    return Err(libc::EINVAL);
-                }
-                self.port.function.migration_flags().ok_or(libc::ENOTTY)?;
-                if self.mig_buffer.is_some() {
-                    return Err(libc::EBUSY);
-                }
-                let refused = |e: SharedBufferError| {
-                    tracing::debug!("migration data buffer refused: {e}");
-                    e.errno()
-                };
-                if set {
-                    let fd = message.fds.pop().ok_or(libc::EINVAL)?;
-                    self.mig_buffer = Some(SharedBuffer::check(fd, max).map_err(refused)?);
-                    return Ok((request.reply_with(Vec::new()).to_bytes(), Vec::new()));
-                }
-                let wanted =
-                    MigDataBufferSize::parse(&request.data, limits).map_err(|e| e.errno())?;
-                if !(MIN_SHARED_BUFFER..=max).contains(&wanted.size) {
-                    return Err(libc::E2BIG);
-                }
-                let buffer = SharedBuffer::create_exclusive(wanted.size).map_err(refused)?;
-                let theirs = buffer
-                    .fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-                self.mig_buffer = Some(buffer);
-                let reply = request.reply_with(wanted.to_bytes()).to_bytes();
-                Ok((reply, vec![Arc::new(theirs)]))
-            });
+        let done = request.map_err(|e| e.errno()).and_then(|request| {
+            let set = request.ops == FeatureOps::SET && request.data.is_empty() && fds.len() == 1;
+            let get = request.ops == FeatureOps::GET
+                && request.data.len() == MigDataBufferSize::LEN
+                && fds.is_empty();
+            if request.feature != FEATURE_MIG_DATA_BUFFER || !(set || get) || !allowed {
+                return Err(libc::EINVAL);
+            }
+            self.port.function.migration_flags().ok_or(libc::ENOTTY)?;
+            if self.mig_buffer.is_some() {
+                return Err(libc::EBUSY);
+            }
+            let refused = |e: SharedBufferError| {
+                tracing::debug!("migration data buffer refused: {e}");
+                e.errno()
+            };
+            if set {
+                let fd = fds.pop().ok_or(libc::EINVAL)?;
+                self.mig_buffer = Some(SharedBuffer::check(fd, max).map_err(refused)?);
+                return Ok((request.reply_with(Vec::new()).to_bytes(), Vec::new()));
+            }
+            let wanted = MigDataBufferSize::parse(&request.data, limits).map_err(|e| e.errno())?;
+            if !(MIN_SHARED_BUFFER..=max).contains(&wanted.size) {
+                return Err(libc::E2BIG);
+            }
+            let buffer = SharedBuffer::create_exclusive(wanted.size).map_err(refused)?;
+            let theirs = buffer
+                .fd()
+                .try_clone_to_owned()
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+            self.mig_buffer = Some(buffer);
+            let reply = request.reply_with(wanted.to_bytes()).to_bytes();
+            Ok((reply, vec![Arc::new(theirs)]))
+        });
         match done {
             Ok((payload, fds)) => Answer::Reply(payload, fds),
             Err(errno) => Answer::Error(errno),
