@@ -18,7 +18,7 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use vfio_variant::device::VirtualFunction;
 use vfio_variant::migration::MigrationState;
 use vfio_variant::migration_driver::{
-    LocalDestination, Options, PIPELINE_SLOTS, migrate, share_buffer,
+    LocalDestination, Options, PIPELINE_SLOTS, Report, migrate, share_buffer,
 };
 use vfio_variant::server::{Port, ServerConfig, serve_connection};
 use vfio_variant::vfio_user::feature::{
@@ -83,10 +83,33 @@ fn serve(memory: Vec<u8>, shared: bool) -> Served {
     }
 }
 
+/// Migrates `source` into `destination` with the driver, stop-copy only.
+fn stop_copy(source: &mut Served, destination: &mut Served) -> Report {
+    let options = Options {
+        precopy: false,
+        ..Options::default()
+    };
+    migrate(
+        &mut source.client,
+        &mut LocalDestination::new(&mut destination.client),
+        &options,
+        &mut (),
+    )
+    .expect("migration")
+}
+
 fn pattern(seed: u8) -> Vec<u8> {
     (0..STATE)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 12) as u8)
         .collect()
+}
+
+/// Runs `body` and checks that it left no fd open and no buffer mapped in this process.
+fn leaves_no_fds_or_mappings(body: impl FnOnce()) {
+    let (fds, maps) = (open_fds(), buffer_maps());
+    body();
+    assert_eq!(open_fds(), fds, "fds left open");
+    assert_eq!(buffer_maps(), maps, "buffers left mapped");
 }
 
 fn open_fds() -> usize {
@@ -105,8 +128,7 @@ fn buffer_maps() -> usize {
 #[test]
 fn a_migration_through_one_shared_buffer_moves_the_state_byte_for_byte() {
     let _serial = SERIAL.lock();
-    let (fds, maps) = (open_fds(), buffer_maps());
-    {
+    leaves_no_fds_or_mappings(|| {
         let mut source = serve(pattern(7), true);
         let mut destination = serve(vec![0; STATE], true);
         assert!(source.client.negotiated().mig_data_shared);
@@ -166,32 +188,19 @@ fn a_migration_through_one_shared_buffer_moves_the_state_byte_for_byte() {
         drop(buffer);
         source.close();
         destination.close();
-    }
-    assert_eq!(open_fds(), fds, "fds left open");
-    assert_eq!(buffer_maps(), maps, "buffers left mapped");
+    });
 }
 
 #[test]
 fn the_driver_pipelines_through_every_part_of_one_buffer() {
     let _serial = SERIAL.lock();
-    let (fds, maps) = (open_fds(), buffer_maps());
-    {
+    leaves_no_fds_or_mappings(|| {
         let mut source = serve(pattern(9), true);
         let mut destination = serve(vec![0; STATE], true);
         let buffer = share_buffer(&mut source.client, &mut destination.client)
             .unwrap()
             .expect("both agreed");
-        let options = Options {
-            precopy: false,
-            ..Options::default()
-        };
-        let report = migrate(
-            &mut source.client,
-            &mut LocalDestination::new(&mut destination.client),
-            &options,
-            &mut (),
-        )
-        .expect("migration");
+        let report = stop_copy(&mut source, &mut destination);
         assert!(report.stop_copy_bytes > STATE as u64);
         assert_eq!(*destination.loaded.lock(), STATE);
         assert!(*destination.memory.lock() == pattern(9), "state differs");
@@ -210,9 +219,7 @@ fn the_driver_pipelines_through_every_part_of_one_buffer() {
         drop(buffer);
         source.close();
         destination.close();
-    }
-    assert_eq!(open_fds(), fds, "fds left open");
-    assert_eq!(buffer_maps(), maps, "buffers left mapped");
+    });
 }
 
 #[test]
@@ -226,17 +233,7 @@ fn the_driver_shares_no_buffer_with_a_server_that_did_not_agree() {
             .is_none()
     );
     assert!(source.client.mig_buffer().is_none());
-    let options = Options {
-        precopy: false,
-        ..Options::default()
-    };
-    migrate(
-        &mut source.client,
-        &mut LocalDestination::new(&mut destination.client),
-        &options,
-        &mut (),
-    )
-    .expect("migration");
+    stop_copy(&mut source, &mut destination);
     assert!(*destination.memory.lock() == pattern(5), "state differs");
     source.close();
     destination.close();
@@ -396,11 +393,10 @@ fn writes_sent_ahead_load_in_order_and_a_refusal_comes_with_its_answer() {
 #[test]
 fn untrusted_buffers_offsets_and_sizes_are_refused_and_the_connection_goes_on() {
     let _serial = SERIAL.lock();
-    let (fds, maps) = (open_fds(), buffer_maps());
     let state = pattern(3);
     // The stream the device saves, read inline from another server.
     let stream = inline_stream(state.clone());
-    {
+    leaves_no_fds_or_mappings(|| {
         let mut target = serve(state.clone(), true);
         let feature = Command::DeviceFeature;
         let c = &target.client;
@@ -547,9 +543,7 @@ fn untrusted_buffers_offsets_and_sizes_are_refused_and_the_connection_goes_on() 
         assert!(*target.memory.lock() == state, "state differs");
         drop((good, other, buffer));
         target.close();
-    }
-    assert_eq!(open_fds(), fds, "fds left open");
-    assert_eq!(buffer_maps(), maps, "buffers left mapped");
+    });
 }
 
 fn make_buffer(size: u64) -> Vec<u8> {
@@ -565,9 +559,8 @@ fn make_buffer(size: u64) -> Vec<u8> {
 #[test]
 fn a_buffer_the_server_makes_is_written_by_it_alone_and_carries_its_reads() {
     let _serial = SERIAL.lock();
-    let (fds, maps) = (open_fds(), buffer_maps());
     let expected = inline_stream(pattern(6));
-    {
+    leaves_no_fds_or_mappings(|| {
         let mut source = serve(pattern(6), true);
         let mut destination = serve(vec![0; STATE], true);
         let feature = Command::DeviceFeature;
@@ -630,9 +623,7 @@ fn a_buffer_the_server_makes_is_written_by_it_alone_and_carries_its_reads() {
         drop(buffer);
         source.close();
         destination.close();
-    }
-    assert_eq!(open_fds(), fds, "fds left open");
-    assert_eq!(buffer_maps(), maps, "buffers left mapped");
+    });
 }
 
 #[test]
